@@ -1,0 +1,15 @@
+/* cli.h — subcommands of the resbridge program; each is a thin face over the library. */
+#ifndef RB_CLI_H
+#define RB_CLI_H
+
+#include "resbridge/resbridge.h"
+
+typedef struct rb_cli_command {
+    const char *name;
+    const char *summary;
+    int (*run)(int argc, char **argv); /* argv[0] is the command name */
+} rb_cli_command;
+
+int rb_cli_demo(int argc, char **argv);
+
+#endif

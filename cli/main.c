@@ -1,0 +1,37 @@
+/* main.c — the resbridge command: dispatch to one file per subcommand. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+static const rb_cli_command commands[] = {
+    {"demo", "the bridge end to end on small problems, each checked against its oracle", rb_cli_demo},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: resbridge <command> [options]   (resbridge <command> --help)\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        printf("resbridge %s\n", RB_VERSION_STRING);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        if (strcmp(argv[1], commands[i].name) == 0) return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "resbridge: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

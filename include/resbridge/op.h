@@ -1,0 +1,89 @@
+/* op.h — the operator interface: F(x), its vector-Jacobian product and its
+ * parameter gradient.
+ *
+ * An rb_op is a pointer to a const type object (name, flags, functions) plus
+ * the operator's own state and, if it has any, a flat array of parameters.
+ * Stencils, convolutions, activations, Jacobi residual operators, ODE
+ * right-hand sides and network blocks are all rb_ops, and every implementation
+ * passes one conformance suite (tests/conformance.h).
+ *
+ *     rb_op *relu;
+ *     rb_op_activation_create(ctx, RB_ACT_RELU, &relu);
+ *     rb_op_apply(ctx, relu, &x, &y, NULL);          // y = F(x)
+ *     rb_op_vjp(ctx, relu, &x, &dy, 1.0, &dx, NULL);  // dx += J_F(x)^T dy
+ *     rb_op_free(ctx, relu);
+ *
+ * Conventions: apply overwrites y; vjp and param_grad ACCUMULATE (+=), scaled
+ * by alpha, so a caller zeroes gradients explicitly. x and y never alias in
+ * apply. Scratch memory comes from the arena `work` (may be NULL when
+ * rb_op_workspace reports 0 bytes).
+ */
+#ifndef RESBRIDGE_OP_H
+#define RESBRIDGE_OP_H
+
+#include <stddef.h>
+#include "resbridge/arena.h"
+#include "resbridge/tensor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct rb_op rb_op;
+
+enum rb_op_flags {
+    RB_OP_LINEAR = 1u << 0,     /* F(a x + b z) = a F(x) + b F(z) */
+    RB_OP_HAS_PARAMS = 1u << 1, /* op->params / op->nparams are meaningful */
+    RB_OP_SAME_SHAPE = 1u << 2, /* output shape == input shape (residual-step capable) */
+};
+
+typedef struct rb_op_type {
+    const char *name;
+    unsigned flags;
+    /* Output shape for input shape `in`; RB_ESHAPE (with message) if not accepted. */
+    rb_status (*shape)(rb_context *ctx, const rb_op *op, rb_shape in, rb_shape *out);
+    /* Bytes of arena scratch apply/vjp/param_grad/fused need for input shape `in` (NULL: 0). */
+    size_t (*workspace)(const rb_op *op, rb_shape in);
+    /* y = F(x). Shapes already validated by the caller. */
+    rb_status (*apply)(rb_context *ctx, const rb_op *op, const rb_tensor *x, rb_tensor *y, rb_arena *work);
+    /* dx += alpha * J_F(x)^T dy. */
+    rb_status (*vjp)(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy,
+                     double alpha, rb_tensor *dx, rb_arena *work);
+    /* dparams[0..nparams) += alpha * (dF(x)/dtheta)^T dy. NULL when no parameters. */
+    rb_status (*param_grad)(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy,
+                            double alpha, double *dparams, rb_arena *work);
+    /* Optional fused kernel for y = x + h F(x) (see residual.h). y may equal x
+     * (in place) only if the type sets fused_in_place. NULL: generic path only. */
+    rb_status (*residual_fused)(rb_context *ctx, const rb_op *op, double h, const rb_tensor *x,
+                                rb_tensor *y, rb_arena *work);
+    int fused_in_place;
+    /* Release the state (not the rb_op struct itself). NULL: nothing to release. */
+    void (*destroy)(rb_context *ctx, rb_op *op);
+} rb_op_type;
+
+struct rb_op {
+    const rb_op_type *type;
+    void *state;       /* type-specific */
+    double *params;    /* flat parameter vector (owned by the op), or NULL */
+    size_t nparams;
+    double t;          /* time, for non-autonomous right-hand sides; others ignore it */
+};
+
+/* Allocate an rb_op with the given type and state (state is owned by the op
+ * from now on and released through type->destroy by rb_op_free). */
+rb_status rb_op_new(rb_context *ctx, const rb_op_type *type, void *state, size_t nparams, rb_op **out);
+void rb_op_free(rb_context *ctx, rb_op *op);
+
+/* Checked calls: validate pointers and shapes, then dispatch to the type. */
+rb_status rb_op_shape(rb_context *ctx, const rb_op *op, rb_shape in, rb_shape *out);
+size_t rb_op_workspace(const rb_op *op, rb_shape in);
+rb_status rb_op_apply(rb_context *ctx, const rb_op *op, const rb_tensor *x, rb_tensor *y, rb_arena *work);
+rb_status rb_op_vjp(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy,
+                    double alpha, rb_tensor *dx, rb_arena *work);
+rb_status rb_op_param_grad(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy,
+                           double alpha, double *dparams, rb_arena *work);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,51 @@
+/* residual.h — THE primitive: y = x + h·F(x), and its backward pass.
+ *
+ * One update, three readings:
+ *   forward Euler step of dx/dt = F(x) with step h;
+ *   damped Jacobi sweep when F(x) = D^{-1}(b - A x) and h = omega;
+ *   a residual network layer when F is a small learned block.
+ * Every integrator, smoother and residual block in resbridge calls these
+ * functions; nothing else forms x + h·F(x).
+ *
+ *     rb_residual_step(ctx, F, h, &x, &y, &work);        // y = x + h F(x)
+ *     rb_residual_step(ctx, F, h, &x, &x, &work);        // in place
+ *     rb_residual_backward(ctx, F, h, &x, &dy, &dx, dtheta, &work);
+ *
+ * Generic path: F(x) is evaluated into y (or, in place, into arena scratch),
+ * then y = x + h·F(x). If the operator's type supplies a fused kernel
+ * (rb_op_type.residual_fused), the step goes through it; the generic path
+ * stays the reference it is tested against (rb_residual_step_generic).
+ */
+#ifndef RESBRIDGE_RESIDUAL_H
+#define RESBRIDGE_RESIDUAL_H
+
+#include "resbridge/op.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* y = x + h F(x). F must map a shape to itself. y may be x (in place): then the
+ * fused kernel runs if it supports in place, else F(x) goes to arena scratch
+ * (rb_residual_workspace bytes). h must be finite. */
+rb_status rb_residual_step(rb_context *ctx, const rb_op *F, double h, const rb_tensor *x,
+                           rb_tensor *y, rb_arena *work);
+
+/* The reference implementation, never fused. Same contract as rb_residual_step. */
+rb_status rb_residual_step_generic(rb_context *ctx, const rb_op *F, double h, const rb_tensor *x,
+                                   rb_tensor *y, rb_arena *work);
+
+/* Scratch bytes rb_residual_step / rb_residual_backward need for input shape `in`. */
+size_t rb_residual_workspace(const rb_op *F, rb_shape in);
+
+/* Backward of y = x + h F(x), accumulating:
+ *   dx     += dy + h J_F(x)^T dy
+ *   dtheta += h (dF/dtheta)^T dy      (skipped when dtheta is NULL or F has no params)
+ * x is the step's INPUT. dx must not alias dy. */
+rb_status rb_residual_backward(rb_context *ctx, const rb_op *F, double h, const rb_tensor *x,
+                               const rb_tensor *dy, rb_tensor *dx, double *dtheta, rb_arena *work);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

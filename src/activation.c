@@ -1,0 +1,95 @@
+/* activation.c — identity, ReLU, tanh, GELU as elementwise rb_ops. */
+#include "resbridge/activation.h"
+
+#include <math.h>
+#include <string.h>
+
+#define RB_ACT_NAME_(e, name) name,
+static const char *const act_names[] = {RB_ACTIVATION_LIST(RB_ACT_NAME_)};
+#undef RB_ACT_NAME_
+_Static_assert(sizeof act_names / sizeof *act_names == RB_ACT_COUNT, "one name per activation");
+
+const char *rb_activation_name(rb_activation act)
+{
+    return (unsigned)act < RB_ACT_COUNT ? act_names[act] : "unknown";
+}
+
+rb_status rb_activation_parse(rb_context *ctx, const char *name, rb_activation *act)
+{
+    if (name == NULL || act == NULL) return rb_fail(ctx, RB_ENULL, "rb_activation_parse: %s is NULL", name ? "act" : "name");
+    for (int i = 0; i < RB_ACT_COUNT; i++)
+        if (strcmp(name, act_names[i]) == 0) {
+            *act = (rb_activation)i;
+            return RB_OK;
+        }
+    return rb_fail(ctx, RB_EINVAL, "unknown activation '%s' (identity, relu, tanh, gelu)", name);
+}
+
+static const double inv_sqrt2 = 0.70710678118654752440;
+static const double inv_sqrt2pi = 0.39894228040143267794;
+
+static double act_f(rb_activation a, double x)
+{
+    switch (a) {
+    case RB_ACT_RELU: return x > 0.0 ? x : 0.0;
+    case RB_ACT_TANH: return tanh(x);
+    case RB_ACT_GELU: return 0.5 * x * (1.0 + erf(x * inv_sqrt2));
+    default: return x;
+    }
+}
+
+/* dF/dx; ReLU's derivative at 0 is taken as 0 (as PyTorch). */
+static double act_df(rb_activation a, double x)
+{
+    switch (a) {
+    case RB_ACT_RELU: return x > 0.0 ? 1.0 : 0.0;
+    case RB_ACT_TANH: {
+        double t = tanh(x);
+        return 1.0 - t * t;
+    }
+    case RB_ACT_GELU: return 0.5 * (1.0 + erf(x * inv_sqrt2)) + x * inv_sqrt2pi * exp(-0.5 * x * x);
+    default: return 1.0;
+    }
+}
+
+static rb_activation kind(const rb_op *op) { return (rb_activation)(size_t)op->state; }
+
+static rb_status act_apply(rb_context *ctx, const rb_op *op, const rb_tensor *x, rb_tensor *y, rb_arena *work)
+{
+    (void)ctx, (void)work;
+    rb_activation a = kind(op);
+    size_t n = rb_tensor_count(x);
+    for (size_t i = 0; i < n; i++) y->data[i] = act_f(a, x->data[i]);
+    return RB_OK;
+}
+
+static rb_status act_vjp(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy, double alpha,
+                         rb_tensor *dx, rb_arena *work)
+{
+    (void)ctx, (void)work;
+    rb_activation a = kind(op);
+    size_t n = rb_tensor_count(x);
+    for (size_t i = 0; i < n; i++) dx->data[i] += alpha * act_df(a, x->data[i]) * dy->data[i];
+    return RB_OK;
+}
+
+#define ACT_TYPE(ident, label, fl) \
+    static const rb_op_type ident = { \
+        .name = label, .flags = RB_OP_SAME_SHAPE | (fl), .apply = act_apply, .vjp = act_vjp}
+ACT_TYPE(type_identity, "identity", RB_OP_LINEAR);
+ACT_TYPE(type_relu, "relu", 0);
+ACT_TYPE(type_tanh, "tanh", 0);
+ACT_TYPE(type_gelu, "gelu", 0);
+#undef ACT_TYPE
+
+static const rb_op_type *const act_types[] = {&type_identity, &type_relu, &type_tanh, &type_gelu};
+_Static_assert(sizeof act_types / sizeof *act_types == RB_ACT_COUNT, "one type per activation");
+
+rb_status rb_op_activation_create(rb_context *ctx, rb_activation act, rb_op **out)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (out == NULL) return rb_fail(ctx, RB_ENULL, "rb_op_activation_create: out is NULL");
+    if ((unsigned)act >= RB_ACT_COUNT)
+        return rb_fail(ctx, RB_EINVAL, "rb_op_activation_create: act = %d is not an rb_activation", (int)act);
+    return rb_op_new(ctx, act_types[act], (void *)(size_t)act, 0, out);
+}

@@ -1,0 +1,38 @@
+/* conv_internal.h — what the conv kernels share: geometry of one call. */
+#ifndef RB_CONV_INTERNAL_H
+#define RB_CONV_INTERNAL_H
+
+#include "resbridge/conv.h"
+
+#define RB_CONV_MAX_TAPS 27
+
+typedef struct rb_conv_state {
+    rb_conv_desc desc;
+    int ntaps;
+    int tap[RB_CONV_MAX_TAPS][3]; /* (dz, dy, dx) of each tap */
+} rb_conv_state;
+
+/* One call's geometry. "fine" is the plain conv's input grid, "coarse" its
+ * output grid (for a transposed conv the other way round). Weights are
+ * [cc][cf][ntaps]: coarse channels outermost. */
+typedef struct rb_conv_geom {
+    size_t n;            /* batch */
+    size_t cf, cc;       /* channels on the fine and the coarse grid */
+    size_t fd, fh, fw;   /* fine extents */
+    size_t cd, ch, cw;   /* coarse extents */
+    int s[3], off[3];    /* stride and centre offset per (d, h, w) */
+} rb_conv_geom;
+
+const rb_conv_state *rb_conv_state_of(const rb_op *op);
+
+/* out[n][co][o] = beta*out + alpha * sum_{ci,t} w[co][ci][t] fine[n][ci][s*o+off+tap] (+ bias[co]). */
+void rb_conv_gather(int threads, const rb_conv_state *cs, const rb_conv_geom *g, const double *w,
+                    const double *bias, const double *fine, double alpha, double beta, double *coarse);
+/* fine[n][ci][p] = beta*fine + alpha * sum_{co,t: p = s*o+off+tap} w[co][ci][t] coarse[n][co][o] (+ bias[ci]). */
+void rb_conv_scatter(int threads, const rb_conv_state *cs, const rb_conv_geom *g, const double *w,
+                     const double *bias, const double *coarse, double alpha, double beta, double *fine);
+/* dw[co][ci][t] += alpha * sum_{n,o} coarse[n][co][o] fine[n][ci][s*o+off+tap]. */
+void rb_conv_weight_grad(int threads, const rb_conv_state *cs, const rb_conv_geom *g, const double *fine,
+                         const double *coarse, double alpha, double *dw);
+
+#endif

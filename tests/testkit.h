@@ -1,0 +1,47 @@
+/* testkit.h — small helpers shared by the cmocka suites. */
+#ifndef RB_TESTKIT_H
+#define RB_TESTKIT_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "resbridge/resbridge.h"
+
+/* A context for one test (cmocka setup/teardown put it in *state). */
+int rb_test_setup(void **state);
+int rb_test_teardown(void **state);
+
+/* Fail the test with the context message unless st == RB_OK. */
+#define RB_CHECK(ctx, call)                                                                          \
+    do {                                                                                           \
+        rb_status st_ = (call);                                                                    \
+        if (st_ != RB_OK) fail_msg("%s -> %s: %s", #call, rb_status_name(st_), rb_context_message(ctx)); \
+    } while (0)
+
+/* Assert that call returns want and that the context message mentions `needle`. */
+#define RB_EXPECT(ctx, want, needle, call)                                                          \
+    do {                                                                                           \
+        rb_status st_ = (call);                                                                    \
+        if (st_ != (want))                                                                         \
+            fail_msg("%s -> %s, expected %s (%s)", #call, rb_status_name(st_), rb_status_name(want), \
+                     rb_context_message(ctx));                                                     \
+        if (strstr(rb_context_message(ctx), (needle)) == NULL)                                     \
+            fail_msg("%s: message '%s' does not mention '%s'", #call, rb_context_message(ctx), (needle)); \
+    } while (0)
+
+/* Deterministic uniform numbers in [lo, hi) (splitmix64). */
+typedef struct rb_test_rng { uint64_t s; } rb_test_rng;
+double rb_test_uniform(rb_test_rng *r, double lo, double hi);
+void rb_test_fill(rb_test_rng *r, rb_tensor *t, double lo, double hi);
+
+/* An allocator that fails after `budget` successful allocations, counting live blocks. */
+typedef struct rb_failing_alloc {
+    long budget;   /* allocations left before failing; < 0: never fail */
+    long live;     /* blocks allocated and not freed */
+} rb_failing_alloc;
+rb_allocator rb_failing_allocator(rb_failing_alloc *state);
+
+#endif
