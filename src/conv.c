@@ -294,14 +294,36 @@ static const double *conv_bias(const rb_op *op)
     return cs->desc.bias ? op->params + cs->desc.cin * cs->desc.cout * (size_t)cs->ntaps : NULL;
 }
 
+rb_status rb_conv_geometry(rb_context *ctx, const rb_op *op, rb_shape in, rb_conv_geom *g, rb_shape *out)
+{
+    const rb_conv_state *cs = rb_conv_state_of(op);
+    if (cs == NULL) return rb_fail(ctx, RB_EINVAL, "rb_conv_geometry: op is not a conv");
+    return conv_geom(ctx, cs, in, g, out);
+}
+
+static size_t conv_workspace(const rb_op *op, rb_shape in)
+{
+    rb_conv_geom g;
+    if (conv_geom(NULL, op->state, in, &g, NULL) != RB_OK) return 0;
+    return rb_conv_gemm_workspace(op->state, &g);
+}
+
 static rb_status conv_apply(rb_context *ctx, const rb_op *op, const rb_tensor *x, rb_tensor *y, rb_arena *work)
 {
-    (void)work;
     const rb_conv_state *cs = op->state;
     rb_conv_geom g;
     rb_status st = conv_geom(ctx, cs, x->shape, &g, NULL);
     if (st != RB_OK) return st;
     int threads = rb_context_threads(ctx);
+    if (!cs->desc.transposed) {
+        if (rb_stencil_fast_forward(ctx, cs, &g, op->params, x->data, y->data)) return RB_OK;
+        if (rb_conv_gemm_forward(ctx, cs, &g, op->params, conv_bias(op), x->data, y->data, work)) return RB_OK;
+    }
+    if (cs->desc.transposed && conv_bias(op) == NULL) {
+        /* transposed forward = plain backward-data into a zeroed output */
+        memset(y->data, 0, rb_tensor_count(y) * sizeof(double));
+        if (rb_conv_gemm_backward_data(ctx, cs, &g, op->params, x->data, 1.0, y->data, work)) return RB_OK;
+    }
     if (cs->desc.transposed)
         rb_conv_scatter(threads, cs, &g, op->params, conv_bias(op), x->data, 1.0, 0.0, y->data);
     else
@@ -312,12 +334,14 @@ static rb_status conv_apply(rb_context *ctx, const rb_op *op, const rb_tensor *x
 static rb_status conv_vjp(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy, double alpha,
                           rb_tensor *dx, rb_arena *work)
 {
-    (void)work;
     const rb_conv_state *cs = op->state;
     rb_conv_geom g;
     rb_status st = conv_geom(ctx, cs, x->shape, &g, NULL);
     if (st != RB_OK) return st;
     int threads = rb_context_threads(ctx);
+    if (!cs->desc.transposed &&
+        rb_conv_gemm_backward_data(ctx, cs, &g, op->params, dy->data, alpha, dx->data, work))
+        return RB_OK;
     if (cs->desc.transposed)
         rb_conv_gather(threads, cs, &g, op->params, NULL, dy->data, alpha, 1.0, dx->data);
     else
@@ -328,7 +352,6 @@ static rb_status conv_vjp(rb_context *ctx, const rb_op *op, const rb_tensor *x, 
 static rb_status conv_param_grad(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy,
                                  double alpha, double *dparams, rb_arena *work)
 {
-    (void)work;
     const rb_conv_state *cs = op->state;
     rb_conv_geom g;
     rb_status st = conv_geom(ctx, cs, x->shape, &g, NULL);
@@ -336,7 +359,8 @@ static rb_status conv_param_grad(rb_context *ctx, const rb_op *op, const rb_tens
     int threads = rb_context_threads(ctx);
     const double *fine = cs->desc.transposed ? dy->data : x->data;
     const double *coarse = cs->desc.transposed ? x->data : dy->data;
-    rb_conv_weight_grad(threads, cs, &g, fine, coarse, alpha, dparams);
+    if (!(rb_conv_gemm_backward_weight(ctx, cs, &g, fine, coarse, alpha, dparams, work)))
+        rb_conv_weight_grad(threads, cs, &g, fine, coarse, alpha, dparams);
     if (cs->desc.bias) bias_grad(dy, alpha, dparams + cs->desc.cin * cs->desc.cout * (size_t)cs->ntaps);
     return RB_OK;
 }
@@ -347,6 +371,7 @@ static const rb_op_type conv_type = {
     .name = "conv",
     .flags = RB_OP_HAS_PARAMS,
     .shape = conv_shape,
+    .workspace = conv_workspace,
     .apply = conv_apply,
     .vjp = conv_vjp,
     .param_grad = conv_param_grad,
@@ -357,6 +382,7 @@ static const rb_op_type conv_type_linear = {
     .name = "conv (no bias)",
     .flags = RB_OP_HAS_PARAMS | RB_OP_LINEAR,
     .shape = conv_shape,
+    .workspace = conv_workspace,
     .apply = conv_apply,
     .vjp = conv_vjp,
     .param_grad = conv_param_grad,

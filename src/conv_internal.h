@@ -35,4 +35,24 @@ void rb_conv_scatter(int threads, const rb_conv_state *cs, const rb_conv_geom *g
 void rb_conv_weight_grad(int threads, const rb_conv_state *cs, const rb_conv_geom *g, const double *fine,
                          const double *coarse, double alpha, double *dw);
 
+/* Fast paths behind the conv op. Each returns true when it handled the call
+ * (same contract as the reference loop it replaces, to rounding), false to
+ * fall through to the reference loops above. Tested against them.
+ *
+ * conv_gemm.c: multi-channel 2D convolutions through OpenBLAS GEMM. */
+bool rb_conv_gemm_forward(rb_context *ctx, const rb_conv_state *cs, const rb_conv_geom *g, const double *w,
+                          const double *bias, const double *x, double *y, rb_arena *work);
+bool rb_conv_gemm_backward_data(rb_context *ctx, const rb_conv_state *cs, const rb_conv_geom *g, const double *w,
+                                const double *dy, double alpha, double *dx, rb_arena *work);
+bool rb_conv_gemm_backward_weight(rb_context *ctx, const rb_conv_state *cs, const rb_conv_geom *g, const double *x,
+                                  const double *dy, double alpha, double *dw, rb_arena *work);
+size_t rb_conv_gemm_workspace(const rb_conv_state *cs, const rb_conv_geom *g);
+/* stencil_fast.c: single-channel stride-1 2D 3x3 stencils (memory-bound grid kernels). */
+bool rb_stencil_fast_forward(rb_context *ctx, const rb_conv_state *cs, const rb_conv_geom *g, const double *w,
+                             const double *x, double *y);
+
+/* Geometry of a conv op for an input shape (what the fast-path tests need to
+ * call the reference loops directly). */
+rb_status rb_conv_geometry(rb_context *ctx, const rb_op *op, rb_shape in, rb_conv_geom *g, rb_shape *out);
+
 #endif
