@@ -41,10 +41,10 @@ static rb_status check_op(rb_context *ctx, const rb_op *op, const char *fn)
     return RB_OK;
 }
 
+/* ctx may be NULL here (workspace queries): failures then only return a status. */
 rb_status rb_op_shape(rb_context *ctx, const rb_op *op, rb_shape in, rb_shape *out)
 {
-    rb_status st = check_op(ctx, op, "rb_op_shape");
-    if (st != RB_OK) return st;
+    if (op == NULL || op->type == NULL) return rb_fail(ctx, RB_ENULL, "rb_op_shape: op is NULL");
     if (out == NULL) return rb_fail(ctx, RB_ENULL, "rb_op_shape: out is NULL");
     if (rb_shape_count(in) == 0) return rb_fail(ctx, RB_EINVAL, "rb_op_shape: input shape has a zero dimension");
     if (op->type->shape == NULL) {

@@ -18,6 +18,7 @@
 #include "resbridge/residual.h"
 #include "resbridge/conv.h"
 #include "resbridge/activation.h"
+#include "resbridge/chain.h"
 #include "resbridge/npy.h"
 #include "resbridge/version.h"
 
