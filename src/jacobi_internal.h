@@ -1,4 +1,6 @@
-/* jacobi_internal.h — state of the Jacobi residual operator, shared with its fused kernel. */
+/* jacobi_internal.h — state of the Jacobi residual operator, shared with its
+ * fused kernel, and the one row loop of the memory-bound 2D stencil kernels
+ * (stencil_fast.c defines it; stencil_fast.c and jacobi_fused.c call it). */
 #ifndef RB_JACOBI_INTERNAL_H
 #define RB_JACOBI_INTERNAL_H
 
@@ -15,6 +17,33 @@ typedef struct rb_jacobi_state {
  * the generic path for shapes it does not handle. */
 rb_status rb_jacobi_fused_step(rb_context *ctx, const rb_op *op, double h, const rb_tensor *x, rb_tensor *y,
                                rb_arena *work);
+/* Scratch for the fused kernel (3 rows per thread, up to RB_JACOBI_FUSED_MAX_THREADS
+ * threads) plus what A's apply needs (the generic path evaluates F through it). */
 size_t rb_jacobi_fused_workspace(const rb_op *op, rb_shape in);
+#define RB_JACOBI_FUSED_MAX_THREADS 16
+
+/* ---- the 2D single-channel 3-wide stencil row (stencil_fast.c) ---------------------------- */
+
+/* Weights of a single-channel stride-1 2D stencil, 3x3 (9 taps) or 5-point star,
+ * in the tap order of rb_conv_state.tap. */
+typedef struct rb_stencil2d {
+    int ntaps;           /* 9 (RB_STENCIL_FULL) or 5 (RB_STENCIL_STAR) */
+    int dy[9], dx[9];    /* tap offsets */
+    double w[9];         /* weights */
+} rb_stencil2d;
+
+/* Fill s from a conv op's state and weights. false unless the conv is a
+ * single-channel, stride-1, not transposed, bias-free, 3-wide 2D stencil. */
+bool rb_stencil2d_init(const rb_conv_state *cs, const double *w, rb_stencil2d *s);
+
+/* One row of W points, zero outside the grid (up / dn NULL: the row above /
+ * below lies outside). With ax[j] = sum_t w[t] row_{dy_t}[j + dx_t] summed in
+ * tap order (as rb_conv_gather does):
+ *   b == NULL:  y[j] = ax[j]                               (y = A x)
+ *   b != NULL:  y[j] = mid[j] + h * ((b[j] - ax[j]) * inv)  (damped Jacobi, the
+ *               generic path's operation order, so both agree bit for bit).
+ * y must not overlap up, mid, dn or b. */
+void rb_stencil2d_row(const rb_stencil2d *s, size_t W, const double *up, const double *mid, const double *dn,
+                      const double *b, double inv, double h, double *y);
 
 #endif
