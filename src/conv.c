@@ -301,11 +301,46 @@ rb_status rb_conv_geometry(rb_context *ctx, const rb_op *op, rb_shape in, rb_con
     return conv_geom(ctx, cs, in, g, out);
 }
 
+/* Doubles on the coarse grid of one call. */
+static size_t coarse_count(const rb_conv_geom *g) { return g->n * g->cc * g->cd * g->ch * g->cw; }
+
 static size_t conv_workspace(const rb_op *op, rb_shape in)
 {
+    const rb_conv_state *cs = op->state;
     rb_conv_geom g;
-    if (conv_geom(NULL, op->state, in, &g, NULL) != RB_OK) return 0;
-    return rb_conv_gemm_workspace(op->state, &g);
+    if (conv_geom(NULL, cs, in, &g, NULL) != RB_OK) return 0;
+    size_t ws = rb_conv_gemm_workspace(cs, &g);
+    /* a transposed conv's vjp runs the GEMM forward into a coarse-grid temporary */
+    if (ws > 0 && cs->desc.transposed) ws += rb_arena_bytes(coarse_count(&g) * sizeof(double));
+    return ws;
+}
+
+/* y[n][c] += bias[c] over each channel's points. */
+static void add_bias(rb_tensor *y, const double *bias)
+{
+    size_t sp = y->shape.d * y->shape.h * y->shape.w;
+    for (size_t n = 0; n < y->shape.n; n++)
+        for (size_t c = 0; c < y->shape.c; c++) {
+            double *p = y->data + (n * y->shape.c + c) * sp;
+            for (size_t i = 0; i < sp; i++) p[i] += bias[c];
+        }
+}
+
+/* Transposed conv vjp, dx += alpha * gather(dy), through the GEMM forward into a temporary
+ * taken from work. False (nothing changed) when the fast path declines. */
+static bool transposed_vjp_gemm(rb_context *ctx, const rb_conv_state *cs, const rb_conv_geom *g, const double *w,
+                                const double *dy, double alpha, double *dx, rb_arena *work)
+{
+    size_t count = coarse_count(g), bytes = rb_arena_bytes(count * sizeof(double));
+    if (work == NULL || rb_conv_gemm_workspace(cs, g) == 0) return false;
+    size_t mark = rb_arena_mark(work);
+    if (!work->measuring && (work->cap < work->used || work->cap - work->used < bytes)) return false;
+    double *tmp = rb_arena_alloc(ctx, work, count * sizeof(double));
+    bool done = rb_conv_gemm_forward(ctx, cs, g, w, NULL, dy, tmp, work);
+    if (done)
+        for (size_t i = 0; i < count; i++) dx[i] += alpha * tmp[i];
+    rb_arena_reset(work, mark);
+    return done;
 }
 
 static rb_status conv_apply(rb_context *ctx, const rb_op *op, const rb_tensor *x, rb_tensor *y, rb_arena *work)
@@ -319,10 +354,13 @@ static rb_status conv_apply(rb_context *ctx, const rb_op *op, const rb_tensor *x
         if (rb_stencil_fast_forward(ctx, cs, &g, op->params, x->data, y->data)) return RB_OK;
         if (rb_conv_gemm_forward(ctx, cs, &g, op->params, conv_bias(op), x->data, y->data, work)) return RB_OK;
     }
-    if (cs->desc.transposed && conv_bias(op) == NULL) {
-        /* transposed forward = plain backward-data into a zeroed output */
+    if (cs->desc.transposed && rb_conv_gemm_workspace(cs, &g) > 0) {
+        /* transposed forward = plain backward-data into a zeroed output, then the bias */
         memset(y->data, 0, rb_tensor_count(y) * sizeof(double));
-        if (rb_conv_gemm_backward_data(ctx, cs, &g, op->params, x->data, 1.0, y->data, work)) return RB_OK;
+        if (rb_conv_gemm_backward_data(ctx, cs, &g, op->params, x->data, 1.0, y->data, work)) {
+            if (conv_bias(op) != NULL) add_bias(y, conv_bias(op));
+            return RB_OK;
+        }
     }
     if (cs->desc.transposed)
         rb_conv_scatter(threads, cs, &g, op->params, conv_bias(op), x->data, 1.0, 0.0, y->data);
@@ -341,6 +379,8 @@ static rb_status conv_vjp(rb_context *ctx, const rb_op *op, const rb_tensor *x, 
     int threads = rb_context_threads(ctx);
     if (!cs->desc.transposed &&
         rb_conv_gemm_backward_data(ctx, cs, &g, op->params, dy->data, alpha, dx->data, work))
+        return RB_OK;
+    if (cs->desc.transposed && transposed_vjp_gemm(ctx, cs, &g, op->params, dy->data, alpha, dx->data, work))
         return RB_OK;
     if (cs->desc.transposed)
         rb_conv_gather(threads, cs, &g, op->params, NULL, dy->data, alpha, 1.0, dx->data);

@@ -1,30 +1,507 @@
 /* conv_gemm.c — multi-channel 2D convolutions through OpenBLAS GEMM.
- * (Not yet implemented: every entry declines, so the reference loops run.) */
+ *
+ * The three products of a conv op, for 2D full-pattern kernels (3x3 or 1x1),
+ * stride 1 or 2, both grid conventions, plain or transposed, as GEMMs on
+ * copies of the input ("fine" and "coarse" as in conv_internal.h):
+ *
+ *   forward          coarse[n] = W * col(fine[n])  (+ bias)
+ *   backward data    stride 1: fine[n] += alpha * Wflip * col(coarse[n])   (the same
+ *                      gather, with the kernel flipped and its channels swapped)
+ *                    stride 2, or few fine channels: fine[n] += col2im(alpha * W^T coarse[n])
+ *   backward weight  dW += alpha * sum_n coarse[n] * col(fine[n])^T
+ *
+ * col() is one of three copies, chosen per shape (measured with bench/bench_conv.c):
+ *   NONE    1x1 stride 1: the input itself is the GEMM operand, nothing is copied.
+ *   IM2COL  rows (ci, tap): each channel's taps as shifted (strided) copies, one
+ *           GEMM with K = cin*taps. For stride 2 and for few input channels.
+ *   ROWS3   stride-1 3x3 with many input channels: only the three horizontally
+ *           shifted copies of each channel, with one zero row above and below;
+ *           the three vertical taps are three GEMMs (K = 3*cin) on views of it
+ *           shifted by one row. A third of im2col's copying, no wasted columns.
+ * Work is cut into jobs (sample, band of output rows) so that a copy stays in
+ * cache and one image can keep two threads busy. Each OpenMP thread takes a
+ * contiguous range of jobs and calls single-threaded OpenBLAS (OpenBLAS is
+ * switched to one thread while these run — a process-wide setting — and
+ * restored afterwards). Forward and backward-data results do not depend on
+ * the thread count (col2im scatters even bands, then odd bands, so bands
+ * never race); the weight gradient adds per-thread partial sums in thread
+ * order: reproducible for a fixed thread count.
+ *
+ * Scratch memory comes only from the arena: reordered weights (shared), one
+ * copy band per thread, one partial dW per thread (weight gradient). At most
+ * RB_CONV_GEMM_MAX_THREADS threads are used (more in the context are capped);
+ * rb_conv_gemm_workspace reports the bytes for that many. With a NULL or too
+ * small arena every entry declines and the reference loop runs.
+ */
 #include "conv_internal.h"
+
+#include <cblas.h>
+#include <limits.h>
+#include <string.h>
+
+/* Threads the GEMM paths use at most (their per-thread scratch is sized for this many). */
+#define RB_CONV_GEMM_MAX_THREADS 16
+/* Doubles in one thread's copy band. */
+#ifndef RB_CONV_GEMM_BAND
+#define RB_CONV_GEMM_BAND (96u * 1024u)
+#endif
+/* ROWS3 instead of IM2COL (stride-1 3x3) from this many input channels on. */
+#ifndef RB_CONV_GEMM_ROWS3_MIN
+#define RB_CONV_GEMM_ROWS3_MIN 8
+#endif
+/* Below this many multiply-adds per output point (cf * cc * taps) the reference loop is as fast. */
+#ifndef RB_CONV_GEMM_MIN_MACS
+#define RB_CONV_GEMM_MIN_MACS 18
+#endif
+
+typedef enum copy_kind { COPY_NONE, COPY_IM2COL, COPY_ROWS3 } copy_kind;
+
+/* One gather: out[o][y][x] = beta*out + alpha * sum_{i,t} A(o,i,t) in[i][s*y+off+dy_t][s*x+off+dx_t]
+ * for each sample, in (ni, ih, iw) -> out (no, oh, ow). A is [o][i][t] for NONE
+ * and IM2COL, [ty][o][i][tx] for ROWS3. */
+typedef struct gather_plan {
+    copy_kind copy;
+    size_t ni, no;          /* channels of in and out */
+    size_t ih, iw, oh, ow;  /* extents of in and out */
+    int s, off, ntaps;
+    const int (*tap)[3];
+    size_t rows, bands;     /* output rows per band, bands per sample */
+    size_t band;            /* doubles of one thread's copy buffer */
+} gather_plan;
+
+/* Bands of about RB_CONV_GEMM_BAND doubles (per_row doubles per output row), equal in size. */
+static void split_rows(size_t oh, size_t per_row, size_t *rows, size_t *bands)
+{
+    size_t r = per_row == 0 ? oh : RB_CONV_GEMM_BAND / per_row;
+    if (r < 1) r = 1;
+    if (r > oh) r = oh;
+    size_t b = (oh + r - 1) / r;
+    *rows = (oh + b - 1) / b;
+    *bands = (oh + *rows - 1) / *rows;
+}
+
+static gather_plan gather_plan_make(const rb_conv_state *cs, size_t ni, size_t no, size_t ih, size_t iw, size_t oh,
+                                    size_t ow, int s, int off)
+{
+    gather_plan p = {0};
+    p.ni = ni, p.no = no, p.ih = ih, p.iw = iw, p.oh = oh, p.ow = ow;
+    p.s = s, p.off = off, p.ntaps = cs->ntaps, p.tap = (const int (*)[3])cs->tap;
+    if (cs->desc.ksize == 1 && s == 1)
+        p.copy = COPY_NONE;
+    else if (cs->desc.ksize == 3 && s == 1 && ni >= RB_CONV_GEMM_ROWS3_MIN)
+        p.copy = COPY_ROWS3;
+    else
+        p.copy = COPY_IM2COL;
+    size_t per_row = p.copy == COPY_ROWS3 ? 3 * ni * iw : ni * (size_t)p.ntaps * ow;
+    split_rows(oh, per_row, &p.rows, &p.bands);
+    p.band = p.copy == COPY_NONE    ? 0
+             : p.copy == COPY_ROWS3 ? 3 * ni * (p.rows + 2) * iw
+                                    : ni * (size_t)p.ntaps * p.rows * ow;
+    return p;
+}
+
+/* dst[x] = src[s*x + start] where 0 <= s*x + start < n, else 0, for x < len; src NULL: zeros. */
+static void copy_row(double *dst, const double *src, size_t len, int s, long long start, size_t n)
+{
+    if (src == NULL) {
+        memset(dst, 0, len * sizeof *dst);
+        return;
+    }
+    size_t lo = start < 0 ? (size_t)((-start + s - 1) / s) : 0;
+    long long lim = (long long)n - start;
+    size_t hi = lim <= 0 ? 0 : (size_t)((lim + s - 1) / s);
+    if (hi > len) hi = len;
+    if (lo > hi) lo = hi;
+    memset(dst, 0, lo * sizeof *dst);
+    if (s == 1) {
+        memcpy(dst + lo, src + (long long)lo + start, (hi - lo) * sizeof *dst);
+    } else {
+        for (size_t x = lo; x < hi; x++) dst[x] = src[(long long)((size_t)s * x) + start];
+    }
+    memset(dst + hi, 0, (len - hi) * sizeof *dst);
+}
+
+/* dst[s*x + start] += src[x] where 0 <= s*x + start < n, for x < len. */
+static void add_row(double *dst, const double *src, size_t len, int s, long long start, size_t n)
+{
+    size_t lo = start < 0 ? (size_t)((-start + s - 1) / s) : 0;
+    long long lim = (long long)n - start;
+    size_t hi = lim <= 0 ? 0 : (size_t)((lim + s - 1) / s);
+    if (hi > len) hi = len;
+    if (s == 1) {
+        double *d = dst + start;
+        for (size_t x = lo; x < hi; x++) d[x] += src[x];
+    } else {
+        for (size_t x = lo; x < hi; x++) dst[(long long)((size_t)s * x) + start] += src[x];
+    }
+}
+
+/* The copy of output rows [y0, y0+rows) of one sample's input `in` into buf. */
+static void fill_band(const gather_plan *p, const double *in, size_t y0, size_t rows, double *buf)
+{
+    if (p->copy == COPY_IM2COL) {
+        size_t N = rows * p->ow;
+        for (size_t i = 0; i < p->ni; i++) {
+            const double *chan = in + i * p->ih * p->iw;
+            for (int t = 0; t < p->ntaps; t++) {
+                double *dst = buf + (i * (size_t)p->ntaps + (size_t)t) * N;
+                for (size_t y = 0; y < rows; y++) {
+                    long long fy = (long long)(p->s * (y0 + y)) + p->off + p->tap[t][1];
+                    const double *src = fy >= 0 && fy < (long long)p->ih ? chan + (size_t)fy * p->iw : NULL;
+                    copy_row(dst + y * p->ow, src, p->ow, p->s, p->off + p->tap[t][2], p->iw);
+                }
+            }
+        }
+    } else if (p->copy == COPY_ROWS3) {
+        size_t ld = (rows + 2) * p->iw;
+        for (size_t i = 0; i < p->ni; i++) {
+            const double *chan = in + i * p->ih * p->iw;
+            for (int dx = -1; dx <= 1; dx++) {
+                double *dst = buf + (i * 3 + (size_t)(dx + 1)) * ld;
+                for (size_t rr = 0; rr < rows + 2; rr++) {
+                    long long fy = (long long)(y0 + rr) - 1;
+                    const double *src = fy >= 0 && fy < (long long)p->ih ? chan + (size_t)fy * p->iw : NULL;
+                    copy_row(dst + rr * p->iw, src, p->iw, 1, dx, p->iw);
+                }
+            }
+        }
+    }
+}
+
+/* One band of one sample: out rows [y0, y0+rows) = beta*out + alpha*A*col (+ bias, then beta must be 0). */
+static void gather_band(const gather_plan *p, const double *A, const double *bias, const double *in, double alpha,
+                        double beta, double *out, size_t y0, double *buf)
+{
+    size_t rows = p->rows < p->oh - y0 ? p->rows : p->oh - y0;
+    int N = (int)(rows * p->ow), ldc = (int)(p->oh * p->ow);
+    double *C = out + y0 * p->ow;
+    if (bias != NULL) {
+        for (size_t o = 0; o < p->no; o++)
+            for (int j = 0; j < N; j++) C[o * (size_t)ldc + (size_t)j] = bias[o];
+        beta = 1.0;
+    }
+    int M = (int)p->no, K = (int)(p->ni * (size_t)p->ntaps);
+    switch (p->copy) {
+    case COPY_NONE:
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, alpha, A, K, in + y0 * p->iw,
+                    (int)(p->ih * p->iw), beta, C, ldc);
+        break;
+    case COPY_IM2COL:
+        fill_band(p, in, y0, rows, buf);
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, alpha, A, K, buf, N, beta, C, ldc);
+        break;
+    case COPY_ROWS3: {
+        fill_band(p, in, y0, rows, buf);
+        int K3 = (int)(3 * p->ni), ldb = (int)((rows + 2) * p->iw);
+        for (size_t ty = 0; ty < 3; ty++)
+            cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K3, alpha, A + ty * p->no * 3 * p->ni, K3,
+                        buf + ty * p->iw, ldb, ty == 0 ? beta : 1.0, C, ldc);
+        break;
+    }
+    }
+}
+
+/* ---- scratch from the arena ------------------------------------------------------------- */
+
+/* What one call needs: shared doubles (reordered weights) and per-thread doubles. */
+typedef struct scratch_need {
+    size_t shared, per_thread, jobs;
+} scratch_need;
+
+static size_t threads_for(size_t want, size_t jobs)
+{
+    size_t t = want < RB_CONV_GEMM_MAX_THREADS ? want : RB_CONV_GEMM_MAX_THREADS;
+    if (t > jobs) t = jobs;
+    return t < 1 ? 1 : t;
+}
+
+static size_t need_bytes(scratch_need nd, size_t threads)
+{
+    size_t b = nd.shared ? rb_arena_bytes(nd.shared * sizeof(double)) : 0;
+    if (nd.per_thread) b += threads * rb_arena_bytes(nd.per_thread * sizeof(double));
+    return b;
+}
+
+/* Take the scratch for `threads` threads from work, or return false (leaving work and
+ * ctx untouched; a measuring arena counts the bytes and declines). */
+static bool take_scratch(rb_context *ctx, rb_arena *work, scratch_need nd, size_t threads, double **shared,
+                         double **per_thread, size_t *stride)
+{
+    if (work == NULL) return false;
+    size_t bytes = need_bytes(nd, threads);
+    if (work->measuring) {
+        size_t m = rb_arena_mark(work);
+        (void)rb_arena_alloc(ctx, work, bytes);
+        rb_arena_reset(work, m);
+        return false;
+    }
+    if (work->cap < work->used || work->cap - work->used < bytes) return false;
+    *shared = nd.shared ? rb_arena_alloc(ctx, work, nd.shared * sizeof(double)) : NULL;
+    *stride = rb_arena_bytes(nd.per_thread * sizeof(double)) / sizeof(double);
+    *per_thread = nd.per_thread ? rb_arena_alloc(ctx, work, threads * *stride * sizeof(double)) : NULL;
+    return true;
+}
+
+/* OpenBLAS runs single-threaded inside our threads; the previous setting comes back after. */
+static int blas_single_begin(void)
+{
+    int t = openblas_get_num_threads();
+    if (t != 1) openblas_set_num_threads(1);
+    return t;
+}
+
+static void blas_single_end(int saved)
+{
+    if (saved != 1) openblas_set_num_threads(saved);
+}
+
+/* ---- which shapes, which algorithm -------------------------------------------------------- */
+
+static bool fits_int(size_t v) { return v <= (size_t)INT_MAX / 4; }
+
+static bool supported(const rb_conv_state *cs, const rb_conv_geom *g)
+{
+    if (cs == NULL || g == NULL) return false;
+    const rb_conv_desc *d = &cs->desc;
+    if (d->dims != 2 || d->pattern != RB_STENCIL_FULL || (d->ksize != 1 && d->ksize != 3)) return false;
+    if (g->fd != 1 || g->cd != 1 || g->s[1] != g->s[2] || g->off[1] != g->off[2]) return false;
+    if (g->n == 0 || g->cf == 0 || g->cc == 0) return false;
+    if (g->cf * g->cc * (size_t)cs->ntaps < RB_CONV_GEMM_MIN_MACS) return false;
+    if (!fits_int(g->fh * g->fw) || !fits_int(g->ch * g->cw) || !fits_int(g->cf * 9 * (g->fh + 2) * g->fw) ||
+        !fits_int(g->cc * 9 * (g->ch + 2) * g->cw))
+        return false;
+    return true;
+}
+
+static gather_plan forward_plan(const rb_conv_state *cs, const rb_conv_geom *g)
+{
+    return gather_plan_make(cs, g->cf, g->cc, g->fh, g->fw, g->ch, g->cw, g->s[2], g->off[2]);
+}
+
+/* Backward data as the flipped forward gather (stride 1), or col2im. Copy costs per point:
+ * the gather copies 3 (ROWS3) or 9 values per coarse channel, col2im writes and adds 9 per
+ * fine channel. */
+static bool backward_is_flip(const rb_conv_state *cs, const rb_conv_geom *g)
+{
+    if (g->s[2] != 1) return false;
+    if (cs->desc.ksize == 1) return true;
+    size_t gather_copy = (g->cc >= RB_CONV_GEMM_ROWS3_MIN ? 3 : 9) * g->cc;
+    return gather_copy <= 18 * g->cf;
+}
+
+static gather_plan flip_plan(const rb_conv_state *cs, const rb_conv_geom *g)
+{
+    return gather_plan_make(cs, g->cc, g->cf, g->ch, g->cw, g->fh, g->fw, 1, 0);
+}
+
+/* col2im bands of coarse rows: dcol = alpha W^T dy, rows (ci, tap), then added into fine. */
+static void col2im_bands(const rb_conv_state *cs, const rb_conv_geom *g, size_t *rows, size_t *bands, size_t *band)
+{
+    size_t per_row = g->cf * (size_t)cs->ntaps * g->cw;
+    split_rows(g->ch, per_row, rows, bands);
+    *band = per_row * *rows;
+}
+
+static scratch_need forward_need(const rb_conv_state *cs, const rb_conv_geom *g)
+{
+    gather_plan p = forward_plan(cs, g);
+    scratch_need nd = {0, p.band, g->n * p.bands};
+    if (p.copy == COPY_ROWS3) nd.shared = g->cc * g->cf * (size_t)cs->ntaps;
+    return nd;
+}
+
+static scratch_need backward_data_need(const rb_conv_state *cs, const rb_conv_geom *g)
+{
+    scratch_need nd = {0, 0, 0};
+    if (backward_is_flip(cs, g)) {
+        gather_plan p = flip_plan(cs, g);
+        nd.shared = g->cc * g->cf * (size_t)cs->ntaps;
+        nd.per_thread = p.band;
+        nd.jobs = g->n * p.bands;
+    } else {
+        size_t rows, bands, band;
+        col2im_bands(cs, g, &rows, &bands, &band);
+        nd.per_thread = band;
+        nd.jobs = g->n * ((bands + 1) / 2);
+    }
+    return nd;
+}
+
+static scratch_need backward_weight_need(const rb_conv_state *cs, const rb_conv_geom *g)
+{
+    gather_plan p = forward_plan(cs, g);
+    scratch_need nd = {0, p.band + g->cc * g->cf * (size_t)cs->ntaps, g->n * p.bands};
+    return nd;
+}
 
 size_t rb_conv_gemm_workspace(const rb_conv_state *cs, const rb_conv_geom *g)
 {
-    (void)cs, (void)g;
-    return 0;
+    if (!supported(cs, g)) return 0;
+    scratch_need nd[3] = {forward_need(cs, g), backward_data_need(cs, g), backward_weight_need(cs, g)};
+    size_t most = 0;
+    for (int k = 0; k < 3; k++) {
+        size_t b = need_bytes(nd[k], threads_for(RB_CONV_GEMM_MAX_THREADS, nd[k].jobs));
+        if (b > most) most = b;
+    }
+    return most;
 }
+
+/* Gather matrix A for a plan: G(o,i,t) = W[o][i][t] (flip: W[i][o][ntaps-1-t], the kernel
+ * mirrored, channels swapped), laid out [o][i][t], or [ty][o][i][tx] for ROWS3. */
+static void gather_weights(const gather_plan *p, bool flip, const double *w, double *A)
+{
+    size_t nt = (size_t)p->ntaps;
+    for (size_t o = 0; o < p->no; o++)
+        for (size_t i = 0; i < p->ni; i++)
+            for (size_t t = 0; t < nt; t++) {
+                double v = flip ? w[(i * p->no + o) * nt + (nt - 1 - t)] : w[(o * p->ni + i) * nt + t];
+                size_t at = p->copy == COPY_ROWS3 ? (((t / 3) * p->no + o) * p->ni + i) * 3 + t % 3
+                                                  : (o * p->ni + i) * nt + t;
+                A[at] = v;
+            }
+}
+
+/* Run a gather over all samples and bands, jobs split evenly over T threads. */
+static void gather_run(size_t T, const gather_plan *p, size_t nsamples, const double *A, const double *bias,
+                       const double *in, double alpha, double beta, double *out, double *bufs, size_t stride)
+{
+    const size_t jobs = nsamples * p->bands, isz = p->ni * p->ih * p->iw, osz = p->no * p->oh * p->ow;
+#pragma omp parallel for num_threads((int)T) schedule(static, 1) if (T > 1)
+    for (size_t tid = 0; tid < T; tid++) {
+        double *buf = bufs != NULL ? bufs + tid * stride : NULL;
+        for (size_t j = jobs * tid / T; j < jobs * (tid + 1) / T; j++) {
+            size_t n = j / p->bands, b = j % p->bands;
+            gather_band(p, A, bias, in + n * isz, alpha, beta, out + n * osz, b * p->rows, buf);
+        }
+    }
+}
+
+/* ---- the three entries ------------------------------------------------------------------ */
 
 bool rb_conv_gemm_forward(rb_context *ctx, const rb_conv_state *cs, const rb_conv_geom *g, const double *w,
                           const double *bias, const double *x, double *y, rb_arena *work)
 {
-    (void)ctx, (void)cs, (void)g, (void)w, (void)bias, (void)x, (void)y, (void)work;
-    return false;
+    if (!supported(cs, g) || w == NULL || x == NULL || y == NULL) return false;
+    gather_plan p = forward_plan(cs, g);
+    scratch_need nd = forward_need(cs, g);
+    size_t T = threads_for((size_t)rb_context_threads(ctx), nd.jobs), stride = 0;
+    double *shared = NULL, *bufs = NULL;
+    size_t mark = work != NULL ? rb_arena_mark(work) : 0;
+    if (!take_scratch(ctx, work, nd, T, &shared, &bufs, &stride)) return false;
+    const double *A = w;
+    if (p.copy == COPY_ROWS3) {
+        gather_weights(&p, false, w, shared);
+        A = shared;
+    }
+    int saved = blas_single_begin();
+    gather_run(T, &p, g->n, A, bias, x, 1.0, 0.0, y, bufs, stride);
+    blas_single_end(saved);
+    rb_arena_reset(work, mark);
+    return true;
 }
 
 bool rb_conv_gemm_backward_data(rb_context *ctx, const rb_conv_state *cs, const rb_conv_geom *g, const double *w,
                                 const double *dy, double alpha, double *dx, rb_arena *work)
 {
-    (void)ctx, (void)cs, (void)g, (void)w, (void)dy, (void)alpha, (void)dx, (void)work;
-    return false;
+    if (!supported(cs, g) || w == NULL || dy == NULL || dx == NULL) return false;
+    scratch_need nd = backward_data_need(cs, g);
+    size_t T = threads_for((size_t)rb_context_threads(ctx), nd.jobs), stride = 0;
+    double *shared = NULL, *bufs = NULL;
+    size_t mark = work != NULL ? rb_arena_mark(work) : 0;
+    if (!take_scratch(ctx, work, nd, T, &shared, &bufs, &stride)) return false;
+    int saved = blas_single_begin();
+    if (backward_is_flip(cs, g)) {
+        gather_plan p = flip_plan(cs, g);
+        gather_weights(&p, true, w, shared);
+        gather_run(T, &p, g->n, shared, NULL, dy, alpha, 1.0, dx, bufs, stride);
+    } else {
+        size_t rows, bands, band;
+        col2im_bands(cs, g, &rows, &bands, &band);
+        const size_t nt = (size_t)cs->ntaps, fsz = g->cf * g->fh * g->fw, csz = g->cc * g->ch * g->cw;
+        const int s = g->s[2], off = g->off[2];
+        /* Bands two apart never touch the same fine row: even bands first, then odd ones. */
+        for (size_t phase = 0; phase < 2; phase++) {
+            const size_t per = (bands + 1 - phase) / 2, jobs = g->n * per;
+#pragma omp parallel for num_threads((int)T) schedule(static, 1) if (T > 1)
+            for (size_t tid = 0; tid < T; tid++) {
+                double *dcol = bufs + tid * stride;
+                for (size_t j = jobs * tid / T; j < jobs * (tid + 1) / T; j++) {
+                    size_t n = j / per, y0 = (2 * (j % per) + phase) * rows;
+                    size_t r = rows < g->ch - y0 ? rows : g->ch - y0;
+                    int N = (int)(r * g->cw);
+                    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(g->cf * nt), N, (int)g->cc, alpha, w,
+                                (int)(g->cf * nt), dy + n * csz + y0 * g->cw, (int)(g->ch * g->cw), 0.0, dcol, N);
+                    for (size_t ci = 0; ci < g->cf; ci++) {
+                        double *chan = dx + n * fsz + ci * g->fh * g->fw;
+                        for (size_t t = 0; t < nt; t++) {
+                            const double *src = dcol + (ci * nt + t) * (size_t)N;
+                            for (size_t yy = 0; yy < r; yy++) {
+                                long long fy = (long long)(s * (y0 + yy)) + off + cs->tap[t][1];
+                                if (fy < 0 || fy >= (long long)g->fh) continue;
+                                add_row(chan + (size_t)fy * g->fw, src + yy * g->cw, g->cw, s, off + cs->tap[t][2],
+                                        g->fw);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    blas_single_end(saved);
+    rb_arena_reset(work, mark);
+    return true;
 }
 
 bool rb_conv_gemm_backward_weight(rb_context *ctx, const rb_conv_state *cs, const rb_conv_geom *g, const double *x,
                                   const double *dy, double alpha, double *dw, rb_arena *work)
 {
-    (void)ctx, (void)cs, (void)g, (void)x, (void)dy, (void)alpha, (void)dw, (void)work;
-    return false;
+    if (!supported(cs, g) || x == NULL || dy == NULL || dw == NULL) return false;
+    gather_plan p = forward_plan(cs, g);
+    scratch_need nd = backward_weight_need(cs, g);
+    size_t T = threads_for((size_t)rb_context_threads(ctx), nd.jobs), stride = 0;
+    double *shared = NULL, *bufs = NULL;
+    size_t mark = work != NULL ? rb_arena_mark(work) : 0;
+    if (!take_scratch(ctx, work, nd, T, &shared, &bufs, &stride)) return false;
+    const size_t nw = g->cc * g->cf * (size_t)cs->ntaps, jobs = nd.jobs;
+    const size_t fsz = g->cf * g->fh * g->fw, csz = g->cc * g->ch * g->cw;
+    int saved = blas_single_begin();
+    /* Thread tid: partial[tid] = sum over its jobs of dy_band * col_band^T (layout of the plan's A). */
+#pragma omp parallel for num_threads((int)T) schedule(static, 1) if (T > 1)
+    for (size_t tid = 0; tid < T; tid++) {
+        double *part = bufs + tid * stride, *buf = part + nw;
+        memset(part, 0, nw * sizeof *part);
+        for (size_t j = jobs * tid / T; j < jobs * (tid + 1) / T; j++) {
+            size_t n = j / p.bands, y0 = (j % p.bands) * p.rows;
+            size_t r = p.rows < p.oh - y0 ? p.rows : p.oh - y0;
+            int K = (int)(r * p.ow), lda = (int)(p.oh * p.ow), M = (int)g->cc;
+            const double *dyb = dy + n * csz + y0 * p.ow, *in = x + n * fsz;
+            if (p.copy == COPY_NONE) {
+                cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, (int)g->cf, K, 1.0, dyb, lda, in + y0 * p.iw,
+                            (int)(p.ih * p.iw), 1.0, part, (int)g->cf);
+            } else if (p.copy == COPY_IM2COL) {
+                int Nw = (int)(g->cf * (size_t)cs->ntaps);
+                fill_band(&p, in, y0, r, buf);
+                cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, Nw, K, 1.0, dyb, lda, buf, K, 1.0, part, Nw);
+            } else {
+                int N3 = (int)(3 * g->cf), ldb = (int)((r + 2) * p.iw);
+                fill_band(&p, in, y0, r, buf);
+                for (size_t ty = 0; ty < 3; ty++)
+                    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N3, K, 1.0, dyb, lda, buf + ty * p.iw, ldb,
+                                1.0, part + ty * g->cc * 3 * g->cf, N3);
+            }
+        }
+    }
+    blas_single_end(saved);
+    /* dw += alpha * (partial[0] + partial[1] + ...), in thread order. */
+    const size_t nt = (size_t)cs->ntaps;
+    for (size_t o = 0; o < g->cc; o++)
+        for (size_t i = 0; i < g->cf; i++)
+            for (size_t t = 0; t < nt; t++) {
+                size_t at = p.copy == COPY_ROWS3 ? (((t / 3) * g->cc + o) * g->cf + i) * 3 + t % 3 : (o * g->cf + i) * nt + t;
+                double acc = 0.0;
+                for (size_t tid = 0; tid < T; tid++) acc += bufs[tid * stride + at];
+                dw[(o * g->cf + i) * nt + t] += alpha * acc;
+            }
+    rb_arena_reset(work, mark);
+    return true;
 }
