@@ -34,20 +34,28 @@ static void sweep_out_of_place(const rb_stencil2d *s, size_t N, size_t H, size_t
                                double inv, double h, double *y, int threads)
 {
     const long long rows = (long long)(N * H);
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (long long r = 0; r < rows; r++) {
-        size_t i = (size_t)r % H, o = (size_t)r * W;
-        const double *mid = x + o;
-        const double *up = i > 0 ? mid - W : NULL, *dn = i + 1 < H ? mid + W : NULL;
-        rb_stencil2d_row(s, W, up, mid, dn, b + o, inv, h, y + o);
+    const size_t total = N * H * W;
+    const bool stream = rb_stencil2d_stream_stores(3 * total * sizeof(double));
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+#pragma omp for schedule(static) nowait
+        for (long long r = 0; r < rows; r++) {
+            const size_t i = (size_t)r % H, o = (size_t)r * W;
+            const double *mid = x + o;
+            const double *up = i > 0 ? mid - W : NULL, *dn = i + 1 < H ? mid + W : NULL;
+            rb_stencil2d_row(s, W, up, mid, dn, b + o, inv, h, y + o, total - o - W, total - o, stream);
+        }
+        if (stream) rb_stencil2d_stream_fence();
     }
 }
 
-/* In place on x. buf: ROWS_PER_THREAD * W doubles per thread, `threads` threads. */
+/* In place on x. buf: ROWS_PER_THREAD * W doubles per thread, `threads` threads.
+ * Each thread sweeps its block of rows; the row kernel hands back the old row
+ * it overwrote (`cur`), which is the next row's `up`. */
 static void sweep_in_place(const rb_stencil2d *s, size_t N, size_t H, size_t W, double *x, const double *b,
                            double inv, double h, double *buf, int threads)
 {
-    const size_t row_bytes = W * sizeof(double);
+    const size_t row_bytes = W * sizeof(double), total = N * H * W;
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         const size_t nt = (size_t)omp_get_num_threads(), t = (size_t)omp_get_thread_num();
@@ -62,10 +70,11 @@ static void sweep_in_place(const rb_stencil2d *s, size_t N, size_t H, size_t W, 
 #pragma omp barrier
             for (size_t i = r0; i < r1; i++) {
                 double *row = img + i * W;
-                memcpy(cur, row, row_bytes);
+                const size_t o = (n * H + i) * W; /* offset of row i in x and b */
                 const double *up = i > 0 ? prev : NULL;
                 const double *dn = i + 1 == H ? NULL : i + 1 == r1 ? below : row + W;
-                rb_stencil2d_row(s, W, up, cur, dn, bimg + i * W, inv, h, row);
+                const size_t dn_ahead = dn == row + W ? total - o - W : W;
+                rb_stencil2d_row_in_place(s, W, up, row, cur, dn, bimg + i * W, inv, h, dn_ahead, total - o);
                 double *tmp = prev;
                 prev = cur, cur = tmp;
             }

@@ -42,8 +42,26 @@ bool rb_stencil2d_init(const rb_conv_state *cs, const double *w, rb_stencil2d *s
  *   b == NULL:  y[j] = ax[j]                               (y = A x)
  *   b != NULL:  y[j] = mid[j] + h * ((b[j] - ax[j]) * inv)  (damped Jacobi, the
  *               generic path's operation order, so both agree bit for bit).
- * y must not overlap up, mid, dn or b. */
+ * y must not overlap up, mid, dn or b. dn_ahead / b_ahead: doubles readable from
+ * dn / b on (at least W), how far those memory streams may be prefetched.
+ * stream: write y with streaming (non-temporal) stores where the build can; each
+ * thread that did must call rb_stencil2d_stream_fence before its results are read. */
 void rb_stencil2d_row(const rb_stencil2d *s, size_t W, const double *up, const double *mid, const double *dn,
-                      const double *b, double inv, double h, double *y);
+                      const double *b, double inv, double h, double *y, size_t dn_ahead, size_t b_ahead,
+                      bool stream);
+
+/* Whether a kernel that touches `bytes` of grids should write its output with
+ * streaming stores: true when they exceed the last-level cache (the output
+ * would not stay cached anyway), so its lines are not read before being overwritten. */
+bool rb_stencil2d_stream_stores(size_t bytes);
+/* Order this thread's streaming stores before what follows (sfence). */
+void rb_stencil2d_stream_fence(void);
+
+/* The Jacobi row in place: row holds the old x row on entry and the new one on
+ * exit, and save receives the old values (the next row's `up`). Same results as
+ * rb_stencil2d_row with mid = the old row, bit for bit. b must not be NULL. */
+void rb_stencil2d_row_in_place(const rb_stencil2d *s, size_t W, const double *up, double *row, double *save,
+                               const double *dn, const double *b, double inv, double h, size_t dn_ahead,
+                               size_t b_ahead);
 
 #endif

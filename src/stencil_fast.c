@@ -6,9 +6,44 @@
  * the compiler vectorises; the first and last column, and rows whose neighbour
  * row lies outside the grid, go through a per-point loop over the taps that
  * skips what is outside, exactly as the reference rb_conv_gather does. Sums run
- * in tap order, so results equal the reference loop's.
+ * in tap order with separate multiplies and adds (no FMA contraction in ISO C
+ * mode), so results equal the reference loop's.
+ *
+ * Speed (bench/bench_stencil.c, bench/results_stencil.md): one core does not keep
+ * enough cache misses in flight for a 3-row stencil on its own, so the two
+ * streams that come from memory (the row below and b) are prefetched 8 and 16 KB
+ * ahead into L2. The in-place Jacobi row keeps the old row in AVX2 registers,
+ * shifted across lanes, instead of copying it first: that pass is the one the
+ * smoothers run. Out of place, on grids larger than the last-level cache, the
+ * output goes out with streaming stores (no read-for-ownership of lines about to
+ * be overwritten), software-pipelined against 4K aliasing. Without AVX2 the plain
+ * C loops run (same results).
  */
 #include "jacobi_internal.h"
+
+#include <stdint.h>
+#include <string.h>
+#include <unistd.h>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+/* How far ahead (in doubles) the two memory streams are prefetched: the row below
+ * 8 KB, b 16 KB. Different distances, because x and b usually share their address
+ * modulo 4 KB, and prefetches issued together to the same cache sets slow each other. */
+#define PF_DN 1024
+#define PF_B 2048
+#define CHUNK 64 /* points per prefetch group: 8 cache lines per stream */
+
+/* Prefetch into L2 the cache lines of p[j + ahead .. + CHUNK) that lie below p[reach]. */
+static inline void prefetch_chunk(const double *p, size_t j, size_t reach, size_t ahead)
+{
+#if defined(__GNUC__)
+    for (size_t k = j + ahead; k < j + ahead + CHUNK && k < reach; k += 8) __builtin_prefetch(p + k, 0, 2);
+#else
+    (void)p, (void)j, (void)reach, (void)ahead;
+#endif
+}
 
 bool rb_stencil2d_init(const rb_conv_state *cs, const double *w, rb_stencil2d *s)
 {
@@ -53,36 +88,179 @@ static void point(const rb_stencil2d *s, size_t W, const double *const rows[3], 
      w6 * d[(j) - 1] + w7 * d[(j)] + w8 * d[(j) + 1])
 #define AX_STAR(j) (w0 * u[(j)] + w1 * m[(j) - 1] + w2 * m[(j)] + w3 * m[(j) + 1] + w4 * d[(j)])
 
-/* Points 1 .. W-2 of a row with both neighbour rows inside the grid (W >= 3). */
-static void row_interior(const rb_stencil2d *s, size_t W, const double *restrict u, const double *restrict m,
-                         const double *restrict d, const double *restrict b, double inv, double h,
-                         double *restrict y)
+/* for j in [jb, je): y[j] = expr, in chunks of CHUNK points, each prefetching the streams ahead. */
+#define CHUNKED_LOOP(expr)                                                 \
+    for (size_t j0 = jb; j0 < je; j0 += CHUNK) {                           \
+        const size_t j1 = j0 + CHUNK < je ? j0 + CHUNK : je;               \
+        prefetch_chunk(d, j0, dn_ahead, PF_DN);                            \
+        if (b != NULL) prefetch_chunk(b, j0, b_ahead, PF_B);               \
+        _Pragma("omp simd") for (size_t j = j0; j < j1; j++) y[j] = expr; \
+    }
+
+/* Interior points jb .. je-1 (1 <= jb, je <= W-1) of a row with both neighbour rows inside the grid. */
+static void row_interior(const rb_stencil2d *s, size_t jb, size_t je, const double *restrict u,
+                         const double *restrict m, const double *restrict d, const double *restrict b, double inv,
+                         double h, double *restrict y, size_t dn_ahead, size_t b_ahead)
 {
-    const size_t end = W - 1;
     if (s->ntaps == 9) {
         const double w0 = s->w[0], w1 = s->w[1], w2 = s->w[2], w3 = s->w[3], w4 = s->w[4], w5 = s->w[5];
         const double w6 = s->w[6], w7 = s->w[7], w8 = s->w[8];
         if (b == NULL) {
-#pragma omp simd
-            for (size_t j = 1; j < end; j++) y[j] = AX_FULL(j);
+            CHUNKED_LOOP(AX_FULL(j))
         } else {
-#pragma omp simd
-            for (size_t j = 1; j < end; j++) y[j] = m[j] + h * ((b[j] - AX_FULL(j)) * inv);
+            CHUNKED_LOOP(m[j] + h * ((b[j] - AX_FULL(j)) * inv))
         }
     } else {
         const double w0 = s->w[0], w1 = s->w[1], w2 = s->w[2], w3 = s->w[3], w4 = s->w[4];
         if (b == NULL) {
-#pragma omp simd
-            for (size_t j = 1; j < end; j++) y[j] = AX_STAR(j);
+            CHUNKED_LOOP(AX_STAR(j))
         } else {
-#pragma omp simd
-            for (size_t j = 1; j < end; j++) y[j] = m[j] + h * ((b[j] - AX_STAR(j)) * inv);
+            CHUNKED_LOOP(m[j] + h * ((b[j] - AX_STAR(j)) * inv))
         }
     }
 }
 
+#if defined(__AVX2__)
+/* With P = m[j-4..j-1], A = m[j..j+3], N = m[j+4..j+7] in registers:
+ * m[j-1..j+2] = (P3, A0, A1, A2) and m[j+1..j+4] = (A1, A2, A3, N0). */
+static inline __m256d lanes_left(__m256d P, __m256d A)
+{
+    return _mm256_shuffle_pd(_mm256_permute2f128_pd(P, A, 0x21), A, 5);
+}
+static inline __m256d lanes_right(__m256d A, __m256d N)
+{
+    return _mm256_shuffle_pd(A, _mm256_permute2f128_pd(A, N, 0x21), 5);
+}
+
+/* A x at points j..j+3, given the mid row's m[j-1..j+2], m[j..j+3], m[j+1..j+4]
+ * (L, A, R): the operation order of AX_FULL / AX_STAR. */
+static inline __m256d ax_avx2(bool full, const __m256d *w, const double *u, __m256d L, __m256d A, __m256d R,
+                              const double *d, size_t j)
+{
+    __m256d ax;
+    if (full) {
+        ax = _mm256_mul_pd(w[0], _mm256_loadu_pd(u + j - 1));
+        ax = _mm256_add_pd(ax, _mm256_mul_pd(w[1], _mm256_loadu_pd(u + j)));
+        ax = _mm256_add_pd(ax, _mm256_mul_pd(w[2], _mm256_loadu_pd(u + j + 1)));
+        ax = _mm256_add_pd(ax, _mm256_mul_pd(w[3], L));
+        ax = _mm256_add_pd(ax, _mm256_mul_pd(w[4], A));
+        ax = _mm256_add_pd(ax, _mm256_mul_pd(w[5], R));
+        ax = _mm256_add_pd(ax, _mm256_mul_pd(w[6], _mm256_loadu_pd(d + j - 1)));
+        ax = _mm256_add_pd(ax, _mm256_mul_pd(w[7], _mm256_loadu_pd(d + j)));
+        ax = _mm256_add_pd(ax, _mm256_mul_pd(w[8], _mm256_loadu_pd(d + j + 1)));
+    } else {
+        ax = _mm256_mul_pd(w[0], _mm256_loadu_pd(u + j));
+        ax = _mm256_add_pd(ax, _mm256_mul_pd(w[1], L));
+        ax = _mm256_add_pd(ax, _mm256_mul_pd(w[2], A));
+        ax = _mm256_add_pd(ax, _mm256_mul_pd(w[3], R));
+        ax = _mm256_add_pd(ax, _mm256_mul_pd(w[4], _mm256_loadu_pd(d + j)));
+    }
+    return ax;
+}
+
+/* m + h * ((b - ax) * inv) at points j..j+3 */
+static inline __m256d jacobi_avx2(__m256d A, const double *b, size_t j, __m256d ax, __m256d vinv, __m256d vh)
+{
+    return _mm256_add_pd(A, _mm256_mul_pd(vh, _mm256_mul_pd(_mm256_sub_pd(_mm256_loadu_pd(b + j), ax), vinv)));
+}
+
+/* y (A x or the Jacobi update) at points j..j+3, all loads from memory. */
+static inline __m256d value_avx2(bool full, const __m256d *w, const double *u, const double *m, const double *d,
+                                 const double *b, size_t j, __m256d vinv, __m256d vh)
+{
+    const __m256d A = _mm256_loadu_pd(m + j);
+    const __m256d ax = ax_avx2(full, w, u, _mm256_loadu_pd(m + j - 1), A, _mm256_loadu_pd(m + j + 1), d, j);
+    return b == NULL ? ax : jacobi_avx2(A, b, j, ax, vinv, vh);
+}
+
+/* Interior points jb .. je-1 with streaming stores: y + jb 32-byte aligned, je - jb
+ * a positive multiple of 4. Software-pipelined: the loads for points j..j+3 are
+ * issued before the store of j-4..j-1, so no load follows a store to the same
+ * address modulo 4 KB (x's rows are 4 KB multiples minus 8 bytes apart when
+ * W = 2^k - 1, and y is usually aligned like x): such "4K aliasing" would make
+ * the loads wait for the stores. */
+static void row_interior_stream(const rb_stencil2d *s, size_t jb, size_t je, const double *u, const double *m,
+                                const double *d, const double *b, double inv, double h, double *y,
+                                size_t dn_ahead, size_t b_ahead)
+{
+    const __m256d vinv = _mm256_set1_pd(inv), vh = _mm256_set1_pd(h);
+    __m256d w[9];
+    for (int t = 0; t < s->ntaps; t++) w[t] = _mm256_set1_pd(s->w[t]);
+    const bool full = s->ntaps == 9;
+    __m256d prev = value_avx2(full, w, u, m, d, b, jb, vinv, vh);
+    size_t j = jb + 4;
+    for (; j < je; j += 4) {
+        if (((j - jb) & (CHUNK - 1)) == 0) {
+            prefetch_chunk(d, j, dn_ahead, PF_DN);
+            if (b != NULL) prefetch_chunk(b, j, b_ahead, PF_B);
+        }
+        const __m256d v = value_avx2(full, w, u, m, d, b, j, vinv, vh);
+        _mm256_stream_pd(y + j - 4, prev);
+        prev = v;
+    }
+    _mm256_stream_pd(y + j - 4, prev);
+}
+
+/* Points j = 1, 5, 9, ... while the next four old values are inside the row
+ * (needs W >= 9, up and dn rows present): old values are loaded before the new
+ * ones are stored over them, and copied to save. Returns the first point not
+ * done; save[0 .. that) holds the old row. */
+static size_t row_in_place_avx2(const rb_stencil2d *s, size_t W, const double *u, double *row, double *save,
+                                const double *d, const double *b, double inv, double h, size_t dn_ahead,
+                                size_t b_ahead)
+{
+    const __m256d vinv = _mm256_set1_pd(inv), vh = _mm256_set1_pd(h);
+    __m256d w[9];
+    for (int t = 0; t < s->ntaps; t++) w[t] = _mm256_set1_pd(s->w[t]);
+    const bool full = s->ntaps == 9;
+    save[0] = row[0];
+    __m256d P = _mm256_set1_pd(row[0]), A = _mm256_loadu_pd(row + 1);
+    size_t j = 1;
+    for (; j + 8 <= W; j += 4) {
+        if (((j - 1) & (CHUNK - 1)) == 0) {
+            prefetch_chunk(d, j, dn_ahead, PF_DN);
+            prefetch_chunk(b, j, b_ahead, PF_B);
+        }
+        const __m256d N = _mm256_loadu_pd(row + j + 4);
+        const __m256d ax = ax_avx2(full, w, u, lanes_left(P, A), A, lanes_right(A, N), d, j);
+        _mm256_storeu_pd(save + j, A);
+        _mm256_storeu_pd(row + j, jacobi_avx2(A, b, j, ax, vinv, vh));
+        P = A, A = N;
+    }
+    return j;
+}
+#endif
+
+void rb_stencil2d_stream_fence(void)
+{
+#if defined(__AVX2__)
+    _mm_sfence();
+#endif
+}
+
+/* The cache a streaming kernel competes for: the last-level cache as the system
+ * reports it, but at most 32 MiB (virtual machines report the whole host's L3). */
+#define STREAM_CACHE_MAX ((size_t)32 << 20)
+
+bool rb_stencil2d_stream_stores(size_t bytes)
+{
+#if defined(__AVX2__)
+    if (bytes <= ((size_t)8 << 20)) return false; /* below any last-level cache worth asking about */
+    size_t cache = STREAM_CACHE_MAX;
+#if defined(_SC_LEVEL3_CACHE_SIZE)
+    long llc = sysconf(_SC_LEVEL3_CACHE_SIZE);
+    if (llc > 0 && (size_t)llc < cache) cache = (size_t)llc;
+#endif
+    return bytes > cache;
+#else
+    (void)bytes;
+    return false;
+#endif
+}
+
 void rb_stencil2d_row(const rb_stencil2d *s, size_t W, const double *up, const double *mid, const double *dn,
-                      const double *b, double inv, double h, double *y)
+                      const double *b, double inv, double h, double *y, size_t dn_ahead, size_t b_ahead,
+                      bool stream)
 {
     const double *const rows[3] = {up, mid, dn};
     if (up == NULL || dn == NULL || W < 3) {
@@ -90,9 +268,48 @@ void rb_stencil2d_row(const rb_stencil2d *s, size_t W, const double *up, const d
         return;
     }
     point(s, W, rows, b, inv, h, y, 0);
-    row_interior(s, W, up, mid, dn, b, inv, h, y);
+#if defined(__AVX2__)
+    if (stream && W >= 32 && ((uintptr_t)y & 7) == 0) {
+        /* scalar up to 32-byte alignment, streaming stores, scalar tail */
+        const size_t ja = 1 + ((32 - ((uintptr_t)(y + 1) & 31)) & 31) / sizeof(double);
+        const size_t jz = ja + ((W - 1 - ja) & ~(size_t)3);
+        row_interior(s, 1, ja, up, mid, dn, b, inv, h, y, dn_ahead, b_ahead);
+        row_interior_stream(s, ja, jz, up, mid, dn, b, inv, h, y, dn_ahead, b_ahead);
+        row_interior(s, jz, W - 1, up, mid, dn, b, inv, h, y, dn_ahead, b_ahead);
+    } else
+#else
+    (void)stream;
+#endif
+    {
+        row_interior(s, 1, W - 1, up, mid, dn, b, inv, h, y, dn_ahead, b_ahead);
+    }
     point(s, W, rows, b, inv, h, y, W - 1);
 }
+
+/* ---- the in-place Jacobi row ---------------------------------------------------------------- */
+
+void rb_stencil2d_row_in_place(const rb_stencil2d *s, size_t W, const double *up, double *row, double *save,
+                               const double *dn, const double *b, double inv, double h, size_t dn_ahead,
+                               size_t b_ahead)
+{
+    size_t j = 0; /* points 1 .. j-1 done, save[0 .. j) filled */
+#if defined(__AVX2__)
+    if (up != NULL && dn != NULL && W >= 9)
+        j = row_in_place_avx2(s, W, up, row, save, dn, b, inv, h, dn_ahead, b_ahead);
+#endif
+    if (j == 0) { /* no vector kernel: copy the old row, then the out-of-place row */
+        memcpy(save, row, W * sizeof(double));
+        rb_stencil2d_row(s, W, up, save, dn, b, inv, h, row, dn_ahead, b_ahead, false);
+        return;
+    }
+    memcpy(save + j, row + j, (W - j) * sizeof(double));
+    row_interior(s, j, W - 1, up, save, dn, b, inv, h, row, dn_ahead, b_ahead);
+    const double *const rows[3] = {up, save, dn};
+    point(s, W, rows, b, inv, h, row, 0);
+    point(s, W, rows, b, inv, h, row, W - 1);
+}
+
+/* ---- y = A x behind the conv op ------------------------------------------------------------ */
 
 bool rb_stencil_fast_forward(rb_context *ctx, const rb_conv_state *cs, const rb_conv_geom *g, const double *w,
                              const double *x, double *y)
@@ -101,16 +318,21 @@ bool rb_stencil_fast_forward(rb_context *ctx, const rb_conv_state *cs, const rb_
     if (!rb_stencil2d_init(cs, w, &s) || g->cf != 1 || g->cc != 1 || g->fd != 1 || g->cd != 1 || g->ch != g->fh ||
         g->cw != g->fw)
         return false;
-    const size_t H = g->fh, W = g->fw;
+    const size_t H = g->fh, W = g->fw, total = g->n * H * W;
     const long long rows = (long long)(g->n * H);
     const int threads = rb_context_threads(ctx);
+    const bool stream = rb_stencil2d_stream_stores(2 * total * sizeof(double));
     /* y = A x, one row of one image per iteration; (N,1,1,H,W) */
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (long long r = 0; r < rows; r++) {
-        size_t i = (size_t)r % H;
-        const double *mid = x + (size_t)r * W;
-        const double *up = i > 0 ? mid - W : NULL, *dn = i + 1 < H ? mid + W : NULL;
-        rb_stencil2d_row(&s, W, up, mid, dn, NULL, 0.0, 0.0, y + (size_t)r * W);
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+#pragma omp for schedule(static) nowait
+        for (long long r = 0; r < rows; r++) {
+            const size_t i = (size_t)r % H, o = (size_t)r * W;
+            const double *mid = x + o;
+            const double *up = i > 0 ? mid - W : NULL, *dn = i + 1 < H ? mid + W : NULL;
+            rb_stencil2d_row(&s, W, up, mid, dn, NULL, 0.0, 0.0, y + o, total - o - W, 0, stream);
+        }
+        if (stream) rb_stencil2d_stream_fence();
     }
     return true;
 }

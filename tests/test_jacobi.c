@@ -5,11 +5,12 @@
  * Oracles: the reference paths (rb_conv_gather for y = A x;
  * rb_residual_step_generic for the sweep), the closed-form damping factors of
  * the Fourier modes of the Poisson stencils, the conformance suite, and the
- * error contract (status, message, outputs untouched).
+ * error contract (status, message, outputs untouched). The row kernels' variants
+ * (vectorised in place, streaming stores) are checked against the plain row.
  */
 #include "testkit.h"
 #include "conformance.h"
-#include "conv_internal.h"
+#include "jacobi_internal.h"
 
 #include <math.h>
 #include <string.h>
@@ -22,7 +23,7 @@ typedef struct grid_case {
 
 static const grid_case grid_cases[] = {
     {1, 1, 1}, {1, 1, 5}, {1, 7, 3}, {3, 7, 3}, {1, 33, 31}, {3, 33, 31}, {1, 64, 64}, {3, 64, 64},
-    {1, 5, 1}, {2, 2, 2},
+    {1, 5, 1}, {2, 2, 2}, {1, 4, 9}, {2, 5, 10}, {1, 6, 12}, {1, 3, 13}, {2, 9, 17},
 };
 static const int thread_counts[] = {1, 2, 3};
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
@@ -43,7 +44,8 @@ static rb_op *random_stencil(rb_context *ctx, rb_stencil pattern, rb_test_rng *r
 static double max_abs_diff(const rb_tensor *a, const rb_tensor *b)
 {
     double d = 0.0;
-    for (size_t i = 0; i < rb_tensor_count(a); i++) {
+    const size_t n = rb_tensor_count(a);
+    for (size_t i = 0; i < n; i++) {
         double e = fabs(a->data[i] - b->data[i]);
         if (!(e <= d)) d = e;
     }
@@ -207,6 +209,115 @@ static void test_stencil_fast_declines(void **state)
     }
 }
 
+/* ---- the row kernels' variants against the plain row ---------------------------------------- */
+
+/* Oracle: rb_stencil2d_row without streaming stores. The streaming variant (aligned
+ * vector stores after a scalar peel) and the in-place row (old values kept in
+ * registers and handed back in `save`) must give the same numbers, for every row
+ * length around the vector widths, every alignment of y, with and without the rows
+ * above/below, for y = A x and for the Jacobi update. */
+static void test_row_variants(void **state)
+{
+    (void)state;
+    rb_test_rng rng = {11};
+    enum { WMAX = 80, PAD = 4 };
+    double up[WMAX], mid[WMAX], dn[WMAX], b[WMAX], ref[WMAX], got[WMAX + PAD], row[WMAX], save[WMAX];
+    for (int p = 0; p < 2; p++) {
+        int taps = p == 0 ? 5 : 9;
+        rb_conv_desc d = rb_conv_desc_default(2, 1, 1);
+        d.pattern = p == 0 ? RB_STENCIL_STAR : RB_STENCIL_FULL;
+        rb_conv_state cs = {d, taps, {{0}}};
+        for (int t = 0, k = 0; t < 9; t++) {
+            int dy = t / 3 - 1, dx = t % 3 - 1;
+            if (taps == 5 && dy != 0 && dx != 0) continue;
+            cs.tap[k][0] = 0, cs.tap[k][1] = dy, cs.tap[k][2] = dx;
+            k++;
+        }
+        double w[9];
+        for (int t = 0; t < taps; t++) w[t] = rb_test_uniform(&rng, -1, 1);
+        rb_stencil2d st;
+        assert_true(rb_stencil2d_init(&cs, w, &st));
+        for (size_t W = 1; W <= WMAX; W++) {
+            for (size_t j = 0; j < W; j++) {
+                up[j] = rb_test_uniform(&rng, -1, 1), mid[j] = rb_test_uniform(&rng, -1, 1);
+                dn[j] = rb_test_uniform(&rng, -1, 1), b[j] = rb_test_uniform(&rng, -1, 1);
+            }
+            for (int edge = 0; edge < 3; edge++) { /* 0: interior row, 1: no row above, 2: no row below */
+                const double *u = edge == 1 ? NULL : up, *dd = edge == 2 ? NULL : dn;
+                for (int jac = 0; jac < 2; jac++) {
+                    const double *bb = jac ? b : NULL;
+                    rb_stencil2d_row(&st, W, u, mid, dd, bb, 0.7, 0.9, ref, W, W, false);
+                    for (int off = 0; off < PAD; off++) { /* y at every alignment */
+                        rb_stencil2d_row(&st, W, u, mid, dd, bb, 0.7, 0.9, got + off, W, W, true);
+                        rb_stencil2d_stream_fence();
+                        for (size_t j = 0; j < W; j++)
+                            if (!(got[off + j] == ref[j]))
+                                fail_msg("%d taps, W %zu, edge %d, jacobi %d, offset %d: streaming row differs at %zu",
+                                         taps, W, edge, jac, off, j);
+                    }
+                    if (!jac) continue;
+                    memcpy(row, mid, W * sizeof(double));
+                    rb_stencil2d_row_in_place(&st, W, u, row, save, dd, b, 0.7, 0.9, W, W);
+                    for (size_t j = 0; j < W; j++)
+                        if (!(row[j] == ref[j]) || !(save[j] == mid[j]))
+                            fail_msg("%d taps, W %zu, edge %d: in-place row differs at %zu", taps, W, edge, j);
+                }
+            }
+        }
+    }
+}
+
+/* Streaming stores are chosen above 32 MiB (or the last-level cache, if smaller). */
+static void test_stream_threshold(void **state)
+{
+    (void)state;
+    assert_false(rb_stencil2d_stream_stores(1u << 20));
+#if defined(__AVX2__)
+    assert_true(rb_stencil2d_stream_stores((size_t)33 << 20));
+#endif
+}
+
+/* Grids larger than the last-level cache (streaming stores), through the public entry
+ * points. Oracles: rb_conv_gather for y = A x, the generic path for the sweep. */
+static void test_large_grid(void **state)
+{
+    rb_context *ctx = *state;
+    rb_test_rng rng = {3};
+    rb_shape sh = rb_shape_2d(2, 1, 1100, 1101); /* 2 x 9.7 MB: y = A x touches 39 MB, a sweep 58 MB */
+    rb_op *A = random_stencil(ctx, RB_STENCIL_FULL, &rng), *J;
+    rb_tensor b, x, yr, yf, yg, yi;
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &b, sh));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &x, sh));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &yr, sh));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &yf, sh));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &yg, sh));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &yi, sh));
+    rb_test_fill(&rng, &b, -1, 1);
+    rb_test_fill(&rng, &x, -1, 1);
+    rb_conv_geom g;
+    RB_CHECK(ctx, rb_conv_geometry(ctx, A, sh, &g, NULL));
+    rb_conv_gather(1, rb_conv_state_of(A), &g, A->params, NULL, x.data, 1.0, 0.0, yr.data);
+    RB_CHECK(ctx, rb_op_jacobi_create(ctx, A, &b, &J));
+    rb_arena work = {0};
+    RB_CHECK(ctx, rb_arena_reserve(ctx, &work, rb_residual_workspace(J, sh)));
+    for (int threads = 1; threads <= 2; threads++) {
+        RB_CHECK(ctx, rb_context_set_threads(ctx, threads));
+        RB_CHECK(ctx, rb_op_apply(ctx, A, &x, &yf, NULL));
+        assert_true(max_abs_diff(&yf, &yr) == 0.0);
+        RB_CHECK(ctx, rb_residual_step_generic(ctx, J, 0.7, &x, &yg, &work));
+        RB_CHECK(ctx, rb_residual_step(ctx, J, 0.7, &x, &yf, &work));
+        RB_CHECK(ctx, rb_tensor_copy(ctx, &x, &yi));
+        RB_CHECK(ctx, rb_residual_step(ctx, J, 0.7, &yi, &yi, &work));
+        assert_true(rb_tensor_max_rel_diff(&yf, &yg) <= 1e-14);
+        assert_true(max_abs_diff(&yi, &yf) == 0.0);
+    }
+    RB_CHECK(ctx, rb_context_set_threads(ctx, 1));
+    rb_arena_release(ctx, &work);
+    rb_op_free(ctx, J), rb_op_free(ctx, A);
+    rb_tensor_release(ctx, &b), rb_tensor_release(ctx, &x), rb_tensor_release(ctx, &yr);
+    rb_tensor_release(ctx, &yf), rb_tensor_release(ctx, &yg), rb_tensor_release(ctx, &yi);
+}
+
 /* ---- closed forms: damping of Fourier modes ------------------------------------------------ */
 
 /* Oracle (closed form): for the Poisson stencil on n interior points, h = 1/(n+1),
@@ -368,7 +479,8 @@ static void test_jacobi_create_bad_input(void **state)
 /* y untouched (still 7) */
 static void assert_untouched(const rb_tensor *y)
 {
-    for (size_t i = 0; i < rb_tensor_count(y); i++)
+    const size_t n = rb_tensor_count(y);
+    for (size_t i = 0; i < n; i++)
         if (y->data[i] != 7.0) fail_msg("output changed at %zu although the call was refused", i);
 }
 
@@ -424,6 +536,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fused_small_arena_repeated, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_stencil_fast_vs_gather, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_stencil_fast_declines, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test(test_row_variants),
+        cmocka_unit_test(test_stream_threshold),
+        cmocka_unit_test_setup_teardown(test_large_grid, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_oracle_fourier_1d, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_oracle_fourier_2d_fused, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_conformance, rb_test_setup, rb_test_teardown),
