@@ -53,8 +53,49 @@
 #ifndef RB_CONV_GEMM_MIN_MACS
 #define RB_CONV_GEMM_MIN_MACS 18
 #endif
+/* Stride-1 3x3 with at most this many input channels, or this many output channels:
+ * direct vector kernels on a zero-padded copy (PAD), no GEMM. */
+#ifndef RB_CONV_GEMM_DIRECT_MAX
+#define RB_CONV_GEMM_DIRECT_MAX 2
+#endif
+#ifndef RB_CONV_GEMM_DIRECT_MAX_OUT
+#define RB_CONV_GEMM_DIRECT_MAX_OUT 1
+#endif
 
-typedef enum copy_kind { COPY_NONE, COPY_IM2COL, COPY_ROWS3 } copy_kind;
+/* Four doubles in a vector register (GCC/Clang vector extension: AVX2 with x86-64-v3). */
+#if defined(__GNUC__)
+#define RB_CONV_HAVE_DIRECT 1
+typedef double v4d __attribute__((vector_size(32)));
+static inline v4d v4_load(const double *p)
+{
+    v4d v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline void v4_store(double *p, v4d v) { memcpy(p, &v, sizeof v); }
+static inline v4d v4_set1(double a) { return (v4d){a, a, a, a}; }
+static inline double v4_sum(v4d v) { return (v[0] + v[1]) + (v[2] + v[3]); }
+/* a*b + c, fused where the target has FMA (ISO C mode does not contract a*b + c). */
+#if defined(__FMA__) && defined(__AVX__)
+#include <immintrin.h>
+static inline v4d v4_fma(v4d a, v4d b, v4d c) { return _mm256_fmadd_pd(a, b, c); }
+#else
+static inline v4d v4_fma(v4d a, v4d b, v4d c) { return a * b + c; }
+#endif
+#else
+#define RB_CONV_HAVE_DIRECT 0
+#endif
+
+typedef enum copy_kind { COPY_NONE, COPY_IM2COL, COPY_ROWS3, COPY_PAD } copy_kind;
+
+/* Row length of a PAD copy: a zero, the w values, then zeros, a multiple of 4 with room for
+ * the loads (at offsets +1, +2) of the last vector, or of the last 16 columns in
+ * direct_reduce_band. */
+static size_t pad_width(size_t w)
+{
+    size_t a = (w + 8) / 4 * 4, b = (w + 15) / 16 * 16 + 4;
+    return a > b ? a : b;
+}
 
 /* One gather: out[o][y][x] = beta*out + alpha * sum_{i,t} A(o,i,t) in[i][s*y+off+dy_t][s*x+off+dx_t]
  * for each sample, in (ni, ih, iw) -> out (no, oh, ow). A is [o][i][t] for NONE
@@ -80,22 +121,27 @@ static void split_rows(size_t oh, size_t per_row, size_t *rows, size_t *bands)
     *bands = (oh + *rows - 1) / *rows;
 }
 
+/* weight: the plan serves the weight gradient (whose PAD kernel wants few input channels). */
 static gather_plan gather_plan_make(const rb_conv_state *cs, size_t ni, size_t no, size_t ih, size_t iw, size_t oh,
-                                    size_t ow, int s, int off)
+                                    size_t ow, int s, int off, bool weight)
 {
     gather_plan p = {0};
     p.ni = ni, p.no = no, p.ih = ih, p.iw = iw, p.oh = oh, p.ow = ow;
     p.s = s, p.off = off, p.ntaps = cs->ntaps, p.tap = (const int (*)[3])cs->tap;
     if (cs->desc.ksize == 1 && s == 1)
         p.copy = COPY_NONE;
+    else if (RB_CONV_HAVE_DIRECT && cs->desc.ksize == 3 && s == 1 &&
+             (ni <= RB_CONV_GEMM_DIRECT_MAX || (!weight && no <= RB_CONV_GEMM_DIRECT_MAX_OUT)))
+        p.copy = COPY_PAD;
     else if (cs->desc.ksize == 3 && s == 1 && ni >= RB_CONV_GEMM_ROWS3_MIN)
         p.copy = COPY_ROWS3;
     else
         p.copy = COPY_IM2COL;
-    size_t per_row = p.copy == COPY_ROWS3 ? 3 * ni * iw : ni * (size_t)p.ntaps * ow;
+    size_t per_row = p.copy == COPY_ROWS3 ? 3 * ni * iw : p.copy == COPY_PAD ? ni * pad_width(iw) : ni * (size_t)p.ntaps * ow;
     split_rows(oh, per_row, &p.rows, &p.bands);
     p.band = p.copy == COPY_NONE    ? 0
              : p.copy == COPY_ROWS3 ? 3 * ni * (p.rows + 2) * iw
+             : p.copy == COPY_PAD   ? ni * (p.rows + 2) * pad_width(iw) + 4 * no
                                     : ni * (size_t)p.ntaps * p.rows * ow;
     return p;
 }
@@ -122,7 +168,7 @@ static void copy_row(double *dst, const double *src, size_t len, int s, long lon
 }
 
 /* dst[s*x + start] += src[x] where 0 <= s*x + start < n, for x < len. */
-static void add_row(double *dst, const double *src, size_t len, int s, long long start, size_t n)
+static void add_row(double *restrict dst, const double *restrict src, size_t len, int s, long long start, size_t n)
 {
     size_t lo = start < 0 ? (size_t)((-start + s - 1) / s) : 0;
     long long lim = (long long)n - start;
@@ -134,6 +180,21 @@ static void add_row(double *dst, const double *src, size_t len, int s, long long
     } else {
         for (size_t x = lo; x < hi; x++) dst[(long long)((size_t)s * x) + start] += src[x];
     }
+}
+
+/* Rows [rr0, rr1) of the PAD copy [ni][rows+2][pad_width] of output rows [y0, y0+rows):
+ * buf[i][rr][1 + x] = in[i][y0 - 1 + rr][x], zero elsewhere. */
+static void fill_pad_rows(const gather_plan *p, const double *in, size_t y0, size_t rows, size_t rr0, size_t rr1,
+                          double *buf)
+{
+    const size_t wp = pad_width(p->iw);
+    for (size_t i = 0; i < p->ni; i++)
+        for (size_t rr = rr0; rr < rr1; rr++) {
+            double *dst = buf + (i * (rows + 2) + rr) * wp;
+            long long fy = (long long)(y0 + rr) - 1;
+            memset(dst, 0, wp * sizeof *dst);
+            if (fy >= 0 && fy < (long long)p->ih) memcpy(dst + 1, in + (i * p->ih + (size_t)fy) * p->iw, p->iw * sizeof *dst);
+        }
 }
 
 /* The copy of output rows [y0, y0+rows) of one sample's input `in` into buf. */
@@ -165,8 +226,153 @@ static void fill_band(const gather_plan *p, const double *in, size_t y0, size_t 
                 }
             }
         }
+    } else if (p->copy == COPY_PAD) {
+        fill_pad_rows(p, in, y0, rows, 0, rows + 2, buf);
     }
 }
+
+#if RB_CONV_HAVE_DIRECT
+/* sum_t k[t] * in_t over one channel's 3x3 taps, in three independent chains. */
+static inline v4d tap9(const double *k, v4d i0, v4d i1, v4d i2, v4d i3, v4d i4, v4d i5, v4d i6, v4d i7, v4d i8)
+{
+    v4d a = v4_fma(v4_set1(k[2]), i2, v4_fma(v4_set1(k[1]), i1, v4_set1(k[0]) * i0));
+    v4d b = v4_fma(v4_set1(k[5]), i5, v4_fma(v4_set1(k[4]), i4, v4_set1(k[3]) * i3));
+    v4d c = v4_fma(v4_set1(k[8]), i8, v4_fma(v4_set1(k[7]), i7, v4_set1(k[6]) * i6));
+    return (a + b) + c;
+}
+
+/* PAD gather, stride-1 3x3: out rows [0, rows) (out at the band's first row of channel 0,
+ * channels p->oh*p->ow apart) = beta*out + alpha * sum_{i,t} A[o][i][t] pad[i][r+ty][x+tx] (+ bias).
+ * Each output vector loads its 9 inputs of a channel once and uses them for every output
+ * channel. One input channel, full vector, plain forward: stored at once; otherwise the sums
+ * wait in acc (4*no doubles) for the last channel and the epilogue. */
+static void direct_gather_band(const gather_plan *p, const double *A, const double *bias, double alpha, double beta,
+                               const double *pad, size_t rows, double *out, double *acc)
+{
+    const size_t W = p->ow, wp = pad_width(W), ni = p->ni, no = p->no, ldo = p->oh * p->ow, chan = (rows + 2) * wp;
+    for (size_t r = 0; r < rows; r++)
+        for (size_t x = 0; x < W; x += 4) {
+            const size_t lanes = W - x < 4 ? W - x : 4;
+            double *dst = out + r * W + x;
+            if (ni == 1 && lanes == 4 && alpha == 1.0 && beta == 0.0) {
+                const double *q0 = pad + r * wp + x, *q1 = q0 + wp, *q2 = q1 + wp;
+                const v4d i0 = v4_load(q0), i1 = v4_load(q0 + 1), i2 = v4_load(q0 + 2);
+                const v4d i3 = v4_load(q1), i4 = v4_load(q1 + 1), i5 = v4_load(q1 + 2);
+                const v4d i6 = v4_load(q2), i7 = v4_load(q2 + 1), i8 = v4_load(q2 + 2);
+                for (size_t o = 0; o < no; o++) {
+                    v4d s = tap9(A + o * 9, i0, i1, i2, i3, i4, i5, i6, i7, i8);
+                    v4_store(dst + o * ldo, bias != NULL ? s + v4_set1(bias[o]) : s);
+                }
+                continue;
+            }
+            for (size_t i = 0; i < ni; i++) {
+                const double *q0 = pad + i * chan + r * wp + x, *q1 = q0 + wp, *q2 = q1 + wp;
+                const v4d i0 = v4_load(q0), i1 = v4_load(q0 + 1), i2 = v4_load(q0 + 2);
+                const v4d i3 = v4_load(q1), i4 = v4_load(q1 + 1), i5 = v4_load(q1 + 2);
+                const v4d i6 = v4_load(q2), i7 = v4_load(q2 + 1), i8 = v4_load(q2 + 2);
+                if (i == 0)
+                    for (size_t o = 0; o < no; o++)
+                        v4_store(acc + 4 * o, tap9(A + o * ni * 9, i0, i1, i2, i3, i4, i5, i6, i7, i8));
+                else
+                    for (size_t o = 0; o < no; o++)
+                        v4_store(acc + 4 * o, v4_load(acc + 4 * o) +
+                                                  tap9(A + (o * ni + i) * 9, i0, i1, i2, i3, i4, i5, i6, i7, i8));
+            }
+            for (size_t o = 0; o < no; o++) {
+                double *d = dst + o * ldo, *s = acc + 4 * o;
+                for (size_t l = 0; l < lanes; l++) {
+                    double v = alpha * s[l] + (bias != NULL ? bias[o] : 0.0);
+                    d[l] = beta == 0.0 ? v : beta * d[l] + v;
+                }
+            }
+        }
+}
+
+/* PAD gather for few output channels (and many input channels): each output channel's
+ * vectors, up to four side by side, sum over all input channels and taps, two chains each.
+ * The PAD copy of `in` (band at row y0) is made row by row just before it is needed, so the
+ * reads of `in` overlap the arithmetic. */
+static void direct_reduce_band(const gather_plan *p, const double *A, const double *bias, double alpha, double beta,
+                               const double *in, size_t y0, size_t rows, double *pad, double *out)
+{
+    const size_t W = p->ow, wp = pad_width(W), ni = p->ni, no = p->no, ldo = p->oh * p->ow, chan = (rows + 2) * wp;
+    fill_pad_rows(p, in, y0, rows, 0, 2, pad);
+    for (size_t r = 0; r < rows; r++) {
+        fill_pad_rows(p, in, y0, rows, r + 2, r + 3, pad);
+        for (size_t o = 0; o < no; o++)
+            for (size_t x = 0; x < W; x += 16) {
+                v4d a0 = v4_set1(0.0), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+                for (size_t i = 0; i < ni; i++) {
+                    const double *k = A + (o * ni + i) * 9, *q = pad + i * chan + r * wp + x;
+                    for (size_t ty = 0; ty < 3; ty++, k += 3, q += wp) {
+                        const v4d w0 = v4_set1(k[0]), w1 = v4_set1(k[1]), w2 = v4_set1(k[2]);
+                        a0 = v4_fma(w0, v4_load(q), a0), b0 = v4_fma(w1, v4_load(q + 1), b0);
+                        a1 = v4_fma(w0, v4_load(q + 4), a1), b1 = v4_fma(w1, v4_load(q + 5), b1);
+                        a2 = v4_fma(w0, v4_load(q + 8), a2), b2 = v4_fma(w1, v4_load(q + 9), b2);
+                        a3 = v4_fma(w0, v4_load(q + 12), a3), b3 = v4_fma(w1, v4_load(q + 13), b3);
+                        a0 = v4_fma(w2, v4_load(q + 2), a0), a1 = v4_fma(w2, v4_load(q + 6), a1);
+                        a2 = v4_fma(w2, v4_load(q + 10), a2), a3 = v4_fma(w2, v4_load(q + 14), a3);
+                    }
+                }
+                const v4d sum[4] = {a0 + b0, a1 + b1, a2 + b2, a3 + b3};
+                for (size_t v = 0; v < 4 && x + 4 * v < W; v++) {
+                    double s[4], *d = out + o * ldo + r * W + x + 4 * v;
+                    v4_store(s, sum[v]);
+                    size_t lanes = W - x - 4 * v < 4 ? W - x - 4 * v : 4;
+                    for (size_t l = 0; l < lanes; l++) {
+                        double val = alpha * s[l] + (bias != NULL ? bias[o] : 0.0);
+                        d[l] = beta == 0.0 ? val : beta * d[l] + val;
+                    }
+                }
+            }
+    }
+}
+
+/* PAD weight gradient, stride-1 3x3: part[o][i][t] += sum_{r<rows, x} dy[o][r][x] pad[i][r+ty][x+tx]
+ * (dy at the band's first row of channel 0). Four output channels times one tap row at a
+ * time: 12 accumulators. */
+static void direct_weight_band(const gather_plan *p, const double *pad, size_t rows, const double *dy, double *part)
+{
+    const size_t W = p->ow, W4 = W / 4 * 4, wp = pad_width(W), ni = p->ni, no = p->no, ldo = p->oh * p->ow;
+    const size_t chan = (rows + 2) * wp;
+    for (size_t i = 0; i < ni; i++)
+        for (size_t o = 0; o < no; o += 4) {
+            const size_t nb = no - o < 4 ? no - o : 4;
+            const double *d[4];
+            for (size_t k = 0; k < 4; k++) d[k] = dy + (o + (k < nb ? k : 0)) * ldo;
+            for (size_t ty = 0; ty < 3; ty++) {
+                v4d s[4][3];
+                for (size_t k = 0; k < 4; k++) s[k][0] = s[k][1] = s[k][2] = v4_set1(0.0);
+                for (size_t r = 0; r < rows; r++) {
+                    const double *q = pad + i * chan + (r + ty) * wp;
+                    const size_t dr = r * W;
+                    for (size_t x = 0; x < W4; x += 4) {
+                        const v4d a0 = v4_load(q + x), a1 = v4_load(q + x + 1), a2 = v4_load(q + x + 2);
+                        for (size_t k = 0; k < 4; k++) {
+                            const v4d g = v4_load(d[k] + dr + x);
+                            s[k][0] = v4_fma(g, a0, s[k][0]);
+                            s[k][1] = v4_fma(g, a1, s[k][1]);
+                            s[k][2] = v4_fma(g, a2, s[k][2]);
+                        }
+                    }
+                    if (W4 < W) { /* last columns: dy lanes past the row are zero */
+                        const v4d a0 = v4_load(q + W4), a1 = v4_load(q + W4 + 1), a2 = v4_load(q + W4 + 2);
+                        for (size_t k = 0; k < 4; k++) {
+                            double t4[4] = {0.0, 0.0, 0.0, 0.0};
+                            memcpy(t4, d[k] + dr + W4, (W - W4) * sizeof(double));
+                            const v4d g = v4_load(t4);
+                            s[k][0] = v4_fma(g, a0, s[k][0]);
+                            s[k][1] = v4_fma(g, a1, s[k][1]);
+                            s[k][2] = v4_fma(g, a2, s[k][2]);
+                        }
+                    }
+                }
+                for (size_t k = 0; k < nb; k++)
+                    for (size_t tx = 0; tx < 3; tx++) part[((o + k) * ni + i) * 9 + ty * 3 + tx] += v4_sum(s[k][tx]);
+            }
+        }
+}
+#endif
 
 /* One band of one sample: out rows [y0, y0+rows) = beta*out + alpha*A*col (+ bias, then beta must be 0). */
 static void gather_band(const gather_plan *p, const double *A, const double *bias, const double *in, double alpha,
@@ -175,6 +381,17 @@ static void gather_band(const gather_plan *p, const double *A, const double *bia
     size_t rows = p->rows < p->oh - y0 ? p->rows : p->oh - y0;
     int N = (int)(rows * p->ow), ldc = (int)(p->oh * p->ow);
     double *C = out + y0 * p->ow;
+#if RB_CONV_HAVE_DIRECT
+    if (p->copy == COPY_PAD) {
+        if (p->ni <= RB_CONV_GEMM_DIRECT_MAX) {
+            fill_band(p, in, y0, rows, buf);
+            direct_gather_band(p, A, bias, alpha, beta, buf, rows, C, buf + p->band - 4 * p->no);
+        } else {
+            direct_reduce_band(p, A, bias, alpha, beta, in, y0, rows, buf, C);
+        }
+        return;
+    }
+#endif
     if (bias != NULL) {
         for (size_t o = 0; o < p->no; o++)
             for (int j = 0; j < N; j++) C[o * (size_t)ldc + (size_t)j] = bias[o];
@@ -189,6 +406,8 @@ static void gather_band(const gather_plan *p, const double *A, const double *bia
     case COPY_IM2COL:
         fill_band(p, in, y0, rows, buf);
         cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, alpha, A, K, buf, N, beta, C, ldc);
+        break;
+    case COPY_PAD: /* handled above */
         break;
     case COPY_ROWS3: {
         fill_band(p, in, y0, rows, buf);
@@ -275,23 +494,31 @@ static bool supported(const rb_conv_state *cs, const rb_conv_geom *g)
 
 static gather_plan forward_plan(const rb_conv_state *cs, const rb_conv_geom *g)
 {
-    return gather_plan_make(cs, g->cf, g->cc, g->fh, g->fw, g->ch, g->cw, g->s[2], g->off[2]);
+    return gather_plan_make(cs, g->cf, g->cc, g->fh, g->fw, g->ch, g->cw, g->s[2], g->off[2], false);
 }
 
-/* Backward data as the flipped forward gather (stride 1), or col2im. Copy costs per point:
- * the gather copies 3 (ROWS3) or 9 values per coarse channel, col2im writes and adds 9 per
- * fine channel. */
-static bool backward_is_flip(const rb_conv_state *cs, const rb_conv_geom *g)
+/* The copy of the fine grid for the weight gradient. */
+static gather_plan weight_plan(const rb_conv_state *cs, const rb_conv_geom *g)
 {
-    if (g->s[2] != 1) return false;
-    if (cs->desc.ksize == 1) return true;
-    size_t gather_copy = (g->cc >= RB_CONV_GEMM_ROWS3_MIN ? 3 : 9) * g->cc;
-    return gather_copy <= 18 * g->cf;
+    return gather_plan_make(cs, g->cf, g->cc, g->fh, g->fw, g->ch, g->cw, g->s[2], g->off[2], true);
 }
 
 static gather_plan flip_plan(const rb_conv_state *cs, const rb_conv_geom *g)
 {
-    return gather_plan_make(cs, g->cc, g->cf, g->ch, g->cw, g->fh, g->fw, 1, 0);
+    return gather_plan_make(cs, g->cc, g->cf, g->ch, g->cw, g->fh, g->fw, 1, 0, false);
+}
+
+/* Backward data as the flipped forward gather (stride 1), or col2im. Copy costs per point:
+ * the gather copies 1 (PAD), 3 (ROWS3) or 9 (IM2COL) values per coarse channel, col2im
+ * writes and adds 9 per fine channel. */
+static bool backward_is_flip(const rb_conv_state *cs, const rb_conv_geom *g)
+{
+    if (g->s[2] != 1) return false;
+    if (cs->desc.ksize == 1) return true;
+    copy_kind k = flip_plan(cs, g).copy;
+    bool reduce = k == COPY_PAD && g->cc > RB_CONV_GEMM_DIRECT_MAX; /* direct_reduce_band: load-bound, count as 9 */
+    size_t gather_copy = (k == COPY_PAD && !reduce ? 1 : k == COPY_ROWS3 ? 3 : 9) * g->cc;
+    return gather_copy <= 18 * g->cf;
 }
 
 /* col2im bands of coarse rows: dcol = alpha W^T dy, rows (ci, tap), then added into fine. */
@@ -299,7 +526,48 @@ static void col2im_bands(const rb_conv_state *cs, const rb_conv_geom *g, size_t 
 {
     size_t per_row = g->cf * (size_t)cs->ntaps * g->cw;
     split_rows(g->ch, per_row, rows, bands);
-    *band = per_row * *rows;
+    *band = per_row * *rows + g->fw; /* dcol, and one fine row for col2im_add */
+}
+
+/* fine += the contributions of dcol (rows (ci, tap), coarse rows [y0, y0+r)). Stride 1 sums
+ * the taps' shifted rows into tmp, one fine row at a time, and adds tmp once: shifting the
+ * loads rather than the stores keeps a vector store from overlapping the next pass's loads. */
+static void col2im_add(const rb_conv_state *cs, const rb_conv_geom *g, const double *dcol, size_t y0, size_t r,
+                       double *fine, double *tmp)
+{
+    const size_t nt = (size_t)cs->ntaps, N = r * g->cw, fw = g->fw;
+    const int s = g->s[2], off = g->off[2];
+    for (size_t ci = 0; ci < g->cf; ci++) {
+        double *chan = fine + ci * g->fh * fw;
+        const double *rows_ci = dcol + ci * nt * N;
+        if (s != 1) {
+            for (size_t t = 0; t < nt; t++)
+                for (size_t yy = 0; yy < r; yy++) {
+                    long long fy = (long long)(s * (y0 + yy)) + off + cs->tap[t][1];
+                    if (fy < 0 || fy >= (long long)g->fh) continue;
+                    add_row(chan + (size_t)fy * fw, rows_ci + t * N + yy * g->cw, g->cw, s, off + cs->tap[t][2], fw);
+                }
+            continue;
+        }
+        size_t f0 = y0 > 0 ? y0 - 1 : 0, f1 = y0 + r + 1 < g->fh ? y0 + r + 1 : g->fh;
+        for (size_t fy = f0; fy < f1; fy++) {
+            bool any = false;
+            for (size_t t = 0; t < nt; t++) {
+                long long q = (long long)fy - cs->tap[t][1] - (long long)y0;
+                if (q < 0 || q >= (long long)r) continue;
+                const int tx = cs->tap[t][2];
+                const double *src = rows_ci + t * N + (size_t)q * fw - tx; /* tmp[x] += row[x - tx] */
+                const size_t lo = tx > 0 ? (size_t)tx : 0, hi = tx < 0 ? fw - (size_t)(-tx) : fw;
+                if (!any) memset(tmp, 0, fw * sizeof *tmp);
+                any = true;
+                for (size_t x = lo; x < hi; x++) tmp[x] += src[x];
+            }
+            if (any) {
+                double *d = chan + fy * fw;
+                for (size_t x = 0; x < fw; x++) d[x] += tmp[x];
+            }
+        }
+    }
 }
 
 static scratch_need forward_need(const rb_conv_state *cs, const rb_conv_geom *g)
@@ -329,7 +597,7 @@ static scratch_need backward_data_need(const rb_conv_state *cs, const rb_conv_ge
 
 static scratch_need backward_weight_need(const rb_conv_state *cs, const rb_conv_geom *g)
 {
-    gather_plan p = forward_plan(cs, g);
+    gather_plan p = weight_plan(cs, g);
     scratch_need nd = {0, p.band + g->cc * g->cf * (size_t)cs->ntaps, g->n * p.bands};
     return nd;
 }
@@ -418,7 +686,6 @@ bool rb_conv_gemm_backward_data(rb_context *ctx, const rb_conv_state *cs, const 
         size_t rows, bands, band;
         col2im_bands(cs, g, &rows, &bands, &band);
         const size_t nt = (size_t)cs->ntaps, fsz = g->cf * g->fh * g->fw, csz = g->cc * g->ch * g->cw;
-        const int s = g->s[2], off = g->off[2];
         /* Bands two apart never touch the same fine row: even bands first, then odd ones. */
         for (size_t phase = 0; phase < 2; phase++) {
             const size_t per = (bands + 1 - phase) / 2, jobs = g->n * per;
@@ -431,18 +698,7 @@ bool rb_conv_gemm_backward_data(rb_context *ctx, const rb_conv_state *cs, const 
                     int N = (int)(r * g->cw);
                     cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(g->cf * nt), N, (int)g->cc, alpha, w,
                                 (int)(g->cf * nt), dy + n * csz + y0 * g->cw, (int)(g->ch * g->cw), 0.0, dcol, N);
-                    for (size_t ci = 0; ci < g->cf; ci++) {
-                        double *chan = dx + n * fsz + ci * g->fh * g->fw;
-                        for (size_t t = 0; t < nt; t++) {
-                            const double *src = dcol + (ci * nt + t) * (size_t)N;
-                            for (size_t yy = 0; yy < r; yy++) {
-                                long long fy = (long long)(s * (y0 + yy)) + off + cs->tap[t][1];
-                                if (fy < 0 || fy >= (long long)g->fh) continue;
-                                add_row(chan + (size_t)fy * g->fw, src + yy * g->cw, g->cw, s, off + cs->tap[t][2],
-                                        g->fw);
-                            }
-                        }
-                    }
+                    col2im_add(cs, g, dcol, y0, r, dx + n * fsz, dcol + band - g->fw);
                 }
             }
         }
@@ -456,7 +712,7 @@ bool rb_conv_gemm_backward_weight(rb_context *ctx, const rb_conv_state *cs, cons
                                   const double *dy, double alpha, double *dw, rb_arena *work)
 {
     if (!supported(cs, g) || x == NULL || dy == NULL || dw == NULL) return false;
-    gather_plan p = forward_plan(cs, g);
+    gather_plan p = weight_plan(cs, g);
     scratch_need nd = backward_weight_need(cs, g);
     size_t T = threads_for((size_t)rb_context_threads(ctx), nd.jobs), stride = 0;
     double *shared = NULL, *bufs = NULL;
@@ -478,6 +734,11 @@ bool rb_conv_gemm_backward_weight(rb_context *ctx, const rb_conv_state *cs, cons
             if (p.copy == COPY_NONE) {
                 cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, (int)g->cf, K, 1.0, dyb, lda, in + y0 * p.iw,
                             (int)(p.ih * p.iw), 1.0, part, (int)g->cf);
+            } else if (p.copy == COPY_PAD) {
+#if RB_CONV_HAVE_DIRECT
+                fill_band(&p, in, y0, r, buf);
+                direct_weight_band(&p, buf, r, dyb, part);
+#endif
             } else if (p.copy == COPY_IM2COL) {
                 int Nw = (int)(g->cf * (size_t)cs->ntaps);
                 fill_band(&p, in, y0, r, buf);

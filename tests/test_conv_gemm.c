@@ -6,7 +6,7 @@
  *   - the three GEMM entries called directly (they must accept the call),
  * with the reference, to 1e-12 relative in the max norm. Shapes: 3x3 and 1x1, stride 1,
  * stride 2 vertex (2k+1) and cell (even, odd), transposed stride 2 in both conventions,
- * bias on/off, N = 1 and 3, channels 1->4, 3->5, 8->8, 16->4, rectangular grids,
+ * bias on/off, N = 1 and 3, channels 1->4, 3->5, 8->8, 16->4, 12->1, rectangular grids,
  * 1 and 2 threads, plus shapes large enough to be cut into several bands.
  * Also: a too-small or NULL arena declines (the reference runs, same result), results
  * are bit-identical run to run, and forward / backward-data do not depend on threads.
@@ -212,7 +212,7 @@ static void run_case(rb_context *ctx, const conv_case *c, int threads)
     rb_op_free(ctx, op);
 }
 
-static const size_t chans[][2] = {{1, 4}, {3, 5}, {8, 8}, {16, 4}};
+static const size_t chans[][2] = {{1, 4}, {3, 5}, {8, 8}, {16, 4}, {12, 1}};
 
 /* Geometries of one channel pair: {ksize, stride, grid, transposed, h, w}. */
 typedef struct geo { int ksize, stride; rb_grid grid; bool transposed; size_t h, w; } geo;
@@ -250,7 +250,10 @@ static void test_banded_shapes(void **state)
     const conv_case cases[] = {
         {2, 32, 8, 64, 61, 3, 1, RB_GRID_VERTEX, false, true},  /* ROWS3, 4 bands */
         {2, 16, 16, 64, 64, 3, 1, RB_GRID_VERTEX, false, false},
-        {2, 2, 16, 70, 64, 3, 1, RB_GRID_VERTEX, false, false}, /* IM2COL forward, col2im backward */
+        {2, 2, 16, 70, 64, 3, 1, RB_GRID_VERTEX, false, false}, /* direct (PAD) forward, col2im backward */
+        {1, 1, 4, 1500, 70, 3, 1, RB_GRID_VERTEX, false, true}, /* PAD, 2 bands */
+        {1, 16, 1, 120, 70, 3, 1, RB_GRID_VERTEX, false, true}, /* PAD with many inputs, one output, 2 bands */
+        {2, 3, 5, 40, 38, 3, 1, RB_GRID_VERTEX, false, false},  /* IM2COL stride 1 */
         {2, 32, 8, 63, 61, 3, 2, RB_GRID_VERTEX, false, false}, /* IM2COL stride 2, 3 uneven bands */
         {1, 32, 8, 64, 62, 3, 2, RB_GRID_CELL, false, true},
         {1, 32, 8, 63, 62, 1, 2, RB_GRID_CELL, false, false},

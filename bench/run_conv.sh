@@ -1,0 +1,68 @@
+#!/bin/bash
+# run_conv.sh — resbridge vs PyTorch (float64) for multi-channel 3x3 stride-1 convolutions,
+# forward + backward-data + backward-weight, 1 and 2 threads.
+#
+# Builds bench_conv (Release, in build-bench), then for each thread count and shape runs
+# bench_conv and bench/conv_torch.py back to back, ROUNDS times (alternating, so both see the
+# same machine), keeps the best time of each product for each side, and prints a Markdown
+# table (ratio = PyTorch ms / resbridge ms, fwd + bwd-data + bwd-weight). PyTorch gets its best
+# setting: OPENBLAS_NUM_THREADS=1 and torch.set_num_threads(T).
+#
+#     bench/run_conv.sh                      # table on stdout
+#     ROUNDS=5 REPS=10 bench/run_conv.sh     # more runs on a noisy machine
+#     bench/run_conv.sh --json runs.jsonl    # also keep every JSON line
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BUILD=${BUILD:-$ROOT/build-bench}
+ROUNDS=${ROUNDS:-3}
+REPS=${REPS:-5}
+THREADS=${THREADS:-"1 2"}
+SHAPES=${SHAPES:-"16,64,64,64,64 64,16,32,32,16 128,32,28,28,32 128,1,28,28,16"}
+PYTHON=${PYTHON:-/usr/bin/python3}
+JSON=""
+if [ "${1:-}" = "--json" ]; then JSON=${2:?--json needs a file name}; fi
+
+cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$BUILD" --target bench_conv -j2 >/dev/null
+
+RUNS=$(mktemp)
+trap 'rm -f "$RUNS"' EXIT
+for T in $THREADS; do
+  for r in $(seq "$ROUNDS"); do
+    for S in $SHAPES; do
+      "$BUILD/bench_conv" --threads "$T" --shape "$S" --reps "$REPS" >>"$RUNS"
+      OPENBLAS_NUM_THREADS=1 "$PYTHON" "$ROOT/bench/conv_torch.py" --threads "$T" --shape "$S" --reps "$REPS" >>"$RUNS"
+    done
+  done
+done
+if [ -n "$JSON" ]; then cp "$RUNS" "$JSON"; fi
+
+"$PYTHON" - "$RUNS" "$ROUNDS" "$REPS" <<'PY'
+import collections, json, sys
+runs, rounds, reps = sys.argv[1], sys.argv[2], sys.argv[3]
+keys = ("fwd_s", "bwd_data_s", "bwd_weight_s")
+best = collections.defaultdict(lambda: [float("inf")] * 3)
+order = []
+for line in open(runs):
+    d = json.loads(line)
+    impl = "torch" if d["impl"] == "torch" else "rb"
+    k = (tuple(d["shape"]), d["threads"])
+    if k not in order:
+        order.append(k)
+    b = best[(k, impl)]
+    for i, f in enumerate(keys):
+        b[i] = min(b[i], d[f])
+print(f"Best of {rounds} alternating runs (each the best of {reps} calls); times in ms, "
+      "fwd + bwd-data + bwd-weight; ratio = PyTorch / resbridge.\n")
+print("| shape (N,Cin,H,W,Cout) | threads | resbridge ms | PyTorch ms | ratio | resbridge GFLOP/s "
+      "| fwd / bwd-data / bwd-weight ratio |")
+print("|---|---|---|---|---|---|---|")
+for k in sorted(order, key=lambda k: (k[1], order.index(k))):
+    (n, ci, h, w, co), t = k
+    rb, th = best[(k, "rb")], best[(k, "torch")]
+    flops = 2.0 * n * co * ci * 9 * h * w
+    per = " / ".join(f"{a / b:.2f}" for a, b in zip(th, rb))
+    print(f"| {n},{ci},{h},{w},{co} | {t} | {sum(rb) * 1e3:.2f} | {sum(th) * 1e3:.2f} | "
+          f"{sum(th) / sum(rb):.2f} | {3 * flops / sum(rb) * 1e-9:.1f} | {per} |")
+PY
