@@ -1,42 +1,54 @@
-/* conv_gemm.c — multi-channel 2D convolutions through OpenBLAS GEMM.
+/* conv_gemm.c — multi-channel 2D convolutions through OpenBLAS GEMM, and direct
+ * vector kernels where a GEMM would be too thin.
  *
  * The three products of a conv op, for 2D full-pattern kernels (3x3 or 1x1),
- * stride 1 or 2, both grid conventions, plain or transposed, as GEMMs on
- * copies of the input ("fine" and "coarse" as in conv_internal.h):
+ * stride 1 or 2, both grid conventions, plain or transposed ("fine" and
+ * "coarse" as in conv_internal.h), each as a gather on a copy of its input:
  *
  *   forward          coarse[n] = W * col(fine[n])  (+ bias)
  *   backward data    stride 1: fine[n] += alpha * Wflip * col(coarse[n])   (the same
- *                      gather, with the kernel flipped and its channels swapped)
+ *                      gather, with the kernel mirrored and its channels swapped)
  *                    stride 2, or few fine channels: fine[n] += col2im(alpha * W^T coarse[n])
  *   backward weight  dW += alpha * sum_n coarse[n] * col(fine[n])^T
  *
- * col() is one of three copies, chosen per shape (measured with bench/bench_conv.c):
+ * col() is one of four copies, chosen per shape (measured with bench/bench_conv.c
+ * against the reference loops and against each other):
  *   NONE    1x1 stride 1: the input itself is the GEMM operand, nothing is copied.
  *   IM2COL  rows (ci, tap): each channel's taps as shifted (strided) copies, one
- *           GEMM with K = cin*taps. For stride 2 and for few input channels.
- *   ROWS3   stride-1 3x3 with many input channels: only the three horizontally
- *           shifted copies of each channel, with one zero row above and below;
- *           the three vertical taps are three GEMMs (K = 3*cin) on views of it
- *           shifted by one row. A third of im2col's copying, no wasted columns.
+ *           GEMM with K = cin*taps. Stride 2.
+ *   ROWS3   stride-1 3x3: only the three horizontally shifted copies of each
+ *           channel, with a zero row above and below; the three vertical taps are
+ *           three GEMMs (K = 3*cin) on views of it one row apart. A third of
+ *           im2col's copying and no wasted columns: faster than im2col from 2
+ *           input channels on (up to 1.6x on the measured shapes).
+ *   PAD     stride-1 3x3 with one input channel or one output channel (weight
+ *           gradient: up to 4 input channels), where a GEMM would be thin (K = 9):
+ *           a zero-framed copy and AVX2 kernels. Each output vector loads its 9
+ *           inputs once for all output channels (direct_gather_band), or sums many
+ *           input channels into one output (direct_reduce_band); the weight
+ *           gradient keeps 4 output channels x 3 taps in registers
+ *           (direct_weight_band). 1.5-2x faster than GEMM on those shapes.
  * Work is cut into jobs (sample, band of output rows) so that a copy stays in
- * cache and one image can keep two threads busy. Each OpenMP thread takes a
- * contiguous range of jobs and calls single-threaded OpenBLAS (OpenBLAS is
- * switched to one thread while these run — a process-wide setting — and
- * restored afterwards). Forward and backward-data results do not depend on
- * the thread count (col2im scatters even bands, then odd bands, so bands
- * never race); the weight gradient adds per-thread partial sums in thread
- * order: reproducible for a fixed thread count.
+ * cache and one image can keep two threads busy. OpenMP threads take jobs and
+ * call single-threaded OpenBLAS (OpenBLAS is switched to one thread while these
+ * run — a process-wide setting — and restored afterwards). Forward and
+ * backward-data results do not depend on the thread count or the order of jobs
+ * (col2im adds even bands, then odd bands, so bands never race); the weight
+ * gradient gives each thread a fixed range of jobs and adds the per-thread partial
+ * sums in thread order: reproducible for a fixed thread count.
  *
- * Scratch memory comes only from the arena: reordered weights (shared), one
- * copy band per thread, one partial dW per thread (weight gradient). At most
+ * Scratch memory comes only from the arena: reordered weights (shared), one copy
+ * band per thread, one partial dW per thread (weight gradient). At most
  * RB_CONV_GEMM_MAX_THREADS threads are used (more in the context are capped);
  * rb_conv_gemm_workspace reports the bytes for that many. With a NULL or too
- * small arena every entry declines and the reference loop runs.
+ * small arena every entry declines and the reference loop runs; so does a call
+ * too small to gain (RB_CONV_GEMM_MIN_WORK).
  */
 #include "conv_internal.h"
 
 #include <cblas.h>
 #include <limits.h>
+#include <omp.h>
 #include <string.h>
 
 /* Threads the GEMM paths use at most (their per-thread scratch is sized for this many). */
@@ -47,19 +59,25 @@
 #endif
 /* ROWS3 instead of IM2COL (stride-1 3x3) from this many input channels on. */
 #ifndef RB_CONV_GEMM_ROWS3_MIN
-#define RB_CONV_GEMM_ROWS3_MIN 8
+#define RB_CONV_GEMM_ROWS3_MIN 2
 #endif
-/* Below this many multiply-adds per output point (cf * cc * taps) the reference loop is as fast. */
-#ifndef RB_CONV_GEMM_MIN_MACS
-#define RB_CONV_GEMM_MIN_MACS 18
+/* Below this many multiply-adds in a call the reference loop is as fast (the call takes a
+ * microsecond or two, about what planning, scratch and the OpenBLAS thread switch cost);
+ * above it the fast paths win for every channel count, 1 -> 1 included (measured). */
+#ifndef RB_CONV_GEMM_MIN_WORK
+#define RB_CONV_GEMM_MIN_WORK 1024
 #endif
-/* Stride-1 3x3 with at most this many input channels, or this many output channels:
- * direct vector kernels on a zero-padded copy (PAD), no GEMM. */
+/* Stride-1 3x3: direct vector kernels on a zero-framed copy (PAD) for gathers (forward,
+ * backward data) with at most this many input channels or this many output channels, and
+ * for weight gradients with at most this many input channels. */
 #ifndef RB_CONV_GEMM_DIRECT_MAX
-#define RB_CONV_GEMM_DIRECT_MAX 2
+#define RB_CONV_GEMM_DIRECT_MAX 1
 #endif
 #ifndef RB_CONV_GEMM_DIRECT_MAX_OUT
 #define RB_CONV_GEMM_DIRECT_MAX_OUT 1
+#endif
+#ifndef RB_CONV_GEMM_DIRECT_WEIGHT_MAX
+#define RB_CONV_GEMM_DIRECT_WEIGHT_MAX 4
 #endif
 
 /* Four doubles in a vector register (GCC/Clang vector extension: AVX2 with x86-64-v3). */
@@ -98,8 +116,8 @@ static size_t pad_width(size_t w)
 }
 
 /* One gather: out[o][y][x] = beta*out + alpha * sum_{i,t} A(o,i,t) in[i][s*y+off+dy_t][s*x+off+dx_t]
- * for each sample, in (ni, ih, iw) -> out (no, oh, ow). A is [o][i][t] for NONE
- * and IM2COL, [ty][o][i][tx] for ROWS3. */
+ * for each sample, in (ni, ih, iw) -> out (no, oh, ow). A is [o][i][t] for NONE, IM2COL
+ * and PAD, [ty][o][i][tx] for ROWS3. */
 typedef struct gather_plan {
     copy_kind copy;
     size_t ni, no;          /* channels of in and out */
@@ -131,7 +149,8 @@ static gather_plan gather_plan_make(const rb_conv_state *cs, size_t ni, size_t n
     if (cs->desc.ksize == 1 && s == 1)
         p.copy = COPY_NONE;
     else if (RB_CONV_HAVE_DIRECT && cs->desc.ksize == 3 && s == 1 &&
-             (ni <= RB_CONV_GEMM_DIRECT_MAX || (!weight && no <= RB_CONV_GEMM_DIRECT_MAX_OUT)))
+             (weight ? ni <= RB_CONV_GEMM_DIRECT_WEIGHT_MAX
+                     : ni <= RB_CONV_GEMM_DIRECT_MAX || no <= RB_CONV_GEMM_DIRECT_MAX_OUT))
         p.copy = COPY_PAD;
     else if (cs->desc.ksize == 3 && s == 1 && ni >= RB_CONV_GEMM_ROWS3_MIN)
         p.copy = COPY_ROWS3;
@@ -485,7 +504,7 @@ static bool supported(const rb_conv_state *cs, const rb_conv_geom *g)
     if (d->dims != 2 || d->pattern != RB_STENCIL_FULL || (d->ksize != 1 && d->ksize != 3)) return false;
     if (g->fd != 1 || g->cd != 1 || g->s[1] != g->s[2] || g->off[1] != g->off[2]) return false;
     if (g->n == 0 || g->cf == 0 || g->cc == 0) return false;
-    if (g->cf * g->cc * (size_t)cs->ntaps < RB_CONV_GEMM_MIN_MACS) return false;
+    if (g->n * g->cf * g->cc * (size_t)cs->ntaps * g->ch * g->cw < RB_CONV_GEMM_MIN_WORK) return false;
     if (!fits_int(g->fh * g->fw) || !fits_int(g->ch * g->cw) || !fits_int(g->cf * 9 * (g->fh + 2) * g->fw) ||
         !fits_int(g->cc * 9 * (g->ch + 2) * g->cw))
         return false;
@@ -629,15 +648,16 @@ static void gather_weights(const gather_plan *p, bool flip, const double *w, dou
             }
 }
 
-/* Run a gather over all samples and bands, jobs split evenly over T threads. */
+/* Run a gather over all samples and bands on T threads (each job writes its own rows). */
 static void gather_run(size_t T, const gather_plan *p, size_t nsamples, const double *A, const double *bias,
                        const double *in, double alpha, double beta, double *out, double *bufs, size_t stride)
 {
     const size_t jobs = nsamples * p->bands, isz = p->ni * p->ih * p->iw, osz = p->no * p->oh * p->ow;
-#pragma omp parallel for num_threads((int)T) schedule(static, 1) if (T > 1)
-    for (size_t tid = 0; tid < T; tid++) {
-        double *buf = bufs != NULL ? bufs + tid * stride : NULL;
-        for (size_t j = jobs * tid / T; j < jobs * (tid + 1) / T; j++) {
+#pragma omp parallel num_threads((int)T) if (T > 1)
+    {
+        double *buf = bufs != NULL ? bufs + (size_t)omp_get_thread_num() * stride : NULL;
+#pragma omp for schedule(dynamic, 1)
+        for (size_t j = 0; j < jobs; j++) {
             size_t n = j / p->bands, b = j % p->bands;
             gather_band(p, A, bias, in + n * isz, alpha, beta, out + n * osz, b * p->rows, buf);
         }
@@ -689,10 +709,11 @@ bool rb_conv_gemm_backward_data(rb_context *ctx, const rb_conv_state *cs, const 
         /* Bands two apart never touch the same fine row: even bands first, then odd ones. */
         for (size_t phase = 0; phase < 2; phase++) {
             const size_t per = (bands + 1 - phase) / 2, jobs = g->n * per;
-#pragma omp parallel for num_threads((int)T) schedule(static, 1) if (T > 1)
-            for (size_t tid = 0; tid < T; tid++) {
-                double *dcol = bufs + tid * stride;
-                for (size_t j = jobs * tid / T; j < jobs * (tid + 1) / T; j++) {
+#pragma omp parallel num_threads((int)T) if (T > 1)
+            {
+                double *dcol = bufs + (size_t)omp_get_thread_num() * stride;
+#pragma omp for schedule(dynamic, 1)
+                for (size_t j = 0; j < jobs; j++) {
                     size_t n = j / per, y0 = (2 * (j % per) + phase) * rows;
                     size_t r = rows < g->ch - y0 ? rows : g->ch - y0;
                     int N = (int)(r * g->cw);
@@ -743,12 +764,12 @@ bool rb_conv_gemm_backward_weight(rb_context *ctx, const rb_conv_state *cs, cons
                 int Nw = (int)(g->cf * (size_t)cs->ntaps);
                 fill_band(&p, in, y0, r, buf);
                 cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, Nw, K, 1.0, dyb, lda, buf, K, 1.0, part, Nw);
-            } else {
+            } else { /* ROWS3, transposed: part[ty][(ci, tx)][co] (measured a little faster than [ty][co][(ci, tx)]) */
                 int N3 = (int)(3 * g->cf), ldb = (int)((r + 2) * p.iw);
                 fill_band(&p, in, y0, r, buf);
                 for (size_t ty = 0; ty < 3; ty++)
-                    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N3, K, 1.0, dyb, lda, buf + ty * p.iw, ldb,
-                                1.0, part + ty * g->cc * 3 * g->cf, N3);
+                    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N3, M, K, 1.0, buf + ty * p.iw, ldb, dyb, lda,
+                                1.0, part + ty * g->cc * 3 * g->cf, M);
             }
         }
     }
@@ -758,7 +779,7 @@ bool rb_conv_gemm_backward_weight(rb_context *ctx, const rb_conv_state *cs, cons
     for (size_t o = 0; o < g->cc; o++)
         for (size_t i = 0; i < g->cf; i++)
             for (size_t t = 0; t < nt; t++) {
-                size_t at = p.copy == COPY_ROWS3 ? (((t / 3) * g->cc + o) * g->cf + i) * 3 + t % 3 : (o * g->cf + i) * nt + t;
+                size_t at = p.copy == COPY_ROWS3 ? (((t / 3) * g->cf + i) * 3 + t % 3) * g->cc + o : (o * g->cf + i) * nt + t;
                 double acc = 0.0;
                 for (size_t tid = 0; tid < T; tid++) acc += bufs[tid * stride + at];
                 dw[(o * g->cf + i) * nt + t] += alpha * acc;

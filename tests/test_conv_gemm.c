@@ -197,7 +197,7 @@ static void check_entries(rb_context *ctx, const conv_case *c, rb_op *op, const 
     rb_arena_release(ctx, &arena);
 }
 
-static void run_case(rb_context *ctx, const conv_case *c, int threads)
+static void run_case(rb_context *ctx, const conv_case *c, int threads, bool fast)
 {
     char name[160];
     label(c, threads, name, sizeof name);
@@ -207,6 +207,7 @@ static void run_case(rb_context *ctx, const conv_case *c, int threads)
     rb_shape out;
     RB_CHECK(ctx, rb_op_shape(ctx, op, rb_shape_2d(c->n, c->cin, c->h, c->w), &out));
     size_t ws = rb_op_workspace(op, rb_shape_2d(c->n, c->cin, c->h, c->w));
+    if (fast && ws == 0) fail_msg("%s: the GEMM path declines this shape", name);
     check_op(ctx, c, op, ws, name);
     if (ws > 0) check_entries(ctx, c, op, name);
     rb_op_free(ctx, op);
@@ -216,15 +217,16 @@ static const size_t chans[][2] = {{1, 4}, {3, 5}, {8, 8}, {16, 4}, {12, 1}};
 
 /* Geometries of one channel pair: {ksize, stride, grid, transposed, h, w}. */
 typedef struct geo { int ksize, stride; rb_grid grid; bool transposed; size_t h, w; } geo;
+/* (Big enough that 1 -> 4 channels pass RB_CONV_GEMM_MIN_WORK: the fast path takes them.) */
 static const geo geos[] = {
     {3, 1, RB_GRID_VERTEX, false, 7, 10},  /* stride 1, rectangular */
-    {1, 1, RB_GRID_VERTEX, false, 6, 5},   /* 1x1 */
-    {3, 2, RB_GRID_VERTEX, false, 9, 7},   /* vertex 2k+1 -> k */
-    {3, 2, RB_GRID_CELL, false, 8, 10},    /* cell, even */
-    {3, 2, RB_GRID_CELL, false, 9, 7},     /* cell, odd */
-    {1, 2, RB_GRID_CELL, false, 7, 8},     /* 1x1 stride 2 */
-    {3, 2, RB_GRID_VERTEX, true, 4, 3},    /* transposed vertex: k -> 2k+1 */
-    {3, 2, RB_GRID_CELL, true, 4, 5},      /* transposed cell: k -> 2k */
+    {1, 1, RB_GRID_VERTEX, false, 17, 16}, /* 1x1 */
+    {3, 2, RB_GRID_VERTEX, false, 13, 11}, /* vertex 2k+1 -> k */
+    {3, 2, RB_GRID_CELL, false, 12, 10},   /* cell, even */
+    {3, 2, RB_GRID_CELL, false, 11, 13},   /* cell, odd */
+    {1, 2, RB_GRID_CELL, false, 33, 32},   /* 1x1 stride 2 */
+    {3, 2, RB_GRID_VERTEX, true, 6, 5},    /* transposed vertex: k -> 2k+1 */
+    {3, 2, RB_GRID_CELL, true, 6, 5},      /* transposed cell: k -> 2k */
     {3, 1, RB_GRID_CELL, true, 5, 6},      /* transposed stride 1 */
 };
 
@@ -239,7 +241,7 @@ static void test_small_shapes(void **state)
                         const geo *q = &geos[gi];
                         conv_case c = {n, chans[ci][0], chans[ci][1], q->h, q->w, q->ksize, q->stride,
                                        q->grid, q->transposed, bias != 0};
-                        run_case(ctx, &c, threads);
+                        run_case(ctx, &c, threads, true);
                     }
 }
 
@@ -250,10 +252,10 @@ static void test_banded_shapes(void **state)
     const conv_case cases[] = {
         {2, 32, 8, 64, 61, 3, 1, RB_GRID_VERTEX, false, true},  /* ROWS3, 4 bands */
         {2, 16, 16, 64, 64, 3, 1, RB_GRID_VERTEX, false, false},
-        {2, 2, 16, 70, 64, 3, 1, RB_GRID_VERTEX, false, false}, /* direct (PAD) forward, col2im backward */
+        {2, 2, 16, 70, 64, 3, 1, RB_GRID_VERTEX, false, false}, /* PAD weight gradient (2 inputs), col2im */
         {1, 1, 4, 1500, 70, 3, 1, RB_GRID_VERTEX, false, true}, /* PAD, 2 bands */
         {1, 16, 1, 120, 70, 3, 1, RB_GRID_VERTEX, false, true}, /* PAD with many inputs, one output, 2 bands */
-        {2, 3, 5, 40, 38, 3, 1, RB_GRID_VERTEX, false, false},  /* IM2COL stride 1 */
+        {2, 3, 5, 40, 38, 3, 1, RB_GRID_VERTEX, false, false},  /* ROWS3 with few channels */
         {2, 32, 8, 63, 61, 3, 2, RB_GRID_VERTEX, false, false}, /* IM2COL stride 2, 3 uneven bands */
         {1, 32, 8, 64, 62, 3, 2, RB_GRID_CELL, false, true},
         {1, 32, 8, 63, 62, 1, 2, RB_GRID_CELL, false, false},
@@ -262,7 +264,7 @@ static void test_banded_shapes(void **state)
         {2, 64, 32, 40, 36, 1, 1, RB_GRID_VERTEX, false, true}, /* 1x1: no copy */
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++)
-        for (int threads = 1; threads <= 2; threads++) run_case(ctx, &cases[k], threads);
+        for (int threads = 1; threads <= 2; threads++) run_case(ctx, &cases[k], threads, true);
 }
 
 /* A too-small or NULL arena makes the fast path decline; the op still gives the reference
@@ -360,6 +362,14 @@ static void test_fast_path_taken(void **state)
     rb_op_free(ctx, o1);
     rb_op_free(ctx, o3);
     rb_op_free(ctx, os);
+
+    /* A call of a few hundred multiply-adds stays with the reference loop (and is still right). */
+    conv_case tiny = {1, 2, 2, 5, 5, 3, 1, RB_GRID_VERTEX, false, false};
+    rb_test_rng r2 = {6};
+    rb_op *ot = make_op(ctx, &tiny, &r2);
+    assert_int_equal(rb_op_workspace(ot, rb_shape_2d(1, 2, 5, 5)), 0);
+    rb_op_free(ctx, ot);
+    run_case(ctx, &tiny, 1, false);
 }
 
 /* Same inputs, same thread count: bit-identical. Forward and backward-data also do not
