@@ -709,6 +709,7 @@ bool rb_conv_gemm_backward_data(rb_context *ctx, const rb_conv_state *cs, const 
         /* Bands two apart never touch the same fine row: even bands first, then odd ones. */
         for (size_t phase = 0; phase < 2; phase++) {
             const size_t per = (bands + 1 - phase) / 2, jobs = g->n * per;
+            if (jobs == 0) continue;
 #pragma omp parallel num_threads((int)T) if (T > 1)
             {
                 double *dcol = bufs + (size_t)omp_get_thread_num() * stride;
