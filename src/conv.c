@@ -331,10 +331,15 @@ static void add_bias(rb_tensor *y, const double *bias)
 static bool transposed_vjp_gemm(rb_context *ctx, const rb_conv_state *cs, const rb_conv_geom *g, const double *w,
                                 const double *dy, double alpha, double *dx, rb_arena *work)
 {
-    size_t count = coarse_count(g), bytes = rb_arena_bytes(count * sizeof(double));
-    if (work == NULL || rb_conv_gemm_workspace(cs, g) == 0) return false;
+    size_t count = coarse_count(g), bytes = rb_arena_bytes(count * sizeof(double)), ws = rb_conv_gemm_workspace(cs, g);
+    if (work == NULL || ws == 0) return false;
     size_t mark = rb_arena_mark(work);
-    if (!work->measuring && (work->cap < work->used || work->cap - work->used < bytes)) return false;
+    if (work->measuring) { /* a dry run: count the temporary and the forward's scratch */
+        (void)rb_arena_alloc(ctx, work, bytes + ws);
+        rb_arena_reset(work, mark);
+        return false;
+    }
+    if (work->cap < work->used || work->cap - work->used < bytes) return false;
     double *tmp = rb_arena_alloc(ctx, work, count * sizeof(double));
     bool done = rb_conv_gemm_forward(ctx, cs, g, w, NULL, dy, tmp, work);
     if (done)

@@ -156,7 +156,9 @@ static gather_plan gather_plan_make(const rb_conv_state *cs, size_t ni, size_t n
         p.copy = COPY_ROWS3;
     else
         p.copy = COPY_IM2COL;
-    size_t per_row = p.copy == COPY_ROWS3 ? 3 * ni * iw : p.copy == COPY_PAD ? ni * pad_width(iw) : ni * (size_t)p.ntaps * ow;
+    size_t per_row = p.copy == COPY_ROWS3 ? 3 * ni * iw
+                     : p.copy == COPY_PAD ? ni * pad_width(iw)
+                                          : ni * (size_t)p.ntaps * ow;
     split_rows(oh, per_row, &p.rows, &p.bands);
     p.band = p.copy == COPY_NONE    ? 0
              : p.copy == COPY_ROWS3 ? 3 * ni * (p.rows + 2) * iw
@@ -212,7 +214,8 @@ static void fill_pad_rows(const gather_plan *p, const double *in, size_t y0, siz
             double *dst = buf + (i * (rows + 2) + rr) * wp;
             long long fy = (long long)(y0 + rr) - 1;
             memset(dst, 0, wp * sizeof *dst);
-            if (fy >= 0 && fy < (long long)p->ih) memcpy(dst + 1, in + (i * p->ih + (size_t)fy) * p->iw, p->iw * sizeof *dst);
+            if (fy >= 0 && fy < (long long)p->ih)
+                memcpy(dst + 1, in + (i * p->ih + (size_t)fy) * p->iw, p->iw * sizeof *dst);
         }
 }
 
@@ -780,7 +783,8 @@ bool rb_conv_gemm_backward_weight(rb_context *ctx, const rb_conv_state *cs, cons
     for (size_t o = 0; o < g->cc; o++)
         for (size_t i = 0; i < g->cf; i++)
             for (size_t t = 0; t < nt; t++) {
-                size_t at = p.copy == COPY_ROWS3 ? (((t / 3) * g->cf + i) * 3 + t % 3) * g->cc + o : (o * g->cf + i) * nt + t;
+                size_t at = p.copy == COPY_ROWS3 ? (((t / 3) * g->cf + i) * 3 + t % 3) * g->cc + o
+                                                 : (o * g->cf + i) * nt + t;
                 double acc = 0.0;
                 for (size_t tid = 0; tid < T; tid++) acc += bufs[tid * stride + at];
                 dw[(o * g->cf + i) * nt + t] += alpha * acc;
