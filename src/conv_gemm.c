@@ -203,21 +203,26 @@ static void add_row(double *restrict dst, const double *restrict src, size_t len
     }
 }
 
+#if RB_CONV_HAVE_DIRECT
 /* Rows [rr0, rr1) of the PAD copy [ni][rows+2][pad_width] of output rows [y0, y0+rows):
- * buf[i][rr][1 + x] = in[i][y0 - 1 + rr][x], zero elsewhere. */
+ * buf[i][rr][1 + x] = in[i][y0 - 1 + rr][x], zero elsewhere. (Rows are short: vector
+ * stores in line, not memset/memcpy calls.) */
 static void fill_pad_rows(const gather_plan *p, const double *in, size_t y0, size_t rows, size_t rr0, size_t rr1,
                           double *buf)
 {
-    const size_t wp = pad_width(p->iw);
+    const size_t W = p->iw, wp = pad_width(W), W4 = W / 4 * 4;
     for (size_t i = 0; i < p->ni; i++)
         for (size_t rr = rr0; rr < rr1; rr++) {
             double *dst = buf + (i * (rows + 2) + rr) * wp;
             long long fy = (long long)(y0 + rr) - 1;
-            memset(dst, 0, wp * sizeof *dst);
-            if (fy >= 0 && fy < (long long)p->ih)
-                memcpy(dst + 1, in + (i * p->ih + (size_t)fy) * p->iw, p->iw * sizeof *dst);
+            for (size_t x = 0; x < wp; x += 4) v4_store(dst + x, v4_set1(0.0));
+            if (fy < 0 || fy >= (long long)p->ih) continue;
+            const double *src = in + (i * p->ih + (size_t)fy) * W;
+            for (size_t x = 0; x < W4; x += 4) v4_store(dst + 1 + x, v4_load(src + x));
+            for (size_t x = W4; x < W; x++) dst[1 + x] = src[x];
         }
 }
+#endif
 
 /* The copy of output rows [y0, y0+rows) of one sample's input `in` into buf. */
 static void fill_band(const gather_plan *p, const double *in, size_t y0, size_t rows, double *buf)
@@ -249,7 +254,9 @@ static void fill_band(const gather_plan *p, const double *in, size_t y0, size_t 
             }
         }
     } else if (p->copy == COPY_PAD) {
+#if RB_CONV_HAVE_DIRECT
         fill_pad_rows(p, in, y0, rows, 0, rows + 2, buf);
+#endif
     }
 }
 
