@@ -14,7 +14,7 @@ packages=(
 )
 # Peers for cross-checks and data; skipped with RESBRIDGE_MINIMAL=1.
 if [ "${RESBRIDGE_MINIMAL:-0}" != 1 ]; then
-  packages+=(python3-torch python3-numpy dataset-fashion-mnist)
+  packages+=(python3-torch python3-numpy dataset-fashion-mnist libhypre-dev openmpi-bin libopenmpi-dev)
 fi
 
 missing=()
