@@ -56,6 +56,11 @@ static const rb_op_type jacobi_type = {
     .destroy = jacobi_destroy,
 };
 
+const rb_jacobi_state *rb_jacobi_state_of(const rb_op *op)
+{
+    return op != NULL && op->type == &jacobi_type ? op->state : NULL;
+}
+
 rb_status rb_op_jacobi_create(rb_context *ctx, const rb_op *A, const rb_tensor *b, rb_op **out)
 {
     if (ctx == NULL) return RB_ENULL;

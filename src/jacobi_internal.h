@@ -64,4 +64,7 @@ void rb_stencil2d_row_in_place(const rb_stencil2d *s, size_t W, const double *up
                                const double *dn, const double *b, double inv, double h, size_t dn_ahead,
                                size_t b_ahead);
 
+/* The state of a Jacobi operator, or NULL if op is not one (jacobi.c). */
+const rb_jacobi_state *rb_jacobi_state_of(const rb_op *op);
+
 #endif

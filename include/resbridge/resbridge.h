@@ -19,8 +19,10 @@
 #include "resbridge/conv.h"
 #include "resbridge/activation.h"
 #include "resbridge/chain.h"
+#include "resbridge/colour.h"
 #include "resbridge/npy.h"
 #include "resbridge/reference.h"
+#include "resbridge/vcycle.h"
 #include "resbridge/version.h"
 
 #endif

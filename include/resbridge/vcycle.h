@@ -1,0 +1,77 @@
+/* vcycle.h — the V-, W- and F-cycle, written once over per-level operators.
+ *
+ * The same routine runs a multigrid solver (MG mode: stencils, Jacobi or
+ * red-black smoothers, full weighting, linear interpolation) and a U-Net /
+ * MgNet (NN mode: learned convolutions and activations). On level l:
+ *
+ *     smooth:     u <- u + h F(u)         for each pre-smoothing step (rb_residual_step)
+ *     residual:   r = f - A u
+ *     restrict:   f_{l+1} = R r,  u_{l+1} = 0
+ *     recurse:    once (V), twice (W), or an F-cycle then a V-cycle (F)
+ *     correct:    u <- u + P u_{l+1}      (the U-Net's long skip connection)
+ *     smooth:     each post-smoothing step
+ *
+ * and on the coarsest level a direct solve. The smoother operators read f_l
+ * themselves (e.g. the Jacobi operator F(u) = D^{-1}(f - A u) references f).
+ *
+ *     rb_vcycle vc = {levels, nlevels, coarse_solve, coarse_data, RB_CYCLE_V};
+ *     for (k = 0; k < cycles; k++) rb_vcycle_run(ctx, &vc, &work);   // u_0 improves
+ */
+#ifndef RESBRIDGE_VCYCLE_H
+#define RESBRIDGE_VCYCLE_H
+
+#include "resbridge/op.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum rb_cycle { RB_CYCLE_V, RB_CYCLE_W, RB_CYCLE_F, RB_CYCLE_COUNT } rb_cycle;
+
+const char *rb_cycle_name(rb_cycle c);
+
+/* One smoothing step: u <- u + h F(u). */
+typedef struct rb_vstep {
+    const rb_op *F;
+    double h;
+} rb_vstep;
+
+typedef struct rb_vlevel {
+    rb_tensor u, f, r;     /* iterate, right-hand side, residual (same shape) */
+    const rb_op *A;        /* r = f - A u */
+    const rb_vstep *pre;   /* pre-smoothing steps, in order */
+    size_t npre;
+    const rb_vstep *post;  /* post-smoothing steps, in order */
+    size_t npost;
+    const rb_op *R;        /* r_l -> f_{l+1} (NULL on the coarsest level) */
+    const rb_op *P;        /* u_{l+1} -> correction on level l (NULL on the coarsest level) */
+} rb_vlevel;
+
+/* Solve (approximately or exactly) on the coarsest level: u = A^{-1} f. */
+typedef rb_status (*rb_coarse_solve_fn)(rb_context *ctx, void *data, const rb_tensor *f, rb_tensor *u);
+
+typedef struct rb_vcycle {
+    rb_vlevel *level;          /* level[0] finest ... level[nlevels-1] coarsest */
+    size_t nlevels;
+    rb_coarse_solve_fn coarse_solve;
+    void *coarse_data;
+    rb_cycle cycle;
+} rb_vcycle;
+
+/* Check shapes and pointers once (rb_vcycle_run assumes a checked hierarchy). */
+rb_status rb_vcycle_check(rb_context *ctx, const rb_vcycle *vc);
+
+/* Work memory one cycle needs (scratch of smoothers and operators). */
+size_t rb_vcycle_workspace(const rb_vcycle *vc);
+
+/* One cycle from level `from` down (0 for the whole hierarchy): improves level[from].u
+ * for right-hand side level[from].f. Allocates nothing. */
+rb_status rb_vcycle_run(rb_context *ctx, const rb_vcycle *vc, size_t from, rb_arena *work);
+
+/* r = f - A u on one level (the residual the cycle uses). */
+rb_status rb_vlevel_residual(rb_context *ctx, const rb_vlevel *lv, rb_arena *work);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

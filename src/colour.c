@@ -1,0 +1,162 @@
+/* colour.c — F restricted to one colour of a red-black grid (see colour.h). */
+#include "resbridge/colour.h"
+
+#include <string.h>
+
+#include "jacobi_internal.h"
+#include "resbridge/residual.h"
+
+typedef struct colour_state {
+    const rb_op *base;
+    int colour;
+} colour_state;
+
+/* Zero every entry of t whose grid point has the other colour. */
+static void mask(rb_tensor *t, int colour)
+{
+    rb_shape s = t->shape;
+    size_t planes = s.n * s.c;
+    for (size_t p = 0; p < planes; p++)
+        for (size_t z = 0; z < s.d; z++)
+            for (size_t y = 0; y < s.h; y++) {
+                double *row = t->data + ((p * s.d + z) * s.h + y) * s.w;
+                size_t first = (z + y + (size_t)colour + 1) % 2; /* first x of the other colour */
+                for (size_t x = first; x < s.w; x += 2) row[x] = 0.0;
+            }
+}
+
+static rb_status colour_shape(rb_context *ctx, const rb_op *op, rb_shape in, rb_shape *out)
+{
+    const colour_state *cs = op->state;
+    return rb_op_shape(ctx, cs->base, in, out);
+}
+
+static size_t colour_workspace(const rb_op *op, rb_shape in)
+{
+    const colour_state *cs = op->state;
+    return rb_arena_bytes(rb_shape_count(in) * sizeof(double)) + rb_op_workspace(cs->base, in);
+}
+
+static rb_status colour_apply(rb_context *ctx, const rb_op *op, const rb_tensor *x, rb_tensor *y, rb_arena *work)
+{
+    const colour_state *cs = op->state;
+    rb_status st = cs->base->type->apply(ctx, cs->base, x, y, work);
+    if (st == RB_OK) mask(y, cs->colour);
+    return st;
+}
+
+/* J_{F_c}^T dy = J_F^T (m_c dy) */
+static rb_status colour_vjp(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy, double alpha,
+                            rb_tensor *dx, rb_arena *work)
+{
+    const colour_state *cs = op->state;
+    size_t mark = rb_arena_mark(work);
+    rb_tensor mdy;
+    rb_status st = rb_arena_tensor(ctx, work, &mdy, dy->shape);
+    if (st == RB_OK && mdy.data == NULL) st = rb_fail(ctx, RB_EINVAL, "colour: work arena is in measuring mode");
+    if (st == RB_OK) {
+        memcpy(mdy.data, dy->data, rb_tensor_count(dy) * sizeof(double));
+        mask(&mdy, cs->colour);
+        st = cs->base->type->vjp(ctx, cs->base, x, &mdy, alpha, dx, work);
+    }
+    rb_arena_reset(work, mark);
+    return st;
+}
+
+static rb_status colour_param_grad(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy,
+                                   double alpha, double *dparams, rb_arena *work)
+{
+    const colour_state *cs = op->state;
+    if (cs->base->nparams == 0) return RB_OK;
+    size_t mark = rb_arena_mark(work);
+    rb_tensor mdy;
+    rb_status st = rb_arena_tensor(ctx, work, &mdy, dy->shape);
+    if (st == RB_OK && mdy.data == NULL) st = rb_fail(ctx, RB_EINVAL, "colour: work arena is in measuring mode");
+    if (st == RB_OK) {
+        memcpy(mdy.data, dy->data, rb_tensor_count(dy) * sizeof(double));
+        mask(&mdy, cs->colour);
+        st = cs->base->type->param_grad(ctx, cs->base, x, &mdy, alpha, dparams, work);
+    }
+    rb_arena_reset(work, mark);
+    return st;
+}
+
+/* Fused half-sweep for a Jacobi base over a star stencil: for points p of the
+ * colour, u_p <- x_p + h (b_p - sum_t w_t x_{p+t}) / D. The star couples a
+ * point only to points of the other colour, which this pass does not write,
+ * so in place and out of place agree. Same arithmetic order as the generic
+ * path (taps summed in tap order, then (b - Ax) * (1/D), then x + h F). */
+static rb_status colour_fused(rb_context *ctx, const rb_op *op, double h, const rb_tensor *x, rb_tensor *y,
+                              rb_arena *work)
+{
+    const colour_state *cs = op->state;
+    const rb_jacobi_state *js = rb_jacobi_state_of(cs->base);
+    const rb_conv_state *st = js ? rb_conv_state_of(js->A) : NULL;
+    if (st == NULL || st->desc.pattern != RB_STENCIL_STAR)
+        return rb_residual_step_generic(ctx, op, h, x, y, work);
+    const double *w = js->A->params, *b = js->b.data;
+    const double inv = 1.0 / js->diag;
+    rb_shape s = x->shape;
+    const int nt = st->ntaps;
+    long long off[RB_CONV_MAX_TAPS];
+    for (int t = 0; t < nt; t++)
+        off[t] = ((long long)st->tap[t][0] * (long long)s.h + st->tap[t][1]) * (long long)s.w + st->tap[t][2];
+    if (x->data != y->data) memcpy(y->data, x->data, rb_tensor_count(x) * sizeof(double));
+    const double *xd = x->data;
+    double *yd = y->data;
+    const long long planes = (long long)(s.n * s.c * s.d);
+    const int threads = rb_context_threads(ctx);
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && planes * (long long)s.h >= 64)
+    for (long long pz = 0; pz < planes; pz++) {
+        size_t z = (size_t)pz % s.d;
+        for (size_t yy = 0; yy < s.h; yy++) {
+            size_t base = ((size_t)pz * s.h + yy) * s.w;
+            size_t first = (z + yy + (size_t)cs->colour) % 2;
+            for (size_t xx = first; xx < s.w; xx += 2) {
+                size_t p = base + xx;
+                double ax = 0.0;
+                for (int t = 0; t < nt; t++) {
+                    int dz = st->tap[t][0], dy = st->tap[t][1], dx = st->tap[t][2];
+                    if ((dz < 0 && z == 0) || (dz > 0 && z + 1 == s.d) || (dy < 0 && yy == 0) ||
+                        (dy > 0 && yy + 1 == s.h) || (dx < 0 && xx == 0) || (dx > 0 && xx + 1 == s.w))
+                        continue;
+                    ax += w[t] * xd[(long long)p + off[t]];
+                }
+                yd[p] = xd[p] + h * ((b[p] - ax) * inv);
+            }
+        }
+    }
+    return RB_OK;
+}
+
+static void colour_destroy(rb_context *ctx, rb_op *op) { rb_free(ctx, op->state); }
+
+static const rb_op_type colour_type = {
+    .name = "colour",
+    .flags = RB_OP_SAME_SHAPE,
+    .shape = colour_shape,
+    .workspace = colour_workspace,
+    .apply = colour_apply,
+    .vjp = colour_vjp,
+    .param_grad = colour_param_grad,
+    .residual_fused = colour_fused,
+    .fused_in_place = 1,
+    .destroy = colour_destroy,
+};
+
+rb_status rb_op_colour_create(rb_context *ctx, const rb_op *base, int colour, rb_op **out)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (base == NULL || base->type == NULL) return rb_fail(ctx, RB_ENULL, "rb_op_colour_create: base is NULL");
+    if (out == NULL) return rb_fail(ctx, RB_ENULL, "rb_op_colour_create: out is NULL");
+    if (colour != 0 && colour != 1) return rb_fail(ctx, RB_EINVAL, "rb_op_colour_create: colour = %d, must be 0 or 1", colour);
+    if (base->type->vjp == NULL)
+        return rb_fail(ctx, RB_EUNSUPPORTED, "rb_op_colour_create: base %s has no vjp", base->type->name);
+    colour_state *cs = rb_calloc(ctx, 1, sizeof *cs);
+    if (cs == NULL) return RB_ENOMEM;
+    cs->base = base;
+    cs->colour = colour;
+    rb_status st = rb_op_new(ctx, &colour_type, cs, 0, out);
+    if (st != RB_OK) rb_free(ctx, cs);
+    return st;
+}
