@@ -9,8 +9,10 @@
 typedef struct rb_jacobi_state {
     const rb_op *A;   /* the stencil (not owned) */
     rb_tensor b;      /* view of the right-hand side */
-    double diag;      /* A's centre weight, read at creation */
+    double diag;      /* A's centre weight, read at creation (constant-coefficient stencils) */
     int centre;       /* index of the centre tap */
+    const double *dvar; /* point-dependent diagonal (a varstencil A's centre weights), or NULL */
+    size_t points;      /* grid points per sample (with dvar) */
 } rb_jacobi_state;
 
 /* Fused y = x + h D^{-1} (b - A x), one pass, in place allowed. Falls back to

@@ -20,6 +20,7 @@
 #include "resbridge/activation.h"
 #include "resbridge/chain.h"
 #include "resbridge/colour.h"
+#include "resbridge/varstencil.h"
 #include "resbridge/npy.h"
 #include "resbridge/reference.h"
 #include "resbridge/vcycle.h"

@@ -1,0 +1,38 @@
+/* varstencil.h — single-channel stencils whose weights vary from point to point
+ * (variable-coefficient diffusion, Galerkin coarse operators):
+ *
+ *     y[p] = sum_t W[t][p] x[p + tap_t],   x = 0 outside the grid,
+ *
+ * taps as in conv.h (row-major over {-1,0,1}^dims, STAR keeps 2 dims + 1).
+ * The weights are the op's parameters: op->params[t * points + p], with
+ * points = D*H*W of `grid`; every sample of a batch uses the same weights.
+ *
+ *     rb_op *A; rb_op_varstencil_create(ctx, 2, RB_STENCIL_STAR, grid, weights, &A);
+ *     rb_op_apply(ctx, A, &u, &Au, NULL);
+ */
+#ifndef RESBRIDGE_VARSTENCIL_H
+#define RESBRIDGE_VARSTENCIL_H
+
+#include "resbridge/conv.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* grid: the (1,1,D,H,W) shape the stencil lives on (inputs may have any N, C = 1).
+ * weights: ntaps * points values copied in, or NULL (zeros). */
+rb_status rb_op_varstencil_create(rb_context *ctx, int dims, rb_stencil pattern, rb_shape grid, const double *weights,
+                                  rb_op **out);
+
+/* The stencil of a linear same-shape single-channel operator on `grid` whose
+ * couplings reach at most one point in each direction, probed with 3^dims
+ * applications (e.g. the Galerkin product R A P). */
+rb_status rb_op_varstencil_probe(rb_context *ctx, const rb_op *F, int dims, rb_shape grid, rb_op **out);
+
+/* Pattern, tap count, centre tap and grid of a varstencil op; false if op is not one. */
+bool rb_op_varstencil_info(const rb_op *op, int *dims, int *ntaps, int *centre, rb_shape *grid);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

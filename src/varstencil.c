@@ -1,0 +1,227 @@
+/* varstencil.c — point-dependent single-channel stencils (see varstencil.h). */
+#include "resbridge/varstencil.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "conv_internal.h"
+
+typedef struct vs_state {
+    int dims, ntaps, centre;
+    int tap[RB_CONV_MAX_TAPS][3];
+    rb_shape grid;
+    size_t points;
+} vs_state;
+
+static rb_status vs_shape(rb_context *ctx, const rb_op *op, rb_shape in, rb_shape *out)
+{
+    const vs_state *vs = op->state;
+    if (in.c != 1 || in.d != vs->grid.d || in.h != vs->grid.h || in.w != vs->grid.w) {
+        char a[96], b[96];
+        return rb_fail(ctx, RB_ESHAPE, "varstencil on grid %s cannot take input %s (one channel, same grid)",
+                       rb_shape_format(vs->grid, a, sizeof a), rb_shape_format(in, b, sizeof b));
+    }
+    *out = in;
+    return RB_OK;
+}
+
+/* Neighbour p + tap inside the grid? Its linear index in *q. */
+static inline bool neighbour(const vs_state *vs, size_t z, size_t y, size_t x, int t, size_t *q)
+{
+    long long nz = (long long)z + vs->tap[t][0], ny = (long long)y + vs->tap[t][1], nx = (long long)x + vs->tap[t][2];
+    if (nz < 0 || ny < 0 || nx < 0 || nz >= (long long)vs->grid.d || ny >= (long long)vs->grid.h ||
+        nx >= (long long)vs->grid.w)
+        return false;
+    *q = ((size_t)nz * vs->grid.h + (size_t)ny) * vs->grid.w + (size_t)nx;
+    return true;
+}
+
+static rb_status vs_apply(rb_context *ctx, const rb_op *op, const rb_tensor *x, rb_tensor *y, rb_arena *work)
+{
+    (void)work;
+    const vs_state *vs = op->state;
+    const double *W = op->params;
+    const long long total = (long long)(x->shape.n * vs->grid.d * vs->grid.h);
+    const int threads = rb_context_threads(ctx);
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && total >= 64)
+    for (long long row = 0; row < total; row++) {
+        size_t n = (size_t)row / (vs->grid.d * vs->grid.h), zy = (size_t)row % (vs->grid.d * vs->grid.h);
+        size_t z = zy / vs->grid.h, yy = zy % vs->grid.h;
+        const double *xs = x->data + n * vs->points;
+        double *ys = y->data + n * vs->points;
+        for (size_t xx = 0; xx < vs->grid.w; xx++) {
+            size_t p = zy * vs->grid.w + xx, q;
+            double acc = 0.0;
+            for (int t = 0; t < vs->ntaps; t++)
+                if (neighbour(vs, z, yy, xx, t, &q)) acc += W[(size_t)t * vs->points + p] * xs[q];
+            ys[p] = acc;
+        }
+    }
+    return RB_OK;
+}
+
+/* dx[q] += alpha sum_t W[t][q - tap_t] dy[q - tap_t], as a gather over q. */
+static rb_status vs_vjp(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy, double alpha,
+                        rb_tensor *dx, rb_arena *work)
+{
+    (void)work;
+    const vs_state *vs = op->state;
+    const double *W = op->params;
+    const long long total = (long long)(x->shape.n * vs->grid.d * vs->grid.h);
+    const int threads = rb_context_threads(ctx);
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && total >= 64)
+    for (long long row = 0; row < total; row++) {
+        size_t n = (size_t)row / (vs->grid.d * vs->grid.h), zy = (size_t)row % (vs->grid.d * vs->grid.h);
+        size_t z = zy / vs->grid.h, yy = zy % vs->grid.h;
+        const double *g = dy->data + n * vs->points;
+        double *d = dx->data + n * vs->points;
+        for (size_t xx = 0; xx < vs->grid.w; xx++) {
+            size_t q = zy * vs->grid.w + xx, p;
+            double acc = 0.0;
+            for (int t = 0; t < vs->ntaps; t++) {
+                /* p = q - tap_t: the point whose tap t reaches q; tap -t from q */
+                int mirror = vs->ntaps - 1 - t; /* taps are symmetric in order: tap[ntaps-1-t] = -tap[t] */
+                if (neighbour(vs, z, yy, xx, mirror, &p)) acc += W[(size_t)t * vs->points + p] * g[p];
+            }
+            d[q] += alpha * acc;
+        }
+    }
+    return RB_OK;
+}
+
+static rb_status vs_param_grad(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy, double alpha,
+                               double *dW, rb_arena *work)
+{
+    (void)ctx, (void)work;
+    const vs_state *vs = op->state;
+    for (size_t n = 0; n < x->shape.n; n++) {
+        const double *xs = x->data + n * vs->points, *g = dy->data + n * vs->points;
+        for (size_t z = 0; z < vs->grid.d; z++)
+            for (size_t yy = 0; yy < vs->grid.h; yy++)
+                for (size_t xx = 0; xx < vs->grid.w; xx++) {
+                    size_t p = (z * vs->grid.h + yy) * vs->grid.w + xx, q;
+                    for (int t = 0; t < vs->ntaps; t++)
+                        if (neighbour(vs, z, yy, xx, t, &q)) dW[(size_t)t * vs->points + p] += alpha * g[p] * xs[q];
+                }
+    }
+    return RB_OK;
+}
+
+static void vs_destroy(rb_context *ctx, rb_op *op) { rb_free(ctx, op->state); }
+
+static const rb_op_type vs_type = {
+    .name = "varstencil",
+    .flags = RB_OP_LINEAR | RB_OP_HAS_PARAMS | RB_OP_SAME_SHAPE,
+    .shape = vs_shape,
+    .apply = vs_apply,
+    .vjp = vs_vjp,
+    .param_grad = vs_param_grad,
+    .destroy = vs_destroy,
+};
+
+bool rb_op_varstencil_info(const rb_op *op, int *dims, int *ntaps, int *centre, rb_shape *grid)
+{
+    if (op == NULL || op->type != &vs_type) return false;
+    const vs_state *vs = op->state;
+    if (dims) *dims = vs->dims;
+    if (ntaps) *ntaps = vs->ntaps;
+    if (centre) *centre = vs->centre;
+    if (grid) *grid = vs->grid;
+    return true;
+}
+
+rb_status rb_op_varstencil_create(rb_context *ctx, int dims, rb_stencil pattern, rb_shape grid, const double *weights,
+                                  rb_op **out)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (out == NULL) return rb_fail(ctx, RB_ENULL, "rb_op_varstencil_create: out is NULL");
+    rb_conv_desc d = rb_conv_desc_default(dims, 1, 1);
+    d.pattern = pattern;
+    rb_status st = rb_conv_desc_check(ctx, &d);
+    if (st != RB_OK) return st;
+    grid.n = grid.c = 1;
+    size_t points = rb_shape_count(grid);
+    if (points == 0) return rb_fail(ctx, RB_EINVAL, "rb_op_varstencil_create: grid has a zero dimension");
+    if ((dims < 3 && grid.d != 1) || (dims < 2 && grid.h != 1))
+        return rb_fail(ctx, RB_ESHAPE, "rb_op_varstencil_create: a %dD stencil needs extent 1 in the unused dimensions", dims);
+    vs_state *vs = rb_calloc(ctx, 1, sizeof *vs);
+    if (vs == NULL) return RB_ENOMEM;
+    /* the same tap order as the conv op */
+    int r = 1, n = 0;
+    int rz = dims >= 3 ? r : 0, ry = dims >= 2 ? r : 0;
+    for (int dz = -rz; dz <= rz; dz++)
+        for (int dy = -ry; dy <= ry; dy++)
+            for (int dx = -r; dx <= r; dx++) {
+                if (pattern == RB_STENCIL_STAR && abs(dz) + abs(dy) + abs(dx) > 1) continue;
+                if (dz == 0 && dy == 0 && dx == 0) vs->centre = n;
+                vs->tap[n][0] = dz, vs->tap[n][1] = dy, vs->tap[n][2] = dx;
+                n++;
+            }
+    vs->dims = dims, vs->ntaps = n, vs->grid = grid, vs->points = points;
+    size_t np = (size_t)n * points;
+    if (weights != NULL)
+        for (size_t i = 0; i < np; i++)
+            if (!isfinite(weights[i])) {
+                rb_free(ctx, vs);
+                return rb_fail(ctx, RB_EINVAL, "rb_op_varstencil_create: weights[%zu] = %g is not finite", i, weights[i]);
+            }
+    rb_op *op;
+    st = rb_op_new(ctx, &vs_type, vs, np, &op);
+    if (st != RB_OK) {
+        rb_free(ctx, vs);
+        return st;
+    }
+    if (weights != NULL) memcpy(op->params, weights, np * sizeof(double));
+    *out = op;
+    return RB_OK;
+}
+
+rb_status rb_op_varstencil_probe(rb_context *ctx, const rb_op *F, int dims, rb_shape grid, rb_op **out)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (F == NULL || out == NULL) return rb_fail(ctx, RB_ENULL, "rb_op_varstencil_probe: %s is NULL", F ? "out" : "F");
+    if (!(F->type->flags & RB_OP_LINEAR))
+        return rb_fail(ctx, RB_EINVAL, "rb_op_varstencil_probe: %s is not linear", F->type->name);
+    grid.n = grid.c = 1;
+    rb_op *S;
+    rb_status st = rb_op_varstencil_create(ctx, dims, RB_STENCIL_FULL, grid, NULL, &S);
+    if (st != RB_OK) return st;
+    const vs_state *vs = S->state;
+    rb_tensor e = {0}, col = {0};
+    rb_arena work = {0};
+    st = rb_tensor_alloc(ctx, &e, grid);
+    if (st == RB_OK) st = rb_tensor_alloc(ctx, &col, grid);
+    if (st == RB_OK) st = rb_arena_reserve(ctx, &work, rb_op_workspace(F, grid) + 64);
+    /* colour c = (x mod 3, y mod 3, z mod 3): the images of a colour's unit vectors do not overlap */
+    int cz = dims >= 3 ? 3 : 1, cy = dims >= 2 ? 3 : 1;
+    for (int a = 0; a < cz && st == RB_OK; a++)
+        for (int b = 0; b < cy && st == RB_OK; b++)
+            for (int c = 0; c < 3 && st == RB_OK; c++) {
+                memset(e.data, 0, vs->points * sizeof(double));
+                for (size_t z = (size_t)a; z < grid.d; z += (size_t)cz)
+                    for (size_t y = (size_t)b; y < grid.h; y += (size_t)cy)
+                        for (size_t x = (size_t)c; x < grid.w; x += 3) e.data[(z * grid.h + y) * grid.w + x] = 1.0;
+                st = rb_op_apply(ctx, F, &e, &col, &work);
+                /* row p, tap t: the column q = p + tap_t if q has this colour */
+                for (size_t z = 0; z < grid.d && st == RB_OK; z++)
+                    for (size_t y = 0; y < grid.h; y++)
+                        for (size_t x = 0; x < grid.w; x++) {
+                            size_t p = (z * grid.h + y) * grid.w + x, q;
+                            for (int t = 0; t < vs->ntaps; t++) {
+                                if (!neighbour(vs, z, y, x, t, &q)) continue;
+                                size_t qz = q / (grid.h * grid.w), qy = (q / grid.w) % grid.h, qx = q % grid.w;
+                                if ((int)(qz % (size_t)cz) == a && (int)(qy % (size_t)cy) == b && (int)(qx % 3) == c)
+                                    S->params[(size_t)t * vs->points + p] = col.data[p];
+                            }
+                        }
+            }
+    rb_tensor_release(ctx, &e), rb_tensor_release(ctx, &col);
+    rb_arena_release(ctx, &work);
+    if (st != RB_OK) {
+        rb_op_free(ctx, S);
+        return st;
+    }
+    *out = S;
+    return RB_OK;
+}

@@ -1,0 +1,146 @@
+/* test_varstencil.c — point-dependent stencils: conformance (finite
+ * differences, adjoint identity), equality with the conv stencil when the
+ * weights are constant, Galerkin probing against the operator product it
+ * probes, and the Jacobi operator over a varstencil. */
+#include "conformance.h"
+
+#include <math.h>
+#include <stdio.h>
+
+static void test_conformance(void **state)
+{
+    rb_context *ctx = *state;
+    for (int dims = 1; dims <= 3; dims++)
+        for (int pat = 0; pat < RB_STENCIL_COUNT; pat++) {
+            size_t n = dims == 3 ? 4 : 6;
+            rb_shape grid = {1, 1, dims == 3 ? n : 1, dims >= 2 ? n + 1 : 1, n};
+            rb_op *S;
+            RB_CHECK(ctx, rb_op_varstencil_create(ctx, dims, (rb_stencil)pat, grid, NULL, &S));
+            rb_test_rng r = {(uint64_t)(dims * 3 + pat)};
+            for (size_t i = 0; i < S->nparams; i++) S->params[i] = rb_test_uniform(&r, -1, 1);
+            rb_shape in = grid;
+            in.n = 2;
+            char label[64];
+            snprintf(label, sizeof label, "varstencil %dD %s", dims, pat ? "star" : "full");
+            rb_conformance_case c = rb_conformance_default(S, in, label);
+            rb_conformance_run(ctx, &c);
+            rb_op_free(ctx, S);
+        }
+}
+
+/* Oracle: the conv op. Constant weights give the same operator. */
+static void test_equals_conv_when_constant(void **state)
+{
+    rb_context *ctx = *state;
+    rb_shape grid = rb_shape_2d(1, 1, 9, 8);
+    double w[9] = {0.1, -1, 0.2, -1.5, 4.5, -0.7, 0.3, -1.1, 0.05};
+    rb_op *C, *S;
+    RB_CHECK(ctx, rb_op_stencil_create(ctx, 2, RB_STENCIL_FULL, w, &C));
+    RB_CHECK(ctx, rb_op_varstencil_create(ctx, 2, RB_STENCIL_FULL, grid, NULL, &S));
+    size_t pts = rb_shape_count(grid);
+    for (int t = 0; t < 9; t++)
+        for (size_t p = 0; p < pts; p++) S->params[(size_t)t * pts + p] = w[t];
+    rb_tensor x, y1, y2;
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &x, grid));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &y1, grid));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &y2, grid));
+    rb_test_rng r = {5};
+    rb_test_fill(&r, &x, -1, 1);
+    RB_CHECK(ctx, rb_op_apply(ctx, C, &x, &y1, NULL));
+    RB_CHECK(ctx, rb_op_apply(ctx, S, &x, &y2, NULL));
+    assert_true(rb_tensor_max_rel_diff(&y2, &y1) <= 1e-15);
+    /* the Jacobi operators over both agree too (point-dependent vs scalar diagonal) */
+    rb_op *J1, *J2;
+    RB_CHECK(ctx, rb_op_jacobi_create(ctx, C, &x, &J1));
+    RB_CHECK(ctx, rb_op_jacobi_create(ctx, S, &x, &J2));
+    RB_CHECK(ctx, rb_op_apply(ctx, J1, &y1, &y2, NULL));
+    rb_tensor y3;
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &y3, grid));
+    RB_CHECK(ctx, rb_op_apply(ctx, J2, &y1, &y3, NULL));
+    assert_true(rb_tensor_max_rel_diff(&y3, &y2) <= 1e-15);
+    rb_conformance_case c = rb_conformance_default(J2, grid, "jacobi over varstencil");
+    rb_conformance_run(ctx, &c);
+    rb_op_free(ctx, J1), rb_op_free(ctx, J2), rb_op_free(ctx, C), rb_op_free(ctx, S);
+    rb_tensor_release(ctx, &x), rb_tensor_release(ctx, &y1), rb_tensor_release(ctx, &y2), rb_tensor_release(ctx, &y3);
+}
+
+/* Oracle: the product it probes. The Galerkin operator R A P, probed into a
+ * 3^d stencil, acts on random vectors exactly as P, then A, then R. */
+static void test_probe_galerkin(void **state)
+{
+    rb_context *ctx = *state;
+    for (int dims = 1; dims <= 3; dims++) {
+        size_t k = dims == 3 ? 3 : 7, n = 2 * k + 1;
+        rb_shape fine = {1, 1, dims == 3 ? n : 1, dims >= 2 ? n : 1, n};
+        rb_shape coarse = {1, 1, dims == 3 ? k : 1, dims >= 2 ? k : 1, k};
+        /* a variable fine operator: random positive star weights */
+        rb_op *A, *R, *P, *G;
+        RB_CHECK(ctx, rb_op_varstencil_create(ctx, dims, RB_STENCIL_STAR, fine, NULL, &A));
+        rb_test_rng r = {11};
+        for (size_t i = 0; i < A->nparams; i++) A->params[i] = rb_test_uniform(&r, -1, 1);
+        rb_conv_desc d = rb_conv_desc_default(dims, 1, 1);
+        d.stride = 2;
+        double w[27];
+        for (int i = 0; i < 27; i++) w[i] = rb_test_uniform(&r, 0, 1);
+        RB_CHECK(ctx, rb_op_conv_create(ctx, &d, w, &R));
+        d.transposed = true;
+        RB_CHECK(ctx, rb_op_conv_create(ctx, &d, w, &P));
+        rb_op *parts[3] = {P, A, R};
+        rb_op *RAP;
+        RB_CHECK(ctx, rb_op_chain_create(ctx, parts, 3, &RAP));
+        RB_CHECK(ctx, rb_op_varstencil_probe(ctx, RAP, dims, coarse, &G));
+        rb_tensor x, y1, y2;
+        RB_CHECK(ctx, rb_tensor_alloc(ctx, &x, coarse));
+        RB_CHECK(ctx, rb_tensor_alloc(ctx, &y1, coarse));
+        RB_CHECK(ctx, rb_tensor_alloc(ctx, &y2, coarse));
+        rb_arena a = {0};
+        RB_CHECK(ctx, rb_arena_reserve(ctx, &a, rb_op_workspace(RAP, coarse)));
+        for (int trial = 0; trial < 3; trial++) {
+            rb_test_fill(&r, &x, -1, 1);
+            RB_CHECK(ctx, rb_op_apply(ctx, RAP, &x, &y1, &a));
+            RB_CHECK(ctx, rb_op_apply(ctx, G, &x, &y2, NULL));
+            double err = rb_tensor_max_rel_diff(&y2, &y1);
+            if (!(err <= 1e-13)) fail_msg("%dD probed R A P vs the product: %.3g", dims, err);
+        }
+        rb_arena_release(ctx, &a);
+        rb_op_free(ctx, RAP), rb_op_free(ctx, G);
+        rb_tensor_release(ctx, &x), rb_tensor_release(ctx, &y1), rb_tensor_release(ctx, &y2);
+    }
+}
+
+static void test_bad_input(void **state)
+{
+    rb_context *ctx = *state;
+    rb_op *S = NULL;
+    rb_shape grid = rb_shape_2d(1, 1, 4, 4);
+    RB_EXPECT(ctx, RB_EINVAL, "desc.dims = 0", rb_op_varstencil_create(ctx, 0, RB_STENCIL_STAR, grid, NULL, &S));
+    RB_EXPECT(ctx, RB_ESHAPE, "unused", rb_op_varstencil_create(ctx, 1, RB_STENCIL_STAR, grid, NULL, &S));
+    double bad[20] = {0};
+    bad[7] = NAN;
+    RB_EXPECT(ctx, RB_EINVAL, "weights[7]", rb_op_varstencil_create(ctx, 2, RB_STENCIL_STAR, rb_shape_2d(1, 1, 2, 2), bad, &S));
+    assert_null(S);
+    RB_CHECK(ctx, rb_op_varstencil_create(ctx, 2, RB_STENCIL_STAR, grid, NULL, &S));
+    rb_tensor b, x, y;
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &b, grid));
+    rb_op *J = NULL;
+    RB_EXPECT(ctx, RB_EINVAL, "centre weight at point 0", rb_op_jacobi_create(ctx, S, &b, &J));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &x, rb_shape_2d(1, 1, 4, 5)));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &y, rb_shape_2d(1, 1, 4, 5)));
+    RB_EXPECT(ctx, RB_ESHAPE, "same grid", rb_op_apply(ctx, S, &x, &y, NULL));
+    rb_op *t;
+    RB_CHECK(ctx, rb_op_activation_create(ctx, RB_ACT_RELU, &t));
+    RB_EXPECT(ctx, RB_EINVAL, "not linear", rb_op_varstencil_probe(ctx, t, 2, grid, &J));
+    rb_op_free(ctx, t), rb_op_free(ctx, S);
+    rb_tensor_release(ctx, &b), rb_tensor_release(ctx, &x), rb_tensor_release(ctx, &y);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_conformance, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_equals_conv_when_constant, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_probe_galerkin, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_bad_input, rb_test_setup, rb_test_teardown),
+    };
+    return cmocka_run_group_tests_name("varstencil", tests, NULL, NULL);
+}
