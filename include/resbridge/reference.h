@@ -27,6 +27,12 @@ rb_status rb_ref_assemble(rb_context *ctx, const rb_op *F, rb_shape shape, doubl
  * non-zeros, probed on the first, middle and last columns). */
 rb_status rb_ref_bandwidth(rb_context *ctx, const rb_op *F, rb_shape shape, size_t *kd);
 
+/* The upper band of a symmetric linear same-shape operator in LAPACK's
+ * column-major band storage (ldab = kd + 1; entry (i, j), i <= j, at
+ * band[kd + i - j + j * (kd + 1)]), probed with 2 kd + 1 applications.
+ * *band is allocated with rb_malloc (release with rb_free). */
+rb_status rb_ref_band(rb_context *ctx, const rb_op *F, rb_shape shape, size_t *kd, double **band);
+
 /* x = F^{-1} b for a symmetric positive definite linear operator F, through its
  * band (probed with 2 kd + 1 applications) and LAPACKE_dpbsv. */
 rb_status rb_ref_solve_spd_banded(rb_context *ctx, const rb_op *F, const rb_tensor *b, rb_tensor *x);

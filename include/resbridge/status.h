@@ -26,7 +26,7 @@ extern "C" {
     X(RB_EIO,          "input/output error")                                 \
     X(RB_EFORMAT,      "file is corrupt or not in the expected format")      \
     X(RB_EDIVERGED,    "iteration diverged")                                 \
-    X(RB_ENOTCONV,     "iteration did not converge within its limit")        \
+    X(RB_EMAXITER,     "iteration limit reached before the tolerance")       \
     X(RB_ELAPACK,      "LAPACK reported a failure")                          \
     X(RB_ESUNDIALS,    "SUNDIALS reported a failure")                        \
     X(RB_EUNSUPPORTED, "operation not supported by this operator")          \

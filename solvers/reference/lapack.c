@@ -97,26 +97,21 @@ rb_status rb_ref_bandwidth(rb_context *ctx, const rb_op *F, rb_shape shape, size
     return st;
 }
 
-rb_status rb_ref_solve_spd_banded(rb_context *ctx, const rb_op *F, const rb_tensor *b, rb_tensor *x)
+rb_status rb_ref_band(rb_context *ctx, const rb_op *F, rb_shape shape, size_t *kd_out, double **band_out)
 {
-    rb_status st = rb_tensor_check_same(ctx, b, "b", x, "x");
-    if (st != RB_OK) return st;
     size_t n, kd;
-    st = check_linear(ctx, F, b->shape, (size_t)1 << 31, "rb_ref_solve_spd_banded", &n);
-    if (st == RB_OK) st = rb_ref_bandwidth(ctx, F, b->shape, &kd);
+    rb_status st = check_linear(ctx, F, shape, (size_t)1 << 31, "rb_ref_band", &n);
+    if (st != RB_OK) return st;
+    if (kd_out == NULL || band_out == NULL) return rb_fail(ctx, RB_ENULL, "rb_ref_band: output pointer is NULL");
+    st = rb_ref_bandwidth(ctx, F, shape, &kd);
     if (st != RB_OK) return st;
     size_t ld = kd + 1;
-    if (n > SIZE_MAX / sizeof(double) / ld) return rb_fail(ctx, RB_ENOMEM, "rb_ref_solve_spd_banded: band too large");
+    if (n > SIZE_MAX / sizeof(double) / ld) return rb_fail(ctx, RB_ENOMEM, "rb_ref_band: band too large");
     double *band = rb_calloc(ctx, n * ld, sizeof *band);
-    double *rhs = rb_malloc(ctx, n * sizeof *rhs);
-    if (band == NULL || rhs == NULL) {
-        rb_free(ctx, band), rb_free(ctx, rhs);
-        return RB_ENOMEM;
-    }
-    /* Probe columns j = c, c + (2kd+1), ... together: their images do not overlap
-     * within the band. Column-major upper band storage: AB[kd + i - j + j*ld]. */
+    if (band == NULL) return RB_ENOMEM;
+    /* Probe columns j = c, c + (2kd+1), ... together: their images do not overlap within the band. */
     probe_set p;
-    st = probe_open(ctx, F, b->shape, &p);
+    st = probe_open(ctx, F, shape, &p);
     size_t step = 2 * kd + 1;
     for (size_t c = 0; c < step && c < n && st == RB_OK; c++) {
         for (size_t j = c; j < n; j += step) p.e.data[j] = 1.0;
@@ -127,18 +122,38 @@ rb_status rb_ref_solve_spd_banded(rb_context *ctx, const rb_op *F, const rb_tens
         }
     }
     probe_close(ctx, &p);
-    if (st == RB_OK) {
-        memcpy(rhs, b->data, n * sizeof *rhs);
-        lapack_int info = LAPACKE_dpbsv(LAPACK_COL_MAJOR, 'U', (lapack_int)n, (lapack_int)kd, 1, band, (lapack_int)ld,
-                                        rhs, (lapack_int)n);
-        if (info > 0)
-            st = rb_fail(ctx, RB_ELAPACK, "dpbsv: the leading minor of order %d is not positive definite (operator %s "
-                         "is not SPD)", (int)info, F->type->name);
-        else if (info < 0)
-            st = rb_fail(ctx, RB_ELAPACK, "dpbsv: argument %d had an illegal value", (int)-info);
-        else
-            memcpy(x->data, rhs, n * sizeof *rhs);
+    if (st != RB_OK) {
+        rb_free(ctx, band);
+        return st;
     }
+    *kd_out = kd;
+    *band_out = band;
+    return RB_OK;
+}
+
+rb_status rb_ref_solve_spd_banded(rb_context *ctx, const rb_op *F, const rb_tensor *b, rb_tensor *x)
+{
+    rb_status st = rb_tensor_check_same(ctx, b, "b", x, "x");
+    if (st != RB_OK) return st;
+    size_t n = rb_tensor_count(b), kd;
+    double *band = NULL;
+    st = rb_ref_band(ctx, F, b->shape, &kd, &band);
+    if (st != RB_OK) return st;
+    double *rhs = rb_malloc(ctx, n * sizeof *rhs);
+    if (rhs == NULL) {
+        rb_free(ctx, band);
+        return RB_ENOMEM;
+    }
+    memcpy(rhs, b->data, n * sizeof *rhs);
+    lapack_int info = LAPACKE_dpbsv(LAPACK_COL_MAJOR, 'U', (lapack_int)n, (lapack_int)kd, 1, band, (lapack_int)(kd + 1),
+                                    rhs, (lapack_int)n);
+    if (info > 0)
+        st = rb_fail(ctx, RB_ELAPACK, "dpbsv: the leading minor of order %d is not positive definite (operator %s "
+                     "is not SPD)", (int)info, F->type->name);
+    else if (info < 0)
+        st = rb_fail(ctx, RB_ELAPACK, "dpbsv: argument %d had an illegal value", (int)-info);
+    else
+        memcpy(x->data, rhs, n * sizeof *rhs);
     rb_free(ctx, band), rb_free(ctx, rhs);
     return st;
 }
