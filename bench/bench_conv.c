@@ -4,11 +4,12 @@
  * both, alternating, and writes the table in bench/results_conv.md.
  *
  * Each product counts 2*N*Cout*Cin*9*H*W flops. Each time is the best of --reps runs
- * (after one warm-up call). Prints one JSON object per shape on stdout:
+ * (after one warm-up call), and of more while the runs have taken less than --min-time
+ * seconds (default 1), so that small shapes get many chances on a noisy machine. Prints one JSON object per shape on stdout:
  *   {"impl":"resbridge","shape":[N,Cin,H,W,Cout],"threads":T,"fwd_s":..,"bwd_data_s":..,
  *    "bwd_weight_s":..,"total_s":..,"gflops":..}   (gflops: 3 products / total_s)
  *
- *     bench_conv --threads 2 --shape 16,64,64,64,64 --shape 128,1,28,28,16 --reps 5
+ *     bench_conv --threads 2 --shape 16,64,64,64,64 --shape 128,1,28,28,16 --reps 5 --min-time 1
  *
  * Without --shape: the four shapes of the benchmark issue. --reference times the
  * reference loops instead (the op with a NULL arena, so the GEMM path declines).
@@ -32,7 +33,7 @@ static double now(void)
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: bench_conv [--threads T] [--shape N,Cin,H,W,Cout]... [--reps R] [--reference]\n"
+            "usage: bench_conv [--threads T] [--shape N,Cin,H,W,Cout]... [--reps R] [--min-time S] [--reference]\n"
             "  3x3 stride-1 conv (padding 1), float64: forward, backward-data, backward-weight.\n"
             "  Default shapes: 16,64,64,64,64 64,16,32,32,16 128,32,28,28,32 128,1,28,28,16.\n");
 }
@@ -55,7 +56,7 @@ static void fill(double *p, size_t len, unsigned long long seed)
         }                                                                                          \
     } while (0)
 
-static int bench_shape(rb_context *ctx, const size_t sh[5], int threads, int reps, int reference)
+static int bench_shape(rb_context *ctx, const size_t sh[5], int threads, int reps, double min_time, int reference)
 {
     const size_t N = sh[0], Cin = sh[1], H = sh[2], W = sh[3], Cout = sh[4];
     rb_conv_desc d = rb_conv_desc_default(2, Cin, Cout);
@@ -81,8 +82,8 @@ static int bench_shape(rb_context *ctx, const size_t sh[5], int threads, int rep
         TRY(rb_arena_reserve(ctx, &arena, ws));
         work = &arena;
     }
-    double best[3] = {1e30, 1e30, 1e30};
-    for (int r = 0; r <= reps; r++) { /* r = 0: warm-up */
+    double best[3] = {1e30, 1e30, 1e30}, start = now();
+    for (int r = 0; r <= reps || now() - start < min_time; r++) { /* r = 0: warm-up */
         double t[4];
         t[0] = now();
         TRY(rb_op_apply(ctx, op, &x, &y, work));
@@ -120,6 +121,7 @@ int main(int argc, char **argv)
         {16, 64, 64, 64, 64}, {64, 16, 32, 32, 16}, {128, 32, 28, 28, 32}, {128, 1, 28, 28, 16}};
     size_t shapes[MAX_SHAPES][5];
     int nshapes = 0, threads = 1, reps = 5, reference = 0;
+    double min_time = 1.0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
@@ -129,6 +131,8 @@ int main(int argc, char **argv)
             threads = atoi(argv[++i]);
         } else if (strcmp(a, "--reps") == 0 && i + 1 < argc) {
             reps = atoi(argv[++i]);
+        } else if (strcmp(a, "--min-time") == 0 && i + 1 < argc) {
+            min_time = atof(argv[++i]);
         } else if (strcmp(a, "--reference") == 0) {
             reference = 1;
         } else if (strcmp(a, "--shape") == 0 && i + 1 < argc && nshapes < MAX_SHAPES) {
@@ -145,8 +149,8 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (threads < 1 || reps < 1) {
-        fprintf(stderr, "bench_conv: --threads and --reps must be >= 1\n");
+    if (threads < 1 || reps < 1 || !(min_time >= 0.0)) {
+        fprintf(stderr, "bench_conv: --threads and --reps must be >= 1, --min-time >= 0\n");
         return 2;
     }
     if (nshapes == 0) {
@@ -160,7 +164,7 @@ int main(int argc, char **argv)
         return 2;
     }
     int rc = 0;
-    for (int s = 0; s < nshapes && rc == 0; s++) rc = bench_shape(ctx, shapes[s], threads, reps, reference);
+    for (int s = 0; s < nshapes && rc == 0; s++) rc = bench_shape(ctx, shapes[s], threads, reps, min_time, reference);
     rb_context_free(ctx);
     return rc;
 }

@@ -2,7 +2,8 @@
 """conv_torch.py — the PyTorch side of bench/bench_conv.c: 3x3 stride-1 conv2d
 (padding 1, no bias), float64, forward and both backward products.
 
-Timed, each the best of --reps runs after one warm-up:
+Timed, each the best of --reps runs after one warm-up (and of more while the runs have
+taken less than --min-time seconds, default 1, as bench_conv does):
   fwd         y = conv2d(x, w) with x and w requiring grad (the forward of a
               training step: autograd records the graph)
   bwd_data    torch.autograd.grad(y, x, dy, retain_graph=True)   input gradient only
@@ -40,7 +41,7 @@ def parse_shape(s):
     return v
 
 
-def bench_shape(shape, threads, reps):
+def bench_shape(shape, threads, reps, min_time):
     n, cin, h, w, cout = shape
     g = torch.Generator().manual_seed(1)
     x = (torch.rand(n, cin, h, w, generator=g, dtype=torch.float64) * 2 - 1).requires_grad_(True)
@@ -48,7 +49,8 @@ def bench_shape(shape, threads, reps):
     dy = torch.rand(n, cout, h, w, generator=g, dtype=torch.float64) * 2 - 1
     conv = torch.nn.functional.conv2d
     best = [float("inf")] * 4
-    for r in range(reps + 1):  # r = 0: warm-up
+    start, r = time.perf_counter(), 0
+    while r <= reps or time.perf_counter() - start < min_time:  # r = 0: warm-up
         t0 = time.perf_counter()
         y = conv(x, wt, None, 1, 1)
         t1 = time.perf_counter()
@@ -61,6 +63,7 @@ def bench_shape(shape, threads, reps):
         if r > 0:
             best = [min(b, t) for b, t in zip(best, (t1 - t0, t2 - t1, t3 - t2, t4 - t3))]
         del y, gx, gw, gx2, gw2
+        r += 1
     flops = 2.0 * n * cout * cin * 9 * h * w
     total = best[0] + best[1] + best[2]
     return {
@@ -86,12 +89,13 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--shape", type=parse_shape, action="append")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--min-time", type=float, default=1.0)
     a = ap.parse_args()
-    if a.threads < 1 or a.reps < 1:
-        ap.error("--threads and --reps must be >= 1")
+    if a.threads < 1 or a.reps < 1 or not a.min_time >= 0:
+        ap.error("--threads and --reps must be >= 1, --min-time >= 0")
     torch.set_num_threads(a.threads)
     for shape in a.shape or [parse_shape(s) for s in DEFAULT_SHAPES]:
-        print(json.dumps(bench_shape(shape, a.threads, a.reps)), flush=True)
+        print(json.dumps(bench_shape(shape, a.threads, a.reps, a.min_time)), flush=True)
     return 0
 
 

@@ -9,7 +9,7 @@
 # setting: OPENBLAS_NUM_THREADS=1 and torch.set_num_threads(T).
 #
 #     bench/run_conv.sh                      # table on stdout
-#     ROUNDS=5 REPS=10 bench/run_conv.sh     # more runs on a noisy machine
+#     ROUNDS=5 MIN_TIME=2 bench/run_conv.sh  # more runs on a noisy machine
 #     bench/run_conv.sh --json runs.jsonl    # also keep every JSON line
 set -euo pipefail
 
@@ -17,6 +17,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${BUILD:-$ROOT/build-bench}
 ROUNDS=${ROUNDS:-3}
 REPS=${REPS:-5}
+MIN_TIME=${MIN_TIME:-1}
 THREADS=${THREADS:-"1 2"}
 SHAPES=${SHAPES:-"16,64,64,64,64 64,16,32,32,16 128,32,28,28,32 128,1,28,28,16"}
 PYTHON=${PYTHON:-/usr/bin/python3}
@@ -31,16 +32,17 @@ trap 'rm -f "$RUNS"' EXIT
 for T in $THREADS; do
   for r in $(seq "$ROUNDS"); do
     for S in $SHAPES; do
-      "$BUILD/bench_conv" --threads "$T" --shape "$S" --reps "$REPS" >>"$RUNS"
-      OPENBLAS_NUM_THREADS=1 "$PYTHON" "$ROOT/bench/conv_torch.py" --threads "$T" --shape "$S" --reps "$REPS" >>"$RUNS"
+      "$BUILD/bench_conv" --threads "$T" --shape "$S" --reps "$REPS" --min-time "$MIN_TIME" >>"$RUNS"
+      OPENBLAS_NUM_THREADS=1 "$PYTHON" "$ROOT/bench/conv_torch.py" --threads "$T" --shape "$S" --reps "$REPS" \
+        --min-time "$MIN_TIME" >>"$RUNS"
     done
   done
 done
 if [ -n "$JSON" ]; then cp "$RUNS" "$JSON"; fi
 
-"$PYTHON" - "$RUNS" "$ROUNDS" "$REPS" <<'PY'
+"$PYTHON" - "$RUNS" "$ROUNDS" "$REPS" "$MIN_TIME" <<'PY'
 import collections, json, sys
-runs, rounds, reps = sys.argv[1], sys.argv[2], sys.argv[3]
+runs, rounds, reps, min_time = sys.argv[1:5]
 keys = ("fwd_s", "bwd_data_s", "bwd_weight_s")
 best = collections.defaultdict(lambda: [float("inf")] * 3)
 order = []
@@ -53,8 +55,8 @@ for line in open(runs):
     b = best[(k, impl)]
     for i, f in enumerate(keys):
         b[i] = min(b[i], d[f])
-print(f"Best of {rounds} alternating runs (each the best of {reps} calls); times in ms, "
-      "fwd + bwd-data + bwd-weight; ratio = PyTorch / resbridge.\n")
+print(f"Best of {rounds} alternating runs (each the best of >= {reps} calls and >= {min_time} s); "
+      "times in ms, fwd + bwd-data + bwd-weight; ratio = PyTorch / resbridge.\n")
 print("| shape (N,Cin,H,W,Cout) | threads | resbridge ms | PyTorch ms | ratio | resbridge GFLOP/s "
       "| fwd / bwd-data / bwd-weight ratio |")
 print("|---|---|---|---|---|---|---|")
