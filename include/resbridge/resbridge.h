@@ -24,6 +24,7 @@
 #include "resbridge/npy.h"
 #include "resbridge/reference.h"
 #include "resbridge/vcycle.h"
+#include "resbridge/multigrid.h"
 #include "resbridge/version.h"
 
 #endif

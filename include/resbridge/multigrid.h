@@ -1,0 +1,114 @@
+/* multigrid.h — geometric multigrid for -div(a grad u) = f on the unit
+ * interval, square or cube, built on the residual primitive.
+ *
+ * Vertex-centred grids with n = m 2^k - 1 interior points per direction
+ * (m in {1, 3, 5, 7}), Dirichlet boundary values (folded into f with
+ * rb_mg_fold_boundary). The coefficient a is a constant (3-, 5-, 7-point
+ * stencils, coarse levels rediscretised) or given per grid point including
+ * the boundary ((n+2)^dim values; face coefficients are harmonic means of the
+ * two points; coarse levels by Galerkin R A P). Smoothers are residual steps:
+ * damped Jacobi, red-black Gauss-Seidel (a residual step per colour) or
+ * Chebyshev (residual steps with step sizes from Chebyshev roots). Transfers
+ * are the stride-2 convolutions of conv.h: full weighting and its scaled
+ * transpose, (bi/tri)linear interpolation. The coarsest level is solved by
+ * LAPACK banded Cholesky, factorised once at set-up.
+ *
+ *     rb_mg_problem pb = {2, 1023, NULL, 1.0};
+ *     rb_mg_options opt = rb_mg_options_default(2);     // RB-GS V(2,1)
+ *     rb_mg *mg; rb_mg_create(ctx, &pb, &opt, &mg);      // set-up: once
+ *     rb_mg_report rep;
+ *     rb_mg_solve(ctx, mg, &f, &u, 1e-8, 50, &rep);       // any number of right-hand sides
+ *     rb_mg_free(ctx, mg);
+ */
+#ifndef RESBRIDGE_MULTIGRID_H
+#define RESBRIDGE_MULTIGRID_H
+
+#include <stdbool.h>
+#include "resbridge/vcycle.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum rb_smoother { RB_SMOOTHER_JACOBI, RB_SMOOTHER_RBGS, RB_SMOOTHER_CHEBYSHEV, RB_SMOOTHER_COUNT } rb_smoother;
+
+const char *rb_smoother_name(rb_smoother s);
+rb_status rb_smoother_parse(rb_context *ctx, const char *name, rb_smoother *s);
+rb_status rb_cycle_parse(rb_context *ctx, const char *name, rb_cycle *c);
+
+typedef struct rb_mg_problem {
+    int dim;             /* 1, 2 or 3 */
+    size_t n;            /* interior points per direction, m 2^k - 1 */
+    const double *coef;  /* NULL: constant coef_value; else (n+2)^dim point values (z, y, x row-major, with boundary) */
+    double coef_value;
+} rb_mg_problem;
+
+typedef struct rb_mg_options {
+    rb_smoother smoother;
+    double omega;        /* relaxation weight; 0: default (Jacobi 2d/(2d+1), RB-GS 1) */
+    int pre, post;       /* smoothing steps before / after the coarse-grid correction */
+    rb_cycle cycle;
+    size_t coarse_max;   /* coarsen while n > coarse_max (and n is odd) */
+    double cheb_ratio;   /* Chebyshev interval [cheb_ratio * lmax, lmax] of D^{-1} A */
+} rb_mg_options;
+
+rb_mg_options rb_mg_options_default(int dim);
+
+#define RB_MG_MAX_HISTORY 512
+
+typedef struct rb_mg_report {
+    int cycles;                       /* cycles (or PCG iterations) run */
+    double history[RB_MG_MAX_HISTORY]; /* relative residual |f - A u| / |f| after each; history[0] before the first */
+    double rel_residual;              /* the last one */
+    double convergence_factor;        /* geometric mean of the ratios over the second half */
+    bool converged;
+} rb_mg_report;
+
+typedef struct rb_mg rb_mg;
+
+/* Set-up: hierarchy, operators, smoothers, transfers, coarse factorisation,
+ * and all work memory. Refuses n of the wrong form (naming the nearest valid
+ * sizes), coefficients <= 0 or not finite, omega outside the stable range. */
+rb_status rb_mg_create(rb_context *ctx, const rb_mg_problem *pb, const rb_mg_options *opt, rb_mg **out);
+void rb_mg_free(rb_context *ctx, rb_mg *mg);
+
+size_t rb_mg_levels(const rb_mg *mg);
+size_t rb_mg_level_n(const rb_mg *mg, size_t level);
+/* The shape of the finest grid (1,1,n,n,n) with unused dimensions 1. */
+rb_shape rb_mg_shape(const rb_mg *mg);
+/* The fine-grid operator A (for residuals, LAPACK checks). */
+const rb_op *rb_mg_operator(const rb_mg *mg);
+/* The cycle over the hierarchy (the generic skeleton of vcycle.h). */
+const rb_vcycle *rb_mg_vcycle(const rb_mg *mg);
+
+/* Valid n (m 2^k - 1, m in {1,3,5,7}, k >= 1) nearest to n below and above. */
+void rb_mg_nearest_sizes(size_t n, size_t *below, size_t *above);
+
+/* f += the contributions of Dirichlet values g (a full (n+2)^dim grid, boundary
+ * values on its faces; interior values ignored) to the equations next to the boundary. */
+rb_status rb_mg_fold_boundary(rb_context *ctx, const rb_mg *mg, const rb_tensor *g, rb_tensor *f);
+
+/* Cycles from u (initial guess, overwritten) until |f - A u| <= tol |f| or
+ * max_cycles. RB_EMAXITER when the limit is reached first, RB_EDIVERGED when
+ * the residual grows 1e6-fold or is not finite; the report holds the history
+ * in every case. Allocates nothing. */
+rb_status rb_mg_solve(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *u, double tol, int max_cycles,
+                      rb_mg_report *report);
+
+/* Full multigrid: f restricted to every level, coarsest solved, then on each
+ * finer level u = P u_coarse followed by `cycles_per_level` cycles. u is output only. */
+rb_status rb_mg_fmg(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *u, int cycles_per_level,
+                    rb_mg_report *report);
+
+/* Conjugate gradients preconditioned by one (symmetric) cycle per iteration. */
+rb_status rb_mg_pcg(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *u, double tol, int max_iter,
+                    rb_mg_report *report);
+
+/* z = B r: one cycle from a zero initial guess (the preconditioner; linear and
+ * symmetric when the smoothing is symmetric). */
+rb_status rb_mg_precondition(rb_context *ctx, rb_mg *mg, const rb_tensor *r, rb_tensor *z);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,712 @@
+/* multigrid.c — hierarchy set-up, smoothers, transfers, coarse solve, and the
+ * solve drivers (cycles, FMG, MG-preconditioned CG). The cycle itself is the
+ * generic skeleton in src/vcycle.c. */
+#include "resbridge/multigrid.h"
+
+#include <lapacke.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "resbridge/chain.h"
+#include "resbridge/colour.h"
+#include "resbridge/conv.h"
+#include "resbridge/reference.h"
+#include "resbridge/residual.h"
+#include "resbridge/varstencil.h"
+
+#define MAX_LEVELS 32
+#define MAX_STEPS 64
+
+struct rb_mg {
+    rb_mg_problem pb;
+    rb_mg_options opt;
+    double *coef;                 /* copy of the point coefficients, or NULL */
+    size_t nlevels;
+    size_t n[MAX_LEVELS];
+    rb_vlevel level[MAX_LEVELS];
+    rb_op *A[MAX_LEVELS], *J[MAX_LEVELS], *red[MAX_LEVELS], *black[MAX_LEVELS];
+    rb_op *R[MAX_LEVELS], *P[MAX_LEVELS];
+    rb_vstep steps[MAX_LEVELS][3][MAX_STEPS]; /* [level][pre, post, symmetric post][step] */
+    size_t nsym[MAX_LEVELS], nsteps_post[MAX_LEVELS];
+    rb_vcycle vc;
+    double *band;                 /* coarsest operator, Cholesky-factorised (LAPACK band storage) */
+    size_t kd, ncoarse;
+    rb_tensor x, r, z, p, q;      /* finest-level vectors for the drivers */
+    rb_arena work;
+};
+
+static const char *const smoother_names[] = {"jacobi", "rbgs", "chebyshev"};
+_Static_assert(sizeof smoother_names / sizeof *smoother_names == RB_SMOOTHER_COUNT, "one name per smoother");
+
+const char *rb_smoother_name(rb_smoother s) { return (unsigned)s < RB_SMOOTHER_COUNT ? smoother_names[s] : "unknown"; }
+
+rb_status rb_smoother_parse(rb_context *ctx, const char *name, rb_smoother *s)
+{
+    if (name == NULL || s == NULL) return rb_fail(ctx, RB_ENULL, "rb_smoother_parse: NULL argument");
+    for (int i = 0; i < RB_SMOOTHER_COUNT; i++)
+        if (strcmp(name, smoother_names[i]) == 0) {
+            *s = (rb_smoother)i;
+            return RB_OK;
+        }
+    return rb_fail(ctx, RB_EINVAL, "unknown smoother '%s' (jacobi, rbgs, chebyshev)", name);
+}
+
+rb_status rb_cycle_parse(rb_context *ctx, const char *name, rb_cycle *c)
+{
+    if (name == NULL || c == NULL) return rb_fail(ctx, RB_ENULL, "rb_cycle_parse: NULL argument");
+    for (int i = 0; i < RB_CYCLE_COUNT; i++)
+        if (strcmp(name, rb_cycle_name((rb_cycle)i)) == 0) {
+            *c = (rb_cycle)i;
+            return RB_OK;
+        }
+    return rb_fail(ctx, RB_EINVAL, "unknown cycle '%s' (V, W, F)", name);
+}
+
+rb_mg_options rb_mg_options_default(int dim)
+{
+    (void)dim;
+    rb_mg_options o = {RB_SMOOTHER_RBGS, 0.0, 2, 1, RB_CYCLE_V, 7, 0.3};
+    return o;
+}
+
+size_t rb_mg_levels(const rb_mg *mg) { return mg ? mg->nlevels : 0; }
+size_t rb_mg_level_n(const rb_mg *mg, size_t l) { return mg && l < mg->nlevels ? mg->n[l] : 0; }
+const rb_op *rb_mg_operator(const rb_mg *mg) { return mg ? mg->A[0] : NULL; }
+const rb_vcycle *rb_mg_vcycle(const rb_mg *mg) { return mg ? &mg->vc : NULL; }
+
+static rb_shape grid_shape(int dim, size_t n)
+{
+    rb_shape s = {1, 1, dim == 3 ? n : 1, dim >= 2 ? n : 1, n};
+    return s;
+}
+
+rb_shape rb_mg_shape(const rb_mg *mg) { return grid_shape(mg->pb.dim, mg->n[0]); }
+
+/* ---- grid sizes ---------------------------------------------------------------------------- */
+
+static bool valid_size(size_t n)
+{
+    if (n < 1) return false;
+    size_t v = n + 1;
+    int k = 0;
+    while (v % 2 == 0) v /= 2, k++;
+    return k >= 1 && (v == 1 || v == 3 || v == 5 || v == 7);
+}
+
+void rb_mg_nearest_sizes(size_t n, size_t *below, size_t *above)
+{
+    size_t b = n, a = n;
+    while (b > 0 && !valid_size(b)) b--;
+    while (!valid_size(a)) a++;
+    if (below) *below = b;
+    if (above) *above = a;
+}
+
+/* ---- operators ----------------------------------------------------------------------------- */
+
+static double coef_at(const rb_mg *mg, long long z, long long y, long long x)
+{
+    size_t m = mg->pb.n + 2;
+    size_t zz = mg->pb.dim == 3 ? (size_t)z : 0, yy = mg->pb.dim >= 2 ? (size_t)y : 0;
+    size_t my = mg->pb.dim >= 2 ? m : 1;
+    return mg->coef[(zz * my + yy) * m + (size_t)x];
+}
+
+/* Face coefficient between full-grid points p and q: harmonic mean. */
+static double face(double ap, double aq) { return 2.0 * ap * aq / (ap + aq); }
+
+/* The fine operator with point coefficients: -div(a grad u), 2 dim + 1 point star. */
+static rb_status fine_variable_operator(rb_context *ctx, rb_mg *mg, rb_op **out)
+{
+    int d = mg->pb.dim;
+    size_t n = mg->pb.n;
+    double h = 1.0 / (double)(n + 1), ih2 = 1.0 / (h * h);
+    rb_shape g = grid_shape(d, n);
+    rb_op *A;
+    rb_status st = rb_op_varstencil_create(ctx, d, RB_STENCIL_STAR, g, NULL, &A);
+    if (st != RB_OK) return st;
+    int ntaps = 2 * d + 1, centre = d;
+    size_t pts = rb_shape_count(g);
+    /* star taps in order: for d = 3: -z, -y, -x, 0, +x, +y, +z (row-major order of conv.h) */
+    for (size_t z = 0; z < g.d; z++)
+        for (size_t y = 0; y < g.h; y++)
+            for (size_t x = 0; x < g.w; x++) {
+                size_t p = (z * g.h + y) * g.w + x;
+                /* full-grid coordinates (boundary at 0 and n+1) */
+                long long fz = d == 3 ? (long long)z + 1 : 0, fy = d >= 2 ? (long long)y + 1 : 0, fx = (long long)x + 1;
+                double ap = coef_at(mg, fz, fy, fx), diag = 0;
+                int t = 0;
+                for (int axis = d - 1; axis >= 0; axis--) { /* the minus side: z, y, x for d = 3 */
+                    long long qz = fz - (axis == 2), qy = fy - (axis == 1), qx = fx - (axis == 0);
+                    double af = face(ap, coef_at(mg, qz, qy, qx));
+                    A->params[(size_t)t * pts + p] = -af * ih2;
+                    diag += af * ih2;
+                    t++;
+                }
+                t++; /* centre */
+                for (int axis = 0; axis < d; axis++) { /* the plus side: x, y, z */
+                    long long qz = fz + (axis == 2), qy = fy + (axis == 1), qx = fx + (axis == 0);
+                    double af = face(ap, coef_at(mg, qz, qy, qx));
+                    A->params[(size_t)t * pts + p] = -af * ih2;
+                    diag += af * ih2;
+                    t++;
+                }
+                A->params[(size_t)centre * pts + p] = diag;
+                (void)ntaps;
+            }
+    *out = A;
+    return RB_OK;
+}
+
+static rb_status constant_operator(rb_context *ctx, int d, size_t n, double a, rb_op **out)
+{
+    rb_status st = rb_op_laplacian_create(ctx, d, 1.0 / (double)(n + 1), out);
+    if (st != RB_OK) return st;
+    for (size_t i = 0; i < (*out)->nparams; i++) (*out)->params[i] *= a;
+    return RB_OK;
+}
+
+/* Full weighting (tensor product of [1/4 1/2 1/4]) and its transpose scaled by 2^d. */
+static rb_status transfers(rb_context *ctx, int d, rb_op **R, rb_op **P)
+{
+    double w[27];
+    int t = 0;
+    const double c[3] = {0.25, 0.5, 0.25};
+    for (int a = 0; a < (d >= 3 ? 3 : 1); a++)
+        for (int b = 0; b < (d >= 2 ? 3 : 1); b++)
+            for (int e = 0; e < 3; e++) w[t++] = (d >= 3 ? c[a] : 1) * (d >= 2 ? c[b] : 1) * c[e];
+    rb_conv_desc desc = rb_conv_desc_default(d, 1, 1);
+    desc.stride = 2;
+    rb_status st = rb_op_conv_create(ctx, &desc, w, R);
+    if (st != RB_OK) return st;
+    for (int i = 0; i < t; i++) w[i] *= (double)(1 << d);
+    desc.transposed = true;
+    st = rb_op_conv_create(ctx, &desc, w, P);
+    if (st != RB_OK) rb_op_free(ctx, *R), *R = NULL;
+    return st;
+}
+
+/* Copies of P, A, R chained, probed into the Galerkin stencil R A P. */
+static rb_status galerkin(rb_context *ctx, rb_mg *mg, size_t l, rb_op **out)
+{
+    int d = mg->pb.dim;
+    rb_op *parts[3] = {NULL, NULL, NULL}, *chain = NULL;
+    rb_status st = rb_op_conv_create(ctx, rb_op_conv_desc(mg->P[l]), mg->P[l]->params, &parts[0]);
+    int vd, nt, ce;
+    rb_shape grid;
+    if (st == RB_OK) {
+        if (rb_op_varstencil_info(mg->A[l], &vd, &nt, &ce, &grid))
+            st = rb_op_varstencil_create(ctx, vd, nt == 2 * vd + 1 ? RB_STENCIL_STAR : RB_STENCIL_FULL, grid,
+                                         mg->A[l]->params, &parts[1]);
+        else
+            st = rb_op_conv_create(ctx, rb_op_conv_desc(mg->A[l]), mg->A[l]->params, &parts[1]);
+    }
+    if (st == RB_OK) st = rb_op_conv_create(ctx, rb_op_conv_desc(mg->R[l]), mg->R[l]->params, &parts[2]);
+    if (st == RB_OK) st = rb_op_chain_create(ctx, parts, 3, &chain);
+    if (st != RB_OK) {
+        for (int i = 0; i < 3; i++) rb_op_free(ctx, parts[i]);
+        return st;
+    }
+    st = rb_op_varstencil_probe(ctx, chain, d, grid_shape(d, mg->n[l + 1]), out);
+    rb_op_free(ctx, chain);
+    return st;
+}
+
+/* Largest eigenvalue of D^{-1} A on level l by power iteration (the Jacobi
+ * operator with f = 0 is -D^{-1} A). */
+static rb_status lambda_max(rb_context *ctx, rb_mg *mg, size_t l, double *lmax)
+{
+    rb_vlevel *lv = &mg->level[l];
+    uint64_t s = 0x9e3779b97f4a7c15ULL;
+    size_t n = rb_tensor_count(&lv->u);
+    for (size_t i = 0; i < n; i++) {
+        s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+        lv->u.data[i] = (double)(s >> 11) * 0x1.0p-53 - 0.5;
+    }
+    memset(lv->f.data, 0, n * sizeof(double));
+    double lam = 0;
+    for (int it = 0; it < 40; it++) {
+        double nu = rb_tensor_norm2(&lv->u);
+        if (!(nu > 0)) break;
+        for (size_t i = 0; i < n; i++) lv->u.data[i] /= nu;
+        rb_status st = rb_op_apply(ctx, mg->J[l], &lv->u, &lv->r, &mg->work);
+        if (st != RB_OK) return st;
+        lam = -rb_tensor_dot(&lv->u, &lv->r); /* Rayleigh-like estimate: u^T D^{-1} A u */
+        memcpy(lv->u.data, lv->r.data, n * sizeof(double));
+    }
+    memset(lv->u.data, 0, n * sizeof(double));
+    *lmax = fabs(lam);
+    return RB_OK;
+}
+
+/* Smoothing steps of one level: pre in order, post in reverse (symmetric cycle). */
+static rb_status make_steps(rb_context *ctx, rb_mg *mg, size_t l)
+{
+    const rb_mg_options *o = &mg->opt;
+    rb_vlevel *lv = &mg->level[l];
+    rb_vstep *pre = mg->steps[l][0], *post = mg->steps[l][1], *sym = mg->steps[l][2];
+    size_t npre = 0, npost = 0;
+    if (o->smoother == RB_SMOOTHER_JACOBI) {
+        for (int i = 0; i < o->pre; i++) pre[npre++] = (rb_vstep){mg->J[l], o->omega};
+        for (int i = 0; i < o->post; i++) post[npost++] = (rb_vstep){mg->J[l], o->omega};
+    } else if (o->smoother == RB_SMOOTHER_RBGS) {
+        for (int i = 0; i < o->pre; i++) {
+            pre[npre++] = (rb_vstep){mg->red[l], o->omega};
+            pre[npre++] = (rb_vstep){mg->black[l], o->omega};
+        }
+        for (int i = 0; i < o->post; i++) {
+            post[npost++] = (rb_vstep){mg->red[l], o->omega};
+            post[npost++] = (rb_vstep){mg->black[l], o->omega};
+        }
+    } else {
+        double lmax;
+        rb_status st = lambda_max(ctx, mg, l, &lmax);
+        if (st != RB_OK) return st;
+        double b = 1.1 * lmax, a = o->cheb_ratio * b;
+        const double pi = acos(-1.0);
+        for (int k = 0; k < o->pre; k++) {
+            double theta = 0.5 * (b + a) + 0.5 * (b - a) * cos(pi * (2 * k + 1) / (2.0 * o->pre));
+            pre[npre++] = (rb_vstep){mg->J[l], 1.0 / theta};
+        }
+        for (int k = o->post - 1; k >= 0; k--) {
+            double theta = 0.5 * (b + a) + 0.5 * (b - a) * cos(pi * (2 * k + 1) / (2.0 * o->post));
+            post[npost++] = (rb_vstep){mg->J[l], 1.0 / theta};
+        }
+    }
+    /* the symmetric cycle (for CG) post-smooths with the adjoint of the
+     * pre-smoother: the pre steps in reverse order (RB-GS: black, then red) */
+    size_t nsym = 0;
+    for (size_t i = npre; i-- > 0;) sym[nsym++] = pre[i];
+    mg->nsym[l] = nsym;
+    mg->nsteps_post[l] = npost;
+    lv->pre = pre, lv->npre = npre, lv->post = post, lv->npost = npost;
+    return RB_OK;
+}
+
+static rb_status coarse_solve(rb_context *ctx, void *data, const rb_tensor *f, rb_tensor *u)
+{
+    rb_mg *mg = data;
+    memcpy(u->data, f->data, mg->ncoarse * sizeof(double));
+    lapack_int info = LAPACKE_dpbtrs(LAPACK_COL_MAJOR, 'U', (lapack_int)mg->ncoarse, (lapack_int)mg->kd, 1, mg->band,
+                                     (lapack_int)(mg->kd + 1), u->data, (lapack_int)mg->ncoarse);
+    if (info != 0) return rb_fail(ctx, RB_ELAPACK, "dpbtrs: argument %d had an illegal value", (int)-info);
+    return RB_OK;
+}
+
+/* ---- set-up -------------------------------------------------------------------------------- */
+
+static rb_status check_problem(rb_context *ctx, const rb_mg_problem *pb, const rb_mg_options *o)
+{
+    if (pb == NULL || o == NULL) return rb_fail(ctx, RB_ENULL, "rb_mg_create: %s is NULL", pb ? "options" : "problem");
+    if (pb->dim < 1 || pb->dim > 3) return rb_fail(ctx, RB_EINVAL, "rb_mg_create: dim = %d, must be 1, 2 or 3", pb->dim);
+    if (!valid_size(pb->n)) {
+        size_t lo, hi;
+        rb_mg_nearest_sizes(pb->n, &lo, &hi);
+        if (lo > 0)
+            return rb_fail(ctx, RB_EINVAL, "rb_mg_create: n = %zu is not of the form m 2^k - 1 (m in 1,3,5,7); nearest "
+                           "valid sizes: %zu and %zu", pb->n, lo, hi);
+        return rb_fail(ctx, RB_EINVAL, "rb_mg_create: n = %zu is not of the form m 2^k - 1; nearest valid size: %zu", pb->n, hi);
+    }
+    size_t m = pb->n + 2, total = m * (pb->dim >= 2 ? m : 1) * (pb->dim == 3 ? m : 1);
+    if (pb->n > (pb->dim == 3 ? 2047u : pb->dim == 2 ? 32767u : 1u << 26))
+        return rb_fail(ctx, RB_EINVAL, "rb_mg_create: n = %zu is too large for dim %d", pb->n, pb->dim);
+    if (pb->coef == NULL) {
+        if (!(pb->coef_value > 0) || !isfinite(pb->coef_value))
+            return rb_fail(ctx, RB_EINVAL, "rb_mg_create: coefficient a = %g must be positive and finite", pb->coef_value);
+    } else {
+        for (size_t i = 0; i < total; i++)
+            if (!(pb->coef[i] > 0) || !isfinite(pb->coef[i]))
+                return rb_fail(ctx, RB_EINVAL, "rb_mg_create: coefficient a[%zu] = %g must be positive and finite", i,
+                               pb->coef[i]);
+    }
+    if ((unsigned)o->smoother >= RB_SMOOTHER_COUNT) return rb_fail(ctx, RB_EINVAL, "rb_mg_create: smoother = %d", (int)o->smoother);
+    if ((unsigned)o->cycle >= RB_CYCLE_COUNT) return rb_fail(ctx, RB_EINVAL, "rb_mg_create: cycle = %d", (int)o->cycle);
+    if (o->pre < 0 || o->post < 0 || o->pre + o->post < 1 || o->pre > 16 || o->post > 16)
+        return rb_fail(ctx, RB_EINVAL, "rb_mg_create: pre = %d, post = %d smoothing steps (0..16 each, at least one)",
+                       o->pre, o->post);
+    if (!isfinite(o->omega) || o->omega < 0)
+        return rb_fail(ctx, RB_EINVAL, "rb_mg_create: omega = %g must be finite and >= 0 (0: default)", o->omega);
+    if (o->smoother == RB_SMOOTHER_JACOBI && o->omega > 1.0)
+        return rb_fail(ctx, RB_EINVAL, "rb_mg_create: Jacobi omega = %g is outside the stable range (0, 1] "
+                       "(eigenvalues of D^-1 A lie in (0, 2))", o->omega);
+    if (o->smoother == RB_SMOOTHER_RBGS && o->omega >= 2.0)
+        return rb_fail(ctx, RB_EINVAL, "rb_mg_create: Gauss-Seidel omega = %g is outside the stable range (0, 2)", o->omega);
+    if (o->smoother == RB_SMOOTHER_CHEBYSHEV && (!(o->cheb_ratio > 0) || !(o->cheb_ratio < 1)))
+        return rb_fail(ctx, RB_EINVAL, "rb_mg_create: cheb_ratio = %g must lie in (0, 1)", o->cheb_ratio);
+    return RB_OK;
+}
+
+void rb_mg_free(rb_context *ctx, rb_mg *mg)
+{
+    if (mg == NULL) return;
+    for (size_t l = 0; l < MAX_LEVELS; l++) {
+        rb_op_free(ctx, mg->red[l]), rb_op_free(ctx, mg->black[l]), rb_op_free(ctx, mg->J[l]);
+        rb_op_free(ctx, mg->A[l]), rb_op_free(ctx, mg->R[l]), rb_op_free(ctx, mg->P[l]);
+        rb_tensor_release(ctx, &mg->level[l].u), rb_tensor_release(ctx, &mg->level[l].f);
+        rb_tensor_release(ctx, &mg->level[l].r);
+    }
+    rb_tensor_release(ctx, &mg->x), rb_tensor_release(ctx, &mg->r), rb_tensor_release(ctx, &mg->z);
+    rb_tensor_release(ctx, &mg->p), rb_tensor_release(ctx, &mg->q);
+    rb_free(ctx, mg->band);
+    rb_free(ctx, mg->coef);
+    rb_arena_release(ctx, &mg->work);
+    rb_free(ctx, mg);
+}
+
+static rb_status setup(rb_context *ctx, rb_mg *mg)
+{
+    const rb_mg_problem *pb = &mg->pb;
+    int d = pb->dim;
+    rb_status st = RB_OK;
+    /* grid sizes: halve while odd and above coarse_max */
+    mg->n[0] = pb->n;
+    mg->nlevels = 1;
+    while (mg->nlevels < MAX_LEVELS && mg->n[mg->nlevels - 1] > mg->opt.coarse_max && mg->n[mg->nlevels - 1] % 2 == 1 &&
+           mg->n[mg->nlevels - 1] >= 3) {
+        mg->n[mg->nlevels] = (mg->n[mg->nlevels - 1] - 1) / 2;
+        mg->nlevels++;
+    }
+    /* level tensors, transfers, operators (fine to coarse) */
+    for (size_t l = 0; l < mg->nlevels && st == RB_OK; l++) {
+        rb_shape s = grid_shape(d, mg->n[l]);
+        rb_vlevel *lv = &mg->level[l];
+        st = rb_tensor_alloc(ctx, &lv->u, s);
+        if (st == RB_OK) st = rb_tensor_alloc(ctx, &lv->f, s);
+        if (st == RB_OK) st = rb_tensor_alloc(ctx, &lv->r, s);
+        if (st == RB_OK && l + 1 < mg->nlevels) st = transfers(ctx, d, &mg->R[l], &mg->P[l]);
+        if (st != RB_OK) break;
+        if (l == 0)
+            st = pb->coef ? fine_variable_operator(ctx, mg, &mg->A[0]) : constant_operator(ctx, d, mg->n[0], pb->coef_value, &mg->A[0]);
+        else
+            st = pb->coef ? galerkin(ctx, mg, l - 1, &mg->A[l]) : constant_operator(ctx, d, mg->n[l], pb->coef_value, &mg->A[l]);
+        if (st == RB_OK) st = rb_op_jacobi_create(ctx, mg->A[l], &lv->f, &mg->J[l]);
+        if (st == RB_OK) st = rb_op_colour_create(ctx, mg->J[l], 0, &mg->red[l]);
+        if (st == RB_OK) st = rb_op_colour_create(ctx, mg->J[l], 1, &mg->black[l]);
+        lv->A = mg->A[l], lv->R = mg->R[l], lv->P = mg->P[l];
+    }
+    if (st != RB_OK) return st;
+    /* work memory: the cycle's scratch and the drivers' vectors */
+    rb_shape s0 = grid_shape(d, mg->n[0]);
+    size_t ws = rb_op_workspace(mg->A[0], s0) + rb_residual_workspace(mg->J[0], s0) +
+                rb_residual_workspace(mg->red[0], s0);
+    st = rb_arena_reserve(ctx, &mg->work, ws + 4096);
+    for (size_t l = 0; l + 1 < mg->nlevels && st == RB_OK; l++) st = make_steps(ctx, mg, l);
+    if (st != RB_OK) return st;
+    mg->vc = (rb_vcycle){mg->level, mg->nlevels, coarse_solve, mg, mg->opt.cycle};
+    size_t need = rb_vcycle_workspace(&mg->vc);
+    if (need + 4096 > mg->work.cap) st = rb_arena_reserve(ctx, &mg->work, need + ws + 4096);
+    if (st == RB_OK) st = rb_vcycle_check(ctx, &mg->vc);
+    /* coarsest level: banded Cholesky, once */
+    size_t lc = mg->nlevels - 1;
+    if (st == RB_OK) st = rb_ref_band(ctx, mg->A[lc], grid_shape(d, mg->n[lc]), &mg->kd, &mg->band);
+    if (st == RB_OK) {
+        mg->ncoarse = rb_shape_count(grid_shape(d, mg->n[lc]));
+        lapack_int info = LAPACKE_dpbtrf(LAPACK_COL_MAJOR, 'U', (lapack_int)mg->ncoarse, (lapack_int)mg->kd, mg->band,
+                                         (lapack_int)(mg->kd + 1));
+        if (info > 0)
+            st = rb_fail(ctx, RB_ELAPACK, "dpbtrf: the coarsest operator is not positive definite (minor %d)", (int)info);
+        else if (info < 0)
+            st = rb_fail(ctx, RB_ELAPACK, "dpbtrf: argument %d had an illegal value", (int)-info);
+    }
+    if (st == RB_OK) st = rb_tensor_alloc(ctx, &mg->x, s0);
+    if (st == RB_OK) st = rb_tensor_alloc(ctx, &mg->r, s0);
+    if (st == RB_OK) st = rb_tensor_alloc(ctx, &mg->z, s0);
+    if (st == RB_OK) st = rb_tensor_alloc(ctx, &mg->p, s0);
+    if (st == RB_OK) st = rb_tensor_alloc(ctx, &mg->q, s0);
+    return st;
+}
+
+rb_status rb_mg_create(rb_context *ctx, const rb_mg_problem *pb, const rb_mg_options *opt, rb_mg **out)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (out == NULL) return rb_fail(ctx, RB_ENULL, "rb_mg_create: out is NULL");
+    rb_status st = check_problem(ctx, pb, opt);
+    if (st != RB_OK) return st;
+    rb_mg *mg = rb_calloc(ctx, 1, sizeof *mg);
+    if (mg == NULL) return RB_ENOMEM;
+    mg->pb = *pb;
+    mg->opt = *opt;
+    if (mg->opt.omega == 0.0)
+        mg->opt.omega = opt->smoother == RB_SMOOTHER_JACOBI ? 2.0 * pb->dim / (2.0 * pb->dim + 1.0) : 1.0;
+    if (pb->coef != NULL) {
+        size_t m = pb->n + 2, total = m * (pb->dim >= 2 ? m : 1) * (pb->dim == 3 ? m : 1);
+        mg->coef = rb_malloc(ctx, total * sizeof(double));
+        if (mg->coef == NULL) st = RB_ENOMEM;
+        else memcpy(mg->coef, pb->coef, total * sizeof(double));
+        mg->pb.coef = mg->coef;
+    }
+    if (st == RB_OK) st = setup(ctx, mg);
+    if (st != RB_OK) {
+        rb_mg_free(ctx, mg);
+        return st;
+    }
+    *out = mg;
+    return RB_OK;
+}
+
+/* ---- boundary values ----------------------------------------------------------------------- */
+
+rb_status rb_mg_fold_boundary(rb_context *ctx, const rb_mg *mg, const rb_tensor *g, rb_tensor *f)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (mg == NULL) return rb_fail(ctx, RB_ENULL, "rb_mg_fold_boundary: mg is NULL");
+    int d = mg->pb.dim;
+    size_t n = mg->pb.n, m = n + 2;
+    rb_shape full = grid_shape(d, m);
+    rb_status st = rb_tensor_check(ctx, g, "rb_mg_fold_boundary: g");
+    if (st == RB_OK) st = rb_tensor_check(ctx, f, "rb_mg_fold_boundary: f");
+    if (st != RB_OK) return st;
+    if (!rb_shape_equal(g->shape, full) || !rb_shape_equal(f->shape, grid_shape(d, n))) {
+        char a[96], b[96];
+        return rb_fail(ctx, RB_ESHAPE, "rb_mg_fold_boundary: g must be the full grid %s (with boundary), f the interior %s",
+                       rb_shape_format(full, a, sizeof a), rb_shape_format(grid_shape(d, n), b, sizeof b));
+    }
+    size_t cnt = rb_tensor_count(g);
+    for (size_t i = 0; i < cnt; i++)
+        if (!isfinite(g->data[i])) return rb_fail(ctx, RB_EINVAL, "rb_mg_fold_boundary: g[%zu] = %g is not finite", i, g->data[i]);
+    double h = 1.0 / (double)(n + 1), ih2 = 1.0 / (h * h);
+    size_t my = d >= 2 ? m : 1;
+    for (size_t z = 0; z < f->shape.d; z++)
+        for (size_t y = 0; y < f->shape.h; y++)
+            for (size_t x = 0; x < n; x++) {
+                long long fz = d == 3 ? (long long)z + 1 : 0, fy = d >= 2 ? (long long)y + 1 : 0, fx = (long long)x + 1;
+                double ap = mg->coef ? coef_at(mg, fz, fy, fx) : mg->pb.coef_value, add = 0;
+                for (int axis = 0; axis < d; axis++)
+                    for (int sgn = -1; sgn <= 1; sgn += 2) {
+                        long long qz = fz + (axis == 2) * sgn, qy = fy + (axis == 1) * sgn, qx = fx + (axis == 0) * sgn;
+                        long long last = (long long)n + 1;
+                        bool boundary = qx == 0 || qx == last || (d >= 2 && (qy == 0 || qy == last)) ||
+                                        (d == 3 && (qz == 0 || qz == last));
+                        if (!boundary) continue;
+                        double af = mg->coef ? face(ap, coef_at(mg, qz, qy, qx)) : ap;
+                        add += af * ih2 * g->data[((size_t)qz * my + (size_t)qy) * m + (size_t)qx];
+                    }
+                f->data[(z * f->shape.h + y) * n + x] += add;
+            }
+    return RB_OK;
+}
+
+/* ---- drivers ------------------------------------------------------------------------------- */
+
+static rb_status check_fu(rb_context *ctx, const rb_mg *mg, const rb_tensor *f, const rb_tensor *u, const char *fn)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (mg == NULL) return rb_fail(ctx, RB_ENULL, "%s: mg is NULL", fn);
+    rb_status st = rb_tensor_check_same(ctx, f, "f", u, "u");
+    if (st != RB_OK) return st;
+    rb_shape s = rb_mg_shape(mg);
+    if (!rb_shape_equal(f->shape, s)) {
+        char a[96], b[96];
+        return rb_fail(ctx, RB_ESHAPE, "%s: f has shape %s, the grid is %s", fn, rb_shape_format(f->shape, a, sizeof a),
+                       rb_shape_format(s, b, sizeof b));
+    }
+    size_t n = rb_tensor_count(f);
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(f->data[i]) || !isfinite(u->data[i]))
+            return rb_fail(ctx, RB_EINVAL, "%s: %s[%zu] = %g is not finite", fn, isfinite(f->data[i]) ? "u" : "f", i,
+                           isfinite(f->data[i]) ? u->data[i] : f->data[i]);
+    return RB_OK;
+}
+
+static void report_start(rb_mg_report *rep)
+{
+    memset(rep, 0, sizeof *rep);
+    rep->history[0] = 1.0;
+    rep->rel_residual = 1.0;
+}
+
+static void report_finish(rb_mg_report *rep)
+{
+    int k = rep->cycles;
+    if (k < 1) return;
+    int first = k / 2 + 1 > k ? k : k / 2 + 1;
+    if (k == 1) first = 1;
+    double logsum = 0;
+    int cnt = 0;
+    for (int i = first; i <= k && i < RB_MG_MAX_HISTORY; i++)
+        if (rep->history[i - 1] > 0 && rep->history[i] > 0) logsum += log(rep->history[i] / rep->history[i - 1]), cnt++;
+    rep->convergence_factor = cnt ? exp(logsum / cnt) : NAN;
+}
+
+/* |f - A x| on the finest level into *norm (uses mg->q as scratch). */
+static rb_status residual_norm(rb_context *ctx, rb_mg *mg, const rb_tensor *x, const rb_tensor *f, double *norm)
+{
+    rb_status st = rb_op_apply(ctx, mg->A[0], x, &mg->q, &mg->work);
+    if (st != RB_OK) return st;
+    size_t n = rb_tensor_count(f);
+    double s = 0;
+    for (size_t i = 0; i < n; i++) {
+        double r = f->data[i] - mg->q.data[i];
+        s += r * r;
+    }
+    *norm = sqrt(s);
+    return RB_OK;
+}
+
+/* Record one more relative residual; returns RB_EDIVERGED when it blew up. */
+static rb_status record(rb_context *ctx, rb_mg_report *rep, double rel, const char *what)
+{
+    rep->cycles++;
+    if (rep->cycles < RB_MG_MAX_HISTORY) rep->history[rep->cycles] = rel;
+    rep->rel_residual = rel;
+    if (!isfinite(rel) || rel > 1e6)
+        return rb_fail(ctx, RB_EDIVERGED, "%s diverged: relative residual %g after %d iterations", what, rel, rep->cycles);
+    return RB_OK;
+}
+
+rb_status rb_mg_solve(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *u, double tol, int max_cycles,
+                      rb_mg_report *report)
+{
+    rb_status st = check_fu(ctx, mg, f, u, "rb_mg_solve");
+    if (st != RB_OK) return st;
+    if (!(tol > 0) || !(tol < 1)) return rb_fail(ctx, RB_EINVAL, "rb_mg_solve: tol = %g must lie in (0, 1)", tol);
+    if (max_cycles < 1 || max_cycles >= RB_MG_MAX_HISTORY)
+        return rb_fail(ctx, RB_EINVAL, "rb_mg_solve: max_cycles = %d, must be 1..%d", max_cycles, RB_MG_MAX_HISTORY - 1);
+    rb_mg_report local, *rep = report ? report : &local;
+    report_start(rep);
+    rb_vlevel *top = &mg->level[0];
+    size_t n = rb_tensor_count(f);
+    memcpy(top->f.data, f->data, n * sizeof(double));
+    memcpy(top->u.data, u->data, n * sizeof(double));
+    double fn = rb_tensor_norm2(f), r0;
+    if (fn == 0.0) { /* the solution is zero */
+        memset(u->data, 0, n * sizeof(double));
+        rep->rel_residual = 0, rep->converged = true;
+        return RB_OK;
+    }
+    st = residual_norm(ctx, mg, &top->u, &top->f, &r0);
+    if (st != RB_OK) return st;
+    rep->history[0] = rep->rel_residual = r0 / fn;
+    while (st == RB_OK && rep->rel_residual > tol && rep->cycles < max_cycles) {
+        st = rb_vcycle_run(ctx, &mg->vc, 0, &mg->work);
+        double rn;
+        if (st == RB_OK) st = residual_norm(ctx, mg, &top->u, &top->f, &rn);
+        if (st == RB_OK) st = record(ctx, rep, rn / fn, "multigrid");
+    }
+    report_finish(rep);
+    if (st != RB_OK) return st;
+    if (rep->rel_residual > tol)
+        return rb_fail(ctx, RB_EMAXITER, "rb_mg_solve: relative residual %.3g > tol %.3g after %d cycles", rep->rel_residual,
+                       tol, rep->cycles);
+    rep->converged = true;
+    memcpy(u->data, top->u.data, n * sizeof(double));
+    return RB_OK;
+}
+
+rb_status rb_mg_fmg(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *u, int cycles_per_level,
+                    rb_mg_report *report)
+{
+    rb_status st = check_fu(ctx, mg, f, u, "rb_mg_fmg");
+    if (st != RB_OK) return st;
+    if (cycles_per_level < 1 || cycles_per_level > 64)
+        return rb_fail(ctx, RB_EINVAL, "rb_mg_fmg: cycles_per_level = %d, must be 1..64", cycles_per_level);
+    rb_mg_report local, *rep = report ? report : &local;
+    report_start(rep);
+    size_t n = rb_tensor_count(f), L = mg->nlevels;
+    memcpy(mg->level[0].f.data, f->data, n * sizeof(double));
+    for (size_t l = 0; l + 1 < L && st == RB_OK; l++)
+        st = rb_op_apply(ctx, mg->R[l], &mg->level[l].f, &mg->level[l + 1].f, &mg->work);
+    if (st == RB_OK) st = coarse_solve(ctx, mg, &mg->level[L - 1].f, &mg->level[L - 1].u);
+    for (size_t l = L - 1; l-- > 0 && st == RB_OK;) {
+        st = rb_op_apply(ctx, mg->P[l], &mg->level[l + 1].u, &mg->level[l].u, &mg->work);
+        for (int c = 0; c < cycles_per_level && st == RB_OK; c++) st = rb_vcycle_run(ctx, &mg->vc, l, &mg->work);
+    }
+    double fn = rb_tensor_norm2(f), rn = 0;
+    if (st == RB_OK) st = residual_norm(ctx, mg, &mg->level[0].u, f, &rn);
+    if (st != RB_OK) return st;
+    rep->cycles = cycles_per_level;
+    rep->rel_residual = fn > 0 ? rn / fn : 0;
+    rep->history[1] = rep->rel_residual;
+    rep->converged = true;
+    memcpy(u->data, mg->level[0].u.data, n * sizeof(double));
+    return RB_OK;
+}
+
+rb_status rb_mg_precondition(rb_context *ctx, rb_mg *mg, const rb_tensor *r, rb_tensor *z)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (mg == NULL) return rb_fail(ctx, RB_ENULL, "rb_mg_precondition: mg is NULL");
+    rb_status st = rb_tensor_check_same(ctx, r, "r", z, "z");
+    if (st != RB_OK) return st;
+    if (!rb_shape_equal(r->shape, rb_mg_shape(mg))) return rb_fail(ctx, RB_ESHAPE, "rb_mg_precondition: r is not on the grid");
+    rb_vlevel *top = &mg->level[0];
+    size_t n = rb_tensor_count(r);
+    memcpy(top->f.data, r->data, n * sizeof(double));
+    memset(top->u.data, 0, n * sizeof(double));
+    st = rb_vcycle_run(ctx, &mg->vc, 0, &mg->work);
+    if (st == RB_OK) memcpy(z->data, top->u.data, n * sizeof(double));
+    return st;
+}
+
+static rb_status pcg(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *u, double tol, int max_iter,
+                     rb_mg_report *rep);
+
+rb_status rb_mg_pcg(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *u, double tol, int max_iter,
+                    rb_mg_report *report)
+{
+    rb_status st = check_fu(ctx, mg, f, u, "rb_mg_pcg");
+    if (st != RB_OK) return st;
+    if (!(tol > 0) || !(tol < 1)) return rb_fail(ctx, RB_EINVAL, "rb_mg_pcg: tol = %g must lie in (0, 1)", tol);
+    if (max_iter < 1 || max_iter >= RB_MG_MAX_HISTORY)
+        return rb_fail(ctx, RB_EINVAL, "rb_mg_pcg: max_iter = %d, must be 1..%d", max_iter, RB_MG_MAX_HISTORY - 1);
+    rb_mg_report local, *rep = report ? report : &local;
+    report_start(rep);
+    size_t n = rb_tensor_count(f);
+    if (rb_tensor_norm2(f) == 0.0) {
+        memset(u->data, 0, n * sizeof(double));
+        rep->rel_residual = 0, rep->converged = true;
+        return RB_OK;
+    }
+    if (mg->opt.pre < 1)
+        return rb_fail(ctx, RB_EINVAL, "rb_mg_pcg: the symmetric cycle needs pre-smoothing (pre = 0)");
+    /* a symmetric preconditioner: post-smoothing is the adjoint of pre-smoothing */
+    for (size_t l = 0; l + 1 < mg->nlevels; l++) mg->level[l].post = mg->steps[l][2], mg->level[l].npost = mg->nsym[l];
+    st = pcg(ctx, mg, f, u, tol, max_iter, rep);
+    for (size_t l = 0; l + 1 < mg->nlevels; l++) mg->level[l].post = mg->steps[l][1], mg->level[l].npost = mg->nsteps_post[l];
+    return st;
+}
+
+static rb_status pcg(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *u, double tol, int max_iter,
+                     rb_mg_report *rep)
+{
+    rb_status st = RB_OK;
+    size_t n = rb_tensor_count(f);
+    double fn = rb_tensor_norm2(f);
+    rb_tensor *x = &mg->x, *r = &mg->r, *z = &mg->z, *p = &mg->p, *q = &mg->q;
+    memcpy(x->data, u->data, n * sizeof(double));
+    st = rb_op_apply(ctx, mg->A[0], x, q, &mg->work); /* r = f - A x */
+    if (st != RB_OK) return st;
+    for (size_t i = 0; i < n; i++) r->data[i] = f->data[i] - q->data[i];
+    rep->history[0] = rep->rel_residual = rb_tensor_norm2(r) / fn;
+    st = rb_mg_precondition(ctx, mg, r, z);
+    if (st != RB_OK) return st;
+    memcpy(p->data, z->data, n * sizeof(double));
+    double rz = rb_tensor_dot(r, z);
+    while (st == RB_OK && rep->rel_residual > tol && rep->cycles < max_iter) {
+        st = rb_op_apply(ctx, mg->A[0], p, q, &mg->work);
+        if (st != RB_OK) break;
+        double pq = rb_tensor_dot(p, q);
+        if (!(pq > 0)) {
+            st = rb_fail(ctx, RB_EDIVERGED, "rb_mg_pcg: p^T A p = %g <= 0 (operator or preconditioner not SPD)", pq);
+            break;
+        }
+        double alpha = rz / pq;
+        for (size_t i = 0; i < n; i++) x->data[i] += alpha * p->data[i], r->data[i] -= alpha * q->data[i];
+        st = record(ctx, rep, rb_tensor_norm2(r) / fn, "MG-preconditioned CG");
+        if (st != RB_OK || rep->rel_residual <= tol) break;
+        st = rb_mg_precondition(ctx, mg, r, z);
+        if (st != RB_OK) break;
+        double rz_new = rb_tensor_dot(r, z), beta = rz_new / rz;
+        rz = rz_new;
+        for (size_t i = 0; i < n; i++) p->data[i] = z->data[i] + beta * p->data[i];
+    }
+    report_finish(rep);
+    if (st != RB_OK) return st;
+    if (rep->rel_residual > tol)
+        return rb_fail(ctx, RB_EMAXITER, "rb_mg_pcg: relative residual %.3g > tol %.3g after %d iterations",
+                       rep->rel_residual, tol, rep->cycles);
+    rep->converged = true;
+    memcpy(u->data, x->data, n * sizeof(double));
+    return RB_OK;
+}
