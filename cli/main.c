@@ -6,6 +6,7 @@
 
 static const rb_cli_command commands[] = {
     {"demo", "the bridge end to end on small problems, each checked against its oracle", rb_cli_demo},
+    {"poisson", "solve -div(a grad u) = f by multigrid (1D/2D/3D), checked against exact solutions or LAPACK", rb_cli_poisson},
 };
 
 static void usage(FILE *f)

@@ -1,0 +1,79 @@
+/* args.c — option parsing for the subcommands (see args.h). */
+#include "args.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void rb_args_init(rb_args *a, int argc, char **argv, const char *cmd)
+{
+    a->argc = argc, a->argv = argv, a->i = 1, a->cmd = cmd, a->failed = false;
+}
+
+const char *rb_args_next(rb_args *a) { return a->failed || a->i >= a->argc ? NULL : a->argv[a->i++]; }
+
+const char *rb_args_value(rb_args *a, const char *opt)
+{
+    if (a->i >= a->argc) {
+        fprintf(stderr, "%s: option %s needs a value\n", a->cmd, opt);
+        a->failed = true;
+        return NULL;
+    }
+    return a->argv[a->i++];
+}
+
+bool rb_args_long(rb_args *a, const char *opt, long lo, long hi, long *out)
+{
+    const char *v = rb_args_value(a, opt);
+    if (v == NULL) return false;
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (errno || end == v || *end != '\0' || x < lo || x > hi) {
+        fprintf(stderr, "%s: %s %s: expected an integer in %ld..%ld\n", a->cmd, opt, v, lo, hi);
+        a->failed = true;
+        return false;
+    }
+    *out = x;
+    return true;
+}
+
+bool rb_args_double(rb_args *a, const char *opt, double lo, double hi, double *out)
+{
+    const char *v = rb_args_value(a, opt);
+    if (v == NULL) return false;
+    char *end;
+    errno = 0;
+    double x = strtod(v, &end);
+    if (errno || end == v || *end != '\0' || !isfinite(x) || x < lo || x > hi) {
+        fprintf(stderr, "%s: %s %s: expected a number in [%g, %g]\n", a->cmd, opt, v, lo, hi);
+        a->failed = true;
+        return false;
+    }
+    *out = x;
+    return true;
+}
+
+bool rb_args_choice(rb_args *a, const char *opt, const char *const *choices, int *out)
+{
+    const char *v = rb_args_value(a, opt);
+    if (v == NULL) return false;
+    for (int i = 0; choices[i] != NULL; i++)
+        if (strcmp(v, choices[i]) == 0) {
+            *out = i;
+            return true;
+        }
+    fprintf(stderr, "%s: %s %s: expected one of", a->cmd, opt, v);
+    for (int i = 0; choices[i] != NULL; i++) fprintf(stderr, " %s", choices[i]);
+    fprintf(stderr, "\n");
+    a->failed = true;
+    return false;
+}
+
+void rb_args_unknown(rb_args *a, const char *opt)
+{
+    fprintf(stderr, "%s: unknown option '%s' (try --help)\n", a->cmd, opt);
+    a->failed = true;
+}
