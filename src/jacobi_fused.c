@@ -4,8 +4,9 @@
  *
  * for single-channel 2D stencils (3x3 and 5-point), out of place and in place.
  * In place it is still Jacobi, not Gauss-Seidel: each thread walks its block of
- * rows keeping the OLD previous row and the OLD current row in two row buffers,
- * and the old rows just outside its block are saved before any thread writes.
+ * rows keeping the OLD previous row in a row buffer (the row kernel copies each
+ * row's old values out as it overwrites them), and the old rows just outside its
+ * block are saved before any thread writes.
  * The arithmetic is the generic path's (rb_residual_step_generic with
  * jacobi_apply), in the same order, so both agree bit for bit; the row loop is
  * the one in stencil_fast.c. Other shapes, and in place without room in the
@@ -92,14 +93,14 @@ rb_status rb_jacobi_fused_step(rb_context *ctx, const rb_op *op, double h, const
         return rb_residual_step_generic(ctx, op, h, x, y, work);
     const double inv = 1.0 / js->diag;
     int threads = rb_context_threads(ctx);
-    if (threads > RB_JACOBI_FUSED_MAX_THREADS) threads = RB_JACOBI_FUSED_MAX_THREADS;
-    if ((size_t)threads > sh.h) threads = (int)sh.h;
-
     if (x->data != y->data) {
         sweep_out_of_place(&s, sh.n, sh.h, sh.w, x->data, js->b.data, inv, h, y->data, threads);
         return RB_OK;
     }
-    /* In place: row buffers from the arena, as many threads as it has room for. */
+    /* In place: blocks of rows, with row buffers from the arena for as many threads
+     * as it has room for (at most RB_JACOBI_FUSED_MAX_THREADS, at most one per row). */
+    if (threads > RB_JACOBI_FUSED_MAX_THREADS) threads = RB_JACOBI_FUSED_MAX_THREADS;
+    if ((size_t)threads > sh.h) threads = (int)sh.h;
     if (work == NULL || work->measuring || work->used > work->cap)
         return rb_residual_step_generic(ctx, op, h, x, y, work);
     const size_t room = work->cap - work->used, per_thread = ROWS_PER_THREAD * sh.w * sizeof(double);
