@@ -1,6 +1,8 @@
 /* main.c — the resbridge command: dispatch to one file per subcommand. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 
@@ -18,6 +20,12 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
+    /* resbridge runs its own threads (--threads) and calls single-threaded BLAS;
+     * the pthread OpenBLAS otherwise starts a pool at load time that spins and
+     * takes a core. OPENBLAS_NUM_THREADS is read only at load, so unless the user
+     * set it, set it to 1 and restart once. */
+    if (getenv("OPENBLAS_NUM_THREADS") == NULL && setenv("OPENBLAS_NUM_THREADS", "1", 1) == 0)
+        execv("/proc/self/exe", argv); /* returns only on failure: then carry on */
     if (argc < 2) {
         usage(stderr);
         return 2;
