@@ -130,27 +130,15 @@ static void chain_destroy(rb_context *ctx, rb_op *op)
     rb_free(ctx, cs);
 }
 
-static const rb_op_type chain_type = {
-    .name = "chain",
-    .flags = RB_OP_HAS_PARAMS,
-    .shape = chain_shape,
-    .workspace = chain_workspace,
-    .apply = chain_apply,
-    .vjp = chain_vjp,
-    .param_grad = chain_param_grad,
-    .destroy = chain_destroy,
-};
-
-static const rb_op_type chain_type_linear = {
-    .name = "chain (linear)",
-    .flags = RB_OP_HAS_PARAMS | RB_OP_LINEAR,
-    .shape = chain_shape,
-    .workspace = chain_workspace,
-    .apply = chain_apply,
-    .vjp = chain_vjp,
-    .param_grad = chain_param_grad,
-    .destroy = chain_destroy,
-};
+/* Linearity is a property of the type object, so a chain of linear parts gets
+ * the linear twin of the same type. */
+#define CHAIN_TYPE(ident, label, extra_flags)                                                             \
+    static const rb_op_type ident = {.name = label, .flags = RB_OP_HAS_PARAMS | (extra_flags),            \
+                                     .shape = chain_shape, .workspace = chain_workspace, .apply = chain_apply, \
+                                     .vjp = chain_vjp, .param_grad = chain_param_grad, .destroy = chain_destroy}
+CHAIN_TYPE(chain_type, "chain", 0);
+CHAIN_TYPE(chain_type_linear, "chain (linear)", RB_OP_LINEAR);
+#undef CHAIN_TYPE
 
 rb_status rb_op_chain_create(rb_context *ctx, rb_op *const *parts, size_t count, rb_op **out)
 {

@@ -37,56 +37,46 @@ static inline bool neighbour(const vs_state *vs, size_t z, size_t y, size_t x, i
     return true;
 }
 
-static rb_status vs_apply(rb_context *ctx, const rb_op *op, const rb_tensor *x, rb_tensor *y, rb_arena *work)
+/* One gather loop for both products, parallel over rows of (sample, z, y):
+ *   apply: out[p] = sum_t W[t][p] in[p + tap_t]                 (beta = 0, alpha = 1)
+ *   vjp:   out[q] += alpha sum_t W[t][q - tap_t] in[q - tap_t]  (adjoint: weights of the source point)
+ * The taps are symmetric in order (tap[ntaps-1-t] = -tap[t]), so the adjoint
+ * reaches q - tap_t through tap ntaps-1-t. */
+static void vs_gather(rb_context *ctx, const vs_state *vs, const double *W, size_t batch, const double *in, double alpha,
+                      bool adjoint, double *out)
 {
-    (void)work;
-    const vs_state *vs = op->state;
-    const double *W = op->params;
-    const long long total = (long long)(x->shape.n * vs->grid.d * vs->grid.h);
+    const long long total = (long long)(batch * vs->grid.d * vs->grid.h);
     const int threads = rb_context_threads(ctx);
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && total >= 64)
     for (long long row = 0; row < total; row++) {
         size_t n = (size_t)row / (vs->grid.d * vs->grid.h), zy = (size_t)row % (vs->grid.d * vs->grid.h);
         size_t z = zy / vs->grid.h, yy = zy % vs->grid.h;
-        const double *xs = x->data + n * vs->points;
-        double *ys = y->data + n * vs->points;
+        const double *src = in + n * vs->points;
+        double *dst = out + n * vs->points;
         for (size_t xx = 0; xx < vs->grid.w; xx++) {
             size_t p = zy * vs->grid.w + xx, q;
             double acc = 0.0;
-            for (int t = 0; t < vs->ntaps; t++)
-                if (neighbour(vs, z, yy, xx, t, &q)) acc += W[(size_t)t * vs->points + p] * xs[q];
-            ys[p] = acc;
+            for (int t = 0; t < vs->ntaps; t++) {
+                if (!neighbour(vs, z, yy, xx, adjoint ? vs->ntaps - 1 - t : t, &q)) continue;
+                acc += W[(size_t)t * vs->points + (adjoint ? q : p)] * src[q];
+            }
+            dst[p] = adjoint ? dst[p] + alpha * acc : acc;
         }
     }
+}
+
+static rb_status vs_apply(rb_context *ctx, const rb_op *op, const rb_tensor *x, rb_tensor *y, rb_arena *work)
+{
+    (void)work;
+    vs_gather(ctx, op->state, op->params, x->shape.n, x->data, 1.0, false, y->data);
     return RB_OK;
 }
 
-/* dx[q] += alpha sum_t W[t][q - tap_t] dy[q - tap_t], as a gather over q. */
 static rb_status vs_vjp(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy, double alpha,
                         rb_tensor *dx, rb_arena *work)
 {
     (void)work;
-    const vs_state *vs = op->state;
-    const double *W = op->params;
-    const long long total = (long long)(x->shape.n * vs->grid.d * vs->grid.h);
-    const int threads = rb_context_threads(ctx);
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && total >= 64)
-    for (long long row = 0; row < total; row++) {
-        size_t n = (size_t)row / (vs->grid.d * vs->grid.h), zy = (size_t)row % (vs->grid.d * vs->grid.h);
-        size_t z = zy / vs->grid.h, yy = zy % vs->grid.h;
-        const double *g = dy->data + n * vs->points;
-        double *d = dx->data + n * vs->points;
-        for (size_t xx = 0; xx < vs->grid.w; xx++) {
-            size_t q = zy * vs->grid.w + xx, p;
-            double acc = 0.0;
-            for (int t = 0; t < vs->ntaps; t++) {
-                /* p = q - tap_t: the point whose tap t reaches q; tap -t from q */
-                int mirror = vs->ntaps - 1 - t; /* taps are symmetric in order: tap[ntaps-1-t] = -tap[t] */
-                if (neighbour(vs, z, yy, xx, mirror, &p)) acc += W[(size_t)t * vs->points + p] * g[p];
-            }
-            d[q] += alpha * acc;
-        }
-    }
+    vs_gather(ctx, op->state, op->params, x->shape.n, dy->data, alpha, true, dx->data);
     return RB_OK;
 }
 
