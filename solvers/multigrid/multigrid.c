@@ -16,7 +16,8 @@
 #include "resbridge/varstencil.h"
 
 #define MAX_LEVELS 32
-#define MAX_STEPS 64
+#define MAX_COLOURS 8                       /* 2^dim parity classes of a full 3^dim-point stencil */
+#define MAX_STEPS (16 * MAX_COLOURS)       /* pre or post <= 16 sweeps of <= MAX_COLOURS colours */
 
 struct rb_mg {
     rb_mg_problem pb;
@@ -25,7 +26,10 @@ struct rb_mg {
     size_t nlevels;
     size_t n[MAX_LEVELS];
     rb_vlevel level[MAX_LEVELS];
-    rb_op *A[MAX_LEVELS], *J[MAX_LEVELS], *red[MAX_LEVELS], *black[MAX_LEVELS];
+    rb_op *A[MAX_LEVELS], *J[MAX_LEVELS];
+    rb_op *colour[MAX_LEVELS][MAX_COLOURS]; /* Gauss-Seidel colours, in sweep order */
+    int ncolours[MAX_LEVELS];
+    double omega_jacobi[MAX_LEVELS];        /* the Jacobi weight of each level (see jacobi_weight) */
     rb_op *R[MAX_LEVELS], *P[MAX_LEVELS];
     rb_vstep steps[MAX_LEVELS][3][MAX_STEPS]; /* [level][pre, post, symmetric post][step] */
     size_t nsym[MAX_LEVELS], nsteps_post[MAX_LEVELS];
@@ -240,7 +244,90 @@ static rb_status lambda_max(rb_context *ctx, rb_mg *mg, size_t l, double *lmax)
     return RB_OK;
 }
 
-/* Smoothing steps of one level: pre in order, post in reverse (symmetric cycle). */
+/* Gershgorin bound of the spectrum of D^{-1} A: max over points of sum_t |w_t| / w_centre. */
+static double gershgorin(const rb_op *A)
+{
+    int vd, nt, ce;
+    rb_shape g;
+    double most = 0;
+    if (rb_op_varstencil_info(A, &vd, &nt, &ce, &g)) {
+        size_t pts = rb_shape_count(g);
+        for (size_t p = 0; p < pts; p++) {
+            double s = 0;
+            for (int t = 0; t < nt; t++) s += fabs(A->params[(size_t)t * pts + p]);
+            s /= fabs(A->params[(size_t)ce * pts + p]);
+            if (s > most) most = s;
+        }
+        return most;
+    }
+    nt = (int)rb_conv_ntaps(rb_op_conv_desc(A)); /* a constant stencil: the centre is the middle tap */
+    for (int t = 0; t < nt; t++) most += fabs(A->params[t]);
+    return most / fabs(A->params[(nt - 1) / 2]);
+}
+
+/* The Jacobi weight of a level. The stable range omega in (0, 1] rests on D^{-1} A
+ * having its spectrum in (0, 2], which holds for the fine star stencils (diagonally
+ * dominant M-matrices) and the rediscretised levels. A Galerkin level of rough
+ * coefficients can have positive off-diagonal weights and eigenvalues of D^{-1} A
+ * up to ~4 (seen with point values spread over 6 orders of magnitude), where damped
+ * Jacobi with omega = 0.8 amplifies and the cycle diverges. There the weight is scaled
+ * by 2 / g, g >= lambda_max the Gershgorin bound, so omega_l lambda_max <= 2 omega. */
+static double jacobi_weight(const rb_op *A, double omega)
+{
+    double g = gershgorin(A);
+    return g > 2.0 + 1e-12 ? omega * 2.0 / g : omega;
+}
+
+/* The colours of a Gauss-Seidel sweep on level l. A star stencil couples a point only
+ * to the other colour of the red-black grid: red, black (colour.h, with its fused
+ * half-sweep). A full 3^d-point stencil (a Galerkin level of point coefficients)
+ * couples red points to red points diagonally, so a red-black "sweep" there is a
+ * simultaneous update within each colour -- not Gauss-Seidel, and unstable for
+ * omega near 2 (it diverged at omega = 1.9 even for a = 1). There the colours are the
+ * 2^d parity classes (x mod 2, y mod 2, z mod 2), which no stencil couples: each a
+ * residual step of mask_c * J. Red classes (even parity sum) first, then black. */
+static rb_status gauss_seidel_colours(rb_context *ctx, rb_mg *mg, size_t l)
+{
+    int vd, nt, ce, d = mg->pb.dim;
+    rb_shape g;
+    if (!rb_op_varstencil_info(mg->A[l], &vd, &nt, &ce, &g) || nt == 2 * d + 1) {
+        mg->ncolours[l] = 2;
+        rb_status st = rb_op_colour_create(ctx, mg->J[l], 0, &mg->colour[l][0]);
+        if (st == RB_OK) st = rb_op_colour_create(ctx, mg->J[l], 1, &mg->colour[l][1]);
+        return st;
+    }
+    size_t pts = rb_shape_count(g);
+    int nc = 0;
+    for (int parity = 0; parity < 2; parity++)
+        for (int k = 0; k < (1 << d); k++) {
+            if (((k & 1) + ((k >> 1) & 1) + ((k >> 2) & 1)) % 2 != parity) continue;
+            rb_op *parts[2] = {NULL, NULL};
+            rb_status st = rb_op_jacobi_create(ctx, mg->A[l], &mg->level[l].f, &parts[0]);
+            if (st == RB_OK) st = rb_op_varstencil_create(ctx, d, RB_STENCIL_STAR, g, NULL, &parts[1]);
+            if (st == RB_OK) {
+                int md, mt, mc;
+                rb_shape mgrid;
+                rb_op_varstencil_info(parts[1], &md, &mt, &mc, &mgrid);
+                for (size_t z = 0; z < g.d; z++)
+                    for (size_t y = 0; y < g.h; y++)
+                        for (size_t x = 0; x < g.w; x++) {
+                            int cls = (int)(x % 2) | (int)(y % 2) << 1 | (int)(z % 2) << 2;
+                            parts[1]->params[(size_t)mc * pts + (z * g.h + y) * g.w + x] = cls == k;
+                        }
+                st = rb_op_chain_create(ctx, parts, 2, &mg->colour[l][nc]);
+            }
+            if (st != RB_OK) {
+                rb_op_free(ctx, parts[0]), rb_op_free(ctx, parts[1]);
+                return st;
+            }
+            nc++;
+        }
+    mg->ncolours[l] = nc;
+    return RB_OK;
+}
+
+/* Smoothing steps of one level: pre and post sweeps (Chebyshev post: its roots in
+ * reverse), and for CG the symmetric post-smoother, the adjoint of pre. */
 static rb_status make_steps(rb_context *ctx, rb_mg *mg, size_t l)
 {
     const rb_mg_options *o = &mg->opt;
@@ -248,17 +335,14 @@ static rb_status make_steps(rb_context *ctx, rb_mg *mg, size_t l)
     rb_vstep *pre = mg->steps[l][0], *post = mg->steps[l][1], *sym = mg->steps[l][2];
     size_t npre = 0, npost = 0;
     if (o->smoother == RB_SMOOTHER_JACOBI) {
-        for (int i = 0; i < o->pre; i++) pre[npre++] = (rb_vstep){mg->J[l], o->omega};
-        for (int i = 0; i < o->post; i++) post[npost++] = (rb_vstep){mg->J[l], o->omega};
+        double w = mg->omega_jacobi[l];
+        for (int i = 0; i < o->pre; i++) pre[npre++] = (rb_vstep){mg->J[l], w};
+        for (int i = 0; i < o->post; i++) post[npost++] = (rb_vstep){mg->J[l], w};
     } else if (o->smoother == RB_SMOOTHER_RBGS) {
-        for (int i = 0; i < o->pre; i++) {
-            pre[npre++] = (rb_vstep){mg->red[l], o->omega};
-            pre[npre++] = (rb_vstep){mg->black[l], o->omega};
-        }
-        for (int i = 0; i < o->post; i++) {
-            post[npost++] = (rb_vstep){mg->red[l], o->omega};
-            post[npost++] = (rb_vstep){mg->black[l], o->omega};
-        }
+        for (int i = 0; i < o->pre; i++)
+            for (int c = 0; c < mg->ncolours[l]; c++) pre[npre++] = (rb_vstep){mg->colour[l][c], o->omega};
+        for (int i = 0; i < o->post; i++)
+            for (int c = 0; c < mg->ncolours[l]; c++) post[npost++] = (rb_vstep){mg->colour[l][c], o->omega};
     } else {
         double lmax;
         rb_status st = lambda_max(ctx, mg, l, &lmax);
@@ -288,8 +372,11 @@ static rb_status coarse_solve(rb_context *ctx, void *data, const rb_tensor *f, r
 {
     rb_mg *mg = data;
     memcpy(u->data, f->data, mg->ncoarse * sizeof(double));
-    lapack_int info = LAPACKE_dpbtrs(LAPACK_COL_MAJOR, 'U', (lapack_int)mg->ncoarse, (lapack_int)mg->kd, 1, mg->band,
-                                     (lapack_int)(mg->kd + 1), u->data, (lapack_int)mg->ncoarse);
+    /* the _work variant: no NaN scan, so a non-finite right-hand side (an overflowing or
+     * diverging cycle) passes through as the linear map it is, and the driver reports it
+     * as RB_EDIVERGED with its history -- LAPACKE_dpbtrs refused it as "argument 8" */
+    lapack_int info = LAPACKE_dpbtrs_work(LAPACK_COL_MAJOR, 'U', (lapack_int)mg->ncoarse, (lapack_int)mg->kd, 1, mg->band,
+                                          (lapack_int)(mg->kd + 1), u->data, (lapack_int)mg->ncoarse);
     if (info != 0) return rb_fail(ctx, RB_ELAPACK, "dpbtrs: argument %d had an illegal value", (int)-info);
     return RB_OK;
 }
@@ -341,7 +428,8 @@ void rb_mg_free(rb_context *ctx, rb_mg *mg)
 {
     if (mg == NULL) return;
     for (size_t l = 0; l < MAX_LEVELS; l++) {
-        rb_op_free(ctx, mg->red[l]), rb_op_free(ctx, mg->black[l]), rb_op_free(ctx, mg->J[l]);
+        for (int c = 0; c < MAX_COLOURS; c++) rb_op_free(ctx, mg->colour[l][c]);
+        rb_op_free(ctx, mg->J[l]);
         rb_op_free(ctx, mg->A[l]), rb_op_free(ctx, mg->R[l]), rb_op_free(ctx, mg->P[l]);
         rb_tensor_release(ctx, &mg->level[l].u), rb_tensor_release(ctx, &mg->level[l].f);
         rb_tensor_release(ctx, &mg->level[l].r);
@@ -381,15 +469,15 @@ static rb_status setup(rb_context *ctx, rb_mg *mg)
         else
             st = pb->coef ? galerkin(ctx, mg, l - 1, &mg->A[l]) : constant_operator(ctx, d, mg->n[l], pb->coef_value, &mg->A[l]);
         if (st == RB_OK) st = rb_op_jacobi_create(ctx, mg->A[l], &lv->f, &mg->J[l]);
-        if (st == RB_OK) st = rb_op_colour_create(ctx, mg->J[l], 0, &mg->red[l]);
-        if (st == RB_OK) st = rb_op_colour_create(ctx, mg->J[l], 1, &mg->black[l]);
+        if (st == RB_OK) st = gauss_seidel_colours(ctx, mg, l);
+        if (st == RB_OK) mg->omega_jacobi[l] = jacobi_weight(mg->A[l], mg->opt.omega);
         lv->A = mg->A[l], lv->R = mg->R[l], lv->P = mg->P[l];
     }
     if (st != RB_OK) return st;
     /* work memory: the cycle's scratch and the drivers' vectors */
     rb_shape s0 = grid_shape(d, mg->n[0]);
     size_t ws = rb_op_workspace(mg->A[0], s0) + rb_residual_workspace(mg->J[0], s0) +
-                rb_residual_workspace(mg->red[0], s0);
+                rb_residual_workspace(mg->colour[0][0], s0);
     st = rb_arena_reserve(ctx, &mg->work, ws + 4096);
     for (size_t l = 0; l + 1 < mg->nlevels && st == RB_OK; l++) st = make_steps(ctx, mg, l);
     if (st != RB_OK) return st;
@@ -489,7 +577,8 @@ rb_status rb_mg_fold_boundary(rb_context *ctx, const rb_mg *mg, const rb_tensor 
 
 /* ---- drivers ------------------------------------------------------------------------------- */
 
-static rb_status check_fu(rb_context *ctx, const rb_mg *mg, const rb_tensor *f, const rb_tensor *u, const char *fn)
+/* f (and u when it is an input: u_in) on the grid and finite. */
+static rb_status check_fu(rb_context *ctx, const rb_mg *mg, const rb_tensor *f, const rb_tensor *u, bool u_in, const char *fn)
 {
     if (ctx == NULL) return RB_ENULL;
     if (mg == NULL) return rb_fail(ctx, RB_ENULL, "%s: mg is NULL", fn);
@@ -503,7 +592,7 @@ static rb_status check_fu(rb_context *ctx, const rb_mg *mg, const rb_tensor *f, 
     }
     size_t n = rb_tensor_count(f);
     for (size_t i = 0; i < n; i++)
-        if (!isfinite(f->data[i]) || !isfinite(u->data[i]))
+        if (!isfinite(f->data[i]) || (u_in && !isfinite(u->data[i])))
             return rb_fail(ctx, RB_EINVAL, "%s: %s[%zu] = %g is not finite", fn, isfinite(f->data[i]) ? "u" : "f", i,
                            isfinite(f->data[i]) ? u->data[i] : f->data[i]);
     return RB_OK;
@@ -529,18 +618,29 @@ static void report_finish(rb_mg_report *rep)
     rep->convergence_factor = cnt ? exp(logsum / cnt) : NAN;
 }
 
+/* Euclidean norm, scaled so that the squares neither overflow nor underflow: with
+ * sum x_i^2 directly, |f| ~ 1e300 gave |f| = inf, every relative residual 0, and an
+ * untouched initial guess reported as converged. NaN in x gives NaN. */
+static double norm2(const double *x, size_t n)
+{
+    double scale = 0, s = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (isnan(x[i])) return NAN;
+        scale = fmax(scale, fabs(x[i]));
+    }
+    if (scale == 0 || isinf(scale)) return scale;
+    for (size_t i = 0; i < n; i++) s += (x[i] / scale) * (x[i] / scale);
+    return scale * sqrt(s);
+}
+
 /* |f - A x| on the finest level into *norm (uses mg->q as scratch). */
 static rb_status residual_norm(rb_context *ctx, rb_mg *mg, const rb_tensor *x, const rb_tensor *f, double *norm)
 {
     rb_status st = rb_op_apply(ctx, mg->A[0], x, &mg->q, &mg->work);
     if (st != RB_OK) return st;
     size_t n = rb_tensor_count(f);
-    double s = 0;
-    for (size_t i = 0; i < n; i++) {
-        double r = f->data[i] - mg->q.data[i];
-        s += r * r;
-    }
-    *norm = sqrt(s);
+    for (size_t i = 0; i < n; i++) mg->q.data[i] = f->data[i] - mg->q.data[i];
+    *norm = norm2(mg->q.data, n);
     return RB_OK;
 }
 
@@ -558,7 +658,7 @@ static rb_status record(rb_context *ctx, rb_mg_report *rep, double rel, const ch
 rb_status rb_mg_solve(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *u, double tol, int max_cycles,
                       rb_mg_report *report)
 {
-    rb_status st = check_fu(ctx, mg, f, u, "rb_mg_solve");
+    rb_status st = check_fu(ctx, mg, f, u, true, "rb_mg_solve");
     if (st != RB_OK) return st;
     if (!(tol > 0) || !(tol < 1)) return rb_fail(ctx, RB_EINVAL, "rb_mg_solve: tol = %g must lie in (0, 1)", tol);
     if (max_cycles < 1 || max_cycles >= RB_MG_MAX_HISTORY)
@@ -569,7 +669,7 @@ rb_status rb_mg_solve(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor 
     size_t n = rb_tensor_count(f);
     memcpy(top->f.data, f->data, n * sizeof(double));
     memcpy(top->u.data, u->data, n * sizeof(double));
-    double fn = rb_tensor_norm2(f), r0;
+    double fn = norm2(f->data, n), r0;
     if (fn == 0.0) { /* the solution is zero */
         memset(u->data, 0, n * sizeof(double));
         rep->rel_residual = 0, rep->converged = true;
@@ -597,7 +697,7 @@ rb_status rb_mg_solve(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor 
 rb_status rb_mg_fmg(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *u, int cycles_per_level,
                     rb_mg_report *report)
 {
-    rb_status st = check_fu(ctx, mg, f, u, "rb_mg_fmg");
+    rb_status st = check_fu(ctx, mg, f, u, false, "rb_mg_fmg");
     if (st != RB_OK) return st;
     if (cycles_per_level < 1 || cycles_per_level > 64)
         return rb_fail(ctx, RB_EINVAL, "rb_mg_fmg: cycles_per_level = %d, must be 1..64", cycles_per_level);
@@ -612,7 +712,7 @@ rb_status rb_mg_fmg(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *u
         st = rb_op_apply(ctx, mg->P[l], &mg->level[l + 1].u, &mg->level[l].u, &mg->work);
         for (int c = 0; c < cycles_per_level && st == RB_OK; c++) st = rb_vcycle_run(ctx, &mg->vc, l, &mg->work);
     }
-    double fn = rb_tensor_norm2(f), rn = 0;
+    double fn = norm2(f->data, n), rn = 0;
     if (st == RB_OK) st = residual_norm(ctx, mg, &mg->level[0].u, f, &rn);
     if (st != RB_OK) return st;
     rep->cycles = cycles_per_level;
@@ -645,7 +745,7 @@ static rb_status pcg(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *
 rb_status rb_mg_pcg(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *u, double tol, int max_iter,
                     rb_mg_report *report)
 {
-    rb_status st = check_fu(ctx, mg, f, u, "rb_mg_pcg");
+    rb_status st = check_fu(ctx, mg, f, u, true, "rb_mg_pcg");
     if (st != RB_OK) return st;
     if (!(tol > 0) || !(tol < 1)) return rb_fail(ctx, RB_EINVAL, "rb_mg_pcg: tol = %g must lie in (0, 1)", tol);
     if (max_iter < 1 || max_iter >= RB_MG_MAX_HISTORY)
@@ -653,7 +753,7 @@ rb_status rb_mg_pcg(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *u
     rb_mg_report local, *rep = report ? report : &local;
     report_start(rep);
     size_t n = rb_tensor_count(f);
-    if (rb_tensor_norm2(f) == 0.0) {
+    if (norm2(f->data, n) == 0.0) {
         memset(u->data, 0, n * sizeof(double));
         rep->rel_residual = 0, rep->converged = true;
         return RB_OK;
@@ -667,18 +767,19 @@ rb_status rb_mg_pcg(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *u
     return st;
 }
 
+/* CG on the problem scaled by s = |f| (x = u / s, r = (f - A u) / s), so that the
+ * inner products stay in range for any finite f; u = s x at the end. */
 static rb_status pcg(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *u, double tol, int max_iter,
                      rb_mg_report *rep)
 {
     rb_status st = RB_OK;
     size_t n = rb_tensor_count(f);
-    double fn = rb_tensor_norm2(f);
+    double s = norm2(f->data, n);
     rb_tensor *x = &mg->x, *r = &mg->r, *z = &mg->z, *p = &mg->p, *q = &mg->q;
-    memcpy(x->data, u->data, n * sizeof(double));
-    st = rb_op_apply(ctx, mg->A[0], x, q, &mg->work); /* r = f - A x */
+    st = rb_op_apply(ctx, mg->A[0], u, q, &mg->work); /* r = (f - A u) / s */
     if (st != RB_OK) return st;
-    for (size_t i = 0; i < n; i++) r->data[i] = f->data[i] - q->data[i];
-    rep->history[0] = rep->rel_residual = rb_tensor_norm2(r) / fn;
+    for (size_t i = 0; i < n; i++) r->data[i] = (f->data[i] - q->data[i]) / s, x->data[i] = u->data[i] / s;
+    rep->history[0] = rep->rel_residual = norm2(r->data, n);
     st = rb_mg_precondition(ctx, mg, r, z);
     if (st != RB_OK) return st;
     memcpy(p->data, z->data, n * sizeof(double));
@@ -687,13 +788,18 @@ static rb_status pcg(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *
         st = rb_op_apply(ctx, mg->A[0], p, q, &mg->work);
         if (st != RB_OK) break;
         double pq = rb_tensor_dot(p, q);
+        if (!isfinite(pq)) {
+            st = rb_fail(ctx, RB_EDIVERGED, "MG-preconditioned CG diverged: p^T A p = %g is not finite after %d iterations",
+                         pq, rep->cycles);
+            break;
+        }
         if (!(pq > 0)) {
             st = rb_fail(ctx, RB_EDIVERGED, "rb_mg_pcg: p^T A p = %g <= 0 (operator or preconditioner not SPD)", pq);
             break;
         }
         double alpha = rz / pq;
         for (size_t i = 0; i < n; i++) x->data[i] += alpha * p->data[i], r->data[i] -= alpha * q->data[i];
-        st = record(ctx, rep, rb_tensor_norm2(r) / fn, "MG-preconditioned CG");
+        st = record(ctx, rep, norm2(r->data, n), "MG-preconditioned CG");
         if (st != RB_OK || rep->rel_residual <= tol) break;
         st = rb_mg_precondition(ctx, mg, r, z);
         if (st != RB_OK) break;
@@ -706,7 +812,11 @@ static rb_status pcg(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *
     if (rep->rel_residual > tol)
         return rb_fail(ctx, RB_EMAXITER, "rb_mg_pcg: relative residual %.3g > tol %.3g after %d iterations",
                        rep->rel_residual, tol, rep->cycles);
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(s * x->data[i]))
+            return rb_fail(ctx, RB_EDIVERGED, "rb_mg_pcg: the solution overflows: u[%zu] = %g * %g is not finite", i, s,
+                           x->data[i]);
     rep->converged = true;
-    memcpy(u->data, x->data, n * sizeof(double));
+    for (size_t i = 0; i < n; i++) u->data[i] = s * x->data[i];
     return RB_OK;
 }
