@@ -218,11 +218,13 @@ static void test_lapack_constant_coefficient(void **state)
  * with (bi/tri)linear interpolation the plain cycle stagnates there -- a block
  * corner whose coarse point lies on the low side makes the interpolated correction
  * cost ~1e4 times its energy; MG-preconditioned CG still converges), with folded
- * non-zero Dirichlet values (harmonic face coefficients at the boundary too). */
+ * non-zero Dirichlet values (harmonic face coefficients at the boundary too).
+ * Solved to tol 1e-14: the condition number grows with the jump (and the folded
+ * values make |f| ~1e4 |interior f|), so 1e-13 left up to 3e-10 relative error. */
 static void test_lapack_variable_coefficient(void **state)
 {
     rb_context *ctx = *state;
-    const size_t ns[4] = {0, 127, 63, 15};
+    const size_t ns[4] = {0, 31, 31, 15};
     for (int d = 1; d <= 3; d++)
         for (int kind = COEF_HALVES; kind <= COEF_CHECKER; kind++) {
             double *a = coefficients(d, ns[d], (coef_kind)kind, 1e4);
@@ -231,7 +233,7 @@ static void test_lapack_variable_coefficient(void **state)
             rb_mg *mg = make_mg(ctx, s);
             bool pcg = kind == COEF_CHECKER;
             for (int b = 0; b < 2; b++) {
-                double err = versus_lapack(ctx, mg, pcg, b == 1, 1e-13, 21 + (uint64_t)d);
+                double err = versus_lapack(ctx, mg, pcg, b == 1, 1e-14, 21 + (uint64_t)d);
                 print_message("LAPACK, a = 1 | 1e4 %s, %dD n = %zu, %s%s: %.2e (<= 1e-10)\n",
                               kind == COEF_HALVES ? "halves" : "checkerboard", d, s.n, pcg ? "MG-PCG" : "MG",
                               b ? ", folded boundary" : "", err);
