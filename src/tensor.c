@@ -132,10 +132,26 @@ double rb_tensor_dot(const rb_tensor *a, const rb_tensor *b)
     return s;
 }
 
+/* Euclidean norm without overflow or underflow: the plain sum of squares when
+ * it is safely in range, else a second pass scaled by the largest entry. */
 double rb_tensor_norm2(const rb_tensor *t)
 {
     if (t == NULL) return NAN;
-    return sqrt(rb_tensor_dot(t, t));
+    double ss = rb_tensor_dot(t, t);
+    if (ss < 1e300 && ss > 1e-300) return sqrt(ss);
+    size_t n = rb_tensor_count(t);
+    double big = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double a = fabs(t->data[i]);
+        if (!(a <= big)) big = a; /* propagates NaN */
+    }
+    if (!(big > 0) || !isfinite(big)) return big;
+    double acc = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double v = t->data[i] / big;
+        acc += v * v;
+    }
+    return big * sqrt(acc);
 }
 
 double rb_tensor_max_rel_diff(const rb_tensor *a, const rb_tensor *b)

@@ -61,6 +61,13 @@ static void test_tensor(void **state)
     RB_CHECK(ctx, rb_tensor_view(ctx, &u, buf4, rb_shape_vec(4)));
     assert_false(u.owns);
     assert_float_equal(rb_tensor_norm2(&u), sqrt(30.0), 1e-15);
+    /* no overflow or underflow: |(3, 4) * 1e200| = 5e200, |(3, 4) * 1e-200| = 5e-200 (closed form) */
+    double big[2] = {3e200, 4e200}, tiny[2] = {3e-200, 4e-200};
+    rb_tensor tb, tt;
+    RB_CHECK(ctx, rb_tensor_view(ctx, &tb, big, rb_shape_vec(2)));
+    RB_CHECK(ctx, rb_tensor_view(ctx, &tt, tiny, rb_shape_vec(2)));
+    assert_true(fabs(rb_tensor_norm2(&tb) / 5e200 - 1) < 1e-15);
+    assert_true(fabs(rb_tensor_norm2(&tt) / 5e-200 - 1) < 1e-15);
     rb_tensor v;
     RB_CHECK(ctx, rb_tensor_alloc(ctx, &v, rb_shape_vec(5)));
     RB_EXPECT(ctx, RB_ESHAPE, "(1,1,1,1,5)", rb_tensor_copy(ctx, &u, &v));
