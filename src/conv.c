@@ -6,6 +6,7 @@
  * points, so it parallelises without races) and the weight gradient.
  */
 #include "conv_internal.h"
+#include "grid_fast.h" /* rb_transfer_fast_apply: stride-2 single-channel transfers */
 
 #include <math.h>
 #include <stdio.h>
@@ -355,6 +356,7 @@ static rb_status conv_apply(rb_context *ctx, const rb_op *op, const rb_tensor *x
     rb_status st = conv_geom(ctx, cs, x->shape, &g, NULL);
     if (st != RB_OK) return st;
     int threads = rb_context_threads(ctx);
+    if (rb_transfer_fast_apply(ctx, cs, &g, op->params, x->data, y->data)) return RB_OK;
     if (!cs->desc.transposed) {
         if (rb_stencil_fast_forward(ctx, cs, &g, op->params, x->data, y->data)) return RB_OK;
         if (rb_conv_gemm_forward(ctx, cs, &g, op->params, conv_bias(op), x->data, y->data, work)) return RB_OK;

@@ -19,11 +19,12 @@
  * be overwritten), software-pipelined against 4K aliasing. Without AVX2 the plain
  * C loops run (same results).
  */
-#include "jacobi_internal.h"
+#include "grid_fast.h"
 
 #include <stdint.h>
 #include <string.h>
 #include <unistd.h>
+#include <omp.h>
 #if defined(__AVX2__)
 #include <immintrin.h>
 #endif
@@ -117,6 +118,21 @@ static void row_interior(const rb_stencil2d *s, size_t jb, size_t je, const doub
         } else {
             CHUNKED_LOOP(m[j] + h * ((b[j] - AX_STAR(j)) * inv))
         }
+    }
+}
+
+/* Interior points of the residual r = f - A x (same A x as row_interior), streams prefetched. */
+static void row_interior_residual(const rb_stencil2d *s, size_t jb, size_t je, const double *restrict u,
+                                  const double *restrict m, const double *restrict d, const double *restrict b,
+                                  double *restrict y, size_t dn_ahead, size_t b_ahead)
+{
+    if (s->ntaps == 9) {
+        const double w0 = s->w[0], w1 = s->w[1], w2 = s->w[2], w3 = s->w[3], w4 = s->w[4], w5 = s->w[5];
+        const double w6 = s->w[6], w7 = s->w[7], w8 = s->w[8];
+        CHUNKED_LOOP(b[j] - AX_FULL(j))
+    } else {
+        const double w0 = s->w[0], w1 = s->w[1], w2 = s->w[2], w3 = s->w[3], w4 = s->w[4];
+        CHUNKED_LOOP(b[j] - AX_STAR(j))
     }
 }
 
@@ -311,10 +327,14 @@ void rb_stencil2d_row_in_place(const rb_stencil2d *s, size_t W, const double *up
 
 /* ---- y = A x behind the conv op ------------------------------------------------------------ */
 
+static bool stencil3d_forward(rb_context *ctx, const rb_conv_state *cs, const rb_conv_geom *g, const double *w,
+                              const double *x, double *y);
+
 bool rb_stencil_fast_forward(rb_context *ctx, const rb_conv_state *cs, const rb_conv_geom *g, const double *w,
                              const double *x, double *y)
 {
     rb_stencil2d s;
+    if (stencil3d_forward(ctx, cs, g, w, x, y)) return true;
     if (!rb_stencil2d_init(cs, w, &s) || g->cf != 1 || g->cc != 1 || g->fd != 1 || g->cd != 1 || g->ch != g->fh ||
         g->cw != g->fw)
         return false;
@@ -335,4 +355,186 @@ bool rb_stencil_fast_forward(rb_context *ctx, const rb_conv_state *cs, const rb_
         if (stream) rb_stencil2d_stream_fence();
     }
     return true;
+}
+
+/* r = f - A x on one row (up / dn NULL: outside), the A x of rb_stencil2d_row. */
+static void stencil2d_residual_row(const rb_stencil2d *s, size_t W, const double *up, const double *mid,
+                                   const double *dn, const double *f, double *r, size_t dn_ahead, size_t f_ahead)
+{
+    const double *const rows[3] = {up, mid, dn};
+    if (up == NULL || dn == NULL || W < 3) {
+        for (size_t j = 0; j < W; j++) r[j] = f[j] - point_ax(s, W, rows, j);
+        return;
+    }
+    r[0] = f[0] - point_ax(s, W, rows, 0);
+    row_interior_residual(s, 1, W - 1, up, mid, dn, f, r, dn_ahead, f_ahead);
+    r[W - 1] = f[W - 1] - point_ax(s, W, rows, W - 1);
+}
+
+/* ---- the 3D 7-point star, and residuals r = f - A u ------------------------------------------- */
+
+bool rb_stencil3d_init(const rb_conv_state *cs, const double *w, rb_stencil3d *s)
+{
+    if (cs == NULL || w == NULL) return false;
+    const rb_conv_desc *d = &cs->desc;
+    if (d->dims != 3 || d->cin != 1 || d->cout != 1 || d->stride != 1 || d->transposed || d->bias || d->ksize != 3 ||
+        d->pattern != RB_STENCIL_STAR || cs->ntaps != 7)
+        return false;
+    static const int star[7][3] = {{-1, 0, 0}, {0, -1, 0}, {0, 0, -1}, {0, 0, 0}, {0, 0, 1}, {0, 1, 0}, {1, 0, 0}};
+    for (int t = 0; t < 7; t++) {
+        if (cs->tap[t][0] != star[t][0] || cs->tap[t][1] != star[t][1] || cs->tap[t][2] != star[t][2]) return false;
+        s->w[t] = w[t];
+    }
+    return true;
+}
+
+/* y[j] += w * r[j + shift] for j in [jb, je) */
+static void add_tap(double *restrict y, const double *restrict r, double w, size_t jb, size_t je, long shift)
+{
+#pragma omp simd
+    for (size_t j = jb; j < je; j++) y[j] += w * r[(long)j + shift];
+}
+
+void rb_stencil3d_row(const rb_stencil3d *s, size_t W, const double *zm, const double *ym, const double *mid,
+                      const double *yp, const double *zp, const double *f, double *y)
+{
+    const double w0 = s->w[0], w1 = s->w[1], w2 = s->w[2], w3 = s->w[3], w4 = s->w[4], w5 = s->w[5], w6 = s->w[6];
+    if (zm != NULL && ym != NULL && yp != NULL && zp != NULL && W >= 3) {
+        /* an interior row: one pass, the taps in order; the ends skip x-1 / x+1 */
+        const double *restrict a = zm, *restrict b = ym, *restrict m = mid, *restrict c = yp, *restrict e = zp;
+        double *restrict out = y;
+        y[0] = 0.0 + w0 * a[0] + w1 * b[0] + w3 * m[0] + w4 * m[1] + w5 * c[0] + w6 * e[0];
+        if (f == NULL) {
+#pragma omp simd
+            for (size_t j = 1; j < W - 1; j++)
+                out[j] = 0.0 + w0 * a[j] + w1 * b[j] + w2 * m[j - 1] + w3 * m[j] + w4 * m[j + 1] + w5 * c[j] + w6 * e[j];
+        } else {
+            const double *restrict ff = f;
+#pragma omp simd
+            for (size_t j = 1; j < W - 1; j++)
+                out[j] = ff[j] - (0.0 + w0 * a[j] + w1 * b[j] + w2 * m[j - 1] + w3 * m[j] + w4 * m[j + 1] + w5 * c[j] +
+                                  w6 * e[j]);
+            y[0] = f[0] - y[0];
+        }
+        double last = 0.0 + w0 * a[W - 1] + w1 * b[W - 1] + w2 * m[W - 2] + w3 * m[W - 1] + w5 * c[W - 1] + w6 * e[W - 1];
+        y[W - 1] = f == NULL ? last : f[W - 1] - last;
+        return;
+    }
+    /* a row on the border of the grid: one vectorised pass per tap inside it, in tap order */
+    for (size_t j = 0; j < W; j++) y[j] = 0.0;
+    if (zm) add_tap(y, zm, w0, 0, W, 0);
+    if (ym) add_tap(y, ym, w1, 0, W, 0);
+    if (W > 1) add_tap(y, mid, w2, 1, W, -1);
+    add_tap(y, mid, w3, 0, W, 0);
+    if (W > 1) add_tap(y, mid, w4, 0, W - 1, 1);
+    if (yp) add_tap(y, yp, w5, 0, W, 0);
+    if (zp) add_tap(y, zp, w6, 0, W, 0);
+    if (f != NULL)
+        for (size_t j = 0; j < W; j++) y[j] = f[j] - y[j];
+}
+
+/* Row y of plane z of sample n of a (N,1,D,H,W) grid: the 3D star row. */
+static void star3d_row(const rb_stencil3d *s, size_t D, size_t H, size_t W, const double *x, const double *f, size_t n,
+                       size_t z, size_t yy, double *out)
+{
+    const size_t plane = H * W, o = ((n * D + z) * H + yy) * W;
+    const double *mid = x + o;
+    rb_stencil3d_row(s, W, z > 0 ? mid - plane : NULL, yy > 0 ? mid - W : NULL, mid, yy + 1 < H ? mid + W : NULL,
+                     z + 1 < D ? mid + plane : NULL, f != NULL ? f + o : NULL, out);
+}
+
+static bool stencil3d_forward(rb_context *ctx, const rb_conv_state *cs, const rb_conv_geom *g, const double *w,
+                              const double *x, double *y)
+{
+    rb_stencil3d s;
+    if (!rb_stencil3d_init(cs, w, &s) || g->cf != 1 || g->cc != 1 || g->cd != g->fd || g->ch != g->fh || g->cw != g->fw)
+        return false;
+    const size_t D = g->fd, H = g->fh, W = g->fw;
+    const long long rows = (long long)(g->n * D * H);
+    const int threads = rb_context_threads(ctx);
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && rows * (long long)W >= 32768)
+    for (long long r = 0; r < rows; r++) {
+        const size_t yy = (size_t)r % H, z = (size_t)r / H % D, n = (size_t)r / H / D;
+        star3d_row(&s, D, H, W, x, NULL, n, z, yy, y + (size_t)r * W);
+    }
+    return true;
+}
+
+bool rb_stencil_any_init(const rb_op *A, rb_shape s, rb_stencil_any *k)
+{
+    const rb_conv_state *cs = rb_conv_state_of(A);
+    if (cs == NULL || s.c != 1) return false;
+    if (rb_stencil3d_init(cs, A->params, &k->s3)) {
+        k->dims = 3;
+        return true;
+    }
+    if (s.d == 1 && rb_stencil2d_init(cs, A->params, &k->s2)) {
+        k->dims = 2;
+        return true;
+    }
+    return false;
+}
+
+/* r = f - A u on row yy of plane z of sample n (z = 0 in 2D) */
+static void residual_row(const rb_stencil_any *k, rb_shape s, const double *u, const double *f, size_t n, size_t z,
+                         size_t yy, double *r)
+{
+    const size_t H = s.h, W = s.w;
+    if (k->dims == 3) {
+        star3d_row(&k->s3, s.d, H, W, u, f, n, z, yy, r);
+        return;
+    }
+    const size_t o = (n * H + yy) * W, total = s.n * H * W;
+    const double *mid = u + o;
+    stencil2d_residual_row(&k->s2, W, yy > 0 ? mid - W : NULL, mid, yy + 1 < H ? mid + W : NULL, f + o, r,
+                           total - o - W, total - o);
+}
+
+void rb_stencil_residual_line(const rb_stencil_any *k, rb_shape s, const double *u, const double *f, size_t n,
+                              size_t l, double *r_line)
+{
+    if (k->dims == 2) {
+        residual_row(k, s, u, f, n, 0, l, r_line);
+        return;
+    }
+    for (size_t yy = 0; yy < s.h; yy++) residual_row(k, s, u, f, n, l, yy, r_line + yy * s.w);
+}
+
+#define MAX_NORM_THREADS RB_STENCIL_RESIDUAL_MAX_THREADS
+
+void rb_stencil_residual(const rb_stencil_any *k, rb_shape s, const double *u, const double *f, double *r,
+                         double *norm2, int threads, double *rows_scratch)
+{
+    const size_t W = s.w, planes = k->dims == 3 ? s.d : 1;
+    const long long rows = (long long)(s.n * planes * s.h);
+    if (threads > MAX_NORM_THREADS) threads = MAX_NORM_THREADS;
+    if (rows * (long long)W < 32768) threads = 1;
+    double part[MAX_NORM_THREADS] = {0};
+    int used = 1;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        const int t = omp_get_thread_num();
+        double acc = 0.0;
+#pragma omp single
+        used = omp_get_num_threads();
+#pragma omp for schedule(static)
+        for (long long q = 0; q < rows; q++) {
+            const size_t yy = (size_t)q % s.h, z = (size_t)q / s.h % planes, n = (size_t)q / s.h / planes;
+            double *rr = r != NULL ? r + (size_t)q * W : rows_scratch + (size_t)t * W;
+            residual_row(k, s, u, f, n, z, yy, rr);
+            if (norm2 != NULL) {
+                /* vector partial sums (the simd reduction's order: fixed for a build and W) */
+                double row = 0.0;
+#pragma omp simd reduction(+ : row)
+                for (size_t j = 0; j < W; j++) row += rr[j] * rr[j];
+                acc += row;
+            }
+        }
+        part[t] = acc;
+    }
+    if (norm2 != NULL) {
+        double sum = 0.0;
+        for (int t = 0; t < used; t++) sum += part[t];
+        *norm2 = sum;
+    }
 }

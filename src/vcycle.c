@@ -1,8 +1,16 @@
-/* vcycle.c — the cycle, in the shape of the algorithm (see vcycle.h). */
+/* vcycle.c — the cycle, in the shape of the algorithm (see vcycle.h).
+ *
+ * Two steps of a level have a one-pass form where the operators allow it
+ * (grid_fast.h): the residual restricted (f_{l+1} = R (f - A u) without writing
+ * the residual grid) and the correction added (u += P u_{l+1} without a
+ * temporary). Both give the separate calls' results bit for bit; for other
+ * operators (learned convolutions, point-dependent stencils) the separate calls run. */
 #include "resbridge/vcycle.h"
 
+#include <math.h>
 #include <string.h>
 
+#include "grid_fast.h"
 #include "resbridge/residual.h"
 
 static const char *const cycle_names[] = {"V", "W", "F"};
@@ -10,15 +18,104 @@ _Static_assert(sizeof cycle_names / sizeof *cycle_names == RB_CYCLE_COUNT, "one 
 
 const char *rb_cycle_name(rb_cycle c) { return (unsigned)c < RB_CYCLE_COUNT ? cycle_names[c] : "unknown"; }
 
+/* ||r||_2 given s2, the plain sum of squares of r[0 .. n): sqrt(s2) unless s2 over- or
+ * underflowed (or is NaN), then by scaling with max |r_i| (NaN if r has one). */
+static double safe_norm(double s2, const double *r, size_t n)
+{
+    if (s2 > 0x1p-900 && s2 < 0x1p900) return sqrt(s2);
+    double scale = 0.0, s = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        if (isnan(r[i])) return NAN;
+        scale = fabs(r[i]) > scale ? fabs(r[i]) : scale;
+    }
+    if (scale == 0.0 || isinf(scale)) return scale;
+    for (size_t i = 0; i < n; i++) s += (r[i] / scale) * (r[i] / scale);
+    return scale * sqrt(s);
+}
+
+/* The norm of f - A u through a residual grid taken from work. */
+static rb_status residual_through_grid(rb_context *ctx, const rb_op *A, const rb_tensor *u, const rb_tensor *f,
+                                       double *norm, rb_arena *work)
+{
+    if (work == NULL) return rb_fail(ctx, RB_ENULL, "rb_vcycle_residual: the norm alone needs a work arena");
+    const size_t mark = rb_arena_mark(work);
+    rb_tensor r;
+    rb_status st = rb_arena_tensor(ctx, work, &r, u->shape);
+    if (st == RB_OK && r.data == NULL) st = rb_fail(ctx, RB_EINVAL, "rb_vcycle_residual: work arena is in measuring mode");
+    if (st == RB_OK) st = rb_vcycle_residual(ctx, A, u, f, &r, norm, work);
+    rb_arena_reset(work, mark);
+    return st;
+}
+
+rb_status rb_vcycle_residual(rb_context *ctx, const rb_op *A, const rb_tensor *u, const rb_tensor *f, rb_tensor *r,
+                             double *norm, rb_arena *work)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (A == NULL) return rb_fail(ctx, RB_ENULL, "rb_vcycle_residual: A is NULL");
+    if (r == NULL && norm == NULL) return rb_fail(ctx, RB_ENULL, "rb_vcycle_residual: r and norm are both NULL");
+    rb_status st = rb_tensor_check_same(ctx, u, "u", f, "f");
+    if (st == RB_OK && r != NULL) st = rb_tensor_check_same(ctx, u, "u", r, "r");
+    if (st != RB_OK) return st;
+    if (r != NULL && (r->data == u->data || r->data == f->data))
+        return rb_fail(ctx, RB_EINVAL, "rb_vcycle_residual: r aliases u or f");
+    const size_t n = rb_tensor_count(u), mark = work != NULL ? rb_arena_mark(work) : 0;
+    rb_stencil_any k;
+    if (rb_stencil_any_init(A, u->shape, &k)) { /* one pass: r = f - A u and its norm */
+        int threads = rb_context_threads(ctx);
+        if (threads > RB_STENCIL_RESIDUAL_MAX_THREADS) threads = RB_STENCIL_RESIDUAL_MAX_THREADS;
+        double *rows = NULL, s2 = 0.0;
+        if (r == NULL) { /* one row per thread */
+            if (work == NULL || work->measuring)
+                return rb_fail(ctx, RB_ENULL, "rb_vcycle_residual: the norm alone needs a work arena");
+            rows = rb_arena_alloc(ctx, work, (size_t)threads * u->shape.w * sizeof(double));
+            if (rows == NULL) return rb_context_last_status(ctx);
+        }
+        rb_stencil_residual(&k, u->shape, u->data, f->data, r ? r->data : NULL, norm ? &s2 : NULL, threads, rows);
+        if (norm != NULL) *norm = r != NULL ? safe_norm(s2, r->data, n) : s2 > 0x1p-900 && s2 < 0x1p900 ? sqrt(s2) : NAN;
+        if (work != NULL) rb_arena_reset(work, mark);
+        if (norm != NULL && r == NULL && isnan(*norm)) /* over- or underflow (or NaN): once more with the grid */
+            return residual_through_grid(ctx, A, u, f, norm, work);
+        return RB_OK;
+    }
+    if (r == NULL) return residual_through_grid(ctx, A, u, f, norm, work);
+    st = rb_op_apply(ctx, A, u, r, work);
+    if (st != RB_OK) return st;
+    double *rd = r->data;
+    const double *fd = f->data;
+    double p[4] = {0, 0, 0, 0};
+    for (size_t i = 0; i < n; i++) rd[i] = fd[i] - rd[i];
+    if (norm == NULL) return RB_OK;
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int q = 0; q < 4; q++) p[q] += rd[i + (size_t)q] * rd[i + (size_t)q];
+    for (; i < n; i++) p[0] += rd[i] * rd[i];
+    *norm = safe_norm((p[0] + p[1]) + (p[2] + p[3]), rd, n);
+    return RB_OK;
+}
+
 rb_status rb_vlevel_residual(rb_context *ctx, const rb_vlevel *lv, rb_arena *work)
 {
-    rb_status st = rb_op_apply(ctx, lv->A, &lv->u, (rb_tensor *)&lv->r, work);
-    if (st != RB_OK) return st;
-    size_t n = rb_tensor_count(&lv->r);
-    double *r = lv->r.data;
-    const double *f = lv->f.data;
-    for (size_t i = 0; i < n; i++) r[i] = f[i] - r[i];
-    return RB_OK;
+    return rb_vcycle_residual(ctx, lv->A, &lv->u, &lv->f, (rb_tensor *)&lv->r, NULL, work);
+}
+
+/* f_coarse = R (f - A u): in one pass where a fused kernel takes (A, R) (the
+ * residual grid is then not written), else the residual into r, then R r. */
+static rb_status restrict_residual(rb_context *ctx, rb_vlevel *lv, rb_vlevel *coarse, rb_arena *work)
+{
+    if (rb_transfer_restrict_residual(ctx, lv->A, lv->R, &lv->u, &lv->f, &coarse->f, work)) return RB_OK;
+    rb_status st = rb_vlevel_residual(ctx, lv, work);
+    if (st == RB_OK) st = rb_op_apply(ctx, lv->R, &lv->r, &coarse->f, work);
+    return st;
+}
+
+/* u += P u_coarse: in one pass where a fast prolongation takes P, else P u_coarse
+ * into r (as scratch), then added. */
+static rb_status correct(rb_context *ctx, rb_vlevel *lv, const rb_vlevel *coarse, rb_arena *work)
+{
+    if (rb_transfer_prolong_add(ctx, lv->P, &coarse->u, &lv->u)) return RB_OK;
+    rb_status st = rb_op_apply(ctx, lv->P, &coarse->u, &lv->r, work);
+    if (st == RB_OK) st = rb_tensor_axpy(ctx, 1.0, &lv->r, &lv->u);
+    return st;
 }
 
 static rb_status smooth(rb_context *ctx, rb_vlevel *lv, const rb_vstep *steps, size_t count, rb_arena *work)
@@ -36,8 +133,7 @@ static rb_status cycle(rb_context *ctx, const rb_vcycle *vc, size_t l, rb_cycle 
     if (l + 1 == vc->nlevels) return vc->coarse_solve(ctx, vc->coarse_data, &lv->f, &lv->u);
     rb_vlevel *coarse = &vc->level[l + 1];
     rb_status st = smooth(ctx, lv, lv->pre, lv->npre, work);
-    if (st == RB_OK) st = rb_vlevel_residual(ctx, lv, work);
-    if (st == RB_OK) st = rb_op_apply(ctx, lv->R, &lv->r, &coarse->f, work);
+    if (st == RB_OK) st = restrict_residual(ctx, lv, coarse, work); /* f_{l+1} = R (f - A u) */
     if (st != RB_OK) return st;
     memset(coarse->u.data, 0, rb_tensor_count(&coarse->u) * sizeof(double));
     switch (kind) {
@@ -50,9 +146,7 @@ static rb_status cycle(rb_context *ctx, const rb_vcycle *vc, size_t l, rb_cycle 
         st = cycle(ctx, vc, l + 1, RB_CYCLE_F, work);
         if (st == RB_OK && l + 2 < vc->nlevels) st = cycle(ctx, vc, l + 1, RB_CYCLE_V, work);
     }
-    /* coarse-grid correction: u += P u_coarse (r serves as scratch) */
-    if (st == RB_OK) st = rb_op_apply(ctx, lv->P, &coarse->u, &lv->r, work);
-    if (st == RB_OK) st = rb_tensor_axpy(ctx, 1.0, &lv->r, &lv->u);
+    if (st == RB_OK) st = correct(ctx, lv, coarse, work); /* u += P u_{l+1} */
     if (st == RB_OK) st = smooth(ctx, lv, lv->post, lv->npost, work);
     return st;
 }
@@ -95,6 +189,7 @@ size_t rb_vcycle_workspace(const rb_vcycle *vc)
         const rb_vlevel *lv = &vc->level[l];
         rb_shape s = lv->u.shape;
         size_t w = rb_op_workspace(lv->A, s);
+        if (rb_transfer_restrict_residual_workspace(lv->A, lv->R, s) > w) w = rb_transfer_restrict_residual_workspace(lv->A, lv->R, s);
         if (rb_op_workspace(lv->R, s) > w) w = rb_op_workspace(lv->R, s);
         if (rb_op_workspace(lv->P, vc->level[l + 1].u.shape) > w) w = rb_op_workspace(lv->P, vc->level[l + 1].u.shape);
         for (size_t k = 0; k < lv->npre + lv->npost; k++) {

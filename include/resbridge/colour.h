@@ -26,6 +26,27 @@ extern "C" {
 /* base is referenced, not owned; it must keep the shape. colour is 0 or 1. */
 rb_status rb_op_colour_create(rb_context *ctx, const rb_op *base, int colour, rb_op **out);
 
+/* Gauss-Seidel sweeps over colours as one residual step: with S one sweep (the
+ * colour steps u <- u + omega F_c(u) in order, each through rb_residual_step),
+ *
+ *     G(u) = (S^sweeps(u) - u) / omega,   so   rb_residual_step(G, omega, u, u) = S^sweeps(u)
+ *
+ * (to rounding on the generic path, which composes the colour steps). For the
+ * red and black colour ops of one Jacobi operator over a constant 2D 5-point or
+ * 3D 7-point star, the fused kernel does all the sweeps in one pass over the grid
+ * (red row / plane i, black i-1, red of the next sweep i-2, ...), in place: the
+ * same numbers as the colour steps one after another, bit for bit.
+ *
+ *     const rb_op *rb[2] = {red, black};
+ *     rb_op *gs;
+ *     rb_op_colour_sweep_create(ctx, rb, 2, 1.0, 2, &gs);    // two RB-GS sweeps
+ *     rb_residual_step(ctx, gs, 1.0, &u, &u, &work);
+ *
+ * colours (1..8 ops of one shape) are referenced, not owned; omega finite and
+ * nonzero; sweeps 1..64. The vjp differentiates with respect to u only. */
+rb_status rb_op_colour_sweep_create(rb_context *ctx, const rb_op *const *colours, int ncolours, double omega,
+                                    int sweeps, rb_op **out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -37,7 +37,8 @@ typedef struct rb_vstep {
 } rb_vstep;
 
 typedef struct rb_vlevel {
-    rb_tensor u, f, r;     /* iterate, right-hand side, residual (same shape) */
+    rb_tensor u, f, r;     /* iterate, right-hand side, residual / scratch (same shape;
+                            * r's contents after a cycle are unspecified) */
     const rb_op *A;        /* r = f - A u */
     const rb_vstep *pre;   /* pre-smoothing steps, in order */
     size_t npre;
@@ -70,6 +71,14 @@ rb_status rb_vcycle_run(rb_context *ctx, const rb_vcycle *vc, size_t from, rb_ar
 
 /* r = f - A u on one level (the residual the cycle uses). */
 rb_status rb_vlevel_residual(rb_context *ctx, const rb_vlevel *lv, rb_arena *work);
+
+/* r = f - A u for any operator A and, if norm != NULL, ||r||_2 into *norm (scaled
+ * where the squares would over- or underflow; NaN if r has one): one pass for
+ * single-channel 2D and 3D stencils, the same r as rb_op_apply then f - Au.
+ * r must not alias u or f. r == NULL: the norm only (the solve drivers'
+ * convergence test), with a row per thread, or a grid for other operators, from work. */
+rb_status rb_vcycle_residual(rb_context *ctx, const rb_op *A, const rb_tensor *u, const rb_tensor *f, rb_tensor *r,
+                             double *norm, rb_arena *work);
 
 #ifdef __cplusplus
 }

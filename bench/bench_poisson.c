@@ -1,0 +1,293 @@
+/* bench_poisson.c — resbridge's side of the multigrid comparison with hypre PFMG
+ * (bench/hypre/bench_hypre.c, bench/run_poisson.sh).
+ *
+ * Problem (the same as bench_hypre's): -Delta u = 1 on the unit square (--dim 2)
+ * or cube (--dim 3), n interior points per direction, zero Dirichlet values, zero
+ * initial guess, solved by rb_mg_solve (RB-GS V(2,1) cycles by default) until
+ * ||f - A u|| / ||f|| <= 1e-8.
+ *
+ * Timing: rb_mg_create once (seconds_setup: hierarchy, operators, coarse
+ * factorisation, work memory), then --reps solves from u = 0 on the same solver;
+ * seconds_solve is the best, seconds_solve_median the median. (The first solve
+ * also pays the first touch of the level grids' pages.) One JSON line per thread
+ * count.
+ *
+ * --sweeps: the smoother's memory bandwidth instead. One red-black Gauss-Seidel
+ * sweep on the 2D n^2 grid through rb_residual_step (the red step, then the black
+ * step; and, where available, one step of the fused sweep op) against a STREAM
+ * triad a = b + s c on n^2 doubles in the same process, interleaved rounds, best
+ * of each; 24 bytes per grid point and sweep, as bench_stencil counts.
+ *
+ * OpenBLAS (linked by resbridge) starts a spinning thread pool when the program
+ * loads; unless OPENBLAS_NUM_THREADS is set, the program sets it to 1 and
+ * restarts itself (see bench_stencil.c).
+ *
+ *     bench_poisson --dim 2 --n 1023 --threads 1,2 --reps 10
+ *     bench_poisson --sweeps --n 2047 --threads 1,2 --reps 30
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "resbridge/resbridge.h"
+
+#define MAX_LIST 8
+#define MAX_REPS 1000
+#define TOL 1e-8
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int parse_list(const char *s, long *out, int max)
+{
+    int k = 0;
+    char *end;
+    while (*s && k < max) {
+        long v = strtol(s, &end, 10);
+        if (end == s || v < 1) return -1;
+        out[k++] = v;
+        if (*end && *end != ',') return -1;
+        s = *end == ',' ? end + 1 : end;
+    }
+    return k;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(const double *v, int n)
+{
+    double s[MAX_REPS];
+    memcpy(s, v, (size_t)n * sizeof *s);
+    qsort(s, (size_t)n, sizeof *s, cmp_double);
+    return n % 2 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
+}
+
+/* The 1-minute load average (Linux), or -1. */
+static double load_average(void)
+{
+    double l = -1.0;
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (f != NULL) {
+        if (fscanf(f, "%lf", &l) != 1) l = -1.0;
+        fclose(f);
+    }
+    return l;
+}
+
+static int fail(rb_context *ctx, rb_status st, const char *what)
+{
+    fprintf(stderr, "bench_poisson: %s: %s (%s)\n", what, rb_status_name(st), rb_context_message(ctx));
+    return 1;
+}
+
+typedef struct options {
+    int dim, reps, pre, post, sweeps;
+    size_t n;
+    double omega;
+    long threads[MAX_LIST];
+    int nthreads;
+} options;
+
+/* ---- time to tolerance ------------------------------------------------------------------------- */
+
+static int solve_case(rb_context *ctx, const options *o, int T)
+{
+    rb_status st = rb_context_set_threads(ctx, T);
+    if (st != RB_OK) return fail(ctx, st, "--threads");
+    rb_mg_problem pb = {o->dim, o->n, NULL, 1.0};
+    rb_mg_options opt = rb_mg_options_default(o->dim);
+    opt.omega = o->omega;
+    if (o->pre >= 0) opt.pre = o->pre;
+    if (o->post >= 0) opt.post = o->post;
+    const double load_before = load_average();
+    rb_mg *mg = NULL;
+    double t0 = now();
+    st = rb_mg_create(ctx, &pb, &opt, &mg);
+    const double setup = now() - t0;
+    if (st != RB_OK) return fail(ctx, st, "rb_mg_create");
+    rb_tensor f = {0}, u = {0};
+    st = rb_tensor_alloc(ctx, &f, rb_mg_shape(mg));
+    if (st == RB_OK) st = rb_tensor_alloc(ctx, &u, rb_mg_shape(mg));
+    if (st == RB_OK) st = rb_tensor_fill(ctx, &f, 1.0);
+    double t[MAX_REPS];
+    rb_mg_report rep = {0};
+    for (int r = 0; r < o->reps && st == RB_OK; r++) {
+        st = rb_tensor_fill(ctx, &u, 0.0);
+        t0 = now();
+        if (st == RB_OK) st = rb_mg_solve(ctx, mg, &f, &u, TOL, 100, &rep);
+        t[r] = now() - t0;
+    }
+    int rc = 0;
+    if (st != RB_OK) {
+        rc = fail(ctx, st, "rb_mg_solve");
+    } else {
+        double best = t[0];
+        for (int r = 1; r < o->reps; r++)
+            if (t[r] < best) best = t[r];
+        printf("{\"peer\":\"resbridge\",\"config\":\"rbgs V(%d,%d)%s\",\"dim\":%d,\"n\":%zu,\"threads\":%d,"
+               "\"cycles\":%d,\"rel_residual\":%.6e,\"convergence_factor\":%.4f,\"levels\":%zu,"
+               "\"seconds_setup\":%.6f,\"seconds_solve\":%.6f,\"seconds_solve_median\":%.6f,"
+               "\"seconds_first_solve\":%.6f,\"reps\":%d,\"omega\":%.4f,"
+               "\"loadavg_before\":%.2f,\"loadavg_after\":%.2f}\n",
+               opt.pre, opt.post, o->omega > 0 ? " omega" : "", o->dim, o->n, T, rep.cycles, rep.rel_residual,
+               rep.convergence_factor, rb_mg_levels(mg), setup, best, median(t, o->reps), t[0], o->reps,
+               o->omega > 0 ? o->omega : 1.0, load_before, load_average());
+        fflush(stdout);
+    }
+    rb_tensor_release(ctx, &f), rb_tensor_release(ctx, &u);
+    rb_mg_free(ctx, mg);
+    return rc;
+}
+
+/* ---- the smoother's bandwidth ------------------------------------------------------------------ */
+
+static void first_touch(double *p, size_t len, double v, int threads)
+{
+    const long long m = (long long)len;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long long i = 0; i < m; i++) p[i] = v + 1e-3 * (double)(i % 1000);
+}
+
+static double triad_seconds(double *a, const double *b, const double *c, size_t len, int threads)
+{
+    const double s = 3.0;
+    const long long m = (long long)len;
+    double t0 = now();
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long long i = 0; i < m; i++) a[i] = b[i] + s * c[i];
+    return now() - t0;
+}
+
+enum { K_TRIAD, K_COLOURS, K_COUNT };
+static const char *const sweep_names[K_COUNT] = {"STREAM triad", "RB-GS sweep: red step + black step"};
+
+static int sweep_case(rb_context *ctx, const options *o, int T)
+{
+    const size_t n = o->n, len = n * n;
+    const rb_shape sh = rb_shape_2d(1, 1, n, n);
+    rb_status st = rb_context_set_threads(ctx, T);
+    rb_tensor u = {0}, b = {0};
+    rb_op *A = NULL, *J = NULL, *red = NULL, *black = NULL;
+    rb_arena work = {0};
+    double *ta = rb_malloc(ctx, len * sizeof(double)), *tb = rb_malloc(ctx, len * sizeof(double));
+    double *tc = rb_malloc(ctx, len * sizeof(double));
+    if (ta == NULL || tb == NULL || tc == NULL) st = RB_ENOMEM;
+    if (st == RB_OK) st = rb_tensor_alloc(ctx, &u, sh);
+    if (st == RB_OK) st = rb_tensor_alloc(ctx, &b, sh);
+    if (st == RB_OK) st = rb_op_laplacian_create(ctx, 2, 1.0 / (double)(n + 1), &A);
+    if (st == RB_OK) st = rb_op_jacobi_create(ctx, A, &b, &J);
+    if (st == RB_OK) st = rb_op_colour_create(ctx, J, 0, &red);
+    if (st == RB_OK) st = rb_op_colour_create(ctx, J, 1, &black);
+    if (st == RB_OK) st = rb_arena_reserve(ctx, &work, rb_residual_workspace(red, sh));
+    int rc = 0;
+    if (st != RB_OK) rc = fail(ctx, st, "sweep set-up");
+    double best[K_COUNT];
+    for (int k = 0; k < K_COUNT; k++) best[k] = INFINITY;
+    const double load_before = load_average();
+    if (rc == 0) {
+        first_touch(ta, len, 0.0, T), first_touch(tb, len, 1.0, T), first_touch(tc, len, 2.0, T);
+        first_touch(u.data, len, 0.5, T), first_touch(b.data, len, 1.0, T);
+        for (int round = 0; round <= o->reps && rc == 0; round++) { /* round 0 warms up */
+            double t[K_COUNT];
+            t[K_TRIAD] = triad_seconds(ta, tb, tc, len, T);
+            double t0 = now();
+            st = rb_residual_step(ctx, red, 1.0, &u, &u, &work);
+            if (st == RB_OK) st = rb_residual_step(ctx, black, 1.0, &u, &u, &work);
+            t[K_COLOURS] = now() - t0;
+            if (st != RB_OK) rc = fail(ctx, st, "sweep");
+            for (int k = 0; k < K_COUNT && round > 0; k++)
+                if (t[k] < best[k]) best[k] = t[k];
+        }
+    }
+    if (rc == 0) {
+        const double triad = 24.0 * (double)len / best[K_TRIAD] * 1e-9;
+        for (int k = 0; k < K_COUNT; k++) {
+            const double gbps = 24.0 * (double)len / best[k] * 1e-9;
+            printf("{\"bench\":\"sweep\",\"kernel\":\"%s\",\"n\":%zu,\"threads\":%d,\"seconds\":%.6e,\"gbps\":%.3f,"
+                   "\"triad_gbps\":%.3f,\"ratio_to_triad\":%.3f,\"reps\":%d,\"loadavg_before\":%.2f,"
+                   "\"loadavg_after\":%.2f}\n",
+                   sweep_names[k], n, T, best[k], gbps, triad, gbps / triad, o->reps, load_before, load_average());
+        }
+        fflush(stdout);
+    }
+    rb_arena_release(ctx, &work);
+    rb_op_free(ctx, red), rb_op_free(ctx, black), rb_op_free(ctx, J), rb_op_free(ctx, A);
+    rb_tensor_release(ctx, &u), rb_tensor_release(ctx, &b);
+    rb_free(ctx, ta), rb_free(ctx, tb), rb_free(ctx, tc);
+    return rc;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: bench_poisson [--dim 2|3] [--n N] [--threads 1,2] [--reps R] [--omega W] [--pre A --post B]\n"
+               "       bench_poisson --sweeps [--n N] [--threads 1,2] [--reps R]\n"
+               "  Time to ||f - A u|| <= 1e-8 ||f|| for -Delta u = 1, u = 0 on the boundary, from u = 0\n"
+               "  (best of R solves after one set-up); or (--sweeps) the red-black sweep's bandwidth\n"
+               "  against a STREAM triad. Defaults: --dim 2 --n 1023 --threads 1 --reps 5.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (getenv("OPENBLAS_NUM_THREADS") == NULL && setenv("OPENBLAS_NUM_THREADS", "1", 1) == 0) {
+        execv("/proc/self/exe", argv);
+        /* not restarted: measure anyway */
+    }
+    options o = {.dim = 2, .reps = 5, .pre = -1, .post = -1, .n = 1023, .threads = {1}, .nthreads = 1};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        long x[1];
+        int ok = 1;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(a, "--sweeps")) {
+            o.sweeps = 1;
+            continue;
+        } else if (v == NULL) {
+            ok = 0;
+        } else if (!strcmp(a, "--dim")) {
+            ok = parse_list(v, x, 1) == 1 && (x[0] == 2 || x[0] == 3), o.dim = (int)x[0];
+        } else if (!strcmp(a, "--n")) {
+            ok = parse_list(v, x, 1) == 1, o.n = (size_t)x[0];
+        } else if (!strcmp(a, "--reps")) {
+            ok = parse_list(v, x, 1) == 1 && x[0] <= MAX_REPS, o.reps = (int)x[0];
+        } else if (!strcmp(a, "--pre")) {
+            ok = parse_list(v, x, 1) == 1, o.pre = (int)x[0];
+        } else if (!strcmp(a, "--post")) {
+            ok = parse_list(v, x, 1) == 1, o.post = (int)x[0];
+        } else if (!strcmp(a, "--threads")) {
+            o.nthreads = parse_list(v, o.threads, MAX_LIST);
+            ok = o.nthreads >= 1;
+        } else if (!strcmp(a, "--omega")) {
+            char *end;
+            o.omega = strtod(v, &end);
+            ok = *end == 0 && o.omega > 0 && o.omega < 2;
+        } else {
+            ok = 0;
+        }
+        if (!ok) {
+            fprintf(stderr, "bench_poisson: bad argument near '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+        i++;
+    }
+    rb_context *ctx;
+    if (rb_context_create(&ctx, NULL) != RB_OK) return 1;
+    int rc = 0;
+    for (int i = 0; i < o.nthreads && rc == 0; i++)
+        rc = o.sweeps ? sweep_case(ctx, &o, (int)o.threads[i]) : solve_case(ctx, &o, (int)o.threads[i]);
+    rb_context_free(ctx);
+    return rc;
+}

@@ -1,0 +1,77 @@
+/* grid_fast.h — the single-channel grid kernels of the multigrid cycle beyond the
+ * 2D stencil row of jacobi_internal.h: the 3D 7-point star row (stencil_fast.c),
+ * residual rows r = f - A u in 2D and 3D (stencil_fast.c), and the stride-2
+ * vertex-centred transfers (transfer_fast.c): restriction, prolongation, the
+ * prolongation added to a grid, and the residual restricted in one pass.
+ *
+ * Each agrees with the reference loops of conv.c (rb_conv_gather /
+ * rb_conv_scatter) and with the separate calls it fuses bit for bit: taps are
+ * summed in tap order from 0.0, taps outside the grid skipped, exactly as
+ * the reference does (tests/test_mg_kernels.c). */
+#ifndef RB_GRID_FAST_H
+#define RB_GRID_FAST_H
+
+#include "jacobi_internal.h"
+
+/* ---- stencil rows (stencil_fast.c) ---------------------------------------------------------- */
+
+/* A single-channel stride-1 3D 7-point star: weights in tap order
+ * (z-, y-, x-, centre, x+, y+, z+). */
+typedef struct rb_stencil3d {
+    double w[7];
+} rb_stencil3d;
+
+/* false unless cs is a single-channel, stride-1, not transposed, bias-free 3D star. */
+bool rb_stencil3d_init(const rb_conv_state *cs, const double *w, rb_stencil3d *s);
+
+/* One row of W points of the 3D star; zm, ym, yp, zp are the neighbour rows (NULL:
+ * outside the grid). f == NULL: y = A x; else y = f - A x. y must not overlap the
+ * inputs except that y may be f. */
+void rb_stencil3d_row(const rb_stencil3d *s, size_t W, const double *zm, const double *ym, const double *mid,
+                      const double *yp, const double *zp, const double *f, double *y);
+
+/* A single-channel stride-1 stencil the residual kernels take: 2D 3x3 / 5-point
+ * (jacobi_internal.h) or 3D 7-point star. */
+typedef struct rb_stencil_any {
+    int dims;            /* 2 or 3 */
+    rb_stencil2d s2;
+    rb_stencil3d s3;
+} rb_stencil_any;
+
+/* false unless A is a conv op one of the two kernels takes, for a (N,1,D,H,W) grid. */
+bool rb_stencil_any_init(const rb_op *A, rb_shape s, rb_stencil_any *k);
+
+/* Residual of one line of sample n: r = f - A u on row `l` (2D) or plane `l` (3D),
+ * written to r_line (W or H*W doubles). */
+void rb_stencil_residual_line(const rb_stencil_any *k, rb_shape s, const double *u, const double *f, size_t n,
+                              size_t l, double *r_line);
+
+/* r = f - A u over the whole grid, and, if norm2 != NULL, the sum of r^2 into *norm2
+ * (summed in an order fixed by the build, W and the thread count). Same r as
+ * rb_op_apply then f - Au. r == NULL: the norm only, each thread's rows going through
+ * rows_scratch + thread * W (threads * W doubles; at most 64 threads run). */
+void rb_stencil_residual(const rb_stencil_any *k, rb_shape s, const double *u, const double *f, double *r,
+                         double *norm2, int threads, double *rows_scratch);
+#define RB_STENCIL_RESIDUAL_MAX_THREADS 64
+
+/* ---- transfers (transfer_fast.c) -------------------------------------------------------------- */
+
+/* Behind the conv op's apply (conv.c): a single-channel, bias-free, 3-wide, full-pattern,
+ * stride-2 vertex-centred conv in 2D or 3D, plain (restriction) or transposed
+ * (prolongation). false: not handled, fall through to the reference loops. */
+bool rb_transfer_fast_apply(rb_context *ctx, const rb_conv_state *cs, const rb_conv_geom *g, const double *w,
+                            const double *x, double *y);
+
+/* fine += P coarse for a transposed conv P that rb_transfer_fast_apply handles. false:
+ * not handled (nothing changed). Same result as rb_op_apply(P) into a temporary and
+ * then fine += temporary. */
+bool rb_transfer_prolong_add(rb_context *ctx, const rb_op *P, const rb_tensor *coarse, rb_tensor *fine);
+
+/* coarse = R (f - A u) in one pass, for a stencil A that rb_stencil_any_init takes and a
+ * plain conv R that rb_transfer_fast_apply handles. Scratch: residual lines from work
+ * (rb_transfer_restrict_residual_workspace). false: not handled, nothing changed. */
+bool rb_transfer_restrict_residual(rb_context *ctx, const rb_op *A, const rb_op *R, const rb_tensor *u,
+                                   const rb_tensor *f, rb_tensor *coarse, rb_arena *work);
+size_t rb_transfer_restrict_residual_workspace(const rb_op *A, const rb_op *R, rb_shape fine);
+
+#endif

@@ -1,0 +1,225 @@
+/* redblack.c — red-black colour steps over a constant star stencil, one pass for
+ * any number of them (see redblack_internal.h).
+ *
+ * The row kernel updates the points of one colour in one row: x = first, first+2,
+ * ... With AVX2 it takes 8 consecutive doubles (4 points of the colour) per
+ * iteration and splits them into the colour's values and the other colour's
+ * (unpacklo / unpackhi), so each lane is one point of the colour and its left and
+ * right neighbours come from registers; the result is interleaved back with the
+ * unchanged other colour and stored as 8 doubles. (The other colour's values are
+ * rewritten unchanged: no stage writes them while this one runs.) Missing
+ * neighbour rows (grid borders) get coefficient 0 and point at the row itself,
+ * so border rows run the same loop; only x = 0 and x = W-1 are scalar. The two
+ * streams that come from memory in a pass (the leading neighbour row and b) are
+ * prefetched ahead, as in stencil_fast.c.
+ *
+ * Speed (bench/bench_poisson.c): ~0.7 ns per point and sweep in cache on one
+ * core; the 8-double loads and stores keep to 32-byte pieces that never
+ * partially overlap a store of the previous iteration (which would stall
+ * store-to-load forwarding).
+ */
+#include "redblack_internal.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define RB_REDBLACK_AVX2 1
+#endif
+
+/* a*b + c, fused where the build has FMA (so that scalar points and vector lanes agree). */
+#if defined(__FMA__)
+#define MADD(a, b, c) fma((a), (b), (c))
+#else
+#define MADD(a, b, c) ((a) * (b) + (c))
+#endif
+
+#define PF_LEAD 1024 /* doubles ahead on the leading neighbour row (8 KB) */
+#define PF_B 2048    /* and on b (16 KB; x and b often share their address mod 4 KB) */
+#define PARALLEL_MIN 32768 /* grid points per sample below which one thread runs */
+
+bool rb_redblack_init(const rb_op *J, rb_shape s, double h, rb_redblack *k)
+{
+    const rb_jacobi_state *js = rb_jacobi_state_of(J);
+    if (js == NULL || js->dvar != NULL || !isfinite(h)) return false;
+    const rb_conv_state *cs = rb_conv_state_of(js->A);
+    if (cs == NULL || cs->desc.pattern != RB_STENCIL_STAR || cs->desc.stride != 1 || cs->desc.transposed ||
+        cs->desc.cin != 1 || cs->desc.cout != 1 || cs->desc.bias)
+        return false;
+    const int dims = cs->desc.dims;
+    if ((dims != 2 && dims != 3) || cs->ntaps != 2 * dims + 1 || s.c != 1 || (dims == 2 && s.d != 1)) return false;
+    /* taps row-major over (dz, dy, dx): the centre is the middle one */
+    static const int star[7][3] = {{-1, 0, 0}, {0, -1, 0}, {0, 0, -1}, {0, 0, 0}, {0, 0, 1}, {0, 1, 0}, {1, 0, 0}};
+    const int centre = dims, skip = 3 - dims; /* the 2D star is the middle 5 of the 3D one */
+    for (int t = 0; t < cs->ntaps; t++)
+        for (int a = 0; a < 3; a++)
+            if (cs->tap[t][a] != star[t + skip][a]) return false;
+    const double *w = js->A->params, inv = 1.0 / js->diag;
+    if (!(w[centre] == js->diag)) return false;
+    k->dims = dims;
+    k->n = s.n, k->d = s.d, k->h = s.h, k->w = s.w;
+    for (int t = 0, j = 0; t < cs->ntaps; t++)
+        if (t != centre) k->cn[j++] = -h * (w[t] * inv);
+    k->cb = h * inv;
+    k->cc = 1.0 - h * (w[centre] * inv);
+    k->b = js->b.data;
+    k->u = NULL;
+    return true;
+}
+
+/* ---- one row of one colour ------------------------------------------------------------------ */
+
+/* The coefficients and neighbour rows of one row: o[0 .. nr/2) come before x-1 and
+ * x+1 in tap order, o[nr/2 .. nr) after; c[] in tap order (nr/2 rows, x-, x+, nr/2 rows). */
+typedef struct row_args {
+    double c[6];
+    const double *o[4];
+    double *m;             /* the row */
+    const double *b;
+    size_t lead_reach;     /* doubles readable from o[nr-1] on (prefetch bound) */
+    size_t b_reach;        /* doubles readable from b on */
+} row_args;
+
+/* One point x of the row; left / right neighbour where inside the row. */
+static inline void point(int nr, const row_args *a, size_t x, size_t W, double cb, double cc)
+{
+    double v = cb * a->b[x];
+    for (int i = 0; i < nr / 2; i++) v = MADD(a->c[i], a->o[i][x], v);
+    if (x > 0) v = MADD(a->c[nr / 2], a->m[x - 1], v);
+    if (x + 1 < W) v = MADD(a->c[nr / 2 + 1], a->m[x + 1], v);
+    for (int i = nr / 2; i < nr; i++) v = MADD(a->c[i + 2], a->o[i][x], v);
+    a->m[x] = MADD(cc, a->m[x], v);
+}
+
+static inline void prefetch_ahead(const double *p, size_t x, size_t reach, size_t ahead)
+{
+#if defined(__GNUC__)
+    for (size_t q = x + ahead; q < x + ahead + 64 && q < reach; q += 8) __builtin_prefetch(p + q, 0, 2);
+#else
+    (void)p, (void)x, (void)reach, (void)ahead;
+#endif
+}
+
+/* Points x = first, first + 2, ... < W of the row (first in {0, 1}). nr = 2 (2D) or 4 (3D). */
+static inline void row_kernel(int nr, const row_args *a, size_t first, size_t W, double cb, double cc)
+{
+    size_t x = 2 - first; /* the first point with a left neighbour */
+    if (first == 0 && W > 0) point(nr, a, 0, W, cb, cc);
+#if defined(RB_REDBLACK_AVX2)
+    if (x + 8 <= W) {
+        double *m = a->m;
+        const double *b = a->b;
+        __m256d c[6];
+        for (int i = 0; i < nr + 2; i++) c[i] = _mm256_set1_pd(a->c[i]);
+        const __m256d vcb = _mm256_set1_pd(cb), vcc = _mm256_set1_pd(cc);
+        /* P holds m[x-4 .. x-1]; only m[x-1] is read from it */
+        __m256d P = _mm256_setr_pd(0.0, 0.0, 0.0, m[x - 1]);
+        for (; x + 8 <= W; x += 8) {
+            if (((x - 2 + first) & 63) == 0) {
+                prefetch_ahead(a->o[nr - 1], x, a->lead_reach, PF_LEAD);
+                prefetch_ahead(b, x, a->b_reach, PF_B);
+            }
+            /* lanes are the points x, x+4, x+2, x+6 */
+            const __m256d A = _mm256_loadu_pd(m + x), B = _mm256_loadu_pd(m + x + 4);
+            const __m256d C = _mm256_unpacklo_pd(A, B), R = _mm256_unpackhi_pd(A, B);
+            const __m256d L = _mm256_unpackhi_pd(_mm256_permute2f128_pd(P, A, 0x21), _mm256_permute2f128_pd(A, B, 0x21));
+            __m256d v = _mm256_mul_pd(vcb, _mm256_unpacklo_pd(_mm256_loadu_pd(b + x), _mm256_loadu_pd(b + x + 4)));
+            for (int i = 0; i < nr / 2; i++)
+                v = _mm256_fmadd_pd(c[i], _mm256_unpacklo_pd(_mm256_loadu_pd(a->o[i] + x), _mm256_loadu_pd(a->o[i] + x + 4)), v);
+            v = _mm256_fmadd_pd(c[nr / 2], L, v);
+            v = _mm256_fmadd_pd(c[nr / 2 + 1], R, v);
+            for (int i = nr / 2; i < nr; i++)
+                v = _mm256_fmadd_pd(c[i + 2], _mm256_unpacklo_pd(_mm256_loadu_pd(a->o[i] + x), _mm256_loadu_pd(a->o[i] + x + 4)), v);
+            v = _mm256_fmadd_pd(vcc, C, v);
+            _mm256_storeu_pd(m + x, _mm256_unpacklo_pd(v, R));
+            _mm256_storeu_pd(m + x + 4, _mm256_unpackhi_pd(v, R));
+            P = B;
+        }
+    }
+#endif
+    for (; x < W; x += 2) point(nr, a, x, W, cb, cc);
+}
+
+/* ---- lines: a row (2D) or a plane (3D) of one sample ----------------------------------------- */
+
+static void line(const rb_redblack *k, size_t s, int colour, size_t l)
+{
+    const size_t D = k->d, H = k->h, W = k->w, plane = H * W, total = k->n * D * plane;
+    row_args a;
+    if (k->dims == 2) {
+        const size_t off = (s * H + l) * W;
+        a.m = k->u + off, a.b = k->b + off;
+        a.o[0] = l > 0 ? a.m - W : a.m;
+        a.o[1] = l + 1 < H ? a.m + W : a.m;
+        a.c[0] = l > 0 ? k->cn[0] : 0.0, a.c[1] = k->cn[1], a.c[2] = k->cn[2];
+        a.c[3] = l + 1 < H ? k->cn[3] : 0.0;
+        a.lead_reach = l + 1 < H ? total - off - W : W;
+        a.b_reach = total - off;
+        row_kernel(2, &a, (l + (size_t)colour) & 1, W, k->cb, k->cc);
+        return;
+    }
+    for (size_t y = 0; y < H; y++) {
+        const size_t off = ((s * D + l) * H + y) * W;
+        a.m = k->u + off, a.b = k->b + off;
+        a.o[0] = l > 0 ? a.m - plane : a.m;
+        a.o[1] = y > 0 ? a.m - W : a.m;
+        a.o[2] = y + 1 < H ? a.m + W : a.m;
+        a.o[3] = l + 1 < D ? a.m + plane : a.m;
+        a.c[0] = l > 0 ? k->cn[0] : 0.0, a.c[1] = y > 0 ? k->cn[1] : 0.0;
+        a.c[2] = k->cn[2], a.c[3] = k->cn[3];
+        a.c[4] = y + 1 < H ? k->cn[4] : 0.0, a.c[5] = l + 1 < D ? k->cn[5] : 0.0;
+        a.lead_reach = l + 1 < D ? total - off - plane : W;
+        a.b_reach = total - off;
+        row_kernel(4, &a, (l + y + (size_t)colour) & 1, W, k->cb, k->cc);
+    }
+}
+
+/* ---- the wavefront ---------------------------------------------------------------------------- */
+
+/* Stages 0..S-1 on lines [lo + s*shrink_lo, hi - s*shrink_hi) each, stage s one line
+ * behind stage s-1. */
+static void trapezoid(const rb_redblack *k, size_t s, int colour0, int S, long long lo, long long hi, int shrink_lo,
+                      int shrink_hi)
+{
+    for (long long t = lo; t < hi + S - 1; t++)
+        for (int st = 0; st < S; st++) {
+            long long l = t - st;
+            if (l >= lo + (long long)st * shrink_lo && l < hi - (long long)st * shrink_hi)
+                line(k, s, (colour0 + st) & 1, (size_t)l);
+        }
+}
+
+/* What the trapezoids left around the block boundary r: stage s on lines [r - s, r + s). */
+static void triangle(const rb_redblack *k, size_t s, int colour0, int S, long long r)
+{
+    for (long long t = r - S; t < r + 2LL * S; t++)
+        for (int st = 0; st < S; st++) {
+            long long l = t - st;
+            if (l >= r - st && l < r + st) line(k, s, (colour0 + st) & 1, (size_t)l);
+        }
+}
+
+void rb_redblack_run(const rb_redblack *k, int colour0, int stages, int threads)
+{
+    if (stages < 1) return;
+    const long long L = (long long)(k->dims == 2 ? k->h : k->d);
+    /* blocks of at least 2 stages + 2 lines, so that the triangles do not meet */
+    const long long most = L / (2LL * stages + 2);
+    if (threads > most) threads = (int)most;
+    if (k->d * k->h * k->w < PARALLEL_MIN) threads = 1;
+    if (threads <= 1) {
+        for (size_t s = 0; s < k->n; s++) trapezoid(k, s, colour0, stages, 0, L, 0, 0);
+        return;
+    }
+#pragma omp parallel num_threads(threads)
+    {
+        const long long T = omp_get_num_threads(), t = omp_get_thread_num();
+        const long long r0 = L * t / T, r1 = L * (t + 1) / T;
+        for (size_t s = 0; s < k->n; s++) {
+            trapezoid(k, s, colour0, stages, r0, r1, t > 0, t + 1 < T);
+#pragma omp barrier
+            if (t + 1 < T) triangle(k, s, colour0, stages, r1);
+        }
+    }
+}
