@@ -1,0 +1,493 @@
+/* test_mg_kernels.c — the fast multigrid kernels against their reference paths.
+ *
+ * Oracles, each the path the fast kernel stands in for:
+ *   red-black half-sweep (colour op's fused kernel)    rb_residual_step_generic (mask of F, then x + h F), 1e-13
+ *   colour sweep op, fused (h = omega)                 the colour steps one after another: equal bit for bit
+ *   colour sweep op, any h                             rb_residual_step_generic and the conformance suite
+ *   3D 7-point stencil y = A x                         rb_conv_gather (the reference loop): equal
+ *   residual r = f - A u (+ norm), 2D and 3D           rb_conv_gather, then f - Au: equal; the norm to 1e-14
+ *   restriction / prolongation / prolongation added    rb_conv_gather / rb_conv_scatter (+ the sum): equal
+ *   residual restricted in one pass                    residual by the reference loop, then rb_conv_gather: equal
+ * on odd and even sizes, degenerate ones (extent 1, 2), batches, 1..3 threads, in place
+ * and out of place; and thread counts against each other (bit for bit).
+ */
+#include "conformance.h"
+
+#include <math.h>
+#include <stdio.h>
+
+#include "grid_fast.h"
+
+static const int THREADS[] = {1, 2, 3};
+#define NTHREADS 3
+
+/* max |a - b| (NaN if either has one) */
+static double max_abs_diff(const double *a, const double *b, size_t n)
+{
+    double d = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs(a[i] - b[i]);
+        if (!(e <= d)) d = e;
+    }
+    return d;
+}
+
+/* A constant star (2 dims + 1 taps) with random off-centre weights and a dominant centre. */
+static rb_op *random_star(rb_context *ctx, int dims, uint64_t seed)
+{
+    rb_test_rng r = {seed};
+    double w[7];
+    int nt = 2 * dims + 1;
+    for (int t = 0; t < nt; t++) w[t] = rb_test_uniform(&r, -1.5, -0.2);
+    w[dims] = 2.0 * dims + rb_test_uniform(&r, 0.5, 1.5);
+    rb_op *A;
+    RB_CHECK(ctx, rb_op_stencil_create(ctx, dims, RB_STENCIL_STAR, w, &A));
+    return A;
+}
+
+static rb_tensor alloc_random(rb_context *ctx, rb_shape s, uint64_t seed)
+{
+    rb_tensor t;
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &t, s));
+    rb_test_rng r = {seed};
+    rb_test_fill(&r, &t, -1, 1);
+    return t;
+}
+
+/* Shapes (N, 1, D, H, W) for the red-black kernels: tiny, odd / even, and big enough
+ * (>= 32768 points, >= 3 * 14 lines) to run on several threads. */
+static const size_t SHAPES2[][3] = {{1, 1, 1}, {1, 1, 2}, {1, 2, 1}, {1, 3, 3}, {2, 4, 7}, {1, 9, 9},   {1, 10, 17},
+                                    {2, 17, 16}, {1, 33, 40}, {1, 200, 181}, {1, 201, 164}, {2, 185, 190}};
+static const size_t SHAPES3[][4] = {{1, 1, 1, 1},  {1, 2, 3, 4},   {2, 3, 3, 3},   {1, 5, 6, 9},
+                                    {1, 7, 12, 17}, {1, 48, 33, 31}, {1, 45, 34, 24}, {2, 44, 30, 27}};
+
+static rb_shape shape_of(int dims, size_t i)
+{
+    if (dims == 2) return rb_shape_2d(SHAPES2[i][0], 1, SHAPES2[i][1], SHAPES2[i][2]);
+    return rb_shape_3d(SHAPES3[i][0], 1, SHAPES3[i][1], SHAPES3[i][2], SHAPES3[i][3]);
+}
+static size_t nshapes(int dims) { return dims == 2 ? sizeof SHAPES2 / sizeof *SHAPES2 : sizeof SHAPES3 / sizeof *SHAPES3; }
+
+/* ---- red-black half-sweeps -------------------------------------------------------------------- */
+
+static void test_half_sweep_vs_generic(void **state)
+{
+    rb_context *ctx = *state;
+    const double hs[] = {1.0, 0.75, 1.3};
+    for (int dims = 2; dims <= 3; dims++)
+        for (size_t si = 0; si < nshapes(dims); si++) {
+            rb_shape s = shape_of(dims, si);
+            size_t n = rb_shape_count(s);
+            rb_tensor b = alloc_random(ctx, s, 11 + si), x = alloc_random(ctx, s, 101 + si);
+            rb_tensor yg, yf, first;
+            RB_CHECK(ctx, rb_tensor_alloc(ctx, &yg, s));
+            RB_CHECK(ctx, rb_tensor_alloc(ctx, &yf, s));
+            RB_CHECK(ctx, rb_tensor_alloc(ctx, &first, s));
+            rb_op *A = random_star(ctx, dims, 7 + si), *J, *C[2];
+            RB_CHECK(ctx, rb_op_jacobi_create(ctx, A, &b, &J));
+            RB_CHECK(ctx, rb_op_colour_create(ctx, J, 0, &C[0]));
+            RB_CHECK(ctx, rb_op_colour_create(ctx, J, 1, &C[1]));
+            rb_arena work = {0};
+            RB_CHECK(ctx, rb_arena_reserve(ctx, &work, rb_residual_workspace(C[0], s) + 4096));
+            for (int c = 0; c < 2; c++)
+                for (int hi = 0; hi < 3; hi++)
+                    for (int ti = 0; ti < NTHREADS; ti++) {
+                        RB_CHECK(ctx, rb_context_set_threads(ctx, THREADS[ti]));
+                        RB_CHECK(ctx, rb_residual_step_generic(ctx, C[c], hs[hi], &x, &yg, &work));
+                        /* out of place, then in place */
+                        RB_CHECK(ctx, rb_residual_step(ctx, C[c], hs[hi], &x, &yf, &work));
+                        double e1 = rb_tensor_max_rel_diff(&yf, &yg);
+                        rb_tensor_copy(ctx, &x, &yf);
+                        RB_CHECK(ctx, rb_residual_step(ctx, C[c], hs[hi], &yf, &yf, &work));
+                        double e2 = rb_tensor_max_rel_diff(&yf, &yg);
+                        if (!(e1 <= 1e-13 && e2 <= 1e-13))
+                            fail_msg("%dD shape %zu colour %d h %g threads %d: half-sweep vs generic %.3g / %.3g", dims, si, c,
+                                     hs[hi], THREADS[ti], e1, e2);
+                        if (ti == 0) rb_tensor_copy(ctx, &yf, &first);
+                        else if (max_abs_diff(yf.data, first.data, n) != 0.0)
+                            fail_msg("%dD shape %zu: %d threads differ from 1 thread", dims, si, THREADS[ti]);
+                    }
+            rb_arena_release(ctx, &work);
+            rb_op_free(ctx, C[0]), rb_op_free(ctx, C[1]), rb_op_free(ctx, J), rb_op_free(ctx, A);
+            rb_tensor_release(ctx, &b), rb_tensor_release(ctx, &x), rb_tensor_release(ctx, &yg);
+            rb_tensor_release(ctx, &yf), rb_tensor_release(ctx, &first);
+        }
+}
+
+/* ---- the colour sweep op ---------------------------------------------------------------------- */
+
+/* Fused: all sweeps in one pass; oracle: the colour steps one after another (equal). */
+static void test_sweep_op_vs_colour_steps(void **state)
+{
+    rb_context *ctx = *state;
+    const double omegas[] = {1.0, 1.15, 0.8};
+    for (int dims = 2; dims <= 3; dims++)
+        for (size_t si = 0; si < nshapes(dims); si++) {
+            rb_shape s = shape_of(dims, si);
+            size_t n = rb_shape_count(s);
+            rb_tensor b = alloc_random(ctx, s, 21 + si), x = alloc_random(ctx, s, 201 + si);
+            rb_tensor ref, y, yo, yg;
+            RB_CHECK(ctx, rb_tensor_alloc(ctx, &ref, s));
+            RB_CHECK(ctx, rb_tensor_alloc(ctx, &y, s));
+            RB_CHECK(ctx, rb_tensor_alloc(ctx, &yo, s));
+            RB_CHECK(ctx, rb_tensor_alloc(ctx, &yg, s));
+            rb_op *A = random_star(ctx, dims, 17 + si), *J, *C[2];
+            RB_CHECK(ctx, rb_op_jacobi_create(ctx, A, &b, &J));
+            RB_CHECK(ctx, rb_op_colour_create(ctx, J, 0, &C[0]));
+            RB_CHECK(ctx, rb_op_colour_create(ctx, J, 1, &C[1]));
+            for (int order = 0; order < 2; order++)
+                for (int sweeps = 1; sweeps <= 3; sweeps++)
+                    for (int wi = 0; wi < 3; wi++) {
+                        const rb_op *cols[2] = {C[order], C[1 - order]};
+                        rb_op *G;
+                        RB_CHECK(ctx, rb_op_colour_sweep_create(ctx, cols, 2, omegas[wi], sweeps, &G));
+                        rb_arena work = {0};
+                        RB_CHECK(ctx, rb_arena_reserve(ctx, &work, rb_residual_workspace(G, s) + 4096));
+                        for (int ti = 0; ti < NTHREADS; ti++) {
+                            RB_CHECK(ctx, rb_context_set_threads(ctx, THREADS[ti]));
+                            rb_tensor_copy(ctx, &x, &ref);
+                            for (int k = 0; k < 2 * sweeps; k++)
+                                RB_CHECK(ctx, rb_residual_step(ctx, cols[k % 2], omegas[wi], &ref, &ref, &work));
+                            rb_tensor_copy(ctx, &x, &y);
+                            RB_CHECK(ctx, rb_residual_step(ctx, G, omegas[wi], &y, &y, &work));
+                            RB_CHECK(ctx, rb_residual_step(ctx, G, omegas[wi], &x, &yo, &work));
+                            double e1 = max_abs_diff(y.data, ref.data, n), e2 = max_abs_diff(yo.data, ref.data, n);
+                            if (e1 != 0.0 || e2 != 0.0)
+                                fail_msg("%dD shape %zu order %d sweeps %d omega %g threads %d: fused vs colour steps "
+                                         "%.3g (in place) / %.3g", dims, si, order, sweeps, omegas[wi], THREADS[ti], e1, e2);
+                        }
+                        /* the generic path: x + omega (S(x) - x) / omega, to rounding */
+                        RB_CHECK(ctx, rb_residual_step_generic(ctx, G, omegas[wi], &x, &yg, &work));
+                        double eg = rb_tensor_max_rel_diff(&yg, &ref);
+                        if (!(eg <= 1e-13))
+                            fail_msg("%dD shape %zu sweeps %d: generic path vs colour steps %.3g", dims, si, sweeps, eg);
+                        rb_arena_release(ctx, &work);
+                        rb_op_free(ctx, G);
+                    }
+            rb_op_free(ctx, C[0]), rb_op_free(ctx, C[1]), rb_op_free(ctx, J), rb_op_free(ctx, A);
+            rb_tensor_release(ctx, &b), rb_tensor_release(ctx, &x), rb_tensor_release(ctx, &ref);
+            rb_tensor_release(ctx, &y), rb_tensor_release(ctx, &yo), rb_tensor_release(ctx, &yg);
+        }
+}
+
+/* The shared suite: vjp by finite differences, fused vs generic with h = omega (the
+ * suite's h is 0.3), in place; 1D (generic path only), 2D and 3D. */
+static void test_sweep_op_conformance(void **state)
+{
+    rb_context *ctx = *state;
+    for (int dims = 1; dims <= 3; dims++)
+        for (int sweeps = 1; sweeps <= 2; sweeps++) {
+            rb_shape s = dims == 1 ? rb_shape_2d(2, 1, 1, 9) : dims == 2 ? rb_shape_2d(2, 1, 6, 7) : rb_shape_3d(1, 1, 4, 5, 6);
+            rb_tensor b = alloc_random(ctx, s, 31);
+            rb_op *A, *J, *C[2], *G;
+            RB_CHECK(ctx, rb_op_laplacian_create(ctx, dims, 0.25, &A));
+            RB_CHECK(ctx, rb_op_jacobi_create(ctx, A, &b, &J));
+            RB_CHECK(ctx, rb_op_colour_create(ctx, J, 0, &C[0]));
+            RB_CHECK(ctx, rb_op_colour_create(ctx, J, 1, &C[1]));
+            const rb_op *cols[2] = {C[0], C[1]};
+            RB_CHECK(ctx, rb_op_colour_sweep_create(ctx, cols, 2, 0.3, sweeps, &G));
+            char label[64];
+            snprintf(label, sizeof label, "colour sweep, %dD, %d sweeps", dims, sweeps);
+            rb_conformance_case cc = rb_conformance_default(G, s, label);
+            rb_conformance_run(ctx, &cc);
+            rb_op_free(ctx, G), rb_op_free(ctx, C[0]), rb_op_free(ctx, C[1]), rb_op_free(ctx, J), rb_op_free(ctx, A);
+            rb_tensor_release(ctx, &b);
+        }
+}
+
+static void test_sweep_op_bad_input(void **state)
+{
+    rb_context *ctx = *state;
+    rb_op *a, *g = NULL;
+    RB_CHECK(ctx, rb_op_activation_create(ctx, RB_ACT_TANH, &a));
+    const rb_op *cols[2] = {a, a};
+    RB_EXPECT(ctx, RB_EINVAL, "sweeps = 0", rb_op_colour_sweep_create(ctx, cols, 2, 1.0, 0, &g));
+    RB_EXPECT(ctx, RB_EINVAL, "ncolours = 9", rb_op_colour_sweep_create(ctx, cols, 9, 1.0, 1, &g));
+    RB_EXPECT(ctx, RB_EINVAL, "omega", rb_op_colour_sweep_create(ctx, cols, 2, 0.0, 1, &g));
+    RB_EXPECT(ctx, RB_ENULL, "colours", rb_op_colour_sweep_create(ctx, NULL, 2, 1.0, 1, &g));
+    assert_null(g);
+    rb_op_free(ctx, a);
+}
+
+/* ---- stencils and residuals ------------------------------------------------------------------- */
+
+/* y = A x by the reference loop */
+static void gather_ref(rb_context *ctx, const rb_op *A, const rb_tensor *x, double *y)
+{
+    rb_conv_geom g;
+    rb_shape out;
+    RB_CHECK(ctx, rb_conv_geometry(ctx, A, x->shape, &g, &out));
+    rb_conv_gather(1, rb_conv_state_of(A), &g, A->params, NULL, x->data, 1.0, 0.0, y);
+}
+
+static void test_stencil3d_vs_gather(void **state)
+{
+    rb_context *ctx = *state;
+    for (size_t si = 0; si < nshapes(3); si++) {
+        rb_shape s = shape_of(3, si);
+        size_t n = rb_shape_count(s);
+        rb_tensor x = alloc_random(ctx, s, 41 + si), y;
+        RB_CHECK(ctx, rb_tensor_alloc(ctx, &y, s));
+        double *ref = test_malloc(n * sizeof *ref);
+        rb_op *A = random_star(ctx, 3, 43 + si);
+        gather_ref(ctx, A, &x, ref);
+        for (int ti = 0; ti < NTHREADS; ti++) {
+            RB_CHECK(ctx, rb_context_set_threads(ctx, THREADS[ti]));
+            RB_CHECK(ctx, rb_op_apply(ctx, A, &x, &y, NULL));
+            double e = max_abs_diff(y.data, ref, n);
+            if (e != 0.0) fail_msg("3D shape %zu threads %d: 7-point A x vs rb_conv_gather %.3g", si, THREADS[ti], e);
+        }
+        test_free(ref);
+        rb_op_free(ctx, A);
+        rb_tensor_release(ctx, &x), rb_tensor_release(ctx, &y);
+    }
+}
+
+/* 2D 5-point and 3x3 (random weights) and 3D 7-point: r = f - A u and its norm, with r and alone. */
+static void test_residual_vs_reference(void **state)
+{
+    rb_context *ctx = *state;
+    for (int kind = 0; kind < 3; kind++) {
+        const int dims = kind == 2 ? 3 : 2;
+        for (size_t si = 0; si < nshapes(dims); si++) {
+            rb_shape s = shape_of(dims, si);
+            size_t n = rb_shape_count(s);
+            rb_op *A;
+            if (kind == 1) {
+                rb_test_rng r = {51 + si};
+                double w[9];
+                for (int t = 0; t < 9; t++) w[t] = rb_test_uniform(&r, -1, 1);
+                RB_CHECK(ctx, rb_op_stencil_create(ctx, 2, RB_STENCIL_FULL, w, &A));
+            } else {
+                A = random_star(ctx, dims, 53 + si);
+            }
+            rb_tensor u = alloc_random(ctx, s, 55 + si), f = alloc_random(ctx, s, 57 + si), r;
+            RB_CHECK(ctx, rb_tensor_alloc(ctx, &r, s));
+            double *ref = test_malloc(n * sizeof *ref), s2 = 0.0;
+            gather_ref(ctx, A, &u, ref);
+            for (size_t i = 0; i < n; i++) ref[i] = f.data[i] - ref[i], s2 += ref[i] * ref[i];
+            rb_arena work = {0};
+            RB_CHECK(ctx, rb_arena_reserve(ctx, &work, n * sizeof(double) + 65536));
+            for (int ti = 0; ti < NTHREADS; ti++) {
+                RB_CHECK(ctx, rb_context_set_threads(ctx, THREADS[ti]));
+                double norm = -1, alone = -1;
+                RB_CHECK(ctx, rb_vcycle_residual(ctx, A, &u, &f, &r, &norm, &work));
+                RB_CHECK(ctx, rb_vcycle_residual(ctx, A, &u, &f, NULL, &alone, &work));
+                double e = max_abs_diff(r.data, ref, n);
+                if (e != 0.0) fail_msg("kind %d shape %zu threads %d: residual vs reference %.3g", kind, si, THREADS[ti], e);
+                if (!(fabs(norm - sqrt(s2)) <= 1e-14 * sqrt(s2) && fabs(alone - sqrt(s2)) <= 1e-14 * sqrt(s2)))
+                    fail_msg("kind %d shape %zu: norm %.17g / alone %.17g vs %.17g", kind, si, norm, alone, sqrt(s2));
+                assert_int_equal(work.used, 0);
+            }
+            /* huge values: the squares overflow, the norm does not */
+            for (size_t i = 0; i < n; i++) f.data[i] *= 1e300, u.data[i] = 0.0;
+            double big = 0, big_alone = 0, want = 0, sc = 0;
+            for (size_t i = 0; i < n; i++) sc = fmax(sc, fabs(f.data[i]));
+            for (size_t i = 0; i < n; i++) want += (f.data[i] / sc) * (f.data[i] / sc);
+            want = sc * sqrt(want);
+            RB_CHECK(ctx, rb_vcycle_residual(ctx, A, &u, &f, &r, &big, &work));
+            RB_CHECK(ctx, rb_vcycle_residual(ctx, A, &u, &f, NULL, &big_alone, &work));
+            if (!(fabs(big - want) <= 1e-14 * want && fabs(big_alone - want) <= 1e-14 * want))
+                fail_msg("kind %d shape %zu: overflowing norm %.17g / %.17g vs %.17g", kind, si, big, big_alone, want);
+            f.data[n / 2] = NAN;
+            RB_CHECK(ctx, rb_vcycle_residual(ctx, A, &u, &f, NULL, &big_alone, &work));
+            assert_true(isnan(big_alone));
+            rb_arena_release(ctx, &work);
+            test_free(ref);
+            rb_op_free(ctx, A);
+            rb_tensor_release(ctx, &u), rb_tensor_release(ctx, &f), rb_tensor_release(ctx, &r);
+        }
+    }
+}
+
+static void test_residual_bad_input(void **state)
+{
+    rb_context *ctx = *state;
+    rb_shape s = rb_shape_2d(1, 1, 5, 5);
+    rb_tensor u, f, r;
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &u, s));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &f, s));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &r, rb_shape_2d(1, 1, 5, 4)));
+    rb_op *A;
+    RB_CHECK(ctx, rb_op_laplacian_create(ctx, 2, 0.25, &A));
+    double nm;
+    RB_EXPECT(ctx, RB_ESHAPE, "r", rb_vcycle_residual(ctx, A, &u, &f, &r, &nm, NULL));
+    RB_EXPECT(ctx, RB_EINVAL, "alias", rb_vcycle_residual(ctx, A, &u, &f, &u, &nm, NULL));
+    RB_EXPECT(ctx, RB_ENULL, "work arena", rb_vcycle_residual(ctx, A, &u, &f, NULL, &nm, NULL));
+    RB_EXPECT(ctx, RB_ENULL, "both NULL", rb_vcycle_residual(ctx, A, &u, &f, NULL, NULL, NULL));
+    rb_op_free(ctx, A);
+    rb_tensor_release(ctx, &u), rb_tensor_release(ctx, &f), rb_tensor_release(ctx, &r);
+}
+
+/* ---- transfers -------------------------------------------------------------------------------- */
+
+static rb_op *random_transfer(rb_context *ctx, int dims, bool transposed, uint64_t seed)
+{
+    rb_test_rng r = {seed};
+    double w[27];
+    int nt = dims == 3 ? 27 : 9;
+    for (int t = 0; t < nt; t++) w[t] = rb_test_uniform(&r, -1, 1);
+    rb_conv_desc d = rb_conv_desc_default(dims, 1, 1);
+    d.stride = 2, d.transposed = transposed;
+    rb_op *op;
+    RB_CHECK(ctx, rb_op_conv_create(ctx, &d, w, &op));
+    return op;
+}
+
+/* Coarse shapes (N, D, H, W); the fine grid is 2k + 1 on each axis. */
+static const size_t COARSE[][4] = {{1, 1, 1, 1}, {2, 1, 2, 3}, {1, 3, 1, 2}, {1, 2, 4, 5},
+                                   {2, 3, 6, 4}, {1, 4, 7, 9}, {1, 5, 31, 33}, {1, 12, 48, 50}};
+
+static void transfer_shapes(int dims, size_t i, rb_shape *coarse, rb_shape *fine)
+{
+    const size_t *c = COARSE[i];
+    if (dims == 2) {
+        *coarse = rb_shape_2d(c[0], 1, c[2], c[3]);
+        *fine = rb_shape_2d(c[0], 1, 2 * c[2] + 1, 2 * c[3] + 1);
+    } else {
+        *coarse = rb_shape_3d(c[0], 1, c[1], c[2], c[3]);
+        *fine = rb_shape_3d(c[0], 1, 2 * c[1] + 1, 2 * c[2] + 1, 2 * c[3] + 1);
+    }
+}
+
+static void test_transfers_vs_reference(void **state)
+{
+    rb_context *ctx = *state;
+    for (int dims = 2; dims <= 3; dims++)
+        for (size_t si = 0; si < sizeof COARSE / sizeof *COARSE; si++) {
+            rb_shape cs, fs;
+            transfer_shapes(dims, si, &cs, &fs);
+            const size_t nc = rb_shape_count(cs), nf = rb_shape_count(fs);
+            rb_op *R = random_transfer(ctx, dims, false, 61 + si), *P = random_transfer(ctx, dims, true, 63 + si);
+            rb_tensor fine = alloc_random(ctx, fs, 65 + si), coarse = alloc_random(ctx, cs, 67 + si), yc, yf, acc;
+            RB_CHECK(ctx, rb_tensor_alloc(ctx, &yc, cs));
+            RB_CHECK(ctx, rb_tensor_alloc(ctx, &yf, fs));
+            rb_tensor base = alloc_random(ctx, fs, 69 + si);
+            RB_CHECK(ctx, rb_tensor_alloc(ctx, &acc, fs));
+            double *rc = test_malloc(nc * sizeof *rc), *rf = test_malloc(nf * sizeof *rf);
+            rb_conv_geom g;
+            rb_shape out;
+            RB_CHECK(ctx, rb_conv_geometry(ctx, R, fs, &g, &out));
+            rb_conv_gather(1, rb_conv_state_of(R), &g, R->params, NULL, fine.data, 1.0, 0.0, rc);
+            RB_CHECK(ctx, rb_conv_geometry(ctx, P, cs, &g, &out));
+            rb_conv_scatter(1, rb_conv_state_of(P), &g, P->params, NULL, coarse.data, 1.0, 0.0, rf);
+            for (int ti = 0; ti < NTHREADS; ti++) {
+                RB_CHECK(ctx, rb_context_set_threads(ctx, THREADS[ti]));
+                RB_CHECK(ctx, rb_op_apply(ctx, R, &fine, &yc, NULL));
+                double e1 = max_abs_diff(yc.data, rc, nc);
+                RB_CHECK(ctx, rb_op_apply(ctx, P, &coarse, &yf, NULL));
+                double e2 = max_abs_diff(yf.data, rf, nf);
+                /* fine += P coarse against (P coarse by the reference loop) added */
+                rb_tensor_copy(ctx, &base, &acc);
+                assert_true(rb_transfer_prolong_add(ctx, P, &coarse, &acc));
+                double e3 = 0.0;
+                for (size_t i = 0; i < nf; i++) e3 = fmax(e3, fabs(acc.data[i] - (base.data[i] + 1.0 * rf[i])));
+                if (e1 != 0.0 || e2 != 0.0 || e3 != 0.0)
+                    fail_msg("%dD coarse shape %zu threads %d: restriction %.3g, prolongation %.3g, added %.3g vs reference",
+                             dims, si, THREADS[ti], e1, e2, e3);
+            }
+            test_free(rc), test_free(rf);
+            rb_op_free(ctx, R), rb_op_free(ctx, P);
+            rb_tensor_release(ctx, &fine), rb_tensor_release(ctx, &coarse), rb_tensor_release(ctx, &yc);
+            rb_tensor_release(ctx, &yf), rb_tensor_release(ctx, &base), rb_tensor_release(ctx, &acc);
+        }
+}
+
+/* coarse = R (f - A u) in one pass against the reference loops one after another. */
+static void test_restrict_residual_vs_reference(void **state)
+{
+    rb_context *ctx = *state;
+    for (int kind = 0; kind < 3; kind++) {
+        const int dims = kind == 2 ? 3 : 2;
+        for (size_t si = 0; si < sizeof COARSE / sizeof *COARSE; si++) {
+            rb_shape cs, fs;
+            transfer_shapes(dims, si, &cs, &fs);
+            const size_t nc = rb_shape_count(cs), nf = rb_shape_count(fs);
+            rb_op *A;
+            if (kind == 1) {
+                rb_test_rng r = {71 + si};
+                double w[9];
+                for (int t = 0; t < 9; t++) w[t] = rb_test_uniform(&r, -1, 1);
+                RB_CHECK(ctx, rb_op_stencil_create(ctx, 2, RB_STENCIL_FULL, w, &A));
+            } else {
+                A = random_star(ctx, dims, 73 + si);
+            }
+            rb_op *R = random_transfer(ctx, dims, false, 75 + si);
+            rb_tensor u = alloc_random(ctx, fs, 77 + si), f = alloc_random(ctx, fs, 79 + si), yc;
+            RB_CHECK(ctx, rb_tensor_alloc(ctx, &yc, cs));
+            double *r = test_malloc(nf * sizeof *r), *ref = test_malloc(nc * sizeof *ref);
+            gather_ref(ctx, A, &u, r);
+            for (size_t i = 0; i < nf; i++) r[i] = f.data[i] - r[i];
+            rb_conv_geom g;
+            rb_shape out;
+            RB_CHECK(ctx, rb_conv_geometry(ctx, R, fs, &g, &out));
+            rb_conv_gather(1, rb_conv_state_of(R), &g, R->params, NULL, r, 1.0, 0.0, ref);
+            rb_arena work = {0};
+            size_t ws = rb_transfer_restrict_residual_workspace(A, R, fs);
+            assert_true(ws > 0);
+            RB_CHECK(ctx, rb_arena_reserve(ctx, &work, ws));
+            for (int ti = 0; ti < NTHREADS; ti++) {
+                RB_CHECK(ctx, rb_context_set_threads(ctx, THREADS[ti]));
+                rb_tensor_fill(ctx, &yc, 7.0);
+                assert_true(rb_transfer_restrict_residual(ctx, A, R, &u, &f, &yc, &work));
+                double e = max_abs_diff(yc.data, ref, nc);
+                if (e != 0.0) fail_msg("kind %d coarse shape %zu threads %d: fused vs reference %.3g", kind, si, THREADS[ti], e);
+                assert_int_equal(work.used, 0);
+            }
+            /* no room for the line buffers: declined, nothing written */
+            rb_arena small = {0};
+            RB_CHECK(ctx, rb_arena_reserve(ctx, &small, 64));
+            rb_tensor_fill(ctx, &yc, 7.0);
+            if (ws > 64) {
+                assert_false(rb_transfer_restrict_residual(ctx, A, R, &u, &f, &yc, &small));
+                for (size_t i = 0; i < nc; i++) assert_true(yc.data[i] == 7.0);
+            }
+            assert_false(rb_transfer_restrict_residual(ctx, A, R, &u, &f, &yc, NULL));
+            rb_arena_release(ctx, &small);
+            rb_arena_release(ctx, &work);
+            test_free(r), test_free(ref);
+            rb_op_free(ctx, A), rb_op_free(ctx, R);
+            rb_tensor_release(ctx, &u), rb_tensor_release(ctx, &f), rb_tensor_release(ctx, &yc);
+        }
+    }
+}
+
+/* What the fast transfers must decline: cell grids, several channels, a star pattern. */
+static void test_transfers_decline(void **state)
+{
+    rb_context *ctx = *state;
+    rb_conv_desc d = rb_conv_desc_default(2, 1, 1);
+    d.stride = 2;
+    d.grid = RB_GRID_CELL;
+    double w[18] = {0};
+    rb_op *op;
+    RB_CHECK(ctx, rb_op_conv_create(ctx, &d, w, &op));
+    rb_conv_geom g;
+    rb_shape out;
+    RB_CHECK(ctx, rb_conv_geometry(ctx, op, rb_shape_2d(1, 1, 8, 8), &g, &out));
+    assert_false(rb_transfer_fast_apply(ctx, rb_conv_state_of(op), &g, op->params, NULL, NULL));
+    rb_op_free(ctx, op);
+    d = rb_conv_desc_default(2, 2, 1);
+    d.stride = 2;
+    RB_CHECK(ctx, rb_op_conv_create(ctx, &d, w, &op));
+    RB_CHECK(ctx, rb_conv_geometry(ctx, op, rb_shape_2d(1, 2, 9, 9), &g, &out));
+    assert_false(rb_transfer_fast_apply(ctx, rb_conv_state_of(op), &g, op->params, NULL, NULL));
+    rb_op_free(ctx, op);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_half_sweep_vs_generic, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_sweep_op_vs_colour_steps, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_sweep_op_conformance, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_sweep_op_bad_input, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_stencil3d_vs_gather, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_residual_vs_reference, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_residual_bad_input, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_transfers_vs_reference, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_restrict_residual_vs_reference, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_transfers_decline, rb_test_setup, rb_test_teardown),
+    };
+    return cmocka_run_group_tests_name("mg_kernels", tests, NULL, NULL);
+}
