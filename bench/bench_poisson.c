@@ -12,9 +12,10 @@
  * also pays the first touch of the level grids' pages.) One JSON line per thread
  * count.
  *
- * --sweeps: the smoother's memory bandwidth instead. One red-black Gauss-Seidel
- * sweep on the 2D n^2 grid through rb_residual_step (the red step, then the black
- * step; and, where available, one step of the fused sweep op) against a STREAM
+ * --sweeps: the smoother's memory bandwidth instead. Red-black Gauss-Seidel sweeps
+ * on the 2D n^2 grid through rb_residual_step: the red step then the black step
+ * (two passes), one step of the colour sweep op (one pass), and one step of the
+ * colour sweep op doing two sweeps in one pass (time per sweep), against a STREAM
  * triad a = b + s c on n^2 doubles in the same process, interleaved rounds, best
  * of each; 24 bytes per grid point and sweep, as bench_stencil counts.
  *
@@ -169,8 +170,10 @@ static double triad_seconds(double *a, const double *b, const double *c, size_t 
     return now() - t0;
 }
 
-enum { K_TRIAD, K_COLOURS, K_COUNT };
-static const char *const sweep_names[K_COUNT] = {"STREAM triad", "RB-GS sweep: red step + black step"};
+enum { K_TRIAD, K_COLOURS, K_SWEEP1, K_SWEEP2, K_COUNT };
+static const char *const sweep_names[K_COUNT] = {"STREAM triad", "RB-GS sweep: red step + black step",
+                                                 "RB-GS sweep: colour sweep op, 1 sweep per pass",
+                                                 "RB-GS sweep: colour sweep op, 2 sweeps per pass (time / 2)"};
 
 static int sweep_case(rb_context *ctx, const options *o, int T)
 {
@@ -178,7 +181,7 @@ static int sweep_case(rb_context *ctx, const options *o, int T)
     const rb_shape sh = rb_shape_2d(1, 1, n, n);
     rb_status st = rb_context_set_threads(ctx, T);
     rb_tensor u = {0}, b = {0};
-    rb_op *A = NULL, *J = NULL, *red = NULL, *black = NULL;
+    rb_op *A = NULL, *J = NULL, *red = NULL, *black = NULL, *gs1 = NULL, *gs2 = NULL;
     rb_arena work = {0};
     double *ta = rb_malloc(ctx, len * sizeof(double)), *tb = rb_malloc(ctx, len * sizeof(double));
     double *tc = rb_malloc(ctx, len * sizeof(double));
@@ -189,6 +192,9 @@ static int sweep_case(rb_context *ctx, const options *o, int T)
     if (st == RB_OK) st = rb_op_jacobi_create(ctx, A, &b, &J);
     if (st == RB_OK) st = rb_op_colour_create(ctx, J, 0, &red);
     if (st == RB_OK) st = rb_op_colour_create(ctx, J, 1, &black);
+    const rb_op *rb[2] = {red, black};
+    if (st == RB_OK) st = rb_op_colour_sweep_create(ctx, rb, 2, 1.0, 1, &gs1);
+    if (st == RB_OK) st = rb_op_colour_sweep_create(ctx, rb, 2, 1.0, 2, &gs2);
     if (st == RB_OK) st = rb_arena_reserve(ctx, &work, rb_residual_workspace(red, sh));
     int rc = 0;
     if (st != RB_OK) rc = fail(ctx, st, "sweep set-up");
@@ -205,6 +211,12 @@ static int sweep_case(rb_context *ctx, const options *o, int T)
             st = rb_residual_step(ctx, red, 1.0, &u, &u, &work);
             if (st == RB_OK) st = rb_residual_step(ctx, black, 1.0, &u, &u, &work);
             t[K_COLOURS] = now() - t0;
+            t0 = now();
+            if (st == RB_OK) st = rb_residual_step(ctx, gs1, 1.0, &u, &u, &work);
+            t[K_SWEEP1] = now() - t0;
+            t0 = now();
+            if (st == RB_OK) st = rb_residual_step(ctx, gs2, 1.0, &u, &u, &work);
+            t[K_SWEEP2] = 0.5 * (now() - t0);
             if (st != RB_OK) rc = fail(ctx, st, "sweep");
             for (int k = 0; k < K_COUNT && round > 0; k++)
                 if (t[k] < best[k]) best[k] = t[k];
@@ -222,6 +234,7 @@ static int sweep_case(rb_context *ctx, const options *o, int T)
         fflush(stdout);
     }
     rb_arena_release(ctx, &work);
+    rb_op_free(ctx, gs1), rb_op_free(ctx, gs2);
     rb_op_free(ctx, red), rb_op_free(ctx, black), rb_op_free(ctx, J), rb_op_free(ctx, A);
     rb_tensor_release(ctx, &u), rb_tensor_release(ctx, &b);
     rb_free(ctx, ta), rb_free(ctx, tb), rb_free(ctx, tc);

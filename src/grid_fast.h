@@ -26,9 +26,10 @@ bool rb_stencil3d_init(const rb_conv_state *cs, const double *w, rb_stencil3d *s
 
 /* One row of W points of the 3D star; zm, ym, yp, zp are the neighbour rows (NULL:
  * outside the grid). f == NULL: y = A x; else y = f - A x. y must not overlap the
- * inputs except that y may be f. */
+ * inputs. zp_reach / f_reach: doubles readable from zp / f on (how far those memory
+ * streams may be prefetched). */
 void rb_stencil3d_row(const rb_stencil3d *s, size_t W, const double *zm, const double *ym, const double *mid,
-                      const double *yp, const double *zp, const double *f, double *y);
+                      const double *yp, const double *zp, const double *f, double *y, size_t zp_reach, size_t f_reach);
 
 /* A single-channel stride-1 stencil the residual kernels take: 2D 3x3 / 5-point
  * (jacobi_internal.h) or 3D 7-point star. */

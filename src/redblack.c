@@ -35,8 +35,12 @@
 #define MADD(a, b, c) ((a) * (b) + (c))
 #endif
 
+#ifndef PF_LEAD
 #define PF_LEAD 1024 /* doubles ahead on the leading neighbour row (8 KB) */
+#endif
+#ifndef PF_B
 #define PF_B 2048    /* and on b (16 KB; x and b often share their address mod 4 KB) */
+#endif
 #define PARALLEL_MIN 32768 /* grid points per sample below which one thread runs */
 
 bool rb_redblack_init(const rb_op *J, rb_shape s, double h, rb_redblack *k)

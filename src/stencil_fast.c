@@ -396,26 +396,32 @@ static void add_tap(double *restrict y, const double *restrict r, double w, size
 }
 
 void rb_stencil3d_row(const rb_stencil3d *s, size_t W, const double *zm, const double *ym, const double *mid,
-                      const double *yp, const double *zp, const double *f, double *y)
+                      const double *yp, const double *zp, const double *f, double *y, size_t zp_reach, size_t f_reach)
 {
     const double w0 = s->w[0], w1 = s->w[1], w2 = s->w[2], w3 = s->w[3], w4 = s->w[4], w5 = s->w[5], w6 = s->w[6];
     if (zm != NULL && ym != NULL && yp != NULL && zp != NULL && W >= 3) {
-        /* an interior row: one pass, the taps in order; the ends skip x-1 / x+1 */
+        /* an interior row: one pass, the taps in order; the ends skip x-1 / x+1. The plane
+         * ahead (zp) and f come from memory: prefetched ahead like the 2D streams. */
         const double *restrict a = zm, *restrict b = ym, *restrict m = mid, *restrict c = yp, *restrict e = zp;
         double *restrict out = y;
         y[0] = 0.0 + w0 * a[0] + w1 * b[0] + w3 * m[0] + w4 * m[1] + w5 * c[0] + w6 * e[0];
-        if (f == NULL) {
+        for (size_t j0 = 1; j0 < W - 1; j0 += CHUNK) {
+            const size_t j1 = j0 + CHUNK < W - 1 ? j0 + CHUNK : W - 1;
+            prefetch_chunk(e, j0, zp_reach, PF_DN);
+            if (f == NULL) {
 #pragma omp simd
-            for (size_t j = 1; j < W - 1; j++)
-                out[j] = 0.0 + w0 * a[j] + w1 * b[j] + w2 * m[j - 1] + w3 * m[j] + w4 * m[j + 1] + w5 * c[j] + w6 * e[j];
-        } else {
-            const double *restrict ff = f;
+                for (size_t j = j0; j < j1; j++)
+                    out[j] = 0.0 + w0 * a[j] + w1 * b[j] + w2 * m[j - 1] + w3 * m[j] + w4 * m[j + 1] + w5 * c[j] + w6 * e[j];
+            } else {
+                const double *restrict ff = f;
+                prefetch_chunk(ff, j0, f_reach, PF_B);
 #pragma omp simd
-            for (size_t j = 1; j < W - 1; j++)
-                out[j] = ff[j] - (0.0 + w0 * a[j] + w1 * b[j] + w2 * m[j - 1] + w3 * m[j] + w4 * m[j + 1] + w5 * c[j] +
-                                  w6 * e[j]);
-            y[0] = f[0] - y[0];
+                for (size_t j = j0; j < j1; j++)
+                    out[j] = ff[j] - (0.0 + w0 * a[j] + w1 * b[j] + w2 * m[j - 1] + w3 * m[j] + w4 * m[j + 1] +
+                                      w5 * c[j] + w6 * e[j]);
+            }
         }
+        if (f != NULL) y[0] = f[0] - y[0];
         double last = 0.0 + w0 * a[W - 1] + w1 * b[W - 1] + w2 * m[W - 2] + w3 * m[W - 1] + w5 * c[W - 1] + w6 * e[W - 1];
         y[W - 1] = f == NULL ? last : f[W - 1] - last;
         return;
@@ -437,10 +443,11 @@ void rb_stencil3d_row(const rb_stencil3d *s, size_t W, const double *zm, const d
 static void star3d_row(const rb_stencil3d *s, size_t D, size_t H, size_t W, const double *x, const double *f, size_t n,
                        size_t z, size_t yy, double *out)
 {
-    const size_t plane = H * W, o = ((n * D + z) * H + yy) * W;
+    const size_t plane = H * W, o = ((n * D + z) * H + yy) * W, total = (n + 1) * D * plane;
     const double *mid = x + o;
     rb_stencil3d_row(s, W, z > 0 ? mid - plane : NULL, yy > 0 ? mid - W : NULL, mid, yy + 1 < H ? mid + W : NULL,
-                     z + 1 < D ? mid + plane : NULL, f != NULL ? f + o : NULL, out);
+                     z + 1 < D ? mid + plane : NULL, f != NULL ? f + o : NULL, out, z + 1 < D ? total - o - plane : 0,
+                     total - o);
 }
 
 static bool stencil3d_forward(rb_context *ctx, const rb_conv_state *cs, const rb_conv_geom *g, const double *w,
@@ -502,6 +509,20 @@ void rb_stencil_residual_line(const rb_stencil_any *k, rb_shape s, const double 
 
 #define MAX_NORM_THREADS RB_STENCIL_RESIDUAL_MAX_THREADS
 
+/* sum of r[j]^2: 16 partial sums (4 vectors, so the adds do not wait on each other), then folded. */
+static double sum_squares(const double *r, size_t W)
+{
+    double a[16] = {0};
+    size_t j = 0;
+    for (; j + 16 <= W; j += 16)
+        for (int l = 0; l < 16; l++) a[l] += r[j + (size_t)l] * r[j + (size_t)l];
+    double s = 0.0;
+    for (; j < W; j++) s += r[j] * r[j];
+    for (int w = 8; w >= 1; w /= 2)
+        for (int l = 0; l < w; l++) a[l] += a[l + w];
+    return a[0] + s;
+}
+
 void rb_stencil_residual(const rb_stencil_any *k, rb_shape s, const double *u, const double *f, double *r,
                          double *norm2, int threads, double *rows_scratch)
 {
@@ -522,13 +543,7 @@ void rb_stencil_residual(const rb_stencil_any *k, rb_shape s, const double *u, c
             const size_t yy = (size_t)q % s.h, z = (size_t)q / s.h % planes, n = (size_t)q / s.h / planes;
             double *rr = r != NULL ? r + (size_t)q * W : rows_scratch + (size_t)t * W;
             residual_row(k, s, u, f, n, z, yy, rr);
-            if (norm2 != NULL) {
-                /* vector partial sums (the simd reduction's order: fixed for a build and W) */
-                double row = 0.0;
-#pragma omp simd reduction(+ : row)
-                for (size_t j = 0; j < W; j++) row += rr[j] * rr[j];
-                acc += row;
-            }
+            if (norm2 != NULL) acc += sum_squares(rr, W);
         }
         part[t] = acc;
     }

@@ -118,6 +118,16 @@ static rb_status correct(rb_context *ctx, rb_vlevel *lv, const rb_vlevel *coarse
     return st;
 }
 
+/* t = 0, on the context's threads for large grids. */
+static void zero(rb_context *ctx, rb_tensor *t)
+{
+    const long long n = (long long)rb_tensor_count(t), chunk = 4096;
+    const int threads = rb_context_threads(ctx);
+    double *d = t->data;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && n >= 65536)
+    for (long long i = 0; i < n; i += chunk) memset(d + i, 0, (size_t)(i + chunk <= n ? chunk : n - i) * sizeof(double));
+}
+
 static rb_status smooth(rb_context *ctx, rb_vlevel *lv, const rb_vstep *steps, size_t count, rb_arena *work)
 {
     for (size_t s = 0; s < count; s++) {
@@ -135,7 +145,7 @@ static rb_status cycle(rb_context *ctx, const rb_vcycle *vc, size_t l, rb_cycle 
     rb_status st = smooth(ctx, lv, lv->pre, lv->npre, work);
     if (st == RB_OK) st = restrict_residual(ctx, lv, coarse, work); /* f_{l+1} = R (f - A u) */
     if (st != RB_OK) return st;
-    memset(coarse->u.data, 0, rb_tensor_count(&coarse->u) * sizeof(double));
+    zero(ctx, &coarse->u); /* u_{l+1} = 0 */
     switch (kind) {
     case RB_CYCLE_V: st = cycle(ctx, vc, l + 1, RB_CYCLE_V, work); break;
     case RB_CYCLE_W:
