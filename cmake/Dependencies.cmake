@@ -40,7 +40,8 @@ rb_require(OpenMP_C_FOUND "OpenMP for C" "build-essential (gcc with libgomp)")
 
 find_library(RB_LIBM m)
 
+# CVODES only (it contains CVODE): libsundials_cvode defines the same CVode* symbols over a different CVodeMem.
 set(RB_DEPENDENCY_TARGETS
   PkgConfig::RB_LAPACKE PkgConfig::RB_OPENBLAS rb_gsl_nocblas
-  SUNDIALS::cvodes SUNDIALS::cvode SUNDIALS::nvecserial SUNDIALS::sunmatrixdense SUNDIALS::sunlinsoldense
+  SUNDIALS::cvodes SUNDIALS::nvecserial SUNDIALS::sunmatrixdense SUNDIALS::sunlinsoldense
   ZLIB::ZLIB OpenMP::OpenMP_C ${RB_LIBM})
