@@ -472,7 +472,7 @@ static void cv_setup_backward(cv_run *run, double T, double rtol, double atol, s
 static rb_status cv_adjoint_run(cv_run *run, double t0, double T, double rtol, double atol, size_t np)
 {
     cv_setup_forward(run, RB_REF_CVODE_ADAMS, t0, T, rtol, atol, RB_REF_ODE_MAX_STEPS);
-    CV_SETUP(run, CVodeAdjInit, run->mem, CV_CHECKPOINT_STEPS, CV_HERMITE);
+    CV_SETUP(run, CVodeAdjInit, run->mem, CV_CHECKPOINT_STEPS, CV_POLYNOMIAL);
     if (run->flag < 0) return cv_fail(run, run->flag, run->call, t0, "T", T);
     double t = t0;
     int ncheck, flag = CVodeF(run->mem, T, run->y, &t, CV_NORMAL, &ncheck);
