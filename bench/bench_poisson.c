@@ -275,10 +275,11 @@ int main(int argc, char **argv)
             ok = parse_list(v, x, 1) == 1, o.n = (size_t)x[0];
         } else if (!strcmp(a, "--reps")) {
             ok = parse_list(v, x, 1) == 1 && x[0] <= MAX_REPS, o.reps = (int)x[0];
-        } else if (!strcmp(a, "--pre")) {
-            ok = parse_list(v, x, 1) == 1, o.pre = (int)x[0];
-        } else if (!strcmp(a, "--post")) {
-            ok = parse_list(v, x, 1) == 1, o.post = (int)x[0];
+        } else if (!strcmp(a, "--pre") || !strcmp(a, "--post")) {
+            char *end;
+            long k = strtol(v, &end, 10);
+            ok = *end == 0 && end != v && k >= 0 && k <= 16;
+            *(!strcmp(a, "--pre") ? &o.pre : &o.post) = (int)k;
         } else if (!strcmp(a, "--threads")) {
             o.nthreads = parse_list(v, o.threads, MAX_LIST);
             ok = o.nthreads >= 1;

@@ -12,7 +12,16 @@
  *     rb_residual_step(ctx, black, 1.0, &u, &u, &work);
  *
  * For a Jacobi operator over a star stencil (3-, 5-, 7-point) the type has a
- * fused in-place kernel that visits only the colour's points.
+ * fused in-place kernel that visits only the colour's points (for the constant
+ * 2D and 3D stars: src/redblack.c, vectorised, on the context's threads).
+ *
+ * The colour sweep op (below) makes whole Gauss-Seidel sweeps one residual step,
+ * so that a smoother's sweeps run in one pass over the grid:
+ *
+ *     const rb_op *rb[2] = {red, black};
+ *     rb_op *gs;
+ *     rb_op_colour_sweep_create(ctx, rb, 2, 1.0, 2, &gs);   // two sweeps, omega = 1
+ *     rb_residual_step(ctx, gs, 1.0, &u, &u, &work);          // = the four colour steps above
  */
 #ifndef RESBRIDGE_COLOUR_H
 #define RESBRIDGE_COLOUR_H
@@ -35,15 +44,13 @@ rb_status rb_op_colour_create(rb_context *ctx, const rb_op *base, int colour, rb
  * red and black colour ops of one Jacobi operator over a constant 2D 5-point or
  * 3D 7-point star, the fused kernel does all the sweeps in one pass over the grid
  * (red row / plane i, black i-1, red of the next sweep i-2, ...), in place: the
- * same numbers as the colour steps one after another, bit for bit.
- *
- *     const rb_op *rb[2] = {red, black};
- *     rb_op *gs;
- *     rb_op_colour_sweep_create(ctx, rb, 2, 1.0, 2, &gs);    // two RB-GS sweeps
- *     rb_residual_step(ctx, gs, 1.0, &u, &u, &work);
+ * same numbers as the colour steps one after another, bit for bit. Other colour
+ * ops (the 2^d parity classes of a full stencil, point-dependent stencils) take
+ * the generic path. For a symmetric smoother's adjoint, pass the colours reversed.
  *
  * colours (1..8 ops of one shape) are referenced, not owned; omega finite and
- * nonzero; sweeps 1..64. The vjp differentiates with respect to u only. */
+ * nonzero; sweeps 1..64. The vjp differentiates with respect to u only (the
+ * colour operators' parameters are not differentiated through). */
 rb_status rb_op_colour_sweep_create(rb_context *ctx, const rb_op *const *colours, int ncolours, double omega,
                                     int sweeps, rb_op **out);
 
