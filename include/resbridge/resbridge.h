@@ -23,6 +23,7 @@
 #include "resbridge/varstencil.h"
 #include "resbridge/npy.h"
 #include "resbridge/reference.h"
+#include "resbridge/ode.h"
 #include "resbridge/vcycle.h"
 #include "resbridge/multigrid.h"
 #include "resbridge/version.h"
