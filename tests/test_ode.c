@@ -8,7 +8,7 @@
  *   Jacobi = pseudo-time Euler        one damped Jacobi sweep (bit-identical); CVODE steady state = dgesv
  *   stability of the Euler stack      max |1 + h lambda| over dgeev's eigenvalues
  *   gradient highway                  closed forms from the eigenvalues of a symmetric W
- *   bad input                         statuses, messages, outputs untouched
+ *   bad input                         statuses, messages, outputs untouched (Newton failures too)
  * Every test prints what it measured (cmocka print_message). */
 #include "conformance.h"
 #include "testkit.h"
@@ -356,6 +356,158 @@ static void test_checkpointing(void **state)
     rb_op_free(ctx, F);
 }
 
+/* ---- Jacobi as pseudo-time: the same primitive, and CVODE's steady state is LAPACK's solution ---- */
+
+static void test_jacobi_pseudo_time(void **state)
+{
+    rb_context *ctx = *state;
+    const size_t n = 15;
+    const double omega = 2.0 / 3.0;
+    rb_shape s = rb_shape_vec(n);
+    rb_op *A, *J;
+    RB_CHECK(ctx, rb_op_laplacian_create(ctx, 1, 1.0 / (n + 1), &A));
+    rb_tensor b, x0, sweep, euler, steady;
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &b, s));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &x0, s));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &sweep, s));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &euler, s));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &steady, s));
+    rb_test_rng r = {21};
+    rb_test_fill(&r, &b, -1, 1);
+    rb_test_fill(&r, &x0, -1, 1);
+    RB_CHECK(ctx, rb_op_jacobi_create(ctx, A, &b, &J));
+    /* one damped Jacobi sweep = one Euler step of dx/dt = D^{-1}(b - A x) with h = omega */
+    rb_arena work = {0};
+    RB_CHECK(ctx, rb_arena_reserve(ctx, &work, rb_residual_workspace(J, s)));
+    RB_CHECK(ctx, rb_residual_step(ctx, J, omega, &x0, &sweep, &work));
+    RB_CHECK(ctx, rb_ode_integrate(ctx, rb_ode_euler, J, 0.0, omega, 1, &x0, &euler, NULL, NULL));
+    assert_memory_equal(sweep.data, euler.data, n * sizeof(double));
+    /* CVODE BDF to t = 3000 (slowest mode e^{-0.019 t}) against dgesv on the assembled A */
+    rb_ref_ode_stats st;
+    RB_CHECK(ctx, rb_ref_cvode(ctx, J, 0.0, 3000.0, &x0, &steady, RB_REF_CVODE_BDF, 1e-12, 1e-14, 0, &st));
+    double *M = test_malloc(n * n * sizeof *M), *u = test_malloc(n * sizeof *u);
+    RB_CHECK(ctx, rb_ref_assemble(ctx, A, s, M));
+    RB_CHECK(ctx, rb_ref_solve_dense(ctx, M, n, b.data, u));
+    double err = rel_diff(steady.data, u, n);
+    print_message("Jacobi sweep (omega = 2/3) = Euler step: bit-identical; CVODE BDF steady state (t = 3000, %ld steps) vs "
+                  "dgesv: %.2e (<= 1e-8)\n", st.steps, err);
+    if (!(err <= 1e-8)) fail_msg("steady state vs dgesv: %.3g", err);
+    test_free(M), test_free(u);
+    rb_arena_release(ctx, &work);
+    rb_tensor_release(ctx, &b), rb_tensor_release(ctx, &x0), rb_tensor_release(ctx, &sweep);
+    rb_tensor_release(ctx, &euler), rb_tensor_release(ctx, &steady);
+    rb_op_free(ctx, J), rb_op_free(ctx, A);
+}
+
+/* ---- stability of the Euler stack: max |1 + h lambda| <= 1 over dgeev's eigenvalues --------------- */
+
+static void test_euler_stability(void **state)
+{
+    rb_context *ctx = *state;
+    const size_t n = 4, L = 1000;
+    rb_op *F = make_linear(ctx, n, 1.0, -2.0, 22);
+    double wr[4], wi[4];
+    RB_CHECK(ctx, rb_ref_eig_general(ctx, F->params, n, wr, wi));
+    double hmax = INFINITY;
+    for (size_t i = 0; i < n; i++) {
+        assert_true(wr[i] < 0);
+        hmax = fmin(hmax, -2 * wr[i] / (wr[i] * wr[i] + wi[i] * wi[i]));
+    }
+    rb_tensor x0, xL;
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &x0, rb_shape_vec(n)));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &xL, rb_shape_vec(n)));
+    rb_test_rng r = {23};
+    rb_test_fill(&r, &x0, -1, 1);
+    const double factors[2] = {0.99, 1.01};
+    for (int k = 0; k < 2; k++) {
+        double h = factors[k] * hmax, rho = 0;
+        for (size_t i = 0; i < n; i++) rho = fmax(rho, hypot(1 + h * wr[i], h * wi[i]));
+        RB_CHECK(ctx, rb_ode_integrate(ctx, rb_ode_euler, F, 0.0, h * (double)L, L, &x0, &xL, NULL, NULL));
+        double growth = rb_tensor_norm2(&xL) / rb_tensor_norm2(&x0);
+        double rate = log(growth) / (double)L;
+        print_message("Euler, x' = W x, h = %.2f h_max (h_max = %.4f from dgeev): max|1 + h lambda| = %.5f, "
+                      "|x_1000|/|x_0| = %.3e, per-layer rate %.5f (predicted %.5f)\n", factors[k], hmax, rho, growth,
+                      exp(rate), rho);
+        assert_true(k == 0 ? rho < 1 && growth < 1e-3 : rho > 1 && growth > 1e3);
+        assert_true(fabs(rate - log(rho)) <= 5e-3);
+    }
+    rb_tensor_release(ctx, &x0), rb_tensor_release(ctx, &xL);
+    rb_op_free(ctx, F);
+}
+
+/* ---- gradient highway: ||dx_L/dx_0|| for plain and residual linear stacks, closed forms ---------- */
+
+/* spectral norm of the n x n matrix G (row-major) by dsyev of G^T G */
+static double spectral_norm(rb_context *ctx, const double *G, size_t n)
+{
+    double GtG[16], w[4];
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < n; j++) {
+            GtG[i * n + j] = 0;
+            for (size_t k = 0; k < n; k++) GtG[i * n + j] += G[k * n + i] * G[k * n + j];
+        }
+    RB_CHECK(ctx, rb_ref_eig_sym(ctx, GtG, n, w));
+    return sqrt(w[n - 1]);
+}
+
+static void test_gradient_highway(void **state)
+{
+    rb_context *ctx = *state;
+    const size_t n = 4, L = 50;
+    const double lambda[4] = {0.9, -0.9, 0.5, -0.2}, T = 1.0, h = T / L;
+    /* W = Q diag(lambda) Q^T with a Householder Q */
+    double v[4] = {0.3, -1.1, 0.7, 0.2}, vv = 0, W[16];
+    for (size_t i = 0; i < n; i++) vv += v[i] * v[i];
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < n; j++) {
+            W[i * n + j] = 0;
+            for (size_t k = 0; k < n; k++) {
+                double qik = (i == k) - 2 * v[i] * v[k] / vv, qjk = (j == k) - 2 * v[j] * v[k] / vv;
+                W[i * n + j] += qik * lambda[k] * qjk;
+            }
+        }
+    rb_op *F;
+    RB_CHECK(ctx, rb_op_ode_linear_create(ctx, n, W, &F));
+    rb_tensor e, g, g2, x0, xT;
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &e, rb_shape_vec(n)));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &g, rb_shape_vec(n)));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &g2, rb_shape_vec(n)));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &x0, rb_shape_vec(n)));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &xT, rb_shape_vec(n)));
+    rb_tensor_fill(ctx, &x0, 0.5);
+    double plain[16], resid[16];
+    rb_ode_tape tape;
+    rb_ode_tape_init(&tape, 0);
+    RB_CHECK(ctx, rb_ode_integrate(ctx, rb_ode_euler, F, 0.0, T, L, &x0, &xT, NULL, &tape));
+    for (size_t i = 0; i < n; i++) {
+        rb_tensor_fill(ctx, &e, 0.0);
+        e.data[i] = 1.0;
+        /* plain stack x <- W x: backprop e_i through 50 layers by the vjp */
+        RB_CHECK(ctx, rb_tensor_copy(ctx, &e, &g));
+        for (size_t l = 0; l < L; l++) {
+            rb_tensor_fill(ctx, &g2, 0.0);
+            RB_CHECK(ctx, rb_op_vjp(ctx, F, &x0, &g, 1.0, &g2, NULL));
+            RB_CHECK(ctx, rb_tensor_copy(ctx, &g2, &g));
+        }
+        memcpy(plain + i * n, g.data, n * sizeof(double));
+        /* residual stack x <- x + h W x: the Euler integrator's discrete adjoint */
+        rb_tensor_fill(ctx, &g, 0.0);
+        RB_CHECK(ctx, rb_ode_backward(ctx, &tape, F, &e, &g, NULL));
+        memcpy(resid + i * n, g.data, n * sizeof(double));
+    }
+    rb_ode_tape_release(ctx, &tape);
+    double np_ = spectral_norm(ctx, plain, n), nr = spectral_norm(ctx, resid, n);
+    double want_p = pow(0.9, (double)L), want_r = 0;
+    for (size_t i = 0; i < n; i++) want_r = fmax(want_r, pow(fabs(1 + h * lambda[i]), (double)L));
+    print_message("gradient highway, 50 linear layers, eigenvalues {0.9, -0.9, 0.5, -0.2}: plain ||dx_L/dx_0|| = %.6e "
+                  "(0.9^50 = %.6e), residual (h = 1/50) %.6f (max|1 + h lambda|^50 = %.6f)\n", np_, want_p, nr, want_r);
+    assert_true(fabs(np_ - want_p) <= 1e-10 * want_p && fabs(nr - want_r) <= 1e-10 * want_r);
+    assert_true(np_ < 0.01 && nr > 1.0);
+    rb_tensor_release(ctx, &e), rb_tensor_release(ctx, &g), rb_tensor_release(ctx, &g2);
+    rb_tensor_release(ctx, &x0), rb_tensor_release(ctx, &xT);
+    rb_op_free(ctx, F);
+}
+
 /* ---- bad input ---------------------------------------------------------------------------------- */
 
 static void test_bad_input(void **state)
@@ -452,6 +604,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_backprop_vs_fd, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_backprop_vs_cvodes_adjoint, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_checkpointing, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_jacobi_pseudo_time, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_euler_stability, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_gradient_highway, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_bad_input, rb_test_setup, rb_test_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
