@@ -143,12 +143,9 @@ static rb_status rk4_step(rb_context *ctx, rb_op *F, double t, double h, const r
 {
     (void)opt;
     size_t mark = work ? rb_arena_mark(work) : 0;
-    rb_tensor u, k;
+    rb_tensor u, k, u2, u3; /* the stage inputs u1, u2, u3 and one stage value k */
     rb_status st = scratch(ctx, work, x->shape, &u);
     if (st == RB_OK) st = scratch(ctx, work, x->shape, &k);
-    /* u1, u2, u3 share one buffer: each is consumed before the next is formed... except that
-     * u2 and u3 are formed from k, which is computed from the previous u: keep them apart. */
-    rb_tensor u2, u3;
     if (st == RB_OK) st = scratch(ctx, work, x->shape, &u2);
     if (st == RB_OK) st = scratch(ctx, work, x->shape, &u3);
     if (st == RB_OK) st = rk4_stages(ctx, F, t, h, x, &u, &u2, &u3, &k, y, work);
