@@ -8,6 +8,7 @@
 
 static const rb_cli_command commands[] = {
     {"demo", "the bridge end to end on small problems, each checked against its oracle", rb_cli_demo},
+    {"ode", "a ResNet as a discretised ODE: integrators, gradients, checked against CVODE/CVODES", rb_cli_ode},
     {"poisson", "solve -div(a grad u) = f by multigrid (1D/2D/3D), checked against exact solutions or LAPACK", rb_cli_poisson},
 };
 
