@@ -29,6 +29,7 @@ cmake --build "$BUILD" --target bench_conv -j2 >/dev/null
 
 RUNS=$(mktemp)
 trap 'rm -f "$RUNS"' EXIT
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo "?")
 for T in $THREADS; do
   for r in $(seq "$ROUNDS"); do
     for S in $SHAPES; do
@@ -39,10 +40,11 @@ for T in $THREADS; do
   done
 done
 if [ -n "$JSON" ]; then cp "$RUNS" "$JSON"; fi
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo "?")
 
-"$PYTHON" - "$RUNS" "$ROUNDS" "$REPS" "$MIN_TIME" <<'PY'
+"$PYTHON" - "$RUNS" "$ROUNDS" "$REPS" "$MIN_TIME" "$LOAD_BEFORE" "$LOAD_AFTER" <<'PY'
 import collections, json, sys
-runs, rounds, reps, min_time = sys.argv[1:5]
+runs, rounds, reps, min_time, load_before, load_after = sys.argv[1:7]
 keys = ("fwd_s", "bwd_data_s", "bwd_weight_s")
 best = collections.defaultdict(lambda: [float("inf")] * 3)
 order = []
@@ -67,4 +69,6 @@ for k in sorted(order, key=lambda k: (k[1], order.index(k))):
     per = " / ".join(f"{a / b:.2f}" for a, b in zip(th, rb))
     print(f"| {n},{ci},{h},{w},{co} | {t} | {sum(rb) * 1e3:.2f} | {sum(th) * 1e3:.2f} | "
           f"{sum(th) / sum(rb):.2f} | {3 * flops / sum(rb) * 1e-9:.1f} | {per} |")
+print(f"\nLoad average (1, 5, 15 min) before: {load_before}; after: {load_after} "
+      "(a load well above the thread count means other work shared the cores).")
 PY
