@@ -116,3 +116,16 @@ rb_status rb_op_param_grad(rb_context *ctx, const rb_op *op, const rb_tensor *x,
         return rb_fail(ctx, RB_EUNSUPPORTED, "rb_op_param_grad: %s has no param_grad", op->type->name);
     return op->type->param_grad(ctx, op, x, dy, alpha, dparams, work);
 }
+
+rb_status rb_op_check_keeps_shape(rb_context *ctx, const rb_op *F, rb_shape in, const char *fn)
+{
+    rb_shape out;
+    rb_status st = rb_op_shape(ctx, F, in, &out);
+    if (st != RB_OK) return st;
+    if (!rb_shape_equal(out, in)) {
+        char a[96], b[96];
+        return rb_fail(ctx, RB_ESHAPE, "%s: F (%s) maps %s to %s; F must keep the shape", fn, F->type->name,
+                       rb_shape_format(in, a, sizeof a), rb_shape_format(out, b, sizeof b));
+    }
+    return RB_OK;
+}

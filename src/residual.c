@@ -16,15 +16,7 @@ static rb_status check_step(rb_context *ctx, const rb_op *F, double h, const rb_
     if (!isfinite(h)) return rb_fail(ctx, RB_EINVAL, "%s: step size h = %g is not finite", fn, h);
     rb_status st = rb_tensor_check_same(ctx, x, "x", y, "y");
     if (st != RB_OK) return st;
-    rb_shape out;
-    st = rb_op_shape(ctx, F, x->shape, &out);
-    if (st != RB_OK) return st;
-    if (!rb_shape_equal(out, x->shape)) {
-        char a[96], b[96];
-        return rb_fail(ctx, RB_ESHAPE, "%s: F (%s) maps %s to %s; a residual step needs F to keep the shape", fn,
-                       F->type->name, rb_shape_format(x->shape, a, sizeof a), rb_shape_format(out, b, sizeof b));
-    }
-    return RB_OK;
+    return rb_op_check_keeps_shape(ctx, F, x->shape, fn);
 }
 
 size_t rb_residual_workspace(const rb_op *F, rb_shape in)

@@ -83,6 +83,10 @@ rb_status rb_op_vjp(rb_context *ctx, const rb_op *op, const rb_tensor *x, const 
 rb_status rb_op_param_grad(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy,
                            double alpha, double *dparams, rb_arena *work);
 
+/* RB_OK if F maps shape `in` to itself (residual branches, ODE right-hand
+ * sides); else RB_ESHAPE with "fn: F (name) maps A to B; F must keep the shape". */
+rb_status rb_op_check_keeps_shape(rb_context *ctx, const rb_op *F, rb_shape in, const char *fn);
+
 #ifdef __cplusplus
 }
 #endif

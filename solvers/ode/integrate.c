@@ -430,14 +430,8 @@ static rb_status check_integrate(rb_context *ctx, const rb_ode_method *method, c
     rb_status st = rb_tensor_check(ctx, x0, "rb_ode_integrate: x0");
     if (st == RB_OK) st = rb_tensor_check_same(ctx, x0, "rb_ode_integrate: x0", xT, "rb_ode_integrate: xT");
     if (st != RB_OK) return st;
-    rb_shape out;
-    st = rb_op_shape(ctx, F, x0->shape, &out);
+    st = rb_op_check_keeps_shape(ctx, F, x0->shape, fn);
     if (st != RB_OK) return st;
-    if (!rb_shape_equal(out, x0->shape)) {
-        char a[96], b[96];
-        return rb_fail(ctx, RB_ESHAPE, "%s: F (%s) maps x0 %s to %s; a right-hand side must keep the shape", fn,
-                       F->type->name, rb_shape_format(x0->shape, a, sizeof a), rb_shape_format(out, b, sizeof b));
-    }
     if (L == 0) return rb_fail(ctx, RB_EINVAL, "%s: L = 0 layers; needs L >= 1", fn);
     if (!isfinite(t0) || !isfinite(T)) return rb_fail(ctx, RB_EINVAL, "%s: t0 = %g and T = %g must be finite", fn, t0, T);
     double h = (T - t0) / (double)L;

@@ -37,14 +37,8 @@ rb_status rb_ode_check(rb_context *ctx, const char *fn, const rb_op *F, double t
     snprintf(other, sizeof other, "%s: output", fn);
     st = rb_tensor_check_same(ctx, x0, name, xT, other);
     if (st != RB_OK) return st;
-    rb_shape out;
-    st = rb_op_shape(ctx, F, x0->shape, &out);
+    st = rb_op_check_keeps_shape(ctx, F, x0->shape, fn);
     if (st != RB_OK) return st;
-    if (!rb_shape_equal(out, x0->shape)) {
-        char a[96], b[96];
-        return rb_fail(ctx, RB_ESHAPE, "%s: F (%s) maps x0 %s to %s; a right-hand side must keep the shape", fn,
-                       F->type->name, rb_shape_format(x0->shape, a, sizeof a), rb_shape_format(out, b, sizeof b));
-    }
     size_t n = rb_tensor_count(x0);
     for (size_t i = 0; i < n; i++)
         if (!isfinite(x0->data[i]))
