@@ -28,6 +28,7 @@
 #include "resbridge/multigrid.h"
 #include "resbridge/data.h"
 #include "resbridge/train.h"
+#include "resbridge/layers.h"
 #include "resbridge/version.h"
 
 #endif
