@@ -1,20 +1,24 @@
-/* chain.c — F = F_k o ... o F_1 as one rb_op (see chain.h). */
+/* chain.c — F = F_k o ... o F_1 as one rb_op (see chain.h).
+ *
+ * The taped forward keeps every intermediate and every part's own tape; the
+ * taped backward runs the parts backwards over them, nothing recomputed. The
+ * untaped calls (apply, vjp, param_grad) run the same two routines with the
+ * tape in the work arena. */
 #include "resbridge/chain.h"
+#include "op_internal.h"
 
 #include <string.h>
 
 typedef struct chain_state {
-    size_t count;
-    rb_op *part[RB_CHAIN_MAX];
-    double *own_params[RB_CHAIN_MAX]; /* each part's original params array, restored on free */
+    rb_parts parts;
 } chain_state;
 
 /* Shapes after each part: shape[0] = in, shape[i+1] = part i's output. */
 static rb_status chain_shapes(rb_context *ctx, const chain_state *cs, rb_shape in, rb_shape *shape)
 {
     shape[0] = in;
-    for (size_t i = 0; i < cs->count; i++) {
-        rb_status st = rb_op_shape(ctx, cs->part[i], shape[i], &shape[i + 1]);
+    for (size_t i = 0; i < cs->parts.count; i++) {
+        rb_status st = rb_op_shape(ctx, cs->parts.part[i], shape[i], &shape[i + 1]);
         if (st != RB_OK) return st;
     }
     return RB_OK;
@@ -23,87 +27,133 @@ static rb_status chain_shapes(rb_context *ctx, const chain_state *cs, rb_shape i
 static rb_status chain_shape(rb_context *ctx, const rb_op *op, rb_shape in, rb_shape *out)
 {
     const chain_state *cs = op->state;
-    rb_shape shape[RB_CHAIN_MAX + 1];
+    rb_shape shape[RB_PARTS_MAX + 1];
     rb_status st = chain_shapes(ctx, cs, in, shape);
-    if (st == RB_OK) *out = shape[cs->count];
+    if (st == RB_OK) *out = shape[cs->parts.count];
     return st;
+}
+
+/* Tape layout: intermediates v_1 .. v_{k-1}, then each part's tape; off[i] = part i's tape offset. */
+static size_t chain_layout(const chain_state *cs, const rb_shape *shape, size_t *off)
+{
+    size_t bytes = 0, k = cs->parts.count;
+    for (size_t i = 1; i < k; i++) bytes += rb_arena_bytes(rb_shape_count(shape[i]) * sizeof(double));
+    for (size_t i = 0; i < k; i++) {
+        if (off) off[i] = bytes;
+        bytes += rb_arena_bytes(rb_op_tape_bytes(cs->parts.part[i], shape[i]));
+    }
+    return bytes;
+}
+
+static size_t chain_tape_bytes(const rb_op *op, rb_shape in)
+{
+    const chain_state *cs = op->state;
+    rb_shape shape[RB_PARTS_MAX + 1];
+    if (chain_shapes(NULL, cs, in, shape) != RB_OK) return 0;
+    return chain_layout(cs, shape, NULL);
 }
 
 static size_t chain_workspace(const rb_op *op, rb_shape in)
 {
     const chain_state *cs = op->state;
-    rb_shape shape[RB_CHAIN_MAX + 1];
+    rb_shape shape[RB_PARTS_MAX + 1];
     if (chain_shapes(NULL, cs, in, shape) != RB_OK) return 0;
-    /* all intermediates (forward values and their gradients) plus the largest part's own scratch */
-    size_t bytes = 0, part = 0;
-    for (size_t i = 0; i + 1 < cs->count; i++) bytes += 2 * rb_arena_bytes(rb_shape_count(shape[i + 1]) * sizeof(double));
-    for (size_t i = 0; i < cs->count; i++) {
-        size_t w = rb_op_workspace(cs->part[i], shape[i]);
+    /* the tape and output (untaped calls), two gradient buffers, the largest part's own scratch */
+    size_t g = 0, part = 0;
+    for (size_t i = 1; i < cs->parts.count; i++) {
+        size_t b = rb_arena_bytes(rb_shape_count(shape[i]) * sizeof(double));
+        if (b > g) g = b;
+    }
+    for (size_t i = 0; i < cs->parts.count; i++) {
+        size_t w = rb_op_workspace(cs->parts.part[i], shape[i]);
         if (w > part) part = w;
     }
-    return bytes + part;
+    return rb_arena_bytes(chain_layout(cs, shape, NULL)) +
+           rb_arena_bytes(rb_shape_count(shape[cs->parts.count]) * sizeof(double)) + 2 * g + part;
 }
 
-/* Forward pass keeping every intermediate: v[0] = x, v[count] = y. */
-static rb_status chain_forward(rb_context *ctx, const chain_state *cs, const rb_tensor *x, rb_tensor *y,
-                               rb_tensor *v, rb_arena *work)
+/* v[0] = x, v[k] = y, v[1..k-1] views into the tape; off[] the parts' tape offsets. */
+static rb_status chain_views(rb_context *ctx, const chain_state *cs, const rb_tensor *x, const rb_tensor *y,
+                             const void *tape, rb_tensor *v, size_t *off)
 {
-    rb_shape shape[RB_CHAIN_MAX + 1];
+    rb_shape shape[RB_PARTS_MAX + 1];
     rb_status st = chain_shapes(ctx, cs, x->shape, shape);
     if (st != RB_OK) return st;
+    size_t k = cs->parts.count, at = 0;
+    chain_layout(cs, shape, off);
     v[0] = *x;
-    v[cs->count] = *y;
-    for (size_t i = 1; i < cs->count; i++) {
-        st = rb_arena_tensor(ctx, work, &v[i], shape[i]);
-        if (st != RB_OK) return st;
-        if (v[i].data == NULL) return rb_fail(ctx, RB_EINVAL, "chain: work arena is in measuring mode");
-    }
-    for (size_t i = 0; i < cs->count; i++) {
-        st = cs->part[i]->type->apply(ctx, cs->part[i], &v[i], &v[i + 1], work);
-        if (st != RB_OK) return st;
+    v[k] = *y;
+    for (size_t i = 1; i < k; i++) {
+        v[i] = (rb_tensor){.shape = shape[i], .data = (double *)((char *)tape + at), .owns = false};
+        at += rb_arena_bytes(rb_shape_count(shape[i]) * sizeof(double));
     }
     return RB_OK;
 }
 
-static rb_status chain_apply(rb_context *ctx, const rb_op *op, const rb_tensor *x, rb_tensor *y, rb_arena *work)
+static rb_status chain_forward_taped(rb_context *ctx, const rb_op *op, const rb_tensor *x, rb_tensor *y, void *tape,
+                                     rb_arena *work)
 {
     const chain_state *cs = op->state;
-    rb_tensor v[RB_CHAIN_MAX + 1];
-    size_t mark = work ? rb_arena_mark(work) : 0;
-    rb_status st = chain_forward(ctx, cs, x, y, v, work);
-    if (work) rb_arena_reset(work, mark);
+    rb_tensor v[RB_PARTS_MAX + 1];
+    size_t off[RB_PARTS_MAX];
+    rb_status st = chain_views(ctx, cs, x, y, tape, v, off);
+    for (size_t i = 0; st == RB_OK && i < cs->parts.count; i++)
+        st = rb_op_forward_unchecked(ctx, cs->parts.part[i], &v[i], &v[i + 1], rb_tape_at(tape, off[i]), work);
     return st;
 }
 
-/* Backward through the chain: g[count] = dy; g[i] = J_i^T g[i+1]; calls
- * per_part(i) with (v[i], g[i+1]) before g[i] is formed, and finally
- * accumulates alpha * g[0] into dx (if dx is non-NULL). */
-static rb_status chain_backward(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy,
-                                double alpha, rb_tensor *dx, double *dparams, rb_arena *work)
+static rb_status chain_backward_taped(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
+                                      const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx,
+                                      double *dparams, rb_arena *work)
 {
     const chain_state *cs = op->state;
-    size_t mark = work ? rb_arena_mark(work) : 0;
-    rb_tensor v[RB_CHAIN_MAX + 1], y;
-    rb_status st = rb_arena_tensor(ctx, work, &y, dy->shape);
-    if (st == RB_OK && y.data == NULL) st = rb_fail(ctx, RB_EINVAL, "chain: work arena is in measuring mode");
-    if (st == RB_OK) st = chain_forward(ctx, cs, x, &y, v, work);
-    rb_tensor g_next = *dy, g;
-    for (size_t i = cs->count; st == RB_OK && i-- > 0;) {
-        rb_op *p = cs->part[i];
-        if (dparams != NULL && p->nparams > 0)
-            st = p->type->param_grad(ctx, p, &v[i], &g_next, alpha,
-                                     dparams + (size_t)(p->params - op->params), work);
-        if (st != RB_OK) break;
+    rb_tensor v[RB_PARTS_MAX + 1];
+    size_t off[RB_PARTS_MAX];
+    rb_status st = chain_views(ctx, cs, x, y, tape, v, off);
+    if (st != RB_OK) return st;
+    size_t mark = rb_arena_mark(work), gmax = 0;
+    for (size_t i = 1; i < cs->parts.count; i++)
+        if (rb_tensor_count(&v[i]) > gmax) gmax = rb_tensor_count(&v[i]);
+    double *buf[2] = {NULL, NULL};
+    if (cs->parts.count > 1) {
+        buf[0] = rb_arena_alloc(ctx, work, gmax * sizeof(double));
+        buf[1] = rb_arena_alloc(ctx, work, gmax * sizeof(double));
+        if (buf[0] == NULL || buf[1] == NULL) {
+            rb_arena_reset(work, mark);
+            return rb_fail(ctx, RB_ENOMEM, "chain: work arena too small for the backward pass (rb_op_workspace)");
+        }
+    }
+    /* g_i = J_i^T g_{i+1}, with alpha applied once, at the last part */
+    rb_tensor g_next = *dy;
+    double a = alpha;
+    for (size_t i = cs->parts.count; st == RB_OK && i-- > 0;) {
+        const rb_op *p = cs->parts.part[i];
+        double *dp = rb_parts_grad(op, p, dparams);
+        const void *t = rb_tape_at((void *)tape, off[i]);
         if (i == 0) {
-            if (dx != NULL) st = p->type->vjp(ctx, p, &v[0], &g_next, alpha, dx, work);
+            st = rb_op_backward_unchecked(ctx, p, &v[0], &v[1], t, &g_next, a, dx, dp, work);
             break;
         }
-        st = rb_arena_tensor(ctx, work, &g, v[i].shape);
-        if (st != RB_OK) break;
+        rb_tensor g = {.shape = v[i].shape, .data = buf[i % 2], .owns = false};
         memset(g.data, 0, rb_tensor_count(&g) * sizeof(double));
-        st = p->type->vjp(ctx, p, &v[i], &g_next, 1.0, &g, work);
+        st = rb_op_backward_unchecked(ctx, p, &v[i], &v[i + 1], t, &g_next, a, &g, dp, work);
         g_next = g;
+        a = 1.0;
     }
+    rb_arena_reset(work, mark);
+    return st;
+}
+
+static rb_status chain_apply(rb_context *ctx, const rb_op *op, const rb_tensor *x, rb_tensor *y, rb_arena *work)
+{
+    size_t bytes = chain_tape_bytes(op, x->shape), mark = work ? rb_arena_mark(work) : 0;
+    void *tape = NULL;
+    if (bytes > 0) {
+        if (work == NULL) return rb_fail(ctx, RB_ENULL, "chain: needs a work arena (rb_op_workspace)");
+        tape = rb_arena_alloc(ctx, work, bytes);
+        if (tape == NULL) return rb_fail(ctx, RB_ENOMEM, "chain: work arena too small (rb_op_workspace)");
+    }
+    rb_status st = chain_forward_taped(ctx, op, x, y, tape, work);
     if (work) rb_arena_reset(work, mark);
     return st;
 }
@@ -111,31 +161,30 @@ static rb_status chain_backward(rb_context *ctx, const rb_op *op, const rb_tenso
 static rb_status chain_vjp(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy, double alpha,
                            rb_tensor *dx, rb_arena *work)
 {
-    return chain_backward(ctx, op, x, dy, alpha, dx, NULL, work);
+    return rb_op_backward_unchecked(ctx, op, x, NULL, NULL, dy, alpha, dx, NULL, work);
 }
 
 static rb_status chain_param_grad(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy,
                                   double alpha, double *dparams, rb_arena *work)
 {
-    return chain_backward(ctx, op, x, dy, alpha, NULL, dparams, work);
+    return rb_op_backward_unchecked(ctx, op, x, NULL, NULL, dy, alpha, NULL, dparams, work);
 }
 
 static void chain_destroy(rb_context *ctx, rb_op *op)
 {
     chain_state *cs = op->state;
-    for (size_t i = 0; i < cs->count; i++) {
-        cs->part[i]->params = cs->own_params[i]; /* give each part its own array back, then free it */
-        rb_op_free(ctx, cs->part[i]);
-    }
+    rb_parts_release(ctx, &cs->parts);
     rb_free(ctx, cs);
 }
 
 /* Linearity is a property of the type object, so a chain of linear parts gets
  * the linear twin of the same type. */
-#define CHAIN_TYPE(ident, label, extra_flags)                                                             \
-    static const rb_op_type ident = {.name = label, .flags = RB_OP_HAS_PARAMS | (extra_flags),            \
-                                     .shape = chain_shape, .workspace = chain_workspace, .apply = chain_apply, \
-                                     .vjp = chain_vjp, .param_grad = chain_param_grad, .destroy = chain_destroy}
+#define CHAIN_TYPE(ident, label, extra_flags)                                                                   \
+    static const rb_op_type ident = {.name = label, .flags = RB_OP_HAS_PARAMS | (extra_flags),                  \
+                                     .shape = chain_shape, .workspace = chain_workspace, .apply = chain_apply,  \
+                                     .vjp = chain_vjp, .param_grad = chain_param_grad,                          \
+                                     .tape_bytes = chain_tape_bytes, .forward_taped = chain_forward_taped,      \
+                                     .backward_taped = chain_backward_taped, .destroy = chain_destroy}
 CHAIN_TYPE(chain_type, "chain", 0);
 CHAIN_TYPE(chain_type_linear, "chain (linear)", RB_OP_LINEAR);
 #undef CHAIN_TYPE
@@ -143,39 +192,20 @@ CHAIN_TYPE(chain_type_linear, "chain (linear)", RB_OP_LINEAR);
 rb_status rb_op_chain_create(rb_context *ctx, rb_op *const *parts, size_t count, rb_op **out)
 {
     if (ctx == NULL) return RB_ENULL;
-    if (parts == NULL || out == NULL) return rb_fail(ctx, RB_ENULL, "rb_op_chain_create: %s is NULL", parts ? "out" : "parts");
-    if (count < 1 || count > RB_CHAIN_MAX)
-        return rb_fail(ctx, RB_EINVAL, "rb_op_chain_create: count = %zu, must be 1..%d", count, RB_CHAIN_MAX);
-    size_t np = 0;
-    bool linear = true;
-    for (size_t i = 0; i < count; i++) {
-        if (parts[i] == NULL || parts[i]->type == NULL)
-            return rb_fail(ctx, RB_ENULL, "rb_op_chain_create: parts[%zu] is NULL", i);
-        if (parts[i]->type->vjp == NULL)
-            return rb_fail(ctx, RB_EUNSUPPORTED, "rb_op_chain_create: parts[%zu] (%s) has no vjp", i, parts[i]->type->name);
-        for (size_t j = 0; j < i; j++)
-            if (parts[j] == parts[i]) return rb_fail(ctx, RB_EINVAL, "rb_op_chain_create: parts[%zu] repeats parts[%zu]", i, j);
-        np += parts[i]->nparams;
-        linear = linear && (parts[i]->type->flags & RB_OP_LINEAR);
-    }
+    if (out == NULL) return rb_fail(ctx, RB_ENULL, "rb_op_chain_create: out is NULL");
+    size_t np;
+    int linear;
+    rb_status st = rb_parts_check(ctx, "rb_op_chain_create", parts, count, &np, &linear);
+    if (st != RB_OK) return st;
     chain_state *cs = rb_calloc(ctx, 1, sizeof *cs);
     if (cs == NULL) return RB_ENOMEM;
     rb_op *op;
-    rb_status st = rb_op_new(ctx, linear ? &chain_type_linear : &chain_type, cs, np, &op);
+    st = rb_op_new(ctx, linear ? &chain_type_linear : &chain_type, cs, np, &op);
     if (st != RB_OK) {
         rb_free(ctx, cs);
         return st;
     }
-    cs->count = count;
-    size_t off = 0;
-    for (size_t i = 0; i < count; i++) {
-        rb_op *p = parts[i];
-        cs->part[i] = p;
-        cs->own_params[i] = p->params;
-        if (p->nparams > 0) memcpy(op->params + off, p->params, p->nparams * sizeof(double));
-        p->params = p->nparams > 0 ? op->params + off : p->params;
-        off += p->nparams;
-    }
+    rb_parts_adopt(&cs->parts, op, parts, count);
     *out = op;
     return RB_OK;
 }

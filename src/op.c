@@ -1,5 +1,6 @@
 /* op.c — checked dispatch through the operator type object. */
 #include "resbridge/op.h"
+#include "op_internal.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -128,4 +129,140 @@ rb_status rb_op_check_keeps_shape(rb_context *ctx, const rb_op *F, rb_shape in, 
                        rb_shape_format(in, a, sizeof a), rb_shape_format(out, b, sizeof b));
     }
     return RB_OK;
+}
+
+/* ---- taped passes ------------------------------------------------------------------------------ */
+
+size_t rb_op_tape_bytes(const rb_op *op, rb_shape in)
+{
+    if (op == NULL || op->type == NULL || op->type->tape_bytes == NULL) return 0;
+    return op->type->tape_bytes(op, in);
+}
+
+size_t rb_op_backward_workspace(const rb_op *op, rb_shape in)
+{
+    rb_shape out;
+    if (op == NULL || rb_op_shape(NULL, op, in, &out) != RB_OK) return 0;
+    size_t tape = rb_op_tape_bytes(op, in);
+    size_t recompute = tape > 0 ? rb_arena_bytes(tape) + rb_arena_bytes(rb_shape_count(out) * sizeof(double)) : 0;
+    return recompute + rb_op_workspace(op, in);
+}
+
+rb_status rb_op_forward_unchecked(rb_context *ctx, const rb_op *op, const rb_tensor *x, rb_tensor *y, void *tape,
+                                  rb_arena *work)
+{
+    if (op->type->forward_taped != NULL && rb_op_tape_bytes(op, x->shape) > 0) {
+        if (tape == NULL) return rb_fail(ctx, RB_ENULL, "rb_op_forward: %s needs a tape", op->type->name);
+        return op->type->forward_taped(ctx, op, x, y, tape, work);
+    }
+    return op->type->apply(ctx, op, x, y, work);
+}
+
+rb_status rb_op_backward_unchecked(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
+                                   const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx, double *dparams,
+                                   rb_arena *work)
+{
+    if (op->nparams == 0) dparams = NULL;
+    if (dx == NULL && dparams == NULL) return RB_OK;
+    size_t bytes = rb_op_tape_bytes(op, x->shape);
+    if (op->type->backward_taped != NULL && bytes > 0) {
+        if (tape != NULL && y != NULL) return op->type->backward_taped(ctx, op, x, y, tape, dy, alpha, dx, dparams, work);
+        /* no tape kept: run the forward pass again into the work arena */
+        if (work == NULL) return rb_fail(ctx, RB_ENULL, "rb_op_backward: %s without a tape needs a work arena", op->type->name);
+        size_t mark = rb_arena_mark(work);
+        void *t = rb_arena_alloc(ctx, work, bytes);
+        rb_tensor yy;
+        rb_status st = t == NULL ? rb_fail(ctx, RB_ENOMEM, "rb_op_backward: work arena too small for %s's tape (%zu bytes)",
+                                           op->type->name, bytes)
+                                 : rb_arena_tensor(ctx, work, &yy, dy->shape);
+        if (st == RB_OK && yy.data == NULL) st = rb_fail(ctx, RB_EINVAL, "rb_op_backward: work arena is in measuring mode");
+        if (st == RB_OK) st = op->type->forward_taped(ctx, op, x, &yy, t, work);
+        if (st == RB_OK) st = op->type->backward_taped(ctx, op, x, &yy, t, dy, alpha, dx, dparams, work);
+        rb_arena_reset(work, mark);
+        return st;
+    }
+    rb_status st = RB_OK;
+    if (dparams != NULL) {
+        if (op->type->param_grad == NULL)
+            return rb_fail(ctx, RB_EUNSUPPORTED, "rb_op_backward: %s has no param_grad", op->type->name);
+        st = op->type->param_grad(ctx, op, x, dy, alpha, dparams, work);
+    }
+    if (st == RB_OK && dx != NULL) {
+        if (op->type->vjp == NULL) return rb_fail(ctx, RB_EUNSUPPORTED, "rb_op_backward: %s has no vjp", op->type->name);
+        st = op->type->vjp(ctx, op, x, dy, alpha, dx, work);
+    }
+    return st;
+}
+
+rb_status rb_op_forward(rb_context *ctx, const rb_op *op, const rb_tensor *x, rb_tensor *y, void *tape, rb_arena *work)
+{
+    rb_status st = check_op(ctx, op, "rb_op_forward");
+    if (st == RB_OK) st = check_io(ctx, op, "rb_op_forward", x, "x", y, "y");
+    if (st != RB_OK) return st;
+    if (x->data == y->data) return rb_fail(ctx, RB_EINVAL, "rb_op_forward: x and y alias (%s)", op->type->name);
+    return rb_op_forward_unchecked(ctx, op, x, y, tape, work);
+}
+
+rb_status rb_op_backward(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y, const void *tape,
+                         const rb_tensor *dy, double alpha, rb_tensor *dx, double *dparams, rb_arena *work)
+{
+    rb_status st = check_op(ctx, op, "rb_op_backward");
+    if (st == RB_OK) st = check_io(ctx, op, "rb_op_backward", x, "x", dy, "dy");
+    if (st == RB_OK && y != NULL) st = rb_tensor_check_same(ctx, dy, "dy", y, "y");
+    if (st == RB_OK && dx != NULL) st = rb_tensor_check_same(ctx, x, "x", dx, "dx");
+    if (st != RB_OK) return st;
+    if (tape != NULL && y == NULL) return rb_fail(ctx, RB_ENULL, "rb_op_backward: a tape needs the forward output y");
+    if (!isfinite(alpha)) return rb_fail(ctx, RB_EINVAL, "rb_op_backward: alpha = %g is not finite", alpha);
+    if (dx != NULL && dx->data == dy->data) return rb_fail(ctx, RB_EINVAL, "rb_op_backward: dx and dy alias");
+    return rb_op_backward_unchecked(ctx, op, x, y, tape, dy, alpha, dx, dparams, work);
+}
+
+/* ---- composites' parts -------------------------------------------------------------------------- */
+
+rb_status rb_parts_check(rb_context *ctx, const char *fn, rb_op *const *parts, size_t count, size_t *nparams,
+                         int *linear)
+{
+    if (parts == NULL) return rb_fail(ctx, RB_ENULL, "%s: parts is NULL", fn);
+    if (count < 1 || count > RB_PARTS_MAX) return rb_fail(ctx, RB_EINVAL, "%s: count = %zu, must be 1..%d", fn, count, RB_PARTS_MAX);
+    size_t np = 0;
+    int lin = 1;
+    for (size_t i = 0; i < count; i++) {
+        if (parts[i] == NULL || parts[i]->type == NULL) return rb_fail(ctx, RB_ENULL, "%s: parts[%zu] is NULL", fn, i);
+        if (parts[i]->type->vjp == NULL && parts[i]->type->backward_taped == NULL)
+            return rb_fail(ctx, RB_EUNSUPPORTED, "%s: parts[%zu] (%s) has no vjp", fn, i, parts[i]->type->name);
+        for (size_t j = 0; j < i; j++)
+            if (parts[j] == parts[i]) return rb_fail(ctx, RB_EINVAL, "%s: parts[%zu] repeats parts[%zu]", fn, i, j);
+        np += parts[i]->nparams;
+        lin = lin && (parts[i]->type->flags & RB_OP_LINEAR);
+    }
+    *nparams = np;
+    if (linear) *linear = lin;
+    return RB_OK;
+}
+
+void rb_parts_adopt(rb_parts *p, rb_op *op, rb_op *const *parts, size_t count)
+{
+    size_t off = 0;
+    p->count = count;
+    for (size_t i = 0; i < count; i++) {
+        rb_op *q = parts[i];
+        p->part[i] = q;
+        p->own_params[i] = q->params;
+        if (q->nparams > 0) {
+            memcpy(op->params + off, q->params, q->nparams * sizeof(double));
+            q->params = op->params + off;
+        }
+        off += q->nparams;
+    }
+}
+
+void rb_parts_release(rb_context *ctx, rb_parts *p)
+{
+    for (size_t i = 0; i < p->count; i++) {
+        rb_op *q = p->part[i];
+        if (q->nparams > 0) memcpy(p->own_params[i], q->params, q->nparams * sizeof(double));
+        q->params = p->own_params[i];
+        rb_op_free(ctx, q);
+    }
+    p->count = 0;
 }

@@ -206,11 +206,47 @@ static void check_residual(suite *s, const rb_tensor *x0)
     rb_tensor_release(ctx, &yg), rb_tensor_release(ctx, &yf), rb_tensor_release(ctx, &yi);
 }
 
+/* The taped passes: forward with a tape equals apply bit for bit; backward from
+ * the tape, and backward without one (recomputing), equal vjp + param_grad. */
+static void check_taped(suite *s, const rb_tensor *x0)
+{
+    rb_context *ctx = s->ctx;
+    const rb_op *op = s->c->op;
+    size_t tb = rb_op_tape_bytes(op, s->c->in), np = op->nparams;
+    void *tape = tb ? rb_malloc(ctx, tb) : NULL;
+    rb_tensor y, yt, dy, dx_ref, dx, dx2;
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &y, s->out));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &yt, s->out));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &dy, s->out));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &dx_ref, s->c->in));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &dx, s->c->in));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &dx2, s->c->in));
+    rb_test_fill(&s->rng, &dy, -1, 1);
+    double *gp = rb_calloc(ctx, 3 * np + 3, sizeof(double)), *gp_ref = gp + np + 1, *gp2 = gp_ref + np + 1;
+    RB_CHECK(ctx, rb_op_apply(ctx, op, x0, &y, &s->work));
+    RB_CHECK(ctx, rb_op_forward(ctx, op, x0, &yt, tape, &s->work));
+    if (memcmp(y.data, yt.data, rb_tensor_count(&y) * sizeof(double)) != 0)
+        fail_msg("%s: taped forward differs from apply", s->c->label);
+    RB_CHECK(ctx, rb_op_vjp(ctx, op, x0, &dy, 0.7, &dx_ref, &s->work));
+    if (np) RB_CHECK(ctx, rb_op_param_grad(ctx, op, x0, &dy, 0.7, gp_ref, &s->work));
+    RB_CHECK(ctx, rb_op_backward(ctx, op, x0, &yt, tape, &dy, 0.7, &dx, np ? gp : NULL, &s->work));
+    RB_CHECK(ctx, rb_op_backward(ctx, op, x0, NULL, NULL, &dy, 0.7, &dx2, np ? gp2 : NULL, &s->work));
+    double e1 = rb_tensor_max_rel_diff(&dx, &dx_ref), e2 = rb_tensor_max_rel_diff(&dx2, &dx_ref);
+    double e3 = np ? rel_err(gp, gp_ref, np) : 0, e4 = np ? rel_err(gp2, gp_ref, np) : 0;
+    if (!(e1 <= 1e-13 && e2 <= 1e-13 && e3 <= 1e-13 && e4 <= 1e-13))
+        fail_msg("%s: taped / recomputing backward vs vjp+param_grad differ: dx %.3g / %.3g, dtheta %.3g / %.3g",
+                 s->c->label, e1, e2, e3, e4);
+    rb_free(ctx, gp);
+    rb_free(ctx, tape);
+    rb_tensor_release(ctx, &y), rb_tensor_release(ctx, &yt), rb_tensor_release(ctx, &dy);
+    rb_tensor_release(ctx, &dx_ref), rb_tensor_release(ctx, &dx), rb_tensor_release(ctx, &dx2);
+}
+
 void rb_conformance_run(rb_context *ctx, const rb_conformance_case *c)
 {
     suite s = {ctx, c, {0}, {0}, {c->seed}};
     RB_CHECK(ctx, rb_op_shape(ctx, c->op, c->in, &s.out));
-    size_t ws = rb_residual_workspace(c->op, c->in) + rb_op_workspace(c->op, c->in) + 4096;
+    size_t ws = rb_residual_workspace(c->op, c->in) + rb_op_backward_workspace(c->op, c->in) + 4096;
     RB_CHECK(ctx, rb_arena_reserve(ctx, &s.work, ws));
     rb_tensor x0;
     RB_CHECK(ctx, rb_tensor_alloc(ctx, &x0, c->in));
@@ -220,6 +256,7 @@ void rb_conformance_run(rb_context *ctx, const rb_conformance_case *c)
     check_params(&s, &x0);
     check_linearity(&s, &x0);
     check_residual(&s, &x0);
+    check_taped(&s, &x0);
     rb_tensor_release(ctx, &x0);
     rb_arena_release(ctx, &s.work);
 }

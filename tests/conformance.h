@@ -13,7 +13,9 @@
  *   linearity  for RB_OP_LINEAR: F(a x + b z) = a F(x) + b F(z) and <F(x), y> = <x, J^T y>
  *              (adjoint identity) to 1e-12;
  *   residual   for same-shape ops: rb_residual_step (fused path, if any) equals
- *              rb_residual_step_generic, out of place and in place, to 1e-13.
+ *              rb_residual_step_generic, out of place and in place, to 1e-13;
+ *   taped      rb_op_forward with a tape equals apply bit for bit; rb_op_backward from
+ *              the tape and without one equals vjp + param_grad to 1e-13.
  */
 #ifndef RB_CONFORMANCE_H
 #define RB_CONFORMANCE_H

@@ -100,14 +100,14 @@ static rb_status dense_param_grad(rb_context *ctx, const rb_op *op, const rb_ten
 static void dense_destroy(rb_context *ctx, rb_op *op) { rb_free(ctx, op->state); }
 
 static const rb_op_type dense_linear_type = {
-    "dense_linear", RB_OP_LINEAR | RB_OP_HAS_PARAMS | RB_OP_SAME_SHAPE, dense_shape, NULL, dense_apply, dense_vjp,
-    dense_param_grad, NULL, 0, dense_destroy};
+    .name = "dense_linear", .flags = RB_OP_LINEAR | RB_OP_HAS_PARAMS | RB_OP_SAME_SHAPE, .shape = dense_shape,
+    .apply = dense_apply, .vjp = dense_vjp, .param_grad = dense_param_grad, .destroy = dense_destroy};
 static const rb_op_type dense_nonlinear_type = {
-    "dense_nonlinear", RB_OP_HAS_PARAMS | RB_OP_SAME_SHAPE, dense_shape, NULL, dense_apply, dense_vjp,
-    dense_param_grad, NULL, 0, dense_destroy};
+    .name = "dense_nonlinear", .flags = RB_OP_HAS_PARAMS | RB_OP_SAME_SHAPE, .shape = dense_shape,
+    .apply = dense_apply, .vjp = dense_vjp, .param_grad = dense_param_grad, .destroy = dense_destroy};
 static const rb_op_type dense_novjp_type = {
-    "dense_novjp", RB_OP_HAS_PARAMS | RB_OP_SAME_SHAPE, dense_shape, NULL, dense_apply, NULL, NULL, NULL, 0,
-    dense_destroy};
+    .name = "dense_novjp", .flags = RB_OP_HAS_PARAMS | RB_OP_SAME_SHAPE, .shape = dense_shape,
+    .apply = dense_apply, .destroy = dense_destroy};
 
 /* W uniform in [-w, w], b in [-1, 1]. */
 static rb_op *dense_create(rb_context *ctx, size_t n, dense_act act, double amp, int bias, double w, uint64_t seed)

@@ -21,7 +21,7 @@
 extern "C" {
 #endif
 
-#define RB_CHAIN_MAX 64
+#define RB_CHAIN_MAX 64 /* parts at most */
 
 /* On success the chain owns parts[0..count); on failure the caller still does. */
 rb_status rb_op_chain_create(rb_context *ctx, rb_op *const *parts, size_t count, rb_op **out);

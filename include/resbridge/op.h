@@ -59,6 +59,19 @@ typedef struct rb_op_type {
     int fused_in_place;
     /* Release the state (not the rb_op struct itself). NULL: nothing to release. */
     void (*destroy)(rb_context *ctx, rb_op *op);
+    /* Optional taped passes, for deep compositions (a network's training step runs
+     * every op forward once and backward once, nothing recomputed):
+     *   tape_bytes      bytes forward_taped keeps for input shape `in`, beyond x and y (NULL: 0);
+     *   forward_taped   y = F(x), filling the tape;
+     *   backward_taped  from x, y = F(x) and the tape: dx += alpha J^T dy (dx may be NULL) and
+     *                   dparams += alpha (dF/dtheta)^T dy (dparams may be NULL).
+     * Types without them get apply, and vjp + param_grad recomputing from x. */
+    size_t (*tape_bytes)(const rb_op *op, rb_shape in);
+    rb_status (*forward_taped)(rb_context *ctx, const rb_op *op, const rb_tensor *x, rb_tensor *y, void *tape,
+                               rb_arena *work);
+    rb_status (*backward_taped)(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
+                                const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx, double *dparams,
+                                rb_arena *work);
 } rb_op_type;
 
 struct rb_op {
@@ -82,6 +95,18 @@ rb_status rb_op_vjp(rb_context *ctx, const rb_op *op, const rb_tensor *x, const 
                     double alpha, rb_tensor *dx, rb_arena *work);
 rb_status rb_op_param_grad(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy,
                            double alpha, double *dparams, rb_arena *work);
+
+/* The taped passes (see rb_op_type): rb_op_forward is apply that also fills
+ * `tape` (rb_op_tape_bytes(op, x->shape) bytes, 64-byte aligned; NULL when 0);
+ * rb_op_backward computes, from x, y = F(x) and that tape, dx += alpha J^T dy
+ * and dparams += alpha (dF/dtheta)^T dy in one pass (either may be NULL).
+ * With tape == NULL rb_op_backward recomputes the forward pass in `work`
+ * (rb_op_backward_workspace bytes). */
+size_t rb_op_tape_bytes(const rb_op *op, rb_shape in);
+size_t rb_op_backward_workspace(const rb_op *op, rb_shape in);
+rb_status rb_op_forward(rb_context *ctx, const rb_op *op, const rb_tensor *x, rb_tensor *y, void *tape, rb_arena *work);
+rb_status rb_op_backward(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y, const void *tape,
+                         const rb_tensor *dy, double alpha, rb_tensor *dx, double *dparams, rb_arena *work);
 
 /* RB_OK if F maps shape `in` to itself (residual branches, ODE right-hand
  * sides); else RB_ESHAPE with "fn: F (name) maps A to B; F must keep the shape". */

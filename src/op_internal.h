@@ -1,0 +1,41 @@
+/* op_internal.h — unchecked dispatch for composite operators (chain, residual
+ * layer, branches), which validate shapes once for the whole composition. */
+#ifndef RB_OP_INTERNAL_H
+#define RB_OP_INTERNAL_H
+
+#include "resbridge/op.h"
+
+/* y = F(x), filling tape when the type keeps one (tape may be NULL only when rb_op_tape_bytes is 0). */
+rb_status rb_op_forward_unchecked(rb_context *ctx, const rb_op *op, const rb_tensor *x, rb_tensor *y, void *tape,
+                                  rb_arena *work);
+/* dx += alpha J^T dy, dparams += alpha (dF/dtheta)^T dy; tape NULL: recompute it (and y) in work. */
+rb_status rb_op_backward_unchecked(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
+                                   const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx, double *dparams,
+                                   rb_arena *work);
+
+/* Composite operators own their parts and gather the parts' parameters into
+ * their own flat vector (op->params), each part pointing into it. */
+#define RB_PARTS_MAX 64
+typedef struct rb_parts {
+    size_t count;
+    rb_op *part[RB_PARTS_MAX];
+    double *own_params[RB_PARTS_MAX]; /* each part's original params array, restored on release */
+} rb_parts;
+
+/* Check parts (non-NULL, distinct, with a vjp); *nparams = their total, *linear = all linear. */
+rb_status rb_parts_check(rb_context *ctx, const char *fn, rb_op *const *parts, size_t count, size_t *nparams,
+                         int *linear);
+/* Take the parts: copy their parameters into op->params (op created with the total) and point them there. */
+void rb_parts_adopt(rb_parts *p, rb_op *op, rb_op *const *parts, size_t count);
+/* Give each part its own parameter array back (with the current values) and free the parts. */
+void rb_parts_release(rb_context *ctx, rb_parts *p);
+/* The part's parameter gradient slice within the composite's gradient vector (NULL in, NULL out). */
+static inline double *rb_parts_grad(const rb_op *composite, const rb_op *part, double *dparams)
+{
+    return dparams != NULL && part->nparams > 0 ? dparams + (size_t)(part->params - composite->params) : NULL;
+}
+
+/* Byte offsets in tapes: every block starts 64-byte aligned. */
+static inline char *rb_tape_at(void *tape, size_t offset) { return tape ? (char *)tape + offset : NULL; }
+
+#endif
