@@ -10,7 +10,7 @@
 #include <string.h>
 
 typedef struct chain_state {
-    rb_parts parts;
+    rb_parts parts; /* first member: see op_internal.h */
 } chain_state;
 
 /* Shapes after each part: shape[0] = in, shape[i+1] = part i's output. */
@@ -180,7 +180,7 @@ static void chain_destroy(rb_context *ctx, rb_op *op)
 /* Linearity is a property of the type object, so a chain of linear parts gets
  * the linear twin of the same type. */
 #define CHAIN_TYPE(ident, label, extra_flags)                                                                   \
-    static const rb_op_type ident = {.name = label, .flags = RB_OP_HAS_PARAMS | (extra_flags),                  \
+    static const rb_op_type ident = {.name = label, .flags = RB_OP_HAS_PARAMS | RB_OP_COMPOSITE | (extra_flags),               \
                                      .shape = chain_shape, .workspace = chain_workspace, .apply = chain_apply,  \
                                      .vjp = chain_vjp, .param_grad = chain_param_grad,                          \
                                      .tape_bytes = chain_tape_bytes, .forward_taped = chain_forward_taped,      \

@@ -14,7 +14,10 @@ rb_status rb_op_backward_unchecked(rb_context *ctx, const rb_op *op, const rb_te
                                    rb_arena *work);
 
 /* Composite operators own their parts and gather the parts' parameters into
- * their own flat vector (op->params), each part pointing into it. */
+ * their own flat vector (op->params), each part pointing into it, recursively:
+ * a composite nested in another is re-pointed with all its descendants. A
+ * composite type sets RB_OP_COMPOSITE and keeps an rb_parts as the FIRST
+ * member of its state. */
 #define RB_PARTS_MAX 64
 typedef struct rb_parts {
     size_t count;

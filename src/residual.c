@@ -5,6 +5,7 @@
  * accepts); nothing else in resbridge forms this update.
  */
 #include "resbridge/residual.h"
+#include "op_internal.h"
 
 #include <math.h>
 
@@ -31,19 +32,35 @@ static void add_scaled(const double *x, double h, const double *fx, double *out,
     for (size_t i = 0; i < n; i++) out[i] = x[i] + h * fx[i];
 }
 
+/* y = x + h F(x), with F(x) evaluated into fx (which may be y when out of place),
+ * through F's taped forward when ftape is given. Every non-fused step comes here. */
+static rb_status step_core(rb_context *ctx, const rb_op *F, double h, const rb_tensor *x, rb_tensor *y, rb_tensor *fx,
+                           void *ftape, rb_arena *work)
+{
+    rb_status st = ftape ? rb_op_forward_unchecked(ctx, F, x, fx, ftape, work) : F->type->apply(ctx, F, x, fx, work);
+    if (st == RB_OK) add_scaled(x->data, h, fx->data, y->data, rb_tensor_count(x));
+    return st;
+}
+
+/* dx += alpha (dy + h J_F^T dy), dtheta += alpha h (dF/dtheta)^T dy: the identity path of the
+ * skip, then the branch (from F's tape when given, recomputed otherwise). */
+static rb_status backward_core(rb_context *ctx, const rb_op *F, double h, const rb_tensor *x, const rb_tensor *fx,
+                               const void *ftape, const rb_tensor *dy, double alpha, rb_tensor *dx, double *dtheta,
+                               rb_arena *work)
+{
+    rb_status st = rb_op_backward_unchecked(ctx, F, x, fx, ftape, dy, alpha * h, dx, dtheta, work);
+    if (st != RB_OK || dx == NULL) return st;
+    size_t n = rb_tensor_count(x);
+    for (size_t i = 0; i < n; i++) dx->data[i] += alpha * dy->data[i];
+    return RB_OK;
+}
+
 rb_status rb_residual_step_generic(rb_context *ctx, const rb_op *F, double h, const rb_tensor *x, rb_tensor *y,
                                    rb_arena *work)
 {
     rb_status st = check_step(ctx, F, h, x, y, "rb_residual_step");
     if (st != RB_OK) return st;
-    size_t n = rb_tensor_count(x);
-    if (x->data != y->data) {
-        /* F(x) straight into y, then y = x + h y: no scratch. */
-        st = F->type->apply(ctx, F, x, y, work);
-        if (st != RB_OK) return st;
-        add_scaled(x->data, h, y->data, y->data, n);
-        return RB_OK;
-    }
+    if (x->data != y->data) return step_core(ctx, F, h, x, y, y, NULL, work); /* F(x) straight into y: no scratch */
     if (work == NULL)
         return rb_fail(ctx, RB_ENULL, "rb_residual_step: in place with %s needs a work arena of %zu bytes",
                        F->type->name, rb_residual_workspace(F, x->shape));
@@ -52,8 +69,7 @@ rb_status rb_residual_step_generic(rb_context *ctx, const rb_op *F, double h, co
     st = rb_arena_tensor(ctx, work, &fx, x->shape);
     if (st == RB_OK && fx.data == NULL)
         st = rb_fail(ctx, RB_EINVAL, "rb_residual_step: work arena is in measuring mode");
-    if (st == RB_OK) st = F->type->apply(ctx, F, x, &fx, work);
-    if (st == RB_OK) add_scaled(x->data, h, fx.data, y->data, n);
+    if (st == RB_OK) st = step_core(ctx, F, h, x, y, &fx, NULL, work);
     rb_arena_reset(work, mark);
     return st;
 }
@@ -77,12 +93,118 @@ rb_status rb_residual_backward(rb_context *ctx, const rb_op *F, double h, const 
     if (st == RB_OK) st = rb_tensor_check_same(ctx, x, "x", dx, "dx");
     if (st != RB_OK) return st;
     if (dx->data == dy->data) return rb_fail(ctx, RB_EINVAL, "rb_residual_backward: dx and dy alias");
-    if (F->nparams > 0 && dtheta != NULL) {
-        st = rb_op_param_grad(ctx, F, x, dy, h, dtheta, work);
-        if (st != RB_OK) return st;
-    }
-    /* dx += dy + h J^T dy: the identity path of the skip, then the branch. */
-    st = rb_op_vjp(ctx, F, x, dy, h, dx, work);
+    return backward_core(ctx, F, h, x, NULL, NULL, dy, 1.0, dx, dtheta, work);
+}
+
+/* ---- the residual layer as an operator ---------------------------------------------------------- */
+
+typedef struct residual_state {
+    rb_parts parts; /* the branch F; first member: see op_internal.h */
+    double h;
+} residual_state;
+
+static const rb_op *branch(const rb_op *op) { return ((const residual_state *)op->state)->parts.part[0]; }
+
+static rb_status res_shape(rb_context *ctx, const rb_op *op, rb_shape in, rb_shape *out)
+{
+    rb_status st = rb_op_check_keeps_shape(ctx, branch(op), in, "residual layer");
+    if (st == RB_OK) *out = in;
+    return st;
+}
+
+static size_t res_workspace(const rb_op *op, rb_shape in)
+{
+    return rb_residual_workspace(branch(op), in) + rb_op_backward_workspace(branch(op), in);
+}
+
+static size_t res_tape_bytes(const rb_op *op, rb_shape in)
+{
+    return rb_arena_bytes(rb_shape_count(in) * sizeof(double)) + rb_arena_bytes(rb_op_tape_bytes(branch(op), in));
+}
+
+/* The tape holds F(x), then F's own tape. */
+static rb_tensor tape_fx(const void *tape, rb_shape in)
+{
+    return (rb_tensor){.shape = in, .data = (double *)tape, .owns = false};
+}
+
+static void *tape_branch(const void *tape, rb_shape in)
+{
+    return (char *)tape + rb_arena_bytes(rb_shape_count(in) * sizeof(double));
+}
+
+static rb_status res_apply(rb_context *ctx, const rb_op *op, const rb_tensor *x, rb_tensor *y, rb_arena *work)
+{
+    return rb_residual_step(ctx, branch(op), ((const residual_state *)op->state)->h, x, y, work);
+}
+
+static rb_status res_forward_taped(rb_context *ctx, const rb_op *op, const rb_tensor *x, rb_tensor *y, void *tape,
+                                   rb_arena *work)
+{
+    rb_tensor fx = tape_fx(tape, x->shape);
+    return step_core(ctx, branch(op), ((const residual_state *)op->state)->h, x, y, &fx, tape_branch(tape, x->shape),
+                     work);
+}
+
+static rb_status res_backward_taped(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
+                                    const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx, double *dparams,
+                                    rb_arena *work)
+{
+    (void)y;
+    rb_tensor fx = tape_fx(tape, x->shape);
+    return backward_core(ctx, branch(op), ((const residual_state *)op->state)->h, x, &fx, tape_branch(tape, x->shape),
+                         dy, alpha, dx, dparams, work);
+}
+
+static rb_status res_vjp(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy, double alpha,
+                         rb_tensor *dx, rb_arena *work)
+{
+    return backward_core(ctx, branch(op), ((const residual_state *)op->state)->h, x, NULL, NULL, dy, alpha, dx, NULL, work);
+}
+
+static rb_status res_param_grad(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy,
+                                double alpha, double *dparams, rb_arena *work)
+{
+    return backward_core(ctx, branch(op), ((const residual_state *)op->state)->h, x, NULL, NULL, dy, alpha, NULL, dparams,
+                         work);
+}
+
+static void res_destroy(rb_context *ctx, rb_op *op)
+{
+    residual_state *s = op->state;
+    rb_parts_release(ctx, &s->parts);
+    rb_free(ctx, s);
+}
+
+#define RES_TYPE(ident, label, extra)                                                                           \
+    static const rb_op_type ident = {.name = label, .flags = RB_OP_HAS_PARAMS | RB_OP_SAME_SHAPE | RB_OP_COMPOSITE | (extra),    \
+                                     .shape = res_shape, .workspace = res_workspace, .apply = res_apply,        \
+                                     .vjp = res_vjp, .param_grad = res_param_grad, .destroy = res_destroy,      \
+                                     .tape_bytes = res_tape_bytes, .forward_taped = res_forward_taped,          \
+                                     .backward_taped = res_backward_taped}
+RES_TYPE(residual_type, "residual layer", 0);
+RES_TYPE(residual_type_linear, "residual layer (linear)", RB_OP_LINEAR);
+#undef RES_TYPE
+
+rb_status rb_op_residual_create(rb_context *ctx, rb_op *F, double h, rb_op **out)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (out == NULL) return rb_fail(ctx, RB_ENULL, "rb_op_residual_create: out is NULL");
+    if (!isfinite(h)) return rb_fail(ctx, RB_EINVAL, "rb_op_residual_create: step size h = %g is not finite", h);
+    size_t np;
+    int linear;
+    rb_status st = rb_parts_check(ctx, "rb_op_residual_create", &F, 1, &np, &linear);
     if (st != RB_OK) return st;
-    return rb_tensor_axpy(ctx, 1.0, dy, dx);
+    residual_state *s = rb_calloc(ctx, 1, sizeof *s);
+    if (s == NULL) return RB_ENOMEM;
+    rb_op *op;
+    st = rb_op_new(ctx, linear ? &residual_type_linear : &residual_type, s, np, &op);
+    if (st != RB_OK) {
+        rb_free(ctx, s);
+        return st;
+    }
+    s->h = h;
+    rb_parts_adopt(&s->parts, op, &F, 1);
+    *out = op;
+    return RB_OK;
 }

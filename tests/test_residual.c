@@ -168,6 +168,57 @@ static void test_bad_input(void **state)
     rb_tensor_release(ctx, &x), rb_tensor_release(ctx, &y), rb_tensor_release(ctx, &z), rb_tensor_release(ctx, &dx);
 }
 
+/* The residual layer as an op: conformance (FD gradients, taped passes), the same
+ * values as rb_residual_step and rb_residual_backward, and a nested layer. */
+static void test_residual_op(void **state)
+{
+    rb_context *ctx = *state;
+    rb_test_rng r = {21};
+    rb_conv_desc d = rb_conv_desc_default(2, 2, 2);
+    double w1[36], w2[36];
+    for (int i = 0; i < 36; i++) w1[i] = rb_test_uniform(&r, -0.5, 0.5), w2[i] = rb_test_uniform(&r, -0.5, 0.5);
+    rb_op *parts[3], *F, *R, *RR;
+    RB_CHECK(ctx, rb_op_conv_create(ctx, &d, w1, &parts[0]));
+    RB_CHECK(ctx, rb_op_activation_create(ctx, RB_ACT_TANH, &parts[1]));
+    RB_CHECK(ctx, rb_op_conv_create(ctx, &d, w2, &parts[2]));
+    RB_CHECK(ctx, rb_op_chain_create(ctx, parts, 3, &F));
+    rb_shape in = rb_shape_2d(2, 2, 5, 4);
+    /* references before F is handed over: the primitive's own step and backward */
+    rb_tensor x, y_ref, y, dy, dx_ref, dx;
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &x, in));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &y_ref, in));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &y, in));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &dy, in));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &dx_ref, in));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &dx, in));
+    rb_test_fill(&r, &x, -1, 1);
+    rb_test_fill(&r, &dy, -1, 1);
+    rb_arena work = {0};
+    RB_CHECK(ctx, rb_arena_reserve(ctx, &work, 1 << 20));
+    double g_ref[72] = {0}, g[72] = {0};
+    RB_CHECK(ctx, rb_residual_step(ctx, F, 0.4, &x, &y_ref, &work));
+    RB_CHECK(ctx, rb_residual_backward(ctx, F, 0.4, &x, &dy, &dx_ref, g_ref, &work));
+    RB_CHECK(ctx, rb_op_residual_create(ctx, F, 0.4, &R));
+    assert_int_equal(R->nparams, 72);
+    RB_CHECK(ctx, rb_op_apply(ctx, R, &x, &y, &work));
+    assert_memory_equal(y.data, y_ref.data, rb_tensor_count(&y) * sizeof(double));
+    RB_CHECK(ctx, rb_op_backward(ctx, R, &x, NULL, NULL, &dy, 1.0, &dx, g, &work));
+    assert_true(rb_tensor_max_rel_diff(&dx, &dx_ref) <= 1e-15);
+    for (int i = 0; i < 72; i++) assert_true(fabs(g[i] - g_ref[i]) <= 1e-15 * (1 + fabs(g_ref[i])));
+    rb_conformance_case c = rb_conformance_default(R, in, "residual layer (conv-tanh-conv)");
+    rb_conformance_run(ctx, &c);
+    /* nested: x + h2 (x + h F(x)) is a residual layer of a residual layer */
+    RB_CHECK(ctx, rb_op_residual_create(ctx, R, -0.3, &RR));
+    c = rb_conformance_default(RR, in, "residual layer of a residual layer");
+    rb_conformance_run(ctx, &c);
+    rb_op *bad;
+    RB_EXPECT(ctx, RB_EINVAL, "not finite", rb_op_residual_create(ctx, RR, NAN, &bad));
+    rb_op_free(ctx, RR);
+    rb_arena_release(ctx, &work);
+    rb_tensor_release(ctx, &x), rb_tensor_release(ctx, &y_ref), rb_tensor_release(ctx, &y);
+    rb_tensor_release(ctx, &dy), rb_tensor_release(ctx, &dx_ref), rb_tensor_release(ctx, &dx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -175,6 +226,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_backward_finite_differences, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_in_place_and_values, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_bad_input, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_residual_op, rb_test_setup, rb_test_teardown),
     };
     return cmocka_run_group_tests_name("residual", tests, NULL, NULL);
 }

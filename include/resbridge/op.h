@@ -35,6 +35,7 @@ enum rb_op_flags {
     RB_OP_LINEAR = 1u << 0,     /* F(a x + b z) = a F(x) + b F(z) */
     RB_OP_HAS_PARAMS = 1u << 1, /* op->params / op->nparams are meaningful */
     RB_OP_SAME_SHAPE = 1u << 2, /* output shape == input shape (residual-step capable) */
+    RB_OP_COMPOSITE = 1u << 3,  /* owns parts whose parameters live in its own vector (chain, residual layer, ...) */
 };
 
 typedef struct rb_op_type {

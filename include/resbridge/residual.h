@@ -45,6 +45,12 @@ size_t rb_residual_workspace(const rb_op *F, rb_shape in);
 rb_status rb_residual_backward(rb_context *ctx, const rb_op *F, double h, const rb_tensor *x,
                                const rb_tensor *dy, rb_tensor *dx, double *dtheta, rb_arena *work);
 
+/* The residual layer x -> x + h F(x) as an rb_op (a ResNet block's skip
+ * connection): apply is rb_residual_step, its gradients rb_residual_backward's,
+ * and its taped passes keep F(x) and F's tape. It takes ownership of F and
+ * gathers F's parameters as its own (on failure the caller keeps F). */
+rb_status rb_op_residual_create(rb_context *ctx, rb_op *F, double h, rb_op **out);
+
 #ifdef __cplusplus
 }
 #endif
