@@ -22,7 +22,7 @@ rb_status rb_activation_parse(rb_context *ctx, const char *name, rb_activation *
             *act = (rb_activation)i;
             return RB_OK;
         }
-    return rb_fail(ctx, RB_EINVAL, "unknown activation '%s' (identity, relu, tanh, gelu)", name);
+    return rb_fail(ctx, RB_EINVAL, "unknown activation '%s' (identity, relu, tanh, gelu, sigmoid)", name);
 }
 
 static const double inv_sqrt2 = 0.70710678118654752440;
@@ -34,6 +34,7 @@ static double act_f(rb_activation a, double x)
     case RB_ACT_RELU: return x > 0.0 ? x : 0.0;
     case RB_ACT_TANH: return tanh(x);
     case RB_ACT_GELU: return 0.5 * x * (1.0 + erf(x * inv_sqrt2));
+    case RB_ACT_SIGMOID: return 1.0 / (1.0 + exp(-x));
     default: return x;
     }
 }
@@ -48,6 +49,10 @@ static double act_df(rb_activation a, double x)
         return 1.0 - t * t;
     }
     case RB_ACT_GELU: return 0.5 * (1.0 + erf(x * inv_sqrt2)) + x * inv_sqrt2pi * exp(-0.5 * x * x);
+    case RB_ACT_SIGMOID: {
+        double s = 1.0 / (1.0 + exp(-x));
+        return s * (1.0 - s);
+    }
     default: return 1.0;
     }
 }
@@ -80,9 +85,10 @@ ACT_TYPE(type_identity, "identity", RB_OP_LINEAR);
 ACT_TYPE(type_relu, "relu", 0);
 ACT_TYPE(type_tanh, "tanh", 0);
 ACT_TYPE(type_gelu, "gelu", 0);
+ACT_TYPE(type_sigmoid, "sigmoid", 0);
 #undef ACT_TYPE
 
-static const rb_op_type *const act_types[] = {&type_identity, &type_relu, &type_tanh, &type_gelu};
+static const rb_op_type *const act_types[] = {&type_identity, &type_relu, &type_tanh, &type_gelu, &type_sigmoid};
 _Static_assert(sizeof act_types / sizeof *act_types == RB_ACT_COUNT, "one type per activation");
 
 rb_status rb_op_activation_create(rb_context *ctx, rb_activation act, rb_op **out)

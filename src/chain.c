@@ -144,32 +144,6 @@ static rb_status chain_backward_taped(rb_context *ctx, const rb_op *op, const rb
     return st;
 }
 
-static rb_status chain_apply(rb_context *ctx, const rb_op *op, const rb_tensor *x, rb_tensor *y, rb_arena *work)
-{
-    size_t bytes = chain_tape_bytes(op, x->shape), mark = work ? rb_arena_mark(work) : 0;
-    void *tape = NULL;
-    if (bytes > 0) {
-        if (work == NULL) return rb_fail(ctx, RB_ENULL, "chain: needs a work arena (rb_op_workspace)");
-        tape = rb_arena_alloc(ctx, work, bytes);
-        if (tape == NULL) return rb_fail(ctx, RB_ENOMEM, "chain: work arena too small (rb_op_workspace)");
-    }
-    rb_status st = chain_forward_taped(ctx, op, x, y, tape, work);
-    if (work) rb_arena_reset(work, mark);
-    return st;
-}
-
-static rb_status chain_vjp(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy, double alpha,
-                           rb_tensor *dx, rb_arena *work)
-{
-    return rb_op_backward_unchecked(ctx, op, x, NULL, NULL, dy, alpha, dx, NULL, work);
-}
-
-static rb_status chain_param_grad(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy,
-                                  double alpha, double *dparams, rb_arena *work)
-{
-    return rb_op_backward_unchecked(ctx, op, x, NULL, NULL, dy, alpha, NULL, dparams, work);
-}
-
 static void chain_destroy(rb_context *ctx, rb_op *op)
 {
     chain_state *cs = op->state;
@@ -181,8 +155,8 @@ static void chain_destroy(rb_context *ctx, rb_op *op)
  * the linear twin of the same type. */
 #define CHAIN_TYPE(ident, label, extra_flags)                                                                   \
     static const rb_op_type ident = {.name = label, .flags = RB_OP_HAS_PARAMS | RB_OP_COMPOSITE | (extra_flags),               \
-                                     .shape = chain_shape, .workspace = chain_workspace, .apply = chain_apply,  \
-                                     .vjp = chain_vjp, .param_grad = chain_param_grad,                          \
+                                     .shape = chain_shape, .workspace = chain_workspace, .apply = rb_op_apply_via_tape,\
+                                     .vjp = rb_op_vjp_via_tape, .param_grad = rb_op_param_grad_via_tape,      \
                                      .tape_bytes = chain_tape_bytes, .forward_taped = chain_forward_taped,      \
                                      .backward_taped = chain_backward_taped, .destroy = chain_destroy}
 CHAIN_TYPE(chain_type, "chain", 0);

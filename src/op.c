@@ -279,3 +279,41 @@ void rb_parts_release(rb_context *ctx, rb_parts *p)
     }
     p->count = 0;
 }
+
+/* ---- helpers for taped composites --------------------------------------------------------------- */
+
+rb_status rb_op_apply_via_tape(rb_context *ctx, const rb_op *op, const rb_tensor *x, rb_tensor *y, rb_arena *work)
+{
+    size_t bytes = rb_op_tape_bytes(op, x->shape), mark = work ? rb_arena_mark(work) : 0;
+    void *tape = NULL;
+    if (bytes > 0) {
+        if (work == NULL) return rb_fail(ctx, RB_ENULL, "%s: needs a work arena (rb_op_workspace)", op->type->name);
+        tape = rb_arena_alloc(ctx, work, bytes);
+        if (tape == NULL) return rb_fail(ctx, RB_ENOMEM, "%s: work arena too small (rb_op_workspace)", op->type->name);
+    }
+    rb_status st = op->type->forward_taped(ctx, op, x, y, tape, work);
+    if (work) rb_arena_reset(work, mark);
+    return st;
+}
+
+rb_status rb_op_vjp_via_tape(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy, double alpha,
+                             rb_tensor *dx, rb_arena *work)
+{
+    return rb_op_backward_unchecked(ctx, op, x, NULL, NULL, dy, alpha, dx, NULL, work);
+}
+
+rb_status rb_op_param_grad_via_tape(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy,
+                                    double alpha, double *dparams, rb_arena *work)
+{
+    return rb_op_backward_unchecked(ctx, op, x, NULL, NULL, dy, alpha, NULL, dparams, work);
+}
+
+void rb_op_visit(rb_op *op, void (*fn)(rb_op *op, void *user), void *user)
+{
+    if (op == NULL) return;
+    fn(op, user);
+    if (op->type->flags & RB_OP_COMPOSITE) {
+        rb_parts *p = op->state;
+        for (size_t i = 0; i < p->count; i++) rb_op_visit(p->part[i], fn, user);
+    }
+}

@@ -38,6 +38,16 @@ static inline double *rb_parts_grad(const rb_op *composite, const rb_op *part, d
     return dparams != NULL && part->nparams > 0 ? dparams + (size_t)(part->params - composite->params) : NULL;
 }
 
+/* apply for a taped composite: the tape goes to the work arena, then forward_taped. */
+rb_status rb_op_apply_via_tape(rb_context *ctx, const rb_op *op, const rb_tensor *x, rb_tensor *y, rb_arena *work);
+/* vjp and param_grad for a taped composite: backward recomputing its tape (rb_op_backward_unchecked). */
+rb_status rb_op_vjp_via_tape(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy, double alpha,
+                             rb_tensor *dx, rb_arena *work);
+rb_status rb_op_param_grad_via_tape(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy,
+                                    double alpha, double *dparams, rb_arena *work);
+/* Visit op and, for composites, every descendant (depth first, parts in order). */
+void rb_op_visit(rb_op *op, void (*fn)(rb_op *op, void *user), void *user);
+
 /* Byte offsets in tapes: every block starts 64-byte aligned. */
 static inline char *rb_tape_at(void *tape, size_t offset) { return tape ? (char *)tape + offset : NULL; }
 

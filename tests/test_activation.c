@@ -23,6 +23,8 @@ static void test_values_closed_form(void **state)
             case RB_ACT_TANH: want = (exp(2 * v) - 1) / (exp(2 * v) + 1); break;
             /* GELU: x * Phi(x), Phi from the complementary error function */
             case RB_ACT_GELU: want = v * 0.5 * erfc(-v / sqrt(2.0)); break;
+            /* sigmoid: (1 + tanh(x/2)) / 2 */
+            case RB_ACT_SIGMOID: want = 0.5 * (1 + tanh(v / 2)); break;
             default: want = v;
             }
             assert_float_equal(y.data[i], want, 1e-15 * (1 + fabs(want)));

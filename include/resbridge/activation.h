@@ -18,7 +18,8 @@ extern "C" {
     X(RB_ACT_IDENTITY, "identity") \
     X(RB_ACT_RELU, "relu")         \
     X(RB_ACT_TANH, "tanh")         \
-    X(RB_ACT_GELU, "gelu")
+    X(RB_ACT_GELU, "gelu")         \
+    X(RB_ACT_SIGMOID, "sigmoid")
 
 #define RB_ACT_ENUM_(e, name) e,
 typedef enum rb_activation { RB_ACTIVATION_LIST(RB_ACT_ENUM_) RB_ACT_COUNT } rb_activation;

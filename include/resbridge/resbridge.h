@@ -29,6 +29,8 @@
 #include "resbridge/data.h"
 #include "resbridge/train.h"
 #include "resbridge/layers.h"
+#include "resbridge/blocks.h"
+#include "resbridge/model.h"
 #include "resbridge/version.h"
 
 #endif

@@ -1,0 +1,67 @@
+/* model.h — networks built from layers and blocks: a ResNet of configurable
+ * depth and widths and its plain twin (identical layers, no skips), and a
+ * residual MLP for vector data. A model is one rb_op (a chain), so its
+ * forward and backward passes are the op interface's taped passes.
+ *
+ *     rb_model_desc d = rb_model_desc_default(RB_MODEL_RESNET);   // the reference network (29,050 parameters)
+ *     rb_model *m; rb_model_create(ctx, &d, &m);
+ *     rb_model_set_mode(ctx, m, RB_BN_EVAL);
+ *     rb_op_apply(ctx, m->net, &images, &logits, &work);
+ *     rb_model_free(ctx, m);
+ */
+#ifndef RESBRIDGE_MODEL_H
+#define RESBRIDGE_MODEL_H
+
+#include "resbridge/layers.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum rb_model_kind { RB_MODEL_RESNET, RB_MODEL_PLAIN, RB_MODEL_MLP, RB_MODEL_KIND_COUNT } rb_model_kind;
+typedef enum rb_block_kind { RB_BLOCK_V1, RB_BLOCK_V2, RB_BLOCK_HIGHWAY, RB_BLOCK_DENSE, RB_BLOCK_KIND_COUNT } rb_block_kind;
+
+typedef struct rb_model_desc {
+    rb_model_kind kind;
+    rb_block_kind block;    /* RESNET: the residual block; PLAIN uses v1's layers without the skip */
+    size_t depth;           /* 0: the reference network; else conv nets 6n+2 (three stages of n
+                               blocks, widths w, 2w, 4w), MLP: number of blocks */
+    size_t width;           /* stem / first-stage width (conv) or hidden width (MLP) */
+    size_t in_channels, in_h, in_w; /* conv: sample (C,H,W); MLP: in_w inputs (C = H = 1) */
+    size_t outputs;         /* classes (or regression outputs) */
+    double h;               /* residual step of every skip: x + h F(x) (1 by default) */
+    unsigned long seed;     /* weight initialisation */
+} rb_model_desc;
+
+/* The reference network of the nets issue for Fashion-MNIST (RESNET, PLAIN): 3x3
+ * conv to 16 + BN + ReLU, three basic blocks at 16, one stride-2 block to 32
+ * with a 1x1 projection shortcut, global average pooling, linear 10. MLP: 8
+ * inputs, width 32, depth 4, 1 output. */
+rb_model_desc rb_model_desc_default(rb_model_kind kind);
+rb_status rb_model_kind_parse(rb_context *ctx, const char *name, rb_model_kind *kind);   /* resnet, plain, mlp */
+rb_status rb_block_kind_parse(rb_context *ctx, const char *name, rb_block_kind *kind);   /* v1, v2, highway, dense */
+const char *rb_model_kind_name(rb_model_kind kind);
+const char *rb_block_kind_name(rb_block_kind kind);
+
+#define RB_MODEL_MAX_BN 256
+
+typedef struct rb_model {
+    rb_model_desc desc;
+    rb_op *net;             /* the whole network: (N, sample) -> (N,1,1,1,outputs) */
+    rb_shape sample;        /* one input, n = 1 */
+    size_t nbn;
+    rb_op *bn[RB_MODEL_MAX_BN]; /* its batch-norm layers (owned by net), for mode switches and checkpoints */
+} rb_model;
+
+/* Build and initialise (He-normal convolutions, fan-out; PyTorch's uniform for
+ * dense layers; BN gamma 1, beta 0; highway gates biased to carry). The
+ * message names the layer when widths or strides do not fit. */
+rb_status rb_model_create(rb_context *ctx, const rb_model_desc *desc, rb_model **out);
+void rb_model_free(rb_context *ctx, rb_model *m);
+/* Every batch-norm layer to `mode` (RB_BN_TRAIN_TRACK for a training forward, RB_BN_EVAL for inference). */
+rb_status rb_model_set_mode(rb_context *ctx, rb_model *m, rb_bn_mode mode);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

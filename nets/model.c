@@ -1,0 +1,347 @@
+/* model.c — ResNets, their plain twins and residual MLPs from layers and
+ * blocks (see model.h). */
+#include "resbridge/model.h"
+
+#include <math.h>
+#include <string.h>
+#include <gsl/gsl_randist.h>
+#include <gsl/gsl_rng.h>
+
+#include "resbridge/activation.h"
+#include "resbridge/blocks.h"
+#include "resbridge/chain.h"
+#include "resbridge/conv.h"
+#include "resbridge/residual.h"
+#include "op_internal.h"
+
+static const char *const model_names[RB_MODEL_KIND_COUNT] = {"resnet", "plain", "mlp"};
+static const char *const block_names[RB_BLOCK_KIND_COUNT] = {"v1", "v2", "highway", "dense"};
+
+const char *rb_model_kind_name(rb_model_kind k) { return (unsigned)k < RB_MODEL_KIND_COUNT ? model_names[k] : "unknown"; }
+const char *rb_block_kind_name(rb_block_kind k) { return (unsigned)k < RB_BLOCK_KIND_COUNT ? block_names[k] : "unknown"; }
+
+static rb_status parse(rb_context *ctx, const char *what, const char *const *names, int count, const char *list,
+                       const char *name, int *out)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (name == NULL || out == NULL) return rb_fail(ctx, RB_ENULL, "%s: name or result is NULL", what);
+    for (int i = 0; i < count; i++)
+        if (strcmp(name, names[i]) == 0) {
+            *out = i;
+            return RB_OK;
+        }
+    return rb_fail(ctx, RB_EINVAL, "unknown %s '%s' (%s)", what, name, list);
+}
+
+rb_status rb_model_kind_parse(rb_context *ctx, const char *name, rb_model_kind *kind)
+{
+    int k = 0;
+    rb_status st = parse(ctx, "model", model_names, RB_MODEL_KIND_COUNT, "resnet, plain, mlp", name, &k);
+    if (st == RB_OK) *kind = (rb_model_kind)k;
+    return st;
+}
+
+rb_status rb_block_kind_parse(rb_context *ctx, const char *name, rb_block_kind *kind)
+{
+    int k = 0;
+    rb_status st = parse(ctx, "block", block_names, RB_BLOCK_KIND_COUNT, "v1, v2, highway, dense", name, &k);
+    if (st == RB_OK) *kind = (rb_block_kind)k;
+    return st;
+}
+
+rb_model_desc rb_model_desc_default(rb_model_kind kind)
+{
+    if (kind == RB_MODEL_MLP)
+        return (rb_model_desc){.kind = kind, .block = RB_BLOCK_V2, .depth = 4, .width = 32, .in_channels = 1, .in_h = 1,
+                               .in_w = 8, .outputs = 1, .h = 1.0, .seed = 1};
+    return (rb_model_desc){.kind = kind, .block = RB_BLOCK_V1, .depth = 0, .width = 16, .in_channels = 1, .in_h = 28,
+                           .in_w = 28, .outputs = 10, .h = 1.0, .seed = 1};
+}
+
+/* ---- the builder: every helper returns NULL once something failed, freeing what it was given ---- */
+
+typedef struct builder {
+    rb_context *ctx;
+    rb_status st;
+    gsl_rng *rng;
+    const rb_model_desc *d;
+} builder;
+
+static void free_all(builder *b, rb_op **ops, size_t n)
+{
+    for (size_t i = 0; i < n; i++) rb_op_free(b->ctx, ops[i]);
+}
+
+static int ok_parts(builder *b, rb_op **ops, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (ops[i] == NULL) b->st = b->st == RB_OK ? RB_ENOMEM : b->st;
+    if (b->st != RB_OK) free_all(b, ops, n);
+    return b->st == RB_OK;
+}
+
+static rb_op *chain(builder *b, rb_op **ops, size_t n)
+{
+    rb_op *op = NULL;
+    if (ok_parts(b, ops, n) && (b->st = rb_op_chain_create(b->ctx, ops, n, &op)) != RB_OK) free_all(b, ops, n);
+    return op;
+}
+
+static rb_op *residual(builder *b, rb_op *F, double h)
+{
+    rb_op *op = NULL;
+    if (ok_parts(b, &F, 1) && (b->st = rb_op_residual_create(b->ctx, F, h, &op)) != RB_OK) rb_op_free(b->ctx, F);
+    return op;
+}
+
+static rb_op *sum(builder *b, rb_op *P, rb_op *F, double h)
+{
+    rb_op *op = NULL, *ops[2] = {P, F};
+    if (ok_parts(b, ops, 2) && (b->st = rb_op_sum_create(b->ctx, P, F, 1.0, h, &op)) != RB_OK) free_all(b, ops, 2);
+    return op;
+}
+
+static rb_op *act(builder *b, rb_activation a)
+{
+    rb_op *op = NULL;
+    if (b->st == RB_OK) b->st = rb_op_activation_create(b->ctx, a, &op);
+    return op;
+}
+
+static rb_op *bn(builder *b, size_t c)
+{
+    rb_op *op = NULL;
+    if (b->st == RB_OK) b->st = rb_op_batchnorm_create(b->ctx, c, 1e-5, 0.1, &op);
+    return op;
+}
+
+/* k x k conv (k = 1 or 3), padding k/2, CNN stride convention; He-normal (fan-out) weights, optional bias. */
+static rb_op *conv(builder *b, size_t cin, size_t cout, int k, int stride, double bias)
+{
+    if (b->st != RB_OK) return NULL;
+    rb_conv_desc d = rb_conv_desc_default(2, cin, cout);
+    d.ksize = k, d.stride = stride, d.grid = RB_GRID_CELL, d.bias = bias != 0;
+    rb_op *op = NULL;
+    b->st = rb_op_conv_create(b->ctx, &d, NULL, &op);
+    if (b->st != RB_OK) return NULL;
+    size_t nw = cout * cin * (size_t)(k * k);
+    double sd = sqrt(2.0 / (double)(cout * (size_t)(k * k)));
+    for (size_t i = 0; i < nw; i++) op->params[i] = gsl_ran_gaussian(b->rng, sd);
+    for (size_t i = nw; i < op->nparams; i++) op->params[i] = bias;
+    return op;
+}
+
+static rb_op *dense(builder *b, size_t in, size_t out)
+{
+    rb_op *op = NULL;
+    if (b->st == RB_OK) b->st = rb_op_dense_create(b->ctx, in, out, true, NULL, &op);
+    if (op == NULL) return NULL;
+    double bound = 1 / sqrt((double)in);
+    for (size_t i = 0; i < op->nparams; i++) op->params[i] = bound * (2 * gsl_rng_uniform(b->rng) - 1);
+    return op;
+}
+
+/* conv3-BN-ReLU-conv3-BN: the basic block's branch (v1, plain, highway). */
+static rb_op *basic_branch(builder *b, size_t cin, size_t cout, int stride)
+{
+    rb_op *p[5] = {conv(b, cin, cout, 3, stride, 0), bn(b, cout), act(b, RB_ACT_RELU), conv(b, cout, cout, 3, 1, 0), bn(b, cout)};
+    return chain(b, p, 5);
+}
+
+/* One block from cin to cout channels, stride 1 or 2; *cout_actual for the dense block. */
+static rb_op *block(builder *b, rb_block_kind kind, int plain, size_t cin, size_t cout, int stride)
+{
+    const double h = b->d->h;
+    const int identity = cin == cout && stride == 1;
+    if (plain) {
+        rb_op *p[2] = {basic_branch(b, cin, cout, stride), act(b, RB_ACT_RELU)};
+        return chain(b, p, 2);
+    }
+    if (kind == RB_BLOCK_V2) {
+        rb_op *p[6] = {bn(b, cin), act(b, RB_ACT_RELU), conv(b, cin, cout, 3, stride, 0), bn(b, cout), act(b, RB_ACT_RELU),
+                       conv(b, cout, cout, 3, 1, 0)};
+        rb_op *F = chain(b, p, 6);
+        return identity ? residual(b, F, h) : sum(b, conv(b, cin, cout, 1, stride, 0), F, h);
+    }
+    if (kind == RB_BLOCK_HIGHWAY && identity) {
+        rb_op *t[2] = {conv(b, cout, cout, 3, 1, -1.0), act(b, RB_ACT_SIGMOID)}; /* gate starts mostly carrying x */
+        rb_op *T = chain(b, t, 2), *F = basic_branch(b, cin, cout, 1), *G = NULL;
+        rb_op *gp[2] = {F, T};
+        if (ok_parts(b, gp, 2) && (b->st = rb_op_highway_gate_create(b->ctx, F, T, &G)) != RB_OK) free_all(b, gp, 2);
+        rb_op *p[2] = {residual(b, G, 1.0), act(b, RB_ACT_RELU)};
+        return chain(b, p, 2);
+    }
+    /* v1 (and the transitions of highway nets) */
+    rb_op *F = basic_branch(b, cin, cout, stride), *skip;
+    if (identity) {
+        skip = residual(b, F, h);
+    } else {
+        rb_op *p[2] = {conv(b, cin, cout, 1, stride, 0), bn(b, cout)};
+        skip = sum(b, chain(b, p, 2), F, h);
+    }
+    rb_op *p[2] = {skip, act(b, RB_ACT_RELU)};
+    return chain(b, p, 2);
+}
+
+/* DenseNet layer: [x, conv3(ReLU(BN(x)))] adds `growth` channels. */
+static rb_op *dense_layer(builder *b, size_t cin, size_t growth)
+{
+    rb_op *p[3] = {bn(b, cin), act(b, RB_ACT_RELU), conv(b, cin, growth, 3, 1, 0)};
+    rb_op *F = chain(b, p, 3), *op = NULL;
+    if (ok_parts(b, &F, 1) && (b->st = rb_op_concat_create(b->ctx, F, &op)) != RB_OK) rb_op_free(b->ctx, F);
+    return op;
+}
+
+static rb_status fail_parts(builder *b, size_t need)
+{
+    return b->st = rb_fail(b->ctx, RB_EINVAL, "rb_model_create: the network needs %zu layers in its top chain, at most %d "
+                                              "(lower the depth)", need, RB_PARTS_MAX);
+}
+
+static rb_op *conv_net(builder *b)
+{
+    const rb_model_desc *d = b->d;
+    const int plain = d->kind == RB_MODEL_PLAIN;
+    size_t stages = d->depth == 0 ? 2 : 3, per[3], width[3];
+    if (d->depth == 0) per[0] = 3, per[1] = 1, width[0] = d->width, width[1] = 2 * d->width;
+    else
+        for (size_t s = 0; s < 3; s++) per[s] = (d->depth - 2) / 6, width[s] = d->width << s;
+    size_t total = 3 + 3; /* stem, pooling, head (+ v2's final BN-ReLU) */
+    for (size_t s = 0; s < stages; s++) total += per[s] + (d->block == RB_BLOCK_DENSE ? 1 : 0);
+    if (total > RB_PARTS_MAX) {
+        fail_parts(b, total);
+        return NULL;
+    }
+    rb_op *ops[RB_PARTS_MAX] = {0};
+    size_t n = 0, c = d->width;
+    ops[n++] = conv(b, d->in_channels, c, 3, 1, 0);
+    ops[n++] = bn(b, c);
+    ops[n++] = act(b, RB_ACT_RELU);
+    for (size_t s = 0; s < stages; s++)
+        for (size_t k = 0; k < per[s]; k++) {
+            int stride = s > 0 && k == 0 ? 2 : 1;
+            if (d->block == RB_BLOCK_DENSE && !plain) {
+                if (k == 0) { /* transition: BN-ReLU-conv1x1 to the stage width (stride 2 after the first stage) */
+                    rb_op *t[3] = {bn(b, c), act(b, RB_ACT_RELU), conv(b, c, width[s], 1, stride, 0)};
+                    ops[n++] = chain(b, t, 3);
+                    c = width[s];
+                }
+                ops[n++] = dense_layer(b, c, width[s] / 2);
+                c += width[s] / 2;
+            } else {
+                ops[n++] = block(b, d->block, plain, c, width[s], stride);
+                c = width[s];
+            }
+        }
+    if (d->block == RB_BLOCK_V2 && !plain) {
+        rb_op *t[2] = {bn(b, c), act(b, RB_ACT_RELU)};
+        ops[n++] = chain(b, t, 2);
+    }
+    rb_op *pool = NULL;
+    if (b->st == RB_OK) b->st = rb_op_global_avg_pool_create(b->ctx, &pool);
+    ops[n++] = pool;
+    ops[n++] = dense(b, c, d->outputs);
+    return chain(b, ops, n);
+}
+
+static rb_op *mlp(builder *b)
+{
+    const rb_model_desc *d = b->d;
+    if (d->depth + 3 > RB_PARTS_MAX) {
+        fail_parts(b, d->depth + 3);
+        return NULL;
+    }
+    rb_op *ops[RB_PARTS_MAX] = {0};
+    size_t n = 0, w = d->width;
+    ops[n++] = dense(b, d->in_channels * d->in_h * d->in_w, w);
+    ops[n++] = act(b, RB_ACT_RELU);
+    for (size_t k = 0; k < d->depth; k++) {
+        rb_op *p[3] = {dense(b, w, w), act(b, RB_ACT_RELU), dense(b, w, w)};
+        rb_op *F = chain(b, p, 3);
+        ops[n++] = d->kind == RB_MODEL_PLAIN ? F : residual(b, F, d->h);
+    }
+    ops[n++] = dense(b, w, d->outputs);
+    return chain(b, ops, n);
+}
+
+static void collect_bn(rb_op *op, void *user)
+{
+    rb_model *m = user;
+    if (rb_op_is_batchnorm(op) && m->nbn < RB_MODEL_MAX_BN) m->bn[m->nbn++] = op;
+    else if (rb_op_is_batchnorm(op)) m->nbn = RB_MODEL_MAX_BN + 1; /* too many: refused below */
+}
+
+static rb_status check_desc(rb_context *ctx, const rb_model_desc *d)
+{
+    static const char fn[] = "rb_model_create";
+    if ((unsigned)d->kind >= RB_MODEL_KIND_COUNT) return rb_fail(ctx, RB_EINVAL, "%s: unknown model kind %d", fn, (int)d->kind);
+    if ((unsigned)d->block >= RB_BLOCK_KIND_COUNT) return rb_fail(ctx, RB_EINVAL, "%s: unknown block kind %d", fn, (int)d->block);
+    if (d->width == 0 || d->width > 4096) return rb_fail(ctx, RB_EINVAL, "%s: width = %zu, must be 1..4096", fn, d->width);
+    if (d->outputs == 0) return rb_fail(ctx, RB_EINVAL, "%s: outputs = 0", fn);
+    if (d->in_channels == 0 || d->in_h == 0 || d->in_w == 0)
+        return rb_fail(ctx, RB_EINVAL, "%s: input shape (%zu,%zu,%zu) has a zero extent", fn, d->in_channels, d->in_h, d->in_w);
+    if (!isfinite(d->h)) return rb_fail(ctx, RB_EINVAL, "%s: residual step h = %g is not finite", fn, d->h);
+    if (d->kind != RB_MODEL_MLP && d->depth != 0 && (d->depth < 8 || (d->depth - 2) % 6 != 0))
+        return rb_fail(ctx, RB_EINVAL, "%s: depth = %zu; conv nets have depth 6n+2 (8, 14, 20, ..., 56) or 0 for the reference", fn,
+                       d->depth);
+    if (d->kind != RB_MODEL_MLP && d->block == RB_BLOCK_DENSE && d->width < 2)
+        return rb_fail(ctx, RB_EINVAL, "%s: dense blocks need width >= 2 (growth = width / 2)", fn);
+    return RB_OK;
+}
+
+rb_status rb_model_create(rb_context *ctx, const rb_model_desc *desc, rb_model **out)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (desc == NULL || out == NULL) return rb_fail(ctx, RB_ENULL, "rb_model_create: %s is NULL", desc ? "out" : "desc");
+    rb_status st = check_desc(ctx, desc);
+    if (st != RB_OK) return st;
+    rb_model *m = rb_calloc(ctx, 1, sizeof *m);
+    if (m == NULL) return RB_ENOMEM;
+    m->desc = *desc;
+    builder b = {ctx, RB_OK, gsl_rng_alloc(gsl_rng_mt19937), &m->desc};
+    if (b.rng == NULL) {
+        rb_free(ctx, m);
+        return rb_fail(ctx, RB_ENOMEM, "rb_model_create: cannot allocate a GSL generator");
+    }
+    gsl_rng_set(b.rng, desc->seed);
+    m->net = desc->kind == RB_MODEL_MLP ? mlp(&b) : conv_net(&b);
+    gsl_rng_free(b.rng);
+    if (b.st != RB_OK || m->net == NULL) {
+        rb_free(ctx, m);
+        return b.st != RB_OK ? b.st : RB_ENOMEM;
+    }
+    m->sample = desc->kind == RB_MODEL_MLP ? rb_shape_vec(desc->in_channels * desc->in_h * desc->in_w)
+                                           : rb_shape_2d(1, desc->in_channels, desc->in_h, desc->in_w);
+    /* every layer's shape must fit: the chain's shape query names the first one that does not */
+    rb_shape o;
+    st = rb_op_shape(ctx, m->net, m->sample, &o);
+    if (st == RB_OK && o.n * o.c * o.d * o.h * o.w != desc->outputs)
+        st = rb_fail(ctx, RB_ESHAPE, "rb_model_create: the network ends with %zu values per sample, not %zu", rb_shape_count(o), desc->outputs);
+    rb_op_visit(m->net, collect_bn, m);
+    if (st == RB_OK && m->nbn > RB_MODEL_MAX_BN)
+        st = rb_fail(ctx, RB_EINVAL, "rb_model_create: more than %d batch-norm layers", RB_MODEL_MAX_BN);
+    if (st != RB_OK) {
+        rb_model_free(ctx, m);
+        return st;
+    }
+    *out = m;
+    return RB_OK;
+}
+
+void rb_model_free(rb_context *ctx, rb_model *m)
+{
+    if (m == NULL) return;
+    rb_op_free(ctx, m->net);
+    rb_free(ctx, m);
+}
+
+rb_status rb_model_set_mode(rb_context *ctx, rb_model *m, rb_bn_mode mode)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (m == NULL) return rb_fail(ctx, RB_ENULL, "rb_model_set_mode: model is NULL");
+    for (size_t i = 0; i < m->nbn; i++) {
+        rb_status st = rb_op_batchnorm_set_mode(ctx, m->bn[i], mode);
+        if (st != RB_OK) return st;
+    }
+    return RB_OK;
+}
