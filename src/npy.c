@@ -13,6 +13,7 @@
  * that is not there.
  */
 #include "resbridge/npy.h"
+#include "io_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -50,38 +51,6 @@ static void swap8(double *v, size_t n)
     }
 }
 
-/* Thread-safe strerror (XSI strerror_r, which _POSIX_C_SOURCE=200809L selects). */
-static const char *errno_text(int err, char *buf, size_t len)
-{
-    if (strerror_r(err, buf, len) != 0) snprintf(buf, len, "error %d", err);
-    return buf;
-}
-
-static rb_status io_fail(rb_context *ctx, const char *fn, const char *what, const char *path, int err)
-{
-    char eb[128];
-    return rb_fail(ctx, RB_EIO, "%s: %s '%s': %s", fn, what, path, errno_text(err, eb, sizeof eb));
-}
-
-/* ---- writing ----------------------------------------------------------------------------- */
-
-/* Full write(2) loop. Returns 0 or an errno value. */
-static int write_all(int fd, const void *buf, size_t len)
-{
-    const unsigned char *p = buf;
-    while (len > 0) {
-        ssize_t k = write(fd, p, len);
-        if (k < 0) {
-            if (errno == EINTR) continue;
-            return errno;
-        }
-        if (k == 0) return EIO;
-        p += (size_t)k;
-        len -= (size_t)k;
-    }
-    return 0;
-}
-
 /* The header np.save writes for a C-order float64 array of this shape:
  * magic, version 1.0, little-endian uint16 length, the dict, spare space for
  * growing the first axis, padding to 64 bytes, '\n'. Returns its length. */
@@ -109,6 +78,30 @@ static size_t make_header(rb_shape s, char *buf, size_t cap)
     return total;
 }
 
+typedef struct npy_emit_args {
+    const char *header;
+    size_t hsize;
+    const rb_tensor *t;
+} npy_emit_args;
+
+/* The header, then the data in little-endian order. */
+static int npy_emit(int fd, void *user)
+{
+    const npy_emit_args *a = user;
+    int err = rb_io_write_all(fd, a->header, a->hsize);
+    size_t count = rb_tensor_count(a->t);
+    if (err != 0) return err;
+    if (host_is_little_endian()) return rb_io_write_all(fd, a->t->data, count * sizeof(double));
+    double chunk[256];
+    for (size_t i = 0; i < count && err == 0; i += 256) {
+        size_t k = count - i < 256 ? count - i : 256;
+        memcpy(chunk, a->t->data + i, k * sizeof(double));
+        swap8(chunk, k);
+        err = rb_io_write_all(fd, chunk, k * sizeof(double));
+    }
+    return err;
+}
+
 rb_status rb_npy_write(rb_context *ctx, const char *path, const rb_tensor *t)
 {
     static const char fn[] = "rb_npy_write";
@@ -122,70 +115,8 @@ rb_status rb_npy_write(rb_context *ctx, const char *path, const rb_tensor *t)
     size_t hsize = make_header(t->shape, header, sizeof header);
     if (hsize == 0) return rb_fail(ctx, RB_EINVAL, "%s: '%s': header does not fit", fn, path);
 
-    static const char suffix[] = ".tmp.XXXXXX";
-    size_t plen = strlen(path);
-    char *tmp = rb_malloc(ctx, plen + sizeof suffix);
-    if (tmp == NULL) return rb_fail(ctx, RB_ENOMEM, "%s: '%s': out of memory for the temporary name", fn, path);
-    memcpy(tmp, path, plen);
-    memcpy(tmp + plen, suffix, sizeof suffix);
-
-    int fd = mkstemp(tmp);
-    if (fd < 0) {
-        int err = errno;
-        st = io_fail(ctx, fn, "cannot create a temporary file next to", path, err);
-        rb_free(ctx, tmp);
-        return st;
-    }
-
-    /* mkstemp creates mode 0600; keep the mode of a file we replace, else 0644. */
-    struct stat old;
-    mode_t mode = (stat(path, &old) == 0 && S_ISREG(old.st_mode)) ? (old.st_mode & 0777) : 0644;
-    const char *what = "cannot write";
-    int err = 0;
-    if (fchmod(fd, mode) != 0) err = errno, what = "cannot set the mode of the temporary file for";
-    if (err == 0) err = write_all(fd, header, hsize);
-    if (err == 0) {
-        size_t count = rb_tensor_count(t);
-        if (host_is_little_endian()) {
-            err = write_all(fd, t->data, count * sizeof(double));
-        } else {
-            double chunk[256];
-            for (size_t i = 0; i < count && err == 0; i += 256) {
-                size_t k = count - i < 256 ? count - i : 256;
-                memcpy(chunk, t->data + i, k * sizeof(double));
-                swap8(chunk, k);
-                err = write_all(fd, chunk, k * sizeof(double));
-            }
-        }
-    }
-    if (err == 0 && fsync(fd) != 0) err = errno, what = "cannot sync";
-    if (close(fd) != 0 && err == 0) err = errno, what = "cannot close";
-    if (err == 0 && rename(tmp, path) != 0) err = errno, what = "cannot rename the temporary file onto";
-    if (err != 0) {
-        unlink(tmp);
-        rb_free(ctx, tmp);
-        return io_fail(ctx, fn, what, path, err);
-    }
-    rb_free(ctx, tmp);
-
-    /* Make the rename durable: sync the directory (best effort; not every file system allows it). */
-    char *dir = rb_malloc(ctx, plen + 2);
-    if (dir != NULL) {
-        memcpy(dir, path, plen + 1);
-        char *slash = strrchr(dir, '/');
-        if (slash == NULL) strcpy(dir, ".");
-        else if (slash == dir) dir[1] = '\0';
-        else *slash = '\0';
-        int dfd = open(dir, O_RDONLY);
-        if (dfd >= 0) {
-            (void)fsync(dfd);
-            close(dfd);
-        }
-        rb_free(ctx, dir);
-    } else {
-        rb_context_clear_error(ctx); /* the file is written; the directory sync is only a courtesy */
-    }
-    return RB_OK;
+    npy_emit_args args = {header, hsize, t};
+    return rb_io_write_atomic(ctx, fn, path, npy_emit, &args);
 }
 
 /* ---- the header dictionary ------------------------------------------------------------------ */
@@ -370,8 +301,8 @@ rb_status rb_npy_read(rb_context *ctx, const char *path, rb_tensor *out)
         int err = errno;
         char eb[128];
         if (err == ENOENT || err == ENOTDIR)
-            return rb_fail(ctx, RB_ENOTFOUND, "%s: cannot open '%s': %s", fn, path, errno_text(err, eb, sizeof eb));
-        return io_fail(ctx, fn, "cannot open", path, err);
+            return rb_fail(ctx, RB_ENOTFOUND, "%s: cannot open '%s': %s", fn, path, rb_io_strerror(err, eb, sizeof eb));
+        return rb_io_fail(ctx, fn, "cannot open", path, err);
     }
 
     rb_status st = RB_OK;
@@ -382,11 +313,11 @@ rb_status rb_npy_read(rb_context *ctx, const char *path, rb_tensor *out)
     struct stat sb;
     long long fsize = -1; /* -1: not a regular file, size unknown */
     if (fstat(fileno(f), &sb) != 0) {
-        st = io_fail(ctx, fn, "cannot stat", path, errno);
+        st = rb_io_fail(ctx, fn, "cannot stat", path, errno);
         goto done;
     }
     if (S_ISDIR(sb.st_mode)) {
-        st = io_fail(ctx, fn, "cannot read", path, EISDIR);
+        st = rb_io_fail(ctx, fn, "cannot read", path, EISDIR);
         goto done;
     }
     if (S_ISREG(sb.st_mode)) fsize = (long long)sb.st_size;
@@ -394,7 +325,7 @@ rb_status rb_npy_read(rb_context *ctx, const char *path, rb_tensor *out)
     unsigned char pre[12];
     rc = read_exact(f, pre, 8);
     if (rc > 0) {
-        st = io_fail(ctx, fn, "cannot read", path, rc);
+        st = rb_io_fail(ctx, fn, "cannot read", path, rc);
         goto done;
     }
     if (rc < 0 || memcmp(pre, NPY_MAGIC, NPY_MAGIC_LEN) != 0) {
@@ -411,7 +342,7 @@ rb_status rb_npy_read(rb_context *ctx, const char *path, rb_tensor *out)
     size_t lenbytes = major == 1 ? 2 : 4;
     rc = read_exact(f, pre + 8, lenbytes);
     if (rc > 0) {
-        st = io_fail(ctx, fn, "cannot read", path, rc);
+        st = rb_io_fail(ctx, fn, "cannot read", path, rc);
         goto done;
     }
     if (rc < 0) {
@@ -438,7 +369,7 @@ rb_status rb_npy_read(rb_context *ctx, const char *path, rb_tensor *out)
     }
     rc = read_exact(f, hbuf, hlen);
     if (rc > 0) {
-        st = io_fail(ctx, fn, "cannot read", path, rc);
+        st = rb_io_fail(ctx, fn, "cannot read", path, rc);
         goto done;
     }
     if (rc < 0) {
@@ -507,7 +438,7 @@ rb_status rb_npy_read(rb_context *ctx, const char *path, rb_tensor *out)
     }
     rc = read_exact(f, t.data, nbytes);
     if (rc > 0) {
-        st = io_fail(ctx, fn, "cannot read", path, rc);
+        st = rb_io_fail(ctx, fn, "cannot read", path, rc);
         goto done;
     }
     if (rc < 0) {
@@ -518,7 +449,7 @@ rb_status rb_npy_read(rb_context *ctx, const char *path, rb_tensor *out)
     unsigned char extra;
     rc = read_exact(f, &extra, 1);
     if (rc > 0) {
-        st = io_fail(ctx, fn, "cannot read", path, rc);
+        st = rb_io_fail(ctx, fn, "cannot read", path, rc);
         goto done;
     }
     if (rc == 0) {
