@@ -268,9 +268,6 @@ static rb_status norm_shape(rb_context *ctx, const rb_op *op, rb_shape in, rb_sh
     if (!s->batch && per_sample(in) != s->size)
         return rb_fail(ctx, RB_ESHAPE, "layer norm (%zu values): input %s has %zu values per sample", s->size,
                        rb_shape_format(in, buf, sizeof buf), per_sample(in));
-    if (s->batch && s->mode != RB_BN_EVAL && in.n * in.d * in.h * in.w < 2)
-        return rb_fail(ctx, RB_ESHAPE, "batch norm in training mode: input %s has 1 value per channel; batch statistics need 2",
-                       rb_shape_format(in, buf, sizeof buf));
     *out = in;
     return RB_OK;
 }
@@ -287,6 +284,11 @@ static rb_status norm_prepare(rb_context *ctx, const rb_op *op, const rb_tensor 
 {
     const norm_state *s = op->state;
     *L = layout_of(s, x->shape);
+    if (s->batch && s->mode != RB_BN_EVAL && L->nO * L->nI < 2) {
+        char buf[64];
+        return rb_fail(ctx, RB_ESHAPE, "batch norm in training mode: input %s has 1 value per channel; batch statistics need 2",
+                       rb_shape_format(x->shape, buf, sizeof buf));
+    }
     double *m = rb_arena_alloc(ctx, work, L->nG * sizeof(double));
     double *v = rb_arena_alloc(ctx, work, L->nG * sizeof(double));
     double *r = rb_arena_alloc(ctx, work, L->nG * sizeof(double));

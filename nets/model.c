@@ -15,7 +15,7 @@
 #include "op_internal.h"
 
 static const char *const model_names[RB_MODEL_KIND_COUNT] = {"resnet", "plain", "mlp"};
-static const char *const block_names[RB_BLOCK_KIND_COUNT] = {"v1", "v2", "highway", "dense"};
+static const char *const block_names[RB_BLOCK_KIND_COUNT] = {"v1", "v2", "highway", "dense", "plain"};
 
 const char *rb_model_kind_name(rb_model_kind k) { return (unsigned)k < RB_MODEL_KIND_COUNT ? model_names[k] : "unknown"; }
 const char *rb_block_kind_name(rb_block_kind k) { return (unsigned)k < RB_BLOCK_KIND_COUNT ? block_names[k] : "unknown"; }
@@ -44,7 +44,7 @@ rb_status rb_model_kind_parse(rb_context *ctx, const char *name, rb_model_kind *
 rb_status rb_block_kind_parse(rb_context *ctx, const char *name, rb_block_kind *kind)
 {
     int k = 0;
-    rb_status st = parse(ctx, "block", block_names, RB_BLOCK_KIND_COUNT, "v1, v2, highway, dense", name, &k);
+    rb_status st = parse(ctx, "block", block_names, RB_BLOCK_KIND_COUNT, "v1, v2, highway, dense, plain", name, &k);
     if (st == RB_OK) *kind = (rb_block_kind)k;
     return st;
 }
@@ -201,7 +201,7 @@ static rb_status fail_parts(builder *b, size_t need)
 static rb_op *conv_net(builder *b)
 {
     const rb_model_desc *d = b->d;
-    const int plain = d->kind == RB_MODEL_PLAIN;
+    const int plain = d->kind == RB_MODEL_PLAIN || d->block == RB_BLOCK_PLAIN;
     size_t stages = d->depth == 0 ? 2 : 3, per[3], width[3];
     if (d->depth == 0) per[0] = 3, per[1] = 1, width[0] = d->width, width[1] = 2 * d->width;
     else
@@ -258,7 +258,7 @@ static rb_op *mlp(builder *b)
     for (size_t k = 0; k < d->depth; k++) {
         rb_op *p[3] = {dense(b, w, w), act(b, RB_ACT_RELU), dense(b, w, w)};
         rb_op *F = chain(b, p, 3);
-        ops[n++] = d->kind == RB_MODEL_PLAIN ? F : residual(b, F, d->h);
+        ops[n++] = d->block == RB_BLOCK_PLAIN ? F : residual(b, F, d->h);
     }
     ops[n++] = dense(b, w, d->outputs);
     return chain(b, ops, n);

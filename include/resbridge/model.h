@@ -19,11 +19,12 @@ extern "C" {
 #endif
 
 typedef enum rb_model_kind { RB_MODEL_RESNET, RB_MODEL_PLAIN, RB_MODEL_MLP, RB_MODEL_KIND_COUNT } rb_model_kind;
-typedef enum rb_block_kind { RB_BLOCK_V1, RB_BLOCK_V2, RB_BLOCK_HIGHWAY, RB_BLOCK_DENSE, RB_BLOCK_KIND_COUNT } rb_block_kind;
+/* PLAIN: the same layers without skips (the plain twin; --model plain is a ResNet with plain blocks). */
+typedef enum rb_block_kind { RB_BLOCK_V1, RB_BLOCK_V2, RB_BLOCK_HIGHWAY, RB_BLOCK_DENSE, RB_BLOCK_PLAIN, RB_BLOCK_KIND_COUNT } rb_block_kind;
 
 typedef struct rb_model_desc {
     rb_model_kind kind;
-    rb_block_kind block;    /* RESNET: the residual block; PLAIN uses v1's layers without the skip */
+    rb_block_kind block;    /* the block; PLAIN models (and RB_BLOCK_PLAIN) drop the skips */
     size_t depth;           /* 0: the reference network; else conv nets 6n+2 (three stages of n
                                blocks, widths w, 2w, 4w), MLP: number of blocks */
     size_t width;           /* stem / first-stage width (conv) or hidden width (MLP) */
@@ -39,7 +40,7 @@ typedef struct rb_model_desc {
  * inputs, width 32, depth 4, 1 output. */
 rb_model_desc rb_model_desc_default(rb_model_kind kind);
 rb_status rb_model_kind_parse(rb_context *ctx, const char *name, rb_model_kind *kind);   /* resnet, plain, mlp */
-rb_status rb_block_kind_parse(rb_context *ctx, const char *name, rb_block_kind *kind);   /* v1, v2, highway, dense */
+rb_status rb_block_kind_parse(rb_context *ctx, const char *name, rb_block_kind *kind);   /* v1, v2, highway, dense, plain */
 const char *rb_model_kind_name(rb_model_kind kind);
 const char *rb_block_kind_name(rb_block_kind kind);
 

@@ -31,6 +31,7 @@
 #include "resbridge/layers.h"
 #include "resbridge/blocks.h"
 #include "resbridge/model.h"
+#include "resbridge/trainer.h"
 #include "resbridge/version.h"
 
 #endif
