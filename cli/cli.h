@@ -13,5 +13,7 @@ typedef struct rb_cli_command {
 int rb_cli_demo(int argc, char **argv);
 int rb_cli_poisson(int argc, char **argv);
 int rb_cli_ode(int argc, char **argv);
+int rb_cli_train(int argc, char **argv);
+int rb_cli_eval(int argc, char **argv);
 
 #endif

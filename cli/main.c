@@ -10,6 +10,8 @@ static const rb_cli_command commands[] = {
     {"demo", "the bridge end to end on small problems, each checked against its oracle", rb_cli_demo},
     {"ode", "a ResNet as a discretised ODE: integrators, gradients, checked against CVODE/CVODES", rb_cli_ode},
     {"poisson", "solve -div(a grad u) = f by multigrid (1D/2D/3D), checked against exact solutions or LAPACK", rb_cli_poisson},
+    {"train", "train a ResNet, its plain twin or a residual MLP (Fashion-MNIST or synthetic data)", rb_cli_train},
+    {"eval", "evaluate a trained network from its checkpoint", rb_cli_eval},
 };
 
 static void usage(FILE *f)
