@@ -23,7 +23,7 @@ static const char *const sched_choices[] = {"constant", "step", "cosine", NULL};
 static void usage(FILE *f, int eval)
 {
     if (eval) {
-        fprintf(f, "usage: resbridge eval --checkpoint FILE [--data fashion-mnist|synthetic] [--data-dir DIR] [--batch B]\n"
+        fprintf(f, "usage: resbridge eval --checkpoint FILE [--data fashion-mnist|synthetic] [--data-dir DIR] [--batch B] [--test-limit N]\n"
                    "         [--threads T] [--json]\n\n"
                    "Evaluates a trained network (inference-mode batch norm) on the test split.\n");
         return;
@@ -32,15 +32,16 @@ static void usage(FILE *f, int eval)
             "usage: resbridge train [--model resnet|plain|mlp] [--depth D] [--width W] [--block v1|v2|highway|dense|plain]\n"
             "         [--data fashion-mnist|synthetic] [--epochs E] [--batch B] [--optimizer sgd|adam] [--lr X]\n"
             "         [--schedule constant|step|cosine] [--momentum M] [--weight-decay L] [--h H] [--seed S]\n"
-            "         [--threads T] [--limit N] [--data-dir DIR] [--checkpoint FILE] [--resume FILE] [--json]\n\n"
+            "         [--threads T] [--limit N] [--test-limit N] [--data-dir DIR] [--checkpoint FILE] [--resume FILE] [--stop-after K] [--json]\n\n"
             "Trains a network with mini-batch SGD or Adam. Without options: the reference ResNet of the nets issue\n"
             "(3x3 conv to 16 + BN + ReLU, three basic blocks at 16, one stride-2 block to 32, pooling, linear 10;\n"
             "29,050 parameters) on Fashion-MNIST, SGD momentum 0.9, weight decay 5e-4, lr 0.1 cosine over 5 epochs,\n"
             "batch 128, 2 threads if the machine has them.\n"
             "  --depth     conv nets: 6n+2 (three stages of n blocks, widths W, 2W, 4W); 0 = the reference; mlp: blocks\n"
             "  --plain     = --model plain: the same layers without the skips (the plain twin)\n"
-            "  --limit N   train on the first N training samples only (quick runs)\n"
+            "  --limit N   train on the first N training samples only; --test-limit N: test on the first N (quick runs)\n"
             "  --checkpoint FILE  save after every epoch (atomically);  --resume FILE  continue a saved run exactly\n"
+            "  --stop-after K     stop after epoch K of the schedule (resume later with --resume)\n"
             "                     (model, data and schedule come from the checkpoint)\n"
             "Progress goes to stderr when it is a terminal. Exit status: 0 done, 1 diverged, 2 bad usage or error.\n");
 }
@@ -49,7 +50,7 @@ typedef struct opts {
     rb_model_desc model;
     rb_trainer_config tc;
     int data, json, threads, have_epochs;
-    long limit;
+    long limit, test_limit, stop_after;
     const char *data_dir, *checkpoint, *resume;
 } opts;
 
@@ -80,6 +81,8 @@ static int parse(int argc, char **argv, opts *o, int eval)
             o->json = 1;
         } else if (!strcmp(opt, "--checkpoint")) {
             o->checkpoint = rb_args_value(&a, opt);
+        } else if (!strcmp(opt, "--test-limit")) {
+            rb_args_long(&a, opt, 1, 1L << 30, &o->test_limit);
         } else if (eval) {
             rb_args_unknown(&a, opt);
         } else if (!strcmp(opt, "--model")) {
@@ -113,6 +116,8 @@ static int parse(int argc, char **argv, opts *o, int eval)
             rb_args_double(&a, opt, 0, 1, &o->tc.opt.weight_decay);
         } else if (!strcmp(opt, "--seed")) {
             if (rb_args_long(&a, opt, 0, 1L << 40, &v)) o->tc.seed = o->model.seed = (unsigned long)v;
+        } else if (!strcmp(opt, "--stop-after")) {
+            rb_args_long(&a, opt, 1, 100000, &o->stop_after);
         } else if (!strcmp(opt, "--limit")) {
             rb_args_long(&a, opt, 1, 1L << 30, &o->limit);
         } else if (!strcmp(opt, "--resume")) {
@@ -164,6 +169,7 @@ static rb_status load_data(rb_context *ctx, const opts *o, const rb_model_desc *
         if (st == RB_OK) st = rb_dataset_synthetic(ctx, 1024, din, d->outputs, 0.01, 7, RB_SPLIT_TEST, &p->test);
     }
     if (st == RB_OK && o->limit > 0 && (size_t)o->limit < p->train.count) p->train.count = (size_t)o->limit;
+    if (st == RB_OK && o->test_limit > 0 && (size_t)o->test_limit < p->test.count) p->test.count = (size_t)o->test_limit;
     return st;
 }
 
@@ -229,12 +235,12 @@ int rb_cli_train(int argc, char **argv)
         rc = fail(ctx, st);
         goto done;
     }
-    size_t E = o.tc.epochs;
+    size_t E = o.tc.epochs, last = o.stop_after > 0 && (size_t)o.stop_after < E ? (size_t)o.stop_after : E;
     double *tl = calloc(E, sizeof(double)), *ta = calloc(E, sizeof(double)), *secs = calloc(E, sizeof(double));
     size_t first = tr.epoch;
     progress_state ps = {0, E, {0, 0}};
     int tty = isatty(2);
-    for (size_t e = first; e < E && st == RB_OK; e++) {
+    for (size_t e = first; e < last && st == RB_OK; e++) {
         rb_epoch_stats s;
         ps.epoch = e + 1;
         clock_gettime(CLOCK_MONOTONIC, &ps.t0);
@@ -258,11 +264,11 @@ int rb_cli_train(int argc, char **argv)
                rb_model_kind_name(o.model.kind), rb_block_kind_name(o.model.block), o.model.depth, o.model.width,
                m->net->nparams, data_choices[o.data], E, o.tc.batch, rb_optimizer_name(o.tc.opt.kind), o.tc.lr, o.tc.seed,
                o.threads, first + 1);
-        print_list(tl + first, E - first, 0);
+        print_list(tl + first, last > first ? last - first : 0, 0);
         printf(d.test.labels ? ",\"test_accuracy\":" : ",\"test_accuracy\":null,\"test_loss\":");
-        print_list(ta + first, E - first, 0);
+        print_list(ta + first, last > first ? last - first : 0, 0);
         printf(",\"seconds_per_epoch\":");
-        print_list(secs + first, E - first, 0);
+        print_list(secs + first, last > first ? last - first : 0, 0);
         printf("}\n");
         rc = 0;
     } else {
