@@ -19,14 +19,7 @@ static char g_dir[4096];
 static int group_setup(void **state)
 {
     (void)state;
-    const char *base = getenv("RB_TEST_DATA");
-    if (base == NULL || base[0] == '\0') base = "/tmp";
-    snprintf(g_dir, sizeof g_dir, "%s/data_XXXXXX", base);
-    if (mkdtemp(g_dir) == NULL) {
-        snprintf(g_dir, sizeof g_dir, "/tmp/data_XXXXXX");
-        if (mkdtemp(g_dir) == NULL) return -1;
-    }
-    return 0;
+    return rb_test_scratch_dir(g_dir, sizeof g_dir, "data");
 }
 
 static void remove_files(void)
@@ -43,8 +36,7 @@ static void remove_files(void)
 static int group_teardown(void **state)
 {
     (void)state;
-    remove_files();
-    rmdir(g_dir);
+    rb_test_remove_tree(g_dir);
     return 0;
 }
 

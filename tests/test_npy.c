@@ -18,40 +18,17 @@
 
 static char g_dir[4096];
 
-static void remove_tree(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (d == NULL) return;
-    struct dirent *e;
-    char p[8192];
-    while ((e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        struct stat sb;
-        if (lstat(p, &sb) == 0 && S_ISDIR(sb.st_mode)) remove_tree(p);
-        else unlink(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
 
 static int group_setup(void **state)
 {
     (void)state;
-    const char *base = getenv("RB_TEST_DATA");
-    if (base == NULL || base[0] == '\0') base = "/tmp";
-    snprintf(g_dir, sizeof g_dir, "%s/npy_XXXXXX", base);
-    if (mkdtemp(g_dir) == NULL) {
-        snprintf(g_dir, sizeof g_dir, "/tmp/npy_XXXXXX");
-        if (mkdtemp(g_dir) == NULL) return -1;
-    }
-    return 0;
+    return rb_test_scratch_dir(g_dir, sizeof g_dir, "npy");
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    remove_tree(g_dir);
+    rb_test_remove_tree(g_dir);
     return 0;
 }
 

@@ -15,17 +15,14 @@ static char g_dir[4096];
 static int group_setup(void **state)
 {
     (void)state;
-    const char *base = getenv("RB_TEST_DATA");
-    snprintf(g_dir, sizeof g_dir, "%s/trainer_XXXXXX", base && base[0] ? base : "/tmp");
-    return mkdtemp(g_dir) ? 0 : -1;
+    return rb_test_scratch_dir(g_dir, sizeof g_dir, "trainer");
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    char cmd[4200];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-    return system(cmd) == 0 ? 0 : -1;
+    rb_test_remove_tree(g_dir);
+    return 0;
 }
 
 static rb_model *small_mlp(rb_context *ctx, rb_block_kind block)

@@ -1,8 +1,12 @@
 /* testkit.c — shared test helpers. */
 #include "testkit.h"
 
+#include <dirent.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 int rb_test_setup(void **state)
 {
@@ -55,4 +59,30 @@ rb_allocator rb_failing_allocator(rb_failing_alloc *state)
 {
     rb_allocator a = {failing_alloc, failing_free, state};
     return a;
+}
+
+int rb_test_scratch_dir(char *buf, size_t len, const char *prefix)
+{
+    const char *base = getenv("RB_TEST_DATA");
+    snprintf(buf, len, "%s/%s_XXXXXX", base && base[0] ? base : "/tmp", prefix);
+    if (mkdtemp(buf) != NULL) return 0;
+    snprintf(buf, len, "/tmp/%s_XXXXXX", prefix);
+    return mkdtemp(buf) != NULL ? 0 : -1;
+}
+
+void rb_test_remove_tree(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (d == NULL) return;
+    struct dirent *e;
+    char p[8192];
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        struct stat sb;
+        if (lstat(p, &sb) == 0 && S_ISDIR(sb.st_mode)) rb_test_remove_tree(p);
+        else unlink(p);
+    }
+    closedir(d);
+    rmdir(dir);
 }

@@ -38,6 +38,11 @@ typedef struct rb_test_rng { uint64_t s; } rb_test_rng;
 double rb_test_uniform(rb_test_rng *r, double lo, double hi);
 void rb_test_fill(rb_test_rng *r, rb_tensor *t, double lo, double hi);
 
+/* A fresh scratch directory "<RB_TEST_DATA or /tmp>/<prefix>_XXXXXX" into buf (0 on success),
+ * and removing a directory tree (files and subdirectories). */
+int rb_test_scratch_dir(char *buf, size_t len, const char *prefix);
+void rb_test_remove_tree(const char *dir);
+
 /* An allocator that fails after `budget` successful allocations, counting live blocks. */
 typedef struct rb_failing_alloc {
     long budget;   /* allocations left before failing; < 0: never fail */
