@@ -32,7 +32,7 @@ static void usage(FILE *f, int eval)
             "usage: resbridge train [--model resnet|plain|mlp] [--depth D] [--width W] [--block v1|v2|highway|dense|plain]\n"
             "         [--data fashion-mnist|synthetic] [--epochs E] [--batch B] [--optimizer sgd|adam] [--lr X]\n"
             "         [--schedule constant|step|cosine] [--momentum M] [--weight-decay L] [--h H] [--seed S]\n"
-            "         [--threads T] [--limit N] [--test-limit N] [--data-dir DIR] [--checkpoint FILE] [--resume FILE] [--stop-after K] [--json]\n\n"
+            "         [--threads T] [--limit N] [--test-limit N] [--data-dir DIR] [--checkpoint FILE] [--resume FILE] [--stop-after K]\n         [--export PREFIX] [--json]\n\n"
             "Trains a network with mini-batch SGD or Adam. Without options: the reference ResNet of the nets issue\n"
             "(3x3 conv to 16 + BN + ReLU, three basic blocks at 16, one stride-2 block to 32, pooling, linear 10;\n"
             "29,050 parameters) on Fashion-MNIST, SGD momentum 0.9, weight decay 5e-4, lr 0.1 cosine over 5 epochs,\n"
@@ -42,6 +42,7 @@ static void usage(FILE *f, int eval)
             "  --limit N   train on the first N training samples only; --test-limit N: test on the first N (quick runs)\n"
             "  --checkpoint FILE  save after every epoch (atomically);  --resume FILE  continue a saved run exactly\n"
             "  --stop-after K     stop after epoch K of the schedule (resume later with --resume)\n"
+            "  --export PREFIX    write the trained weights as PREFIXparams.npy and PREFIXbn_stats.npy\n"
             "                     (model, data and schedule come from the checkpoint)\n"
             "Progress goes to stderr when it is a terminal. Exit status: 0 done, 1 diverged, 2 bad usage or error.\n");
 }
@@ -51,7 +52,7 @@ typedef struct opts {
     rb_trainer_config tc;
     int data, json, threads, have_epochs;
     long limit, test_limit, stop_after;
-    const char *data_dir, *checkpoint, *resume;
+    const char *data_dir, *checkpoint, *resume, *export_prefix;
 } opts;
 
 static int parse(int argc, char **argv, opts *o, int eval)
@@ -120,6 +121,8 @@ static int parse(int argc, char **argv, opts *o, int eval)
             rb_args_long(&a, opt, 1, 100000, &o->stop_after);
         } else if (!strcmp(opt, "--limit")) {
             rb_args_long(&a, opt, 1, 1L << 30, &o->limit);
+        } else if (!strcmp(opt, "--export")) {
+            o->export_prefix = rb_args_value(&a, opt);
         } else if (!strcmp(opt, "--resume")) {
             o->resume = rb_args_value(&a, opt);
         } else {
@@ -255,6 +258,7 @@ int rb_cli_train(int argc, char **argv)
                    d.test.labels ? "acc" : "loss", d.test.labels ? 2 : 5, d.test.labels ? 100 * tacc : tloss,
                    d.test.labels ? "%" : "", s.seconds);
     }
+    if (st == RB_OK && o.export_prefix) st = rb_model_export_npy(ctx, m, o.export_prefix);
     if (st != RB_OK) {
         rc = fail(ctx, st);
         if (o.checkpoint) fprintf(stderr, "resbridge: the last checkpoint (%s) is intact\n", o.checkpoint);

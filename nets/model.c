@@ -11,6 +11,7 @@
 #include "resbridge/blocks.h"
 #include "resbridge/chain.h"
 #include "resbridge/conv.h"
+#include "resbridge/npy.h"
 #include "resbridge/residual.h"
 #include "op_internal.h"
 
@@ -344,4 +345,83 @@ rb_status rb_model_set_mode(rb_context *ctx, rb_model *m, rb_bn_mode mode)
         if (st != RB_OK) return st;
     }
     return RB_OK;
+}
+
+/* ---- NPY export and import ------------------------------------------------------------------------ */
+
+static size_t stat_count(const rb_model *m)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < m->nbn; i++) n += m->bn[i]->nparams;
+    return n;
+}
+
+static rb_status npy_path(rb_context *ctx, const char *fn, const char *prefix, const char *name, char *buf, size_t len)
+{
+    if ((size_t)snprintf(buf, len, "%s%s", prefix, name) >= len) return rb_fail(ctx, RB_EINVAL, "%s: prefix too long", fn);
+    return RB_OK;
+}
+
+rb_status rb_model_export_npy(rb_context *ctx, const rb_model *m, const char *prefix)
+{
+    static const char fn[] = "rb_model_export_npy";
+    if (ctx == NULL) return RB_ENULL;
+    if (m == NULL || prefix == NULL) return rb_fail(ctx, RB_ENULL, "%s: model or prefix is NULL", fn);
+    char path[4096];
+    rb_tensor t;
+    rb_status st = npy_path(ctx, fn, prefix, "params.npy", path, sizeof path);
+    if (st == RB_OK) st = rb_tensor_view(ctx, &t, m->net->params, rb_shape_vec(m->net->nparams));
+    if (st == RB_OK) st = rb_npy_write(ctx, path, &t);
+    size_t ns = stat_count(m);
+    if (st != RB_OK || ns == 0) return st;
+    double *stats = rb_malloc(ctx, ns * sizeof(double)), *p = stats;
+    if (stats == NULL) return RB_ENOMEM;
+    for (size_t i = 0; i < m->nbn; i++, p += m->bn[i - 1]->nparams)
+        memcpy(p, rb_op_batchnorm_running_mean(m->bn[i]), m->bn[i]->nparams * sizeof(double));
+    st = npy_path(ctx, fn, prefix, "bn_stats.npy", path, sizeof path);
+    if (st == RB_OK) st = rb_tensor_view(ctx, &t, stats, rb_shape_vec(ns));
+    if (st == RB_OK) st = rb_npy_write(ctx, path, &t);
+    rb_free(ctx, stats);
+    return st;
+}
+
+/* Read prefix+name and check it holds `count` finite values. */
+static rb_status read_vector(rb_context *ctx, const char *fn, const char *prefix, const char *name, size_t count,
+                             rb_tensor *t)
+{
+    char path[4096];
+    rb_status st = npy_path(ctx, fn, prefix, name, path, sizeof path);
+    if (st == RB_OK) st = rb_npy_read(ctx, path, t);
+    if (st != RB_OK) return st;
+    if (rb_tensor_count(t) != count) {
+        st = rb_fail(ctx, RB_ESHAPE, "%s: '%s' holds %zu values, the model needs %zu", fn, path, rb_tensor_count(t), count);
+    } else {
+        for (size_t i = 0; i < count; i++)
+            if (!isfinite(t->data[i])) {
+                st = rb_fail(ctx, RB_EFORMAT, "%s: '%s': value %zu is not finite", fn, path, i);
+                break;
+            }
+    }
+    if (st != RB_OK) rb_tensor_release(ctx, t);
+    return st;
+}
+
+rb_status rb_model_import_npy(rb_context *ctx, rb_model *m, const char *prefix)
+{
+    static const char fn[] = "rb_model_import_npy";
+    if (ctx == NULL) return RB_ENULL;
+    if (m == NULL || prefix == NULL) return rb_fail(ctx, RB_ENULL, "%s: model or prefix is NULL", fn);
+    rb_tensor p = {0}, s = {0};
+    size_t ns = stat_count(m);
+    rb_status st = read_vector(ctx, fn, prefix, "params.npy", m->net->nparams, &p);
+    if (st == RB_OK && ns > 0) st = read_vector(ctx, fn, prefix, "bn_stats.npy", ns, &s);
+    if (st == RB_OK) { /* both read and checked: now change the model */
+        memcpy(m->net->params, p.data, m->net->nparams * sizeof(double));
+        const double *q = s.data;
+        for (size_t i = 0; i < m->nbn; i++, q += m->bn[i - 1]->nparams)
+            memcpy(rb_op_batchnorm_running_mean(m->bn[i]), q, m->bn[i]->nparams * sizeof(double));
+    }
+    rb_tensor_release(ctx, &p);
+    rb_tensor_release(ctx, &s);
+    return st;
 }

@@ -3,12 +3,12 @@
  *
  *     dump_nets <dir>
  *
- * For each variant <v>: <v>_params.npy (the flat parameter vector in
- * construction order), <v>_x.npy, <v>_labels.npy, <v>_logits.npy (training-mode
+ * For each variant <v>: <v>_params.npy (rb_model_export_npy: the flat parameter
+ * vector in construction order), <v>_x.npy, <v>_labels.npy, <v>_logits.npy (training-mode
  * forward), <v>_loss.npy, <v>_grad.npy (dL/dtheta), <v>_dx.npy (dL/dx), then ten
  * SGD steps (momentum 0.9, weight decay 5e-4, lr 0.05) on the same batch:
- * <v>_losses.npy and the final <v>_params10.npy and <v>_stats10.npy (batch-norm
- * running statistics, mean then var per layer). manifest.txt lists
+ * <v>_losses.npy and, by rb_model_export_npy, the final <v>_final_params.npy and
+ * <v>_final_bn_stats.npy (batch-norm running statistics, mean then var per layer). manifest.txt lists
  * "<v> <block> <depth> <width> <h> <w> <classes> <batch>" per variant.
  * tests/peer_torch_nets.py rebuilds each network in PyTorch from that. */
 #include <stdio.h>
@@ -62,7 +62,9 @@ static int dump(rb_context *ctx, const char *dir, FILE *manifest, const char *v,
     double *grad = calloc(np, sizeof(double)), loss;
     rb_arena work = {0};
     rb_arena_reserve(ctx, &work, rb_op_backward_workspace(m->net, x.shape));
-    int err = save(ctx, dir, v, "params", m->net->params, rb_shape_vec(np));
+    char prefix[4096];
+    snprintf(prefix, sizeof prefix, "%s/%s_", dir, v);
+    int err = rb_model_export_npy(ctx, m, prefix) != RB_OK;
     /* training-mode forward (no statistics tracking), loss, backward */
     rb_model_set_mode(ctx, m, RB_BN_TRAIN);
     st = rb_op_apply(ctx, m->net, &x, &logits, &work);
@@ -75,18 +77,11 @@ static int dump(rb_context *ctx, const char *dir, FILE *manifest, const char *v,
     double losses[10];
     for (int k = 0; k < 10 && st == RB_OK; k++) st = rb_trainer_step(ctx, &tr, &x, ds.labels, NULL, &losses[k], NULL);
     if (st != RB_OK) goto fail;
-    size_t nst = 0;
-    for (size_t i = 0; i < m->nbn; i++) nst += m->bn[i]->nparams;
-    double *stats = malloc((nst ? nst : 1) * sizeof(double)), *p = stats;
-    for (size_t i = 0; i < m->nbn; i++) {
-        memcpy(p, rb_op_batchnorm_running_mean(m->bn[i]), m->bn[i]->nparams * sizeof(double));
-        p += m->bn[i]->nparams;
-    }
-    err |= save(ctx, dir, v, "losses", losses, rb_shape_vec(10)) | save(ctx, dir, v, "params10", m->net->params, rb_shape_vec(np)) |
-           save(ctx, dir, v, "stats10", stats, rb_shape_vec(nst ? nst : 1));
+    snprintf(prefix, sizeof prefix, "%s/%s_final_", dir, v);
+    err |= save(ctx, dir, v, "losses", losses, rb_shape_vec(10)) | (rb_model_export_npy(ctx, m, prefix) != RB_OK);
     fprintf(manifest, "%s %s %zu %zu %zu %zu %zu %zu\n", v, kind == RB_MODEL_PLAIN ? "plain" : rb_block_kind_name(block), d.depth,
             d.width, H, H, K, B);
-    free(stats), free(grad);
+    free(grad);
     rb_arena_release(ctx, &work);
     rb_tensor_release(ctx, &logits), rb_tensor_release(ctx, &dlog), rb_tensor_release(ctx, &dx);
     rb_trainer_release(ctx, &tr);

@@ -153,9 +153,9 @@ def check(d, name, block, depth, width, h, w, classes, batch):
         l.backward()
         opt.step()
     errs["losses10"] = rel(load("losses"), losses)
-    errs["params10"] = rel(load("params10"), torch.cat([p.detach().reshape(-1) for p in net.params]).numpy())
+    errs["params10"] = rel(load("final_params"), torch.cat([p.detach().reshape(-1) for p in net.params]).numpy())
     stats = [s for pair in net.bn_stats for s in pair]
-    errs["stats10"] = rel(load("stats10"), torch.cat(stats).numpy())
+    errs["stats10"] = rel(load("final_bn_stats"), torch.cat(stats).numpy())
     ok = all(v <= (TOL_STEPS if k.endswith("10") else TOL) for k, v in errs.items())
     print(f"{'PASS' if ok else 'FAIL'} {name:6s} ({block}, depth {depth}, width {width}, {flat.numel()} parameters): "
           + ", ".join(f"{k} {v:.2e}" for k, v in errs.items()))

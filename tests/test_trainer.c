@@ -271,6 +271,45 @@ static void divergence_is_reported(void **state)
     rb_dataset_release(ctx, &ds);
 }
 
+/* NPY export and import: a round trip restores parameters and statistics exactly; a file of the
+ * wrong size or with a NaN is refused and the model keeps its weights. */
+static void npy_round_trip(void **state)
+{
+    rb_context *ctx = *state;
+    rb_model_desc d = rb_model_desc_default(RB_MODEL_RESNET);
+    d.depth = 8, d.width = 2, d.in_h = d.in_w = 4, d.outputs = 3;
+    rb_model *a, *b;
+    RB_CHECK(ctx, rb_model_create(ctx, &d, &a));
+    d.seed = 99;
+    RB_CHECK(ctx, rb_model_create(ctx, &d, &b));
+    for (size_t i = 0; i < a->nbn; i++) rb_op_batchnorm_running_var(a->bn[i])[0] = 3.0 + (double)i;
+    char prefix[4200], path[4300];
+    snprintf(prefix, sizeof prefix, "%s/w_", g_dir);
+    RB_CHECK(ctx, rb_model_export_npy(ctx, a, prefix));
+    size_t np = a->net->nparams;
+    assert_true(memcmp(a->net->params, b->net->params, np * sizeof(double)) != 0);
+    RB_CHECK(ctx, rb_model_import_npy(ctx, b, prefix));
+    assert_memory_equal(a->net->params, b->net->params, np * sizeof(double));
+    for (size_t i = 0; i < a->nbn; i++) assert_true(rb_op_batchnorm_running_var(b->bn[i])[0] == 3.0 + (double)i);
+    /* a NaN in the file: refused, nothing changed */
+    rb_tensor t;
+    snprintf(path, sizeof path, "%sparams.npy", prefix);
+    RB_CHECK(ctx, rb_npy_read(ctx, path, &t));
+    t.data[5] = NAN;
+    RB_CHECK(ctx, rb_npy_write(ctx, path, &t));
+    b->net->params[0] += 1;
+    double keep = b->net->params[0];
+    RB_EXPECT(ctx, RB_EFORMAT, "value 5 is not finite", rb_model_import_npy(ctx, b, prefix));
+    assert_true(b->net->params[0] == keep);
+    /* the wrong size */
+    t.shape = rb_shape_vec(np - 1);
+    RB_CHECK(ctx, rb_npy_write(ctx, path, &t));
+    RB_EXPECT(ctx, RB_ESHAPE, "the model needs", rb_model_import_npy(ctx, b, prefix));
+    rb_tensor_release(ctx, &t);
+    rb_model_free(ctx, a);
+    rb_model_free(ctx, b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -279,6 +318,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(resume_equals_uninterrupted, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(checkpoint_refusals, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(divergence_is_reported, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(npy_round_trip, rb_test_setup, rb_test_teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -62,6 +62,13 @@ void rb_model_free(rb_context *ctx, rb_model *m);
 /* Every batch-norm layer to `mode` (RB_BN_TRAIN_TRACK for a training forward, RB_BN_EVAL for inference). */
 rb_status rb_model_set_mode(rb_context *ctx, rb_model *m, rb_bn_mode mode);
 
+/* Weights as NumPy files, to compare with other tools: <prefix>params.npy (the flat
+ * parameter vector, layers in construction order, PyTorch layouts) and
+ * <prefix>bn_stats.npy (each batch-norm layer's running mean then variance).
+ * Import checks the sizes and finiteness before it changes anything. */
+rb_status rb_model_export_npy(rb_context *ctx, const rb_model *m, const char *prefix);
+rb_status rb_model_import_npy(rb_context *ctx, rb_model *m, const char *prefix);
+
 #ifdef __cplusplus
 }
 #endif
