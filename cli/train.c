@@ -254,9 +254,13 @@ int rb_cli_train(int argc, char **argv)
         if (st != RB_OK) break;
         tl[e] = s.loss, ta[e] = d.test.labels ? tacc : tloss, secs[e] = s.seconds;
         if (!o.json)
-            printf("epoch %zu/%zu  train loss %.5f  train acc %.2f%%  test %s %.*f%s  %.1f s\n", e + 1, E, s.loss, 100 * s.accuracy,
-                   d.test.labels ? "acc" : "loss", d.test.labels ? 2 : 5, d.test.labels ? 100 * tacc : tloss,
-                   d.test.labels ? "%" : "", s.seconds);
+        {
+            if (d.test.labels)
+                printf("epoch %zu/%zu  train loss %.5f  train acc %.2f%%  test acc %.2f%%  %.1f s\n", e + 1, E, s.loss,
+                       100 * s.accuracy, 100 * tacc, s.seconds);
+            else
+                printf("epoch %zu/%zu  train loss %.5f  test loss %.5f  %.1f s\n", e + 1, E, s.loss, tloss, s.seconds);
+        }
     }
     if (st == RB_OK && o.export_prefix) st = rb_model_export_npy(ctx, m, o.export_prefix);
     if (st != RB_OK) {

@@ -7,6 +7,7 @@
 #include "resbridge/chain.h"
 #include "op_internal.h"
 
+#include <stdio.h>
 #include <string.h>
 
 typedef struct chain_state {
@@ -19,6 +20,11 @@ static rb_status chain_shapes(rb_context *ctx, const chain_state *cs, rb_shape i
     shape[0] = in;
     for (size_t i = 0; i < cs->parts.count; i++) {
         rb_status st = rb_op_shape(ctx, cs->parts.part[i], shape[i], &shape[i + 1]);
+        if (st != RB_OK && ctx != NULL) { /* name the layer: "layer 3 of 9 (batch norm): ..." */
+            char msg[512];
+            snprintf(msg, sizeof msg, "%s", rb_context_message(ctx));
+            return rb_fail(ctx, st, "layer %zu of %zu (%s): %s", i + 1, cs->parts.count, cs->parts.part[i]->type->name, msg);
+        }
         if (st != RB_OK) return st;
     }
     return RB_OK;
