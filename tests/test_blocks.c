@@ -86,7 +86,7 @@ static void sum_concat_gate(void **state)
     /* a chain whose layers do not fit names the layer */
     rb_op *mis[3] = {conv(ctx, 2, 3, 3, 1, &r), act(ctx, RB_ACT_RELU), conv(ctx, 2, 2, 3, 1, &r)}, *M;
     RB_CHECK(ctx, rb_op_chain_create(ctx, mis, 3, &M));
-    RB_EXPECT(ctx, RB_ESHAPE, "layer 3 of 3 (conv)", rb_op_shape(ctx, M, in, &o));
+    RB_EXPECT(ctx, RB_ESHAPE, "layer 3 of 3 (conv", rb_op_shape(ctx, M, in, &o));
     rb_op_free(ctx, M);
     rb_op_free(ctx, S), rb_op_free(ctx, S2), rb_op_free(ctx, C), rb_op_free(ctx, H), rb_op_free(ctx, H1);
     rb_tensor_release(ctx, &x), rb_tensor_release(ctx, &y), rb_tensor_release(ctx, &yc);
