@@ -82,6 +82,7 @@ struct rb_ode_method {
     rb_status (*step_backward)(rb_context *ctx, rb_op *F, double t, double h, const rb_tensor *x,
                                const rb_tensor *y, const rb_tensor *dy, rb_tensor *dx, double *dtheta,
                                rb_arena *work);
+    int partitioned; /* 1: needs a partitioned F (rb_op_ode_is_partitioned), e.g. leapfrog */
 };
 
 extern const rb_ode_method *const rb_ode_euler;     /* y = x + h F(t, x): rb_residual_step, a ResNet layer */
@@ -143,6 +144,88 @@ rb_status rb_ode_integrate(rb_context *ctx, const rb_ode_method *method, rb_op *
  * parameters. On error the outputs are untouched. */
 rb_status rb_ode_backward(rb_context *ctx, rb_ode_tape *tape, rb_op *F, const rb_tensor *dLdxT, rb_tensor *dLdx0,
                           double *dLdtheta);
+
+/* ==== Hamiltonian pair, partitioned right-hand sides, leapfrog, adaptive steps ==================
+ *
+ * Haber & Ruthotto, "Stable architectures for deep neural networks", Inverse
+ * Problems 34 (2017) 014004, their Hamiltonian-inspired network: the state is a pair (y, z) and
+ *     y' =  sigma(K(t) z + b(t)),      z' = -sigma(K(t)^T y + b(t)),
+ * K square (m x m). The state is the two halves stacked in the last
+ * dimension: (N,1,1,1,2m), y in [0, m), z in [m, 2m). With sigma = identity and
+ * b = 0 the system is linear with the antisymmetric matrix [[0, K], [-K^T, 0]]
+ * (norm-preserving); with K symmetric it is Hamiltonian, H = (y^T K y + z^T K z)/2.
+ *
+ *     rb_op *F; rb_op_ode_hamiltonian_create(ctx, m, RB_ACT_TANH, 1, 1.0, params, &F);
+ *     rb_ode_integrate(ctx, rb_ode_leapfrog, F, 0.0, 1.0, 64, &x0, &xT, NULL, &tape);
+ *     rb_ode_adaptive_stats s;
+ *     rb_ode_integrate_adaptive(ctx, rb_ode_rk4, F, 0.0, 1.0, &x0, &xT, 1e-8, 1e-10, 0.01, 100000, &s);
+ */
+
+/* The Hamiltonian pair: K_k, b_k piecewise constant in t like the neural
+ * right-hand side (k = floor(t / set_width) clamped to [0, sets)). params: the
+ * sets concatenated, each K_k (m*m, row-major) then b_k (m). m in 1..16384. */
+rb_status rb_op_ode_hamiltonian_create(rb_context *ctx, size_t m, rb_activation sigma, size_t sets, double set_width,
+                                       const double *params, rb_op **out);
+
+/* A partitioned right-hand side F(t, y, z) = (f(t, z), g(t, y)): the y-velocity
+ * depends on z only and the z-velocity on y only (so each half-update of
+ * leapfrog is explicit). The Hamiltonian pair is one; rb_op_ode_part gives its
+ * restriction to one half as an rb_op on the whole state:
+ *     RB_ODE_PART_Y: (f(t, z), 0)      RB_ODE_PART_Z: (0, g(t, y))
+ * so x + c P F(x) is a residual step that moves one half only. The part ops are
+ * owned by F (freed with it), share F's parameters (param_grad accumulates into
+ * F's layout) and read their own time field `t`. */
+typedef enum rb_ode_part { RB_ODE_PART_Y, RB_ODE_PART_Z, RB_ODE_PART_COUNT } rb_ode_part;
+
+/* 1 if F is a partitioned right-hand side (made by rb_op_ode_hamiltonian_create), else 0. */
+int rb_op_ode_is_partitioned(const rb_op *F);
+
+/* *Fp = F restricted to one part (borrowed, owned by F). RB_EUNSUPPORTED naming
+ * F's type if F is not partitioned. */
+rb_status rb_op_ode_part(rb_context *ctx, rb_op *F, rb_ode_part part, rb_op **Fp);
+
+/* Stormer-Verlet (kick-drift-kick), symplectic, order 2, for partitioned F:
+ *     u = x + (h/2) P_Z F(t, x)          z half-kick      (rb_residual_step)
+ *     v = u +  h    P_Y F(t + h/2, u)    y drift          (rb_residual_step)
+ *     y = v + (h/2) P_Z F(t + h, v)      z half-kick      (rb_residual_step)
+ * Consecutive half-kicks of one layer's weights make Haber & Ruthotto's Verlet
+ * network (z staggered by h/2). Each half-update is a shear, so
+ * the one-step map has determinant 1 for every sigma; for a Hamiltonian F it
+ * is symplectic. A non-partitioned F is refused (RB_EUNSUPPORTED). The method
+ * object has `partitioned` = 1. */
+extern const rb_ode_method *const rb_ode_leapfrog;
+
+/* ---- adaptive steps (explicit methods) ----------------------------------------------------------
+ *
+ * Error estimate of the solution the method advances with:
+ *   euler     the embedded Euler/Heun pair 1(2): e = y_heun - y_euler (2 evaluations of F per try);
+ *   heun, rk4, leapfrog   step doubling: one step of h and two of h/2; advance with the two
+ *             half-steps, e = (y_{h/2,h/2} - y_h) / (2^p - 1) (Richardson; 3 steps per try).
+ * Error per unit step: a step is accepted when
+ *     err = ||e_i / (atol + rtol max(|x_i|, |y_i|))||_rms * |T - t0| / |h| <= 1,
+ * so the local errors add up to about the tolerance over [t0, T] and the global
+ * error is proportional to it (err ~ h^p: the new step is
+ * h min(5, max(0.2, 0.9 err^(-1/p))), never larger right after a rejection).
+ * The last step is shortened to end at T exactly. Implicit methods are refused
+ * (RB_EUNSUPPORTED). */
+typedef struct rb_ode_adaptive_stats {
+    long steps;     /* accepted steps */
+    long rejected;  /* rejected tries */
+    double h_min, h_max; /* smallest and largest accepted |h| (the final step, shortened to end at T, excluded
+                          * unless it is the only one) */
+    double h_last;  /* the last accepted |h| before the final step */
+} rb_ode_adaptive_stats;
+
+/* xT = x(T) with adaptive steps from x(t0) = x0, starting with step h0 (> 0; its
+ * sign follows T - t0). rtol > 0 and atol >= 0 finite. max_steps >= 1 bounds
+ * the tries (accepted + rejected): reaching it is RB_EMAXITER with the time
+ * reached. A non-finite state, or a step shrunk below 16 ulp of t, is
+ * RB_EDIVERGED naming the time. xT may alias x0; on error xT is untouched.
+ * stats may be NULL. F->t is restored. */
+rb_status rb_ode_integrate_adaptive(rb_context *ctx, const rb_ode_method *method, rb_op *F, double t0, double T,
+                                    const rb_tensor *x0, rb_tensor *xT, double rtol, double atol, double h0,
+                                    long max_steps, rb_ode_adaptive_stats *stats);
+/* ==== end: Hamiltonian pair, partitioned right-hand sides, leapfrog, adaptive steps ============== */
 
 #ifdef __cplusplus
 }

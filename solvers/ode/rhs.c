@@ -6,6 +6,7 @@
  * op on z. The vjp and parameter gradient go back through the activation's vjp
  * (dz = sigma'(z) dy) and then through A. */
 #include "resbridge/ode.h"
+#include "ode_private.h"
 
 #include <math.h>
 #include <string.h>
@@ -26,11 +27,7 @@ static size_t set_size(const dense_rhs *s) { return s->n * s->n + (s->bias ? s->
 static size_t set_index(const rb_op *op)
 {
     const dense_rhs *s = op->state;
-    if (s->sets <= 1) return 0;
-    double q = floor(op->t / s->set_width + 1e-9);
-    if (!(q > 0)) return 0;
-    if (q >= (double)(s->sets - 1)) return s->sets - 1;
-    return (size_t)q;
+    return rb_ode_set_index(op->t, s->sets, s->set_width);
 }
 
 /* A_ij of the active set. */
