@@ -17,19 +17,24 @@ static const char *const gradient_names[] = {"backprop", "checkpoint", "adjoint"
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: resbridge ode --rhs linear|neural|antisym --method euler|heun|rk4|beuler|imidpoint --layers L\n"
+            "usage: resbridge ode --rhs linear|neural|antisym|hamiltonian\n"
+            "         --method euler|heun|rk4|beuler|imidpoint|leapfrog --layers L\n"
             "         [--T T] [--dim D] [--seed S] [--compare cvode] [--convergence]\n"
-            "         [--gradient backprop|checkpoint|adjoint] [--json]\n\n"
+            "         [--gradient backprop|checkpoint|adjoint] [--adaptive --rtol X] [--json]\n\n"
             "Integrates dx/dt = F(t, x) from x(0) (random, seeded) to x(T) with L steps of h = T/L: with --method euler\n"
             "this is a ResNet of L residual layers x <- x + h F(x).\n"
             "  --rhs linear    F(x) = W x;  neural: F(x) = tanh(W x + b);  antisym: tanh((W - W^T - 0.1 I) x + b)\n"
-            "                  (W random, entries uniform in [-1,1]/sqrt(D), seeded; conv and hamiltonian: not yet)\n"
+            "                  (W random, entries uniform in [-1,1]/sqrt(D), seeded; conv: not yet)\n"
+            "        hamiltonian  the pair y' = tanh(K z + b), z' = -tanh(K^T y + b) (Haber & Ruthotto), x = (y, z),\n"
+            "                  D even, K random D/2 x D/2; --method leapfrog (Stormer-Verlet) needs this right-hand side\n"
             "  --compare cvode       error of x(T) against CVODE (BDF, rtol 1e-12)\n"
             "  --convergence         errors against CVODE for L, 2L, 4L, 8L and the observed order\n"
             "  --gradient backprop   dL/dx0 and dL/dtheta for L = <c, x(T)> by backpropagation through the steps,\n"
             "                        checked against central finite differences and CVODES's continuous adjoint;\n"
             "             checkpoint the same with every ceil(sqrt L)-th state stored (peak memory O(sqrt L));\n"
             "             adjoint    CVODES's continuous adjoint, compared with backpropagation\n"
+            "  --adaptive            adaptive steps (explicit methods) from h0 = T/L to local tolerance --rtol (default\n"
+            "                        1e-6, atol = rtol): reports accepted and rejected steps (--compare cvode: the error reached)\n"
             "Defaults: --T 1 --dim 4 --seed 1. Exit status: 0 success, 1 a check failed, 2 bad usage or error.\n");
 }
 
@@ -38,7 +43,11 @@ typedef struct opts {
     const rb_ode_method *method;
     long layers, dim, seed;
     double T;
+    int adaptive;   /* --adaptive: rb_ode_integrate_adaptive to --rtol */
+    double rtol;
 } opts;
+
+enum { RHS_HAMILTONIAN = 4 };
 
 static int parse(rb_context *ctx, int argc, char **argv, opts *o)
 {
@@ -46,7 +55,7 @@ static int parse(rb_context *ctx, int argc, char **argv, opts *o)
     rb_args_init(&a, argc, argv, "resbridge ode");
     const char *opt;
     bool have_method = false, have_layers = false, have_rhs = false;
-    o->gradient = -1, o->T = 1.0, o->dim = 4, o->seed = 1;
+    o->gradient = -1, o->T = 1.0, o->dim = 4, o->seed = 1, o->rtol = 1e-6;
     while ((opt = rb_args_next(&a)) != NULL) {
         if (!strcmp(opt, "--help") || !strcmp(opt, "-h")) {
             usage(stdout);
@@ -75,6 +84,10 @@ static int parse(rb_context *ctx, int argc, char **argv, opts *o)
             o->convergence = 1;
         } else if (!strcmp(opt, "--gradient")) {
             rb_args_choice(&a, opt, gradient_names, &o->gradient);
+        } else if (!strcmp(opt, "--adaptive")) {
+            o->adaptive = 1;
+        } else if (!strcmp(opt, "--rtol")) {
+            rb_args_double(&a, opt, 1e-14, 1e-1, &o->rtol);
         } else if (!strcmp(opt, "--json")) {
             o->json = 1;
         } else {
@@ -86,8 +99,18 @@ static int parse(rb_context *ctx, int argc, char **argv, opts *o)
         fprintf(stderr, "resbridge ode: --rhs, --method and --layers are required (try --help)\n");
         return 2;
     }
-    if (o->rhs == 2 || o->rhs == 4) {
-        fprintf(stderr, "resbridge ode: --rhs %s is not available yet (linear, neural, antisym are)\n", rhs_names[o->rhs]);
+    if (o->rhs == 2) {
+        fprintf(stderr, "resbridge ode: --rhs %s is not available yet (linear, neural, antisym, hamiltonian are)\n",
+                rhs_names[o->rhs]);
+        return 2;
+    }
+    if (o->rhs == RHS_HAMILTONIAN && o->dim % 2 != 0) {
+        fprintf(stderr, "resbridge ode: --rhs hamiltonian needs an even --dim (the pair (y, z)); got %ld\n", o->dim);
+        return 2;
+    }
+    if (o->adaptive && (o->convergence || o->gradient >= 0)) {
+        fprintf(stderr, "resbridge ode: --adaptive runs one adaptive integration; --convergence and --gradient take "
+                "fixed steps (drop one)\n");
         return 2;
     }
     return -1;
@@ -107,6 +130,23 @@ typedef struct problem {
     size_t n;
 } problem;
 
+/* The Hamiltonian pair on D = 2m: K = the first m*m random numbers, b the next m; p->W = [[0, K], [-K^T, 0]]
+ * (its linear part at sigma' = 1). */
+static rb_status make_hamiltonian(rb_context *ctx, size_t n, const double *params, problem *p)
+{
+    size_t m = n / 2;
+    double *kb = malloc((m * m + m) * sizeof *kb);
+    if (kb == NULL) return rb_fail(ctx, RB_ENOMEM, "out of memory");
+    memcpy(kb, params, m * m * sizeof *kb);
+    memcpy(kb + m * m, params + n * n, m * sizeof *kb);
+    memset(p->W, 0, n * n * sizeof *p->W);
+    for (size_t i = 0; i < m; i++)
+        for (size_t j = 0; j < m; j++) p->W[i * n + m + j] = kb[i * m + j], p->W[(m + j) * n + i] = -kb[i * m + j];
+    rb_status st = rb_op_ode_hamiltonian_create(ctx, m, RB_ACT_TANH, 1, 1.0, kb, &p->F);
+    free(kb);
+    return st;
+}
+
 static rb_status make_problem(rb_context *ctx, const opts *o, problem *p)
 {
     size_t n = (size_t)o->dim;
@@ -123,7 +163,8 @@ static rb_status make_problem(rb_context *ctx, const opts *o, problem *p)
         for (size_t i = 0; i < n; i++)
             for (size_t j = 0; j < n; j++)
                 p->W[i * n + j] = o->rhs == 3 ? params[i * n + j] - params[j * n + i] - (i == j) * gamma : params[i * n + j];
-        if (o->rhs == 0) st = rb_op_ode_linear_create(ctx, n, params, &p->F);
+        if (o->rhs == RHS_HAMILTONIAN) st = make_hamiltonian(ctx, n, params, p);
+        else if (o->rhs == 0) st = rb_op_ode_linear_create(ctx, n, params, &p->F);
         else if (o->rhs == 1) st = rb_op_ode_neural_create(ctx, n, RB_ACT_TANH, 1, o->T, params, &p->F);
         else st = rb_op_ode_antisym_create(ctx, n, RB_ACT_TANH, gamma, params, &p->F);
     }
@@ -206,7 +247,11 @@ int rb_cli_ode(int argc, char **argv)
     rb_ode_tape_init(&tape, o.gradient == 1 ? 0 : 1);
     bool need_tape = o.gradient == 0 || o.gradient == 1 || o.gradient == 2;
     double t0 = now();
-    st = rb_ode_integrate(ctx, o.method, p.F, 0.0, o.T, (size_t)o.layers, &p.x0, &xT, NULL, need_tape ? &tape : NULL);
+    rb_ode_adaptive_stats ast = {0, 0, 0, 0, 0};
+    if (o.adaptive) /* atol = rtol: the error of x_i is held to rtol (1 + |x_i|) per unit time */
+        st = rb_ode_integrate_adaptive(ctx, o.method, p.F, 0.0, o.T, &p.x0, &xT, o.rtol, o.rtol, h, 100000000L, &ast);
+    else
+        st = rb_ode_integrate(ctx, o.method, p.F, 0.0, o.T, (size_t)o.layers, &p.x0, &xT, NULL, need_tape ? &tape : NULL);
     double seconds = now() - t0;
     if (st != RB_OK) return fail(ctx, st);
 
@@ -259,6 +304,9 @@ int rb_cli_ode(int argc, char **argv)
     if (o.json) {
         printf("{\"command\":\"ode\",\"rhs\":\"%s\",\"method\":\"%s\",\"layers\":%ld,\"T\":%.17g,\"h\":%.17g,\"dim\":%zu,"
                "\"x_final_norm\":%.17g,", rhs_names[o.rhs], o.method->name, o.layers, o.T, h, n, rb_tensor_norm2(&xT));
+        if (o.adaptive)
+            printf("\"adaptive\":true,\"rtol\":%.3g,\"steps\":%ld,\"rejected\":%ld,\"h_min\":%.6g,\"h_max\":%.6g,", o.rtol,
+                   ast.steps, ast.rejected, ast.h_min, ast.h_max);
         if (!isnan(err_cvode)) printf("\"error_vs_cvode\":%.6e,", err_cvode);
         if (o.convergence) {
             printf("\"errors\":[%.6e,%.6e,%.6e,%.6e],\"observed_order\":%.4f,", errs[0], errs[1], errs[2], errs[3], order);
@@ -269,6 +317,9 @@ int rb_cli_ode(int argc, char **argv)
     } else {
         printf("dx/dt = F(t, x), F %s, dim %zu, T = %g: %s with L = %ld steps (h = %g)%s\n", rhs_names[o.rhs], n, o.T,
                o.method->name, o.layers, h, !strcmp(o.method->name, "euler") ? " = a ResNet of L residual layers" : "");
+        if (o.adaptive)
+            printf("  adaptive steps to rtol = atol = %g from h0 = %g: %ld accepted, %ld rejected, h in [%.3g, %.3g]\n",
+                   o.rtol, h, ast.steps, ast.rejected, ast.h_min, ast.h_max);
         printf("  |x(T)| = %.12g  (%.3f ms)\n", rb_tensor_norm2(&xT), 1e3 * seconds);
         if (!isnan(err_cvode)) printf("  relative error against CVODE (BDF, rtol 1e-12): %.3e\n", err_cvode);
         if (o.convergence) {
@@ -280,7 +331,7 @@ int rb_cli_ode(int argc, char **argv)
                    o.gradient == 1 ? "checkpointed backprop" : "backprop", tape.peak_bytes, grad_fd, grad_adj);
         }
         if (isinf(bound)) printf("  Euler is stable for every h (W has no eigenvalue with negative real part)\n");
-        else if (bound == 0) printf("  Euler is unstable for every h: W has an eigenvalue with positive real part\n");
+        else if (bound == 0) printf("  Euler is unstable for every h: W has an eigenvalue with real part >= 0\n");
         else printf("  Euler stable step bound from W's eigenvalues (LAPACK dgeev): h <= %.6g (this run: h = %g, %s)\n",
                     bound, h, h <= bound ? "stable" : "UNSTABLE");
     }
