@@ -23,11 +23,10 @@
 
 /* ---- helpers ------------------------------------------------------------------------------ */
 
-static rb_op *make_neural(rb_context *ctx, size_t n, rb_activation act, size_t sets, double width, double w,
-                          uint64_t seed)
+/* Weight sets (W_k (n*n) then b_k (n), the layout of the neural and the Hamiltonian right-hand sides): W
+ * entries uniform in [-w, w), b in [-0.5, 0.5). */
+static rb_op *fill_sets(rb_op *F, size_t n, size_t sets, double w, uint64_t seed)
 {
-    rb_op *F;
-    RB_CHECK(ctx, rb_op_ode_neural_create(ctx, n, act, sets, width, NULL, &F));
     rb_test_rng r = {seed};
     for (size_t s = 0; s < sets; s++) {
         double *p = F->params + s * (n * n + n);
@@ -35,6 +34,14 @@ static rb_op *make_neural(rb_context *ctx, size_t n, rb_activation act, size_t s
         for (size_t k = 0; k < n; k++) p[n * n + k] = rb_test_uniform(&r, -0.5, 0.5);
     }
     return F;
+}
+
+static rb_op *make_neural(rb_context *ctx, size_t n, rb_activation act, size_t sets, double width, double w,
+                          uint64_t seed)
+{
+    rb_op *F;
+    RB_CHECK(ctx, rb_op_ode_neural_create(ctx, n, act, sets, width, NULL, &F));
+    return fill_sets(F, n, sets, w, seed);
 }
 
 static rb_op *make_linear(rb_context *ctx, size_t n, double w, double shift, uint64_t seed)
@@ -53,13 +60,7 @@ static rb_op *make_hamiltonian(rb_context *ctx, size_t m, rb_activation act, siz
 {
     rb_op *F;
     RB_CHECK(ctx, rb_op_ode_hamiltonian_create(ctx, m, act, sets, width, NULL, &F));
-    rb_test_rng r = {seed};
-    for (size_t s = 0; s < sets; s++) {
-        double *p = F->params + s * (m * m + m);
-        for (size_t k = 0; k < m * m; k++) p[k] = rb_test_uniform(&r, -w, w);
-        for (size_t k = 0; k < m; k++) p[m * m + k] = rb_test_uniform(&r, -0.5, 0.5);
-    }
-    return F;
+    return fill_sets(F, m, sets, w, seed);
 }
 
 /* leapfrog needs a partitioned F; every other method takes any F */

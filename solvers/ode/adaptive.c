@@ -19,27 +19,15 @@ static rb_status check_adaptive(rb_context *ctx, const rb_ode_method *method, co
                                 long max_steps)
 {
     const char *fn = "rb_ode_integrate_adaptive";
-    if (ctx == NULL) return RB_ENULL;
-    if (method == NULL) return rb_fail(ctx, RB_ENULL, "%s: method is NULL", fn);
-    if (F == NULL || F->type == NULL) return rb_fail(ctx, RB_ENULL, "%s: F is NULL", fn);
-    rb_status st = rb_tensor_check(ctx, x0, "rb_ode_integrate_adaptive: x0");
-    if (st == RB_OK) st = rb_tensor_check_same(ctx, x0, "rb_ode_integrate_adaptive: x0", xT, "rb_ode_integrate_adaptive: xT");
-    if (st == RB_OK) st = rb_op_check_keeps_shape(ctx, F, x0->shape, fn);
+    rb_status st = rb_ode_check_problem(ctx, fn, method, F, t0, T, x0, xT);
     if (st != RB_OK) return st;
     if (method->implicit)
         return rb_fail(ctx, RB_EUNSUPPORTED, "%s: %s is implicit; the adaptive mode is for the explicit methods "
                        "(euler, heun, rk4, leapfrog)", fn, method->name);
-    if (method->partitioned && !rb_op_ode_is_partitioned(F))
-        return rb_fail(ctx, RB_EUNSUPPORTED, "%s: %s needs a partitioned right-hand side (y' = f(t, z), z' = g(t, y), "
-                       "e.g. rb_op_ode_hamiltonian_create); F (%s) is not", fn, method->name, F->type->name);
-    if (!isfinite(t0) || !isfinite(T)) return rb_fail(ctx, RB_EINVAL, "%s: t0 = %g and T = %g must be finite", fn, t0, T);
     if (!(isfinite(rtol) && rtol > 0)) return rb_fail(ctx, RB_EINVAL, "%s: rtol = %g must be finite and > 0", fn, rtol);
     if (!(isfinite(atol) && atol >= 0)) return rb_fail(ctx, RB_EINVAL, "%s: atol = %g must be finite and >= 0", fn, atol);
     if (!(isfinite(h0) && h0 > 0)) return rb_fail(ctx, RB_EINVAL, "%s: h0 = %g must be finite and > 0", fn, h0);
     if (max_steps < 1) return rb_fail(ctx, RB_EINVAL, "%s: max_steps = %ld must be >= 1", fn, max_steps);
-    size_t n = rb_tensor_count(x0);
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(x0->data[i])) return rb_fail(ctx, RB_EINVAL, "%s: x0[%zu] = %g is not finite", fn, i, x0->data[i]);
     return RB_OK;
 }
 
@@ -80,13 +68,6 @@ static double weighted_rms(const rb_tensor *e, const rb_tensor *x, const rb_tens
         sum += q * q;
     }
     return sqrt(sum / (double)n);
-}
-
-static int all_finite(const double *v, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(v[i])) return 0;
-    return 1;
 }
 
 rb_status rb_ode_integrate_adaptive(rb_context *ctx, const rb_ode_method *method, rb_op *F, double t0, double T,
@@ -139,7 +120,7 @@ rb_status rb_ode_integrate_adaptive(rb_context *ctx, const rb_ode_method *method
         tries++;
         st = try_step(ctx, method, F, t, h, &x, &y, &e, &mid, &a);
         if (st != RB_OK) break;
-        if (!all_finite(y.data, n)) {
+        if (!rb_ode_all_finite(y.data, n)) {
             st = rb_fail(ctx, RB_EDIVERGED, "%s: %s step from t = %.17g with h = %.3e gave a non-finite state", fn,
                          method->name, t, h);
             break;

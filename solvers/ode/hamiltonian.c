@@ -205,22 +205,18 @@ static void part_destroy(rb_context *ctx, rb_op *op)
     rb_free(ctx, op->state);
 }
 
-static const rb_op_type type_ham = {.name = "ode_hamiltonian",
-                                    .flags = RB_OP_HAS_PARAMS | RB_OP_SAME_SHAPE,
-                                    .shape = ham_shape,
-                                    .workspace = ham_workspace,
-                                    .apply = ham_apply,
-                                    .vjp = ham_vjp,
-                                    .param_grad = ham_param_grad,
-                                    .destroy = ham_destroy};
-static const rb_op_type type_part = {.name = "ode_hamiltonian_part",
-                                     .flags = RB_OP_HAS_PARAMS | RB_OP_SAME_SHAPE,
-                                     .shape = ham_shape,
-                                     .workspace = ham_workspace,
-                                     .apply = ham_apply,
-                                     .vjp = ham_vjp,
-                                     .param_grad = ham_param_grad,
-                                     .destroy = part_destroy};
+#define HAM_TYPE(ident, label, destroy_fn)                                                                     \
+    static const rb_op_type ident = {.name = label,                                                            \
+                                     .flags = RB_OP_HAS_PARAMS | RB_OP_SAME_SHAPE,                             \
+                                     .shape = ham_shape,                                                       \
+                                     .workspace = ham_workspace,                                               \
+                                     .apply = ham_apply,                                                       \
+                                     .vjp = ham_vjp,                                                           \
+                                     .param_grad = ham_param_grad,                                             \
+                                     .destroy = destroy_fn}
+HAM_TYPE(type_ham, "ode_hamiltonian", ham_destroy);
+HAM_TYPE(type_part, "ode_hamiltonian_part", part_destroy);
+#undef HAM_TYPE
 
 static rb_status part_create(rb_context *ctx, const rb_op *parent, unsigned mask, rb_op **out)
 {

@@ -11,6 +11,7 @@
 
 #include <lapacke.h>
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "resbridge/residual.h"
@@ -247,13 +248,6 @@ static rb_status dense_solve(rb_context *ctx, double *M, size_t n, int transpose
     return RB_OK;
 }
 
-static int all_finite(const double *v, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(v[i])) return 0;
-    return 1;
-}
-
 /* m solving m = x + c F(tF, m), starting from m = x. */
 static rb_status newton_solve(rb_context *ctx, rb_op *F, double tF, double c, const rb_tensor *x, rb_tensor *m,
                               const rb_ode_options *opt, rb_arena *work)
@@ -282,7 +276,7 @@ static rb_status newton_solve(rb_context *ctx, rb_op *F, double tF, double c, co
         st = rb_tensor_axpy(ctx, -1.0, x, &r);
         if (st != RB_OK) break;
         rnorm = rb_tensor_norm2(&r);
-        if (!isfinite(rnorm) || !all_finite(m->data, n)) {
+        if (!isfinite(rnorm) || !rb_ode_all_finite(m->data, n)) {
             st = rb_fail(ctx, RB_EDIVERGED, "implicit step at t = %g: Newton iterate %d is not finite", tF, it);
             break;
         }
@@ -507,32 +501,43 @@ void rb_ode_tape_release(rb_context *ctx, rb_ode_tape *tape)
     rb_ode_tape_init(tape, every);
 }
 
+rb_status rb_ode_check_problem(rb_context *ctx, const char *fn, const rb_ode_method *method, const rb_op *F, double t0,
+                               double T, const rb_tensor *x0, const rb_tensor *xT)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (method == NULL) return rb_fail(ctx, RB_ENULL, "%s: method is NULL", fn);
+    if (F == NULL || F->type == NULL) return rb_fail(ctx, RB_ENULL, "%s: F is NULL", fn);
+    char xname[96], tname[96];
+    snprintf(xname, sizeof xname, "%s: x0", fn);
+    snprintf(tname, sizeof tname, "%s: xT", fn);
+    rb_status st = rb_tensor_check(ctx, x0, xname);
+    if (st == RB_OK) st = rb_tensor_check_same(ctx, x0, xname, xT, tname);
+    if (st == RB_OK) st = rb_op_check_keeps_shape(ctx, F, x0->shape, fn);
+    if (st != RB_OK) return st;
+    if (method->partitioned && !rb_op_ode_is_partitioned(F))
+        return rb_fail(ctx, RB_EUNSUPPORTED, "%s: %s needs a partitioned right-hand side (y' = f(t, z), z' = g(t, y), "
+                       "e.g. rb_op_ode_hamiltonian_create); F (%s) is not", fn, method->name, F->type->name);
+    if (!isfinite(t0) || !isfinite(T)) return rb_fail(ctx, RB_EINVAL, "%s: t0 = %g and T = %g must be finite", fn, t0, T);
+    size_t n = rb_tensor_count(x0);
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x0->data[i])) return rb_fail(ctx, RB_EINVAL, "%s: x0[%zu] = %g is not finite", fn, i, x0->data[i]);
+    return RB_OK;
+}
+
 static rb_status check_integrate(rb_context *ctx, const rb_ode_method *method, const rb_op *F, double t0, double T,
                                  size_t L, const rb_tensor *x0, const rb_tensor *xT, const rb_ode_options *opt)
 {
     const char *fn = "rb_ode_integrate";
-    if (ctx == NULL) return RB_ENULL;
-    if (method == NULL) return rb_fail(ctx, RB_ENULL, "%s: method is NULL", fn);
-    if (F == NULL || F->type == NULL) return rb_fail(ctx, RB_ENULL, "%s: F is NULL", fn);
-    rb_status st = rb_tensor_check(ctx, x0, "rb_ode_integrate: x0");
-    if (st == RB_OK) st = rb_tensor_check_same(ctx, x0, "rb_ode_integrate: x0", xT, "rb_ode_integrate: xT");
-    if (st != RB_OK) return st;
-    st = rb_op_check_keeps_shape(ctx, F, x0->shape, fn);
+    rb_status st = rb_ode_check_problem(ctx, fn, method, F, t0, T, x0, xT);
     if (st != RB_OK) return st;
     if (L == 0) return rb_fail(ctx, RB_EINVAL, "%s: L = 0 layers; needs L >= 1", fn);
-    if (!isfinite(t0) || !isfinite(T)) return rb_fail(ctx, RB_EINVAL, "%s: t0 = %g and T = %g must be finite", fn, t0, T);
     double h = (T - t0) / (double)L;
     if (!(isfinite(h) && h != 0))
         return rb_fail(ctx, RB_EINVAL, "%s: step h = (T - t0) / L = %g must be finite and non-zero", fn, h);
     size_t n = rb_tensor_count(x0);
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(x0->data[i])) return rb_fail(ctx, RB_EINVAL, "%s: x0[%zu] = %g is not finite", fn, i, x0->data[i]);
     if (method->implicit && n > RB_ODE_NEWTON_MAX)
         return rb_fail(ctx, RB_EUNSUPPORTED, "%s: %s needs a dense Newton matrix; the state has %zu > %d entries", fn,
                        method->name, n, RB_ODE_NEWTON_MAX);
-    if (method->partitioned && !rb_op_ode_is_partitioned(F))
-        return rb_fail(ctx, RB_EUNSUPPORTED, "%s: %s needs a partitioned right-hand side (y' = f(t, z), z' = g(t, y), "
-                       "e.g. rb_op_ode_hamiltonian_create); F (%s) is not", fn, method->name, F->type->name);
     if (opt != NULL && !(isfinite(opt->newton_tol) && opt->newton_tol > 0 && opt->newton_max_iter >= 1))
         return rb_fail(ctx, RB_EINVAL, "%s: newton_tol = %g must be > 0 and newton_max_iter = %d >= 1", fn,
                        opt->newton_tol, opt->newton_max_iter);
@@ -584,7 +589,7 @@ rb_status rb_ode_integrate(rb_context *ctx, const rb_ode_method *method, rb_op *
     for (size_t j = 0; j < L && st == RB_OK; j++) {
         st = method->step(ctx, F, t0 + (double)j * h, h, &cur, &next, opt, a);
         if (st != RB_OK) break;
-        if (!all_finite(next.data, n)) {
+        if (!rb_ode_all_finite(next.data, n)) {
             st = rb_fail(ctx, RB_EDIVERGED, "rb_ode_integrate: %s step %zu of %zu (t = %g -> %g) gave a non-finite state",
                          method->name, j, L, t0 + (double)j * h, t0 + (double)(j + 1) * h);
             break;
@@ -668,7 +673,7 @@ rb_status rb_ode_backward(rb_context *ctx, rb_ode_tape *tape, rb_op *F, const rb
     F->t = t_entry;
     if (tape->arena.peak > tape->peak_bytes) tape->peak_bytes = tape->arena.peak;
     if (st != RB_OK) return st;
-    if (!all_finite(lam.data, n) || (dth && !all_finite(dth, F->nparams)))
+    if (!rb_ode_all_finite(lam.data, n) || (dth && !rb_ode_all_finite(dth, F->nparams)))
         return rb_fail(ctx, RB_EDIVERGED, "%s: the adjoint is not finite", fn);
     for (size_t i = 0; i < n; i++) dLdx0->data[i] += lam.data[i];
     if (dLdtheta)

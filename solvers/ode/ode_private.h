@@ -1,6 +1,7 @@
 /* ode_private.h — what the files of solvers/ode share and users do not see:
  * the weight set active at time t (piecewise-constant right-hand sides) and
- * the Euler/Heun pair both the fixed-step Heun and the adaptive mode use. */
+ * the Euler/Heun pair both the fixed-step Heun and the adaptive mode use;
+ * the argument checks of the integrators. */
 #ifndef RB_SOLVERS_ODE_PRIVATE_H
 #define RB_SOLVERS_ODE_PRIVATE_H
 
@@ -18,6 +19,20 @@ static inline size_t rb_ode_set_index(double t, size_t sets, double width)
     if (q >= (double)(sets - 1)) return sets - 1;
     return (size_t)q;
 }
+
+/* 1 if v[0..n) are all finite. */
+static inline int rb_ode_all_finite(const double *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(v[i])) return 0;
+    return 1;
+}
+
+/* The checks every integrator makes (fn names the caller): ctx, method, F not
+ * NULL; x0 and xT valid, of one shape, which F keeps; a partitioned F for a
+ * partitioned method; t0, T and x0 finite. */
+rb_status rb_ode_check_problem(rb_context *ctx, const char *fn, const rb_ode_method *method, const rb_op *F, double t0,
+                               double T, const rb_tensor *x0, const rb_tensor *xT);
 
 /* One Heun step with its Euler predictor: xe = x + h F(t, x) (a residual step),
  * y = (x + xe + h F(t + h, xe)) / 2 (a second one). xe, y distinct from x. */
