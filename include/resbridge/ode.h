@@ -49,6 +49,20 @@ rb_status rb_op_ode_neural_create(rb_context *ctx, size_t n, rb_activation sigma
 rb_status rb_op_ode_antisym_create(rb_context *ctx, size_t n, rb_activation sigma, double gamma, const double *params,
                                    rb_op **out);
 
+/* F(t, x) = sigma(W(t) x + b(t)) with weights smooth in t: a Chebyshev series
+ * over [ta, tb],
+ *     W(t) = sum_{k < terms} T_k(u) W_k,  b(t) = sum_k T_k(u) b_k,  u = 2 (t - ta) / (tb - ta) - 1,
+ * T_0 = 1, T_1 = u, T_{k+1} = 2 u T_k - T_{k-1}. Chebyshev polynomials are
+ * bounded by 1 on [ta, tb] and well conditioned there (unlike monomials), and
+ * the coefficients of a smooth W(t) decay quickly; outside [ta, tb] the series
+ * is extrapolated (still smooth, so oracles stepping past T see no kink).
+ * terms in 1..RB_ODE_SMOOTH_MAX; params as for rb_op_ode_neural_create (each
+ * W_k (n*n) then b_k (n)); the parameter gradient of set k is T_k(u) times
+ * that of the weights at t. */
+#define RB_ODE_SMOOTH_MAX 32
+rb_status rb_op_ode_neural_smooth_create(rb_context *ctx, size_t n, rb_activation sigma, size_t terms, double ta,
+                                         double tb, const double *params, rb_op **out);
+
 /* ---- integrators ------------------------------------------------------------------------------ */
 
 /* Newton settings of the implicit methods: converged when the step equation's
