@@ -241,6 +241,88 @@ rb_status rb_ode_integrate_adaptive(rb_context *ctx, const rb_ode_method *method
                                     long max_steps, rb_ode_adaptive_stats *stats);
 /* ==== end: Hamiltonian pair, partitioned right-hand sides, leapfrog, adaptive steps ============== */
 
+/* ==== more right-hand sides: user callbacks, convolutions =====================================
+ *
+ * ---- a user callback ---------------------------------------------------------------------------
+ *
+ * F(t, x) = f(t, x, params) from C functions (GSL style: int return, 0 = success,
+ * user data last but one). The state is any tensor with n entries, passed as
+ * one flat array; params (nparams values, copied in, owned by the op as
+ * op->params) are passed as they are and must not be changed by the callbacks.
+ * The products write (do not accumulate) their n (or nparams) outputs:
+ *     jvp:       Jv  = J_f(t, x) v
+ *     vjp:       out = J_f(t, x)^T w
+ *     param_vjp: out = (df/dparams)(t, x)^T w
+ *
+ *     rb_ode_callbacks cb = {.f = my_f, .vjp = my_vjp, .user = &my_data};
+ *     rb_op *F; rb_op_ode_callback_create(ctx, n, &cb, 0, NULL, 0, &F);
+ *     rb_ode_integrate(ctx, rb_ode_rk4, F, 0.0, 1.0, 64, &x0, &xT, NULL, NULL);
+ *
+ * J^T w for the state comes from vjp if given, else from n calls of jvp (exact,
+ * column by column), else -- only with the flag RB_ODE_CALLBACK_FD -- from
+ * central finite differences of f (2n calls, step cbrt(eps) max(1, |x_j|);
+ * error about 1e-10 relative). The parameter gradient comes from param_vjp,
+ * else (RB_ODE_CALLBACK_FD) finite differences over the parameters. Finite
+ * differences are never a silent fallback: without the flag a missing product
+ * makes the op's vjp / param_grad fail with RB_EUNSUPPORTED, and
+ * rb_op_ode_callback_gradients says which source each gradient uses. A callback
+ * returning non-zero becomes RB_ECALLBACK naming the callback, its return value
+ * and t; the op's outputs are then untouched. RB_ODE_CALLBACK_LINEAR declares f
+ * linear in x (the op is RB_OP_LINEAR). */
+typedef int (*rb_ode_fn)(double t, const double *x, const double *params, void *user, double *fx);
+typedef int (*rb_ode_product_fn)(double t, const double *x, const double *params, const double *v, void *user,
+                                 double *out);
+
+typedef struct rb_ode_callbacks {
+    rb_ode_fn f;                  /* required */
+    rb_ode_product_fn jvp;        /* optional */
+    rb_ode_product_fn vjp;        /* optional */
+    rb_ode_product_fn param_vjp;  /* optional (ignored when nparams = 0) */
+    void *user;
+} rb_ode_callbacks;
+
+enum rb_ode_callback_flags {
+    RB_ODE_CALLBACK_FD = 1u << 0,     /* allow finite differences for missing products */
+    RB_ODE_CALLBACK_LINEAR = 1u << 1, /* f(t, a x + b z) = a f(t, x) + b f(t, z) */
+};
+
+#define RB_ODE_GRAD_LIST(X)                          \
+    X(RB_ODE_GRAD_NONE, "none (unsupported)")        \
+    X(RB_ODE_GRAD_VJP, "vjp callback")               \
+    X(RB_ODE_GRAD_JVP, "jvp callback, column by column") \
+    X(RB_ODE_GRAD_FD, "central finite differences")
+#define RB_ODE_GRAD_ENUM_(e, name) e,
+typedef enum rb_ode_grad { RB_ODE_GRAD_LIST(RB_ODE_GRAD_ENUM_) RB_ODE_GRAD_COUNT } rb_ode_grad;
+#undef RB_ODE_GRAD_ENUM_
+const char *rb_ode_grad_name(rb_ode_grad g);
+
+/* n >= 1 state entries, nparams parameters (params NULL: zeros), flags from
+ * rb_ode_callback_flags. */
+rb_status rb_op_ode_callback_create(rb_context *ctx, size_t n, const rb_ode_callbacks *cb, size_t nparams,
+                                    const double *params, unsigned flags, rb_op **out);
+/* Where the op's gradients come from: J^T w for the state and for the
+ * parameters (RB_ODE_GRAD_NONE when there are no parameters). RB_EINVAL if op
+ * is not a callback op. Either output may be NULL. */
+rb_status rb_op_ode_callback_gradients(rb_context *ctx, const rb_op *op, rb_ode_grad *state, rb_ode_grad *params);
+
+/* ---- convolutional right-hand sides on 2D multi-channel grids -----------------------------------
+ *
+ * The state is a batch of C-channel images (N, C, 1, H, W); K is a 3x3
+ * convolution C -> C with zero padding (the foundation's conv op, conv.h),
+ * b a bias per channel, sigma an activation:
+ *     RB_ODE_CONV_PLAIN    F(x) = sigma(K * x + b)
+ *     RB_ODE_CONV_STABLE   F(x) = -K^T sigma(K * x + b)     (Haber & Ruthotto 2017: for monotone sigma the
+ *                                                            Jacobian -K^T D K is negative semi-definite)
+ * K^T is the transposed conv with the same weights, so K appears once in the
+ * parameters. params: K ([C][C][9], PyTorch layout) then b (C), copied in (NULL: zeros). */
+typedef enum rb_ode_conv_form { RB_ODE_CONV_PLAIN, RB_ODE_CONV_STABLE, RB_ODE_CONV_FORM_COUNT } rb_ode_conv_form;
+rb_status rb_op_ode_conv_create(rb_context *ctx, size_t channels, rb_activation sigma, rb_ode_conv_form form,
+                                const double *params, rb_op **out);
+/* Parameters of a conv right-hand side with C channels: 9 C^2 + C. */
+size_t rb_ode_conv_nparams(size_t channels);
+
+/* ==== end of: more right-hand sides ============================================================= */
+
 #ifdef __cplusplus
 }
 #endif
