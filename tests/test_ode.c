@@ -16,6 +16,7 @@
  *   bad input                         statuses, messages, outputs untouched (Newton failures too)
  * Every test prints what it measured (cmocka print_message). */
 #include "conformance.h"
+#include "ode_checks.h"
 #include "testkit.h"
 
 #include <lapacke.h>
@@ -61,16 +62,6 @@ static rb_op *make_hamiltonian(rb_context *ctx, size_t m, rb_activation act, siz
     rb_op *F;
     RB_CHECK(ctx, rb_op_ode_hamiltonian_create(ctx, m, act, sets, width, NULL, &F));
     return fill_sets(F, m, sets, w, seed);
-}
-
-/* leapfrog needs a partitioned F; every other method takes any F */
-static int applicable(const rb_ode_method *M, const rb_op *F) { return !M->partitioned || rb_op_ode_is_partitioned(F); }
-
-static double rel_diff(const double *a, const double *b, size_t n)
-{
-    double d = 0, s = 0;
-    for (size_t i = 0; i < n; i++) d = fmax(d, fabs(a[i] - b[i])), s = fmax(s, fabs(b[i]));
-    return s > 0 ? d / s : d;
 }
 
 static int untouched(const rb_tensor *t, double v)
@@ -221,41 +212,6 @@ static void test_euler_is_residual_stack(void **state)
 
 /* ---- observed orders against CVODE ----------------------------------------------------------- */
 
-static void check_orders(rb_context *ctx, rb_op *F, const char *label, const rb_tensor *x0, double T)
-{
-    /* three independent references at rtol 1e-12: CVODE BDF, CVODE Adams, GSL odeiv2 rk8pd */
-    static const char *const ref_name[3] = {"CVODE BDF", "CVODE Adams", "rk8pd"};
-    rb_tensor ref[3], xT;
-    for (int r = 0; r < 3; r++) RB_CHECK(ctx, rb_tensor_alloc(ctx, &ref[r], x0->shape));
-    RB_CHECK(ctx, rb_tensor_alloc(ctx, &xT, x0->shape));
-    RB_CHECK(ctx, rb_ref_cvode(ctx, F, 0.0, T, x0, &ref[0], RB_REF_CVODE_BDF, 1e-12, 1e-14, 0, NULL));
-    RB_CHECK(ctx, rb_ref_cvode(ctx, F, 0.0, T, x0, &ref[1], RB_REF_CVODE_ADAMS, 1e-12, 1e-14, 0, NULL));
-    RB_CHECK(ctx, rb_ref_odeiv2(ctx, F, 0.0, T, x0, &ref[2], 1e-12, 1e-14));
-    double agree = fmax(rb_tensor_max_rel_diff(&ref[1], &ref[0]), rb_tensor_max_rel_diff(&ref[2], &ref[0]));
-    print_message("%-16s references agree: max rel diff of Adams and rk8pd vs BDF %.1e (<= 1e-10)\n", label, agree);
-    assert_true(agree <= 1e-10);
-    for (size_t m = 0; methods()[m] != NULL; m++) {
-        const rb_ode_method *M = methods()[m];
-        if (!applicable(M, F)) continue;
-        size_t L0 = M->order == 4 ? 8 : M->order == 2 ? 32 : 64;
-        double err[3][3], tol = M->order == 4 ? 0.2 : 0.1;
-        for (int k = 0; k < 3; k++) {
-            RB_CHECK(ctx, rb_ode_integrate(ctx, M, F, 0.0, T, L0 << k, x0, &xT, NULL, NULL));
-            for (int r = 0; r < 3; r++) err[r][k] = rb_tensor_max_rel_diff(&xT, &ref[r]);
-        }
-        for (int r = 0; r < 3; r++) {
-            double order = log2(err[r][1] / err[r][2]);
-            print_message("%-16s %-9s L = %3zu..%3zu: error vs %-11s %.2e %.2e %.2e, observed order %.3f (%d +- %.1f)\n",
-                          label, M->name, L0, L0 << 2, ref_name[r], err[r][0], err[r][1], err[r][2], order, M->order, tol);
-            if (!(fabs(order - M->order) <= tol)) fail_msg("%s %s vs %s: order %.3f", label, M->name, ref_name[r], order);
-            assert_true(fabs(log2(err[r][0] / err[r][1]) - M->order) <= 2 * tol);
-            assert_true(err[r][2] > 1e-10); /* well above the references' own error */
-        }
-    }
-    for (int r = 0; r < 3; r++) rb_tensor_release(ctx, &ref[r]);
-    rb_tensor_release(ctx, &xT);
-}
-
 static void test_orders_vs_cvode(void **state)
 {
     rb_context *ctx = *state;
@@ -265,95 +221,46 @@ static void test_orders_vs_cvode(void **state)
     rb_test_rng r = {7};
     rb_test_fill(&r, &x0, -1, 1);
     rb_op *lin = make_linear(ctx, n, 1.0, -0.5, 8);
-    check_orders(ctx, lin, "linear W x", &x0, 1.0);
+    rb_test_ode_orders(ctx, lin, "linear W x", &x0, 1.0);
     rb_op *nl = make_neural(ctx, n, RB_ACT_TANH, 1, 1.0, 1.5, 9);
-    check_orders(ctx, nl, "tanh(W x + b)", &x0, 1.0);
+    rb_test_ode_orders(ctx, nl, "tanh(W x + b)", &x0, 1.0);
     rb_op *hm = make_hamiltonian(ctx, n / 2, RB_ACT_TANH, 1, 1.0, 1.5, 33);
-    check_orders(ctx, hm, "Hamiltonian tanh", &x0, 1.0);
+    rb_test_ode_orders(ctx, hm, "Hamiltonian tanh", &x0, 1.0);
     rb_op_free(ctx, lin), rb_op_free(ctx, nl), rb_op_free(ctx, hm);
     rb_tensor_release(ctx, &x0);
 }
 
 /* ---- backprop against finite differences ---------------------------------------------------- */
 
-static double loss(rb_context *ctx, const rb_ode_method *M, rb_op *F, size_t L, const rb_tensor *x0,
-                   const rb_tensor *c, rb_tensor *xT, const rb_ode_options *opt)
-{
-    RB_CHECK(ctx, rb_ode_integrate(ctx, M, F, 0.0, 1.0, L, x0, xT, opt, NULL));
-    return rb_tensor_dot(c, xT);
-}
-
 static void test_backprop_vs_fd(void **state)
 {
     rb_context *ctx = *state;
     const size_t n = 3, L = 10;
-    const double eps = 1e-5;
-    rb_ode_options opt = rb_ode_options_default();
-    opt.newton_tol = 1e-14;
     rb_shape s = rb_shape_1d(2, 1, n); /* a batch of two states */
-    rb_tensor x0, c, xT, dx0;
+    rb_tensor x0, c;
     RB_CHECK(ctx, rb_tensor_alloc(ctx, &x0, s));
     RB_CHECK(ctx, rb_tensor_alloc(ctx, &c, s));
-    RB_CHECK(ctx, rb_tensor_alloc(ctx, &xT, s));
-    RB_CHECK(ctx, rb_tensor_alloc(ctx, &dx0, s));
     rb_test_rng r = {11};
     rb_test_fill(&r, &x0, -1, 1);
     rb_test_fill(&r, &c, -1, 1);
-    static const char *const kind_name[3] = {"neural 2set", "antisym", "hamilt 2set"};
-    for (int kind = 0; kind < 3; kind++) {
-        /* neural with two weight sets switching at t = 0.5, the antisymmetric net, the Hamiltonian pair
-         * (m = 2 on a state of width 4, two weight sets) */
-        rb_op *F;
-        if (kind == 0) F = make_neural(ctx, n, RB_ACT_TANH, 2, 0.5, 1.2, 12);
-        else if (kind == 2) F = make_hamiltonian(ctx, 2, RB_ACT_TANH, 2, 0.5, 1.2, 34);
-        else {
-            RB_CHECK(ctx, rb_op_ode_antisym_create(ctx, n, RB_ACT_TANH, 0.2, NULL, &F));
-            for (size_t k = 0; k < F->nparams; k++) F->params[k] = rb_test_uniform(&r, -1, 1);
-        }
-        rb_tensor x0k = x0, ck = c, xTk = xT, dx0k = dx0; /* the Hamiltonian state is 2 x 4 wide */
-        rb_shape sk = kind == 2 ? rb_shape_1d(2, 1, 4) : s;
-        if (kind == 2) {
-            RB_CHECK(ctx, rb_tensor_alloc(ctx, &x0k, sk));
-            RB_CHECK(ctx, rb_tensor_alloc(ctx, &ck, sk));
-            RB_CHECK(ctx, rb_tensor_alloc(ctx, &xTk, sk));
-            RB_CHECK(ctx, rb_tensor_alloc(ctx, &dx0k, sk));
-            rb_test_fill(&r, &x0k, -1, 1);
-            rb_test_fill(&r, &ck, -1, 1);
-        }
-        size_t np = F->nparams, nx = rb_tensor_count(&x0k);
-        double *dth = test_calloc(np, sizeof *dth), *fd = test_malloc((nx + np) * sizeof *fd);
-        for (size_t m = 0; methods()[m] != NULL; m++) {
-            const rb_ode_method *M = methods()[m];
-            if (!applicable(M, F)) continue;
-            rb_ode_tape tape;
-            rb_ode_tape_init(&tape, 1);
-            RB_CHECK(ctx, rb_ode_integrate(ctx, M, F, 0.0, 1.0, L, &x0k, &xTk, &opt, &tape));
-            rb_tensor_fill(ctx, &dx0k, 0.0);
-            memset(dth, 0, np * sizeof *dth);
-            RB_CHECK(ctx, rb_ode_backward(ctx, &tape, F, &ck, &dx0k, dth));
-            rb_ode_tape_release(ctx, &tape);
-            for (size_t i = 0; i < nx + np; i++) {
-                double *v = i < nx ? &x0k.data[i] : &F->params[i - nx], keep = *v;
-                *v = keep + eps;
-                double lp = loss(ctx, M, F, L, &x0k, &ck, &xTk, &opt);
-                *v = keep - eps;
-                double lm = loss(ctx, M, F, L, &x0k, &ck, &xTk, &opt);
-                *v = keep;
-                fd[i] = (lp - lm) / (2 * eps);
-            }
-            double ex = rel_diff(dx0k.data, fd, nx), et = rel_diff(dth, fd + nx, np);
-            print_message("%-11s %-9s backprop vs central differences: dL/dx0 %.1e, dL/dtheta (%zu) %.1e (<= 1e-6)\n",
-                          kind_name[kind], M->name, ex, np, et);
-            if (!(ex <= 1e-6 && et <= 1e-6)) fail_msg("%s: dx0 %.3g dtheta %.3g", M->name, ex, et);
-        }
-        test_free(dth), test_free(fd);
-        if (kind == 2) {
-            rb_tensor_release(ctx, &x0k), rb_tensor_release(ctx, &ck);
-            rb_tensor_release(ctx, &xTk), rb_tensor_release(ctx, &dx0k);
-        }
-        rb_op_free(ctx, F);
-    }
-    rb_tensor_release(ctx, &x0), rb_tensor_release(ctx, &c), rb_tensor_release(ctx, &xT), rb_tensor_release(ctx, &dx0);
+    /* neural with two weight sets switching at t = 0.5, the antisymmetric net, the Hamiltonian pair
+     * (m = 2 on a state of width 4, two weight sets) */
+    rb_op *F = make_neural(ctx, n, RB_ACT_TANH, 2, 0.5, 1.2, 12);
+    rb_test_ode_backprop_vs_fd(ctx, F, "neural 2set", &x0, &c, L, 1e-5);
+    rb_op_free(ctx, F);
+    RB_CHECK(ctx, rb_op_ode_antisym_create(ctx, n, RB_ACT_TANH, 0.2, NULL, &F));
+    for (size_t k = 0; k < F->nparams; k++) F->params[k] = rb_test_uniform(&r, -1, 1);
+    rb_test_ode_backprop_vs_fd(ctx, F, "antisym", &x0, &c, L, 1e-5);
+    rb_op_free(ctx, F);
+    rb_tensor x4, c4; /* the Hamiltonian state is 2 x 4 wide */
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &x4, rb_shape_1d(2, 1, 4)));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &c4, rb_shape_1d(2, 1, 4)));
+    rb_test_fill(&r, &x4, -1, 1);
+    rb_test_fill(&r, &c4, -1, 1);
+    F = make_hamiltonian(ctx, 2, RB_ACT_TANH, 2, 0.5, 1.2, 34);
+    rb_test_ode_backprop_vs_fd(ctx, F, "hamilt 2set", &x4, &c4, L, 1e-5);
+    rb_op_free(ctx, F);
+    rb_tensor_release(ctx, &x0), rb_tensor_release(ctx, &c), rb_tensor_release(ctx, &x4), rb_tensor_release(ctx, &c4);
 }
 
 /* ---- Euler's discrete adjoint converges to CVODES's continuous adjoint at order 1 ------------- */
@@ -387,7 +294,7 @@ static void test_backprop_vs_cvodes_adjoint(void **state)
             memset(dth, 0, np * sizeof *dth);
             RB_CHECK(ctx, rb_ode_backward(ctx, &tape, F, &c, &dx0, dth));
             rb_ode_tape_release(ctx, &tape);
-            d[k] = fmax(rel_diff(dx0.data, ref.data, n), rel_diff(dth, ref_th, np));
+            d[k] = fmax(rb_test_rel_diff(dx0.data, ref.data, n), rb_test_rel_diff(dth, ref_th, np));
         }
         double order = log2(d[1] / d[2]);
         print_message("%-6s backprop vs CVODES adjoint, L = %zu, %zu, %zu: %.2e %.2e %.2e, order %.3f (%d +- 0.15)\n",
@@ -420,7 +327,7 @@ static void test_checkpointing(void **state)
     rb_op *H = make_hamiltonian(ctx, n / 2, RB_ACT_TANH, 1, 1.0, 1.0, 35), *F0 = F;
     for (size_t m = 0; methods()[m] != NULL; m++) {
         const rb_ode_method *M = methods()[m];
-        F = applicable(M, F0) ? F0 : H; /* leapfrog: the Hamiltonian pair */
+        F = rb_test_ode_applicable(M, F0) ? F0 : H; /* leapfrog: the Hamiltonian pair */
         np = F->nparams;
         double grad_full[4 + 20], grad[4 + 20];
         size_t peak_full = 0;
@@ -487,7 +394,7 @@ static void test_jacobi_pseudo_time(void **state)
     double *M = test_malloc(n * n * sizeof *M), *u = test_malloc(n * sizeof *u);
     RB_CHECK(ctx, rb_ref_assemble(ctx, A, s, M));
     RB_CHECK(ctx, rb_ref_solve_dense(ctx, M, n, b.data, u));
-    double err = rel_diff(steady.data, u, n);
+    double err = rb_test_rel_diff(steady.data, u, n);
     print_message("Jacobi sweep (omega = 2/3) = Euler step: bit-identical; CVODE BDF steady state (t = 3000, %ld steps) vs "
                   "dgesv: %.2e (<= 1e-8)\n", st.steps, err);
     if (!(err <= 1e-8)) fail_msg("steady state vs dgesv: %.3g", err);
@@ -917,7 +824,7 @@ static void test_adaptive_vs_cvode(void **state)
         RB_CHECK(ctx, rb_ref_cvode(ctx, Fs[f], 0.0, 1.0, &x0, &ref, RB_REF_CVODE_BDF, 1e-12, 1e-14, 0, NULL));
         for (size_t m = 0; methods()[m] != NULL; m++) {
             const rb_ode_method *M = methods()[m];
-            if (M->implicit || !applicable(M, Fs[f])) continue;
+            if (M->implicit || !rb_test_ode_applicable(M, Fs[f])) continue;
             /* tolerances: four decades each, within reach of the method's step counts and CVODE's 1e-12 */
             double tol0 = M->order == 1 ? 1e-2 : M->order == 2 ? 1e-4 : 1e-6, ratio[4], err[4];
             rb_ode_adaptive_stats st[4];
