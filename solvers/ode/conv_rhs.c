@@ -10,6 +10,7 @@
 #include "resbridge/conv.h"
 #include "resbridge/ode.h"
 
+#include <stdio.h>
 #include <string.h>
 
 typedef struct conv_rhs {
@@ -26,11 +27,13 @@ static rb_status conv_rhs_shape(rb_context *ctx, const rb_op *op, rb_shape in, r
 {
     const conv_rhs *s = op->state;
     rb_status st = rb_op_shape(ctx, s->K, in, out); /* (N, C, 1, H, W) -> the same */
-    if (st != RB_OK) {
-        char a[96];
-        return rb_fail(ctx, st, "%s: input %s; needs (N,%zu,1,H,W): %s", op->type->name, rb_shape_format(in, a, sizeof a),
-                       rb_op_conv_desc(s->K)->cin, rb_context_message(ctx));
+    if (st != RB_OK && ctx != NULL) {
+        char a[96], why[256];
+        snprintf(why, sizeof why, "%s", rb_context_message(ctx)); /* the conv's own reason */
+        return rb_fail(ctx, st, "%s: input %s; needs (N,%zu,1,H,W) (%s)", op->type->name,
+                       rb_shape_format(in, a, sizeof a), rb_op_conv_desc(s->K)->cin, why);
     }
+    if (st != RB_OK) return st;
     return RB_OK;
 }
 
