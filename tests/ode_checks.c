@@ -3,6 +3,13 @@
 
 #include <math.h>
 
+int rb_test_untouched(const rb_tensor *t, double v)
+{
+    for (size_t i = 0; i < rb_tensor_count(t); i++)
+        if (t->data[i] != v) return 0;
+    return 1;
+}
+
 double rb_test_rel_diff(const double *a, const double *b, size_t n)
 {
     double d = 0, s = 0;

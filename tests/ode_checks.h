@@ -8,6 +8,9 @@
 
 #include "testkit.h"
 
+/* 1 if every entry of t equals v (an output left untouched), else 0 */
+int rb_test_untouched(const rb_tensor *t, double v);
+
 /* max |a - b| / max |b| */
 double rb_test_rel_diff(const double *a, const double *b, size_t n);
 

@@ -64,13 +64,6 @@ static rb_op *make_hamiltonian(rb_context *ctx, size_t m, rb_activation act, siz
     return fill_sets(F, m, sets, w, seed);
 }
 
-static int untouched(const rb_tensor *t, double v)
-{
-    for (size_t i = 0; i < rb_tensor_count(t); i++)
-        if (t->data[i] != v) return 0;
-    return 1;
-}
-
 static const rb_ode_method *const *methods(void) { return rb_ode_methods; }
 
 /* ---- right-hand sides pass the conformance suite ---------------------------------------------- */
@@ -551,7 +544,7 @@ static void test_bad_input(void **state)
     x0.data[1] = 0.5;
     rb_ode_options bad = {0.0, 5};
     RB_EXPECT(ctx, RB_EINVAL, "newton_tol", rb_ode_integrate(ctx, rb_ode_beuler, F, 0, 1, 4, &x0, &xT, &bad, NULL));
-    assert_true(untouched(&xT, 7.0));
+    assert_true(rb_test_untouched(&xT, 7.0));
     /* right-hand side constructors */
     rb_op *G;
     RB_EXPECT(ctx, RB_EINVAL, "n = 0", rb_op_ode_linear_create(ctx, 0, NULL, &G));
@@ -584,7 +577,7 @@ static void test_bad_input(void **state)
     id->t = 3.0;
     RB_EXPECT(ctx, RB_EDIVERGED, "step 1 of 4", rb_ode_integrate(ctx, rb_ode_euler, id, 0, 4, 4, &x0, &xT, NULL, NULL));
     assert_true(id->t == 3.0);
-    assert_true(untouched(&xT, 7.0));
+    assert_true(rb_test_untouched(&xT, 7.0));
     /* backward: an empty tape, another F, wrong shapes */
     rb_ode_tape tape;
     rb_ode_tape_init(&tape, 0);
@@ -594,7 +587,7 @@ static void test_bad_input(void **state)
     RB_EXPECT(ctx, RB_EINVAL, "not the operator", rb_ode_backward(ctx, &tape, id, &x0, &xT, NULL));
     RB_EXPECT(ctx, RB_ESHAPE, "shape", rb_ode_backward(ctx, &tape, F, &x4, &xT, NULL));
     RB_EXPECT(ctx, RB_ENULL, "dLdx0", rb_ode_backward(ctx, &tape, F, &x0, NULL, NULL));
-    assert_true(untouched(&xT, 7.0));
+    assert_true(rb_test_untouched(&xT, 7.0));
     rb_ode_tape_release(ctx, &tape);
     rb_op_free(ctx, id);
     rb_tensor_release(ctx, &x0), rb_tensor_release(ctx, &xT), rb_tensor_release(ctx, &x4);
@@ -786,7 +779,7 @@ static void test_leapfrog_refuses(void **state)
     RB_CHECK(ctx, rb_arena_reserve(ctx, &work, rb_ode_step_workspace(rb_ode_leapfrog, F, x0.shape)));
     RB_EXPECT(ctx, RB_EUNSUPPORTED, "not a partitioned", rb_ode_leapfrog->step(ctx, F, 0, 0.1, &x0, &xT, NULL, &work));
     rb_arena_release(ctx, &work);
-    assert_true(untouched(&xT, 7.0));
+    assert_true(rb_test_untouched(&xT, 7.0));
     assert_false(rb_op_ode_is_partitioned(F) || rb_op_ode_is_partitioned(NULL));
     /* the pair's constructor and part selector */
     rb_op *G, *H = make_hamiltonian(ctx, 2, RB_ACT_TANH, 1, 1.0, 1.0, 45);
@@ -926,11 +919,11 @@ static void test_adaptive_bad_input(void **state)
     RB_EXPECT(ctx, RB_EDIVERGED, "non-finite", rb_ode_integrate_adaptive(ctx, R, B, 0, 1, &x0, &xT, 1e-6, 1e-8, 0.01, 100, NULL));
     print_message("x' = 1e200 x: \"%s\"\n", rb_context_message(ctx));
     assert_true(B->t == 2.5);
-    assert_true(untouched(&xT, 7.0));
+    assert_true(rb_test_untouched(&xT, 7.0));
     rb_op_free(ctx, B);
     /* T == t0 copies; T < t0 integrates backwards: there and back again within the tolerance */
     RB_CHECK(ctx, rb_ode_integrate_adaptive(ctx, R, F, 1, 1, &x0, &xT, 1e-6, 1e-8, 0.1, 100, NULL));
-    assert_true(untouched(&xT, 0.5));
+    assert_true(rb_test_untouched(&xT, 0.5));
     RB_CHECK(ctx, rb_ode_integrate_adaptive(ctx, R, F, 0, 1, &x0, &xT, 1e-9, 1e-9, 0.1, 100000, NULL));
     RB_CHECK(ctx, rb_ode_integrate_adaptive(ctx, R, F, 1, 0, &xT, &back, 1e-9, 1e-9, 0.1, 100000, NULL));
     double d = rb_tensor_max_rel_diff(&back, &x0);

@@ -15,12 +15,6 @@
 
 #include <math.h>
 
-static int untouched(const rb_tensor *t, double v)
-{
-    for (size_t i = 0; i < rb_tensor_count(t); i++)
-        if (t->data[i] != v) return 0;
-    return 1;
-}
 
 /* ---- callbacks: F = W x (params W), written like a user would ------------------------------- */
 
@@ -272,7 +266,7 @@ static void test_callback_refusals(void **state)
     RB_EXPECT(ctx, RB_EUNSUPPORTED, "RB_ODE_CALLBACK_FD", rb_op_vjp(ctx, F, &x0, &x0, 1.0, &dx, &work));
     print_message("no vjp and no RB_ODE_CALLBACK_FD: \"%s\"\n", rb_context_message(ctx));
     RB_EXPECT(ctx, RB_EUNSUPPORTED, "param_vjp", rb_op_param_grad(ctx, F, &x0, &x0, 1.0, dth, &work));
-    assert_true(untouched(&dx, 3.0) && dth[0] == 0);
+    assert_true(rb_test_untouched(&dx, 3.0) && dth[0] == 0);
     rb_ode_tape tape;
     rb_ode_tape_init(&tape, 0);
     RB_CHECK(ctx, rb_ode_integrate(ctx, rb_ode_rk4, F, 0, 1, 8, &x0, &xT, NULL, &tape));
@@ -282,7 +276,7 @@ static void test_callback_refusals(void **state)
               rb_ode_integrate(ctx, rb_ode_beuler, F, 0, 1, 8, &x0, &xT, NULL, NULL)); /* Newton needs J */
     RB_EXPECT(ctx, RB_EUNSUPPORTED, "RB_ODE_CALLBACK_FD",
               rb_ref_cvodes_adjoint(ctx, F, 0, 1, &x0, &x0, &dx, NULL, 1e-8, 1e-10));
-    assert_true(untouched(&dx, 3.0));
+    assert_true(rb_test_untouched(&dx, 3.0));
     rb_op_free(ctx, F);
     /* a state vjp but no param_vjp: dL/dx0 alone works, dL/dtheta is refused */
     F = make_lv(ctx, LV_STATE_ONLY, &u);
@@ -305,7 +299,7 @@ static void test_callback_refusals(void **state)
     u.fail_after = 3, u.calls = 0;
     RB_EXPECT(ctx, RB_ECALLBACK, "returned 7",
               rb_ref_cvode(ctx, F, 0, 1, &x0, &xT, RB_REF_CVODE_BDF, 1e-8, 1e-10, 0, NULL));
-    assert_true(untouched(&xT, 7.0));
+    assert_true(rb_test_untouched(&xT, 7.0));
     u.fail_after = -1;
     /* create and query */
     rb_op *G;
@@ -512,7 +506,7 @@ static void test_conv_bad_input(void **state)
     rb_tensor_fill(ctx, &x3, 0.5), rb_tensor_fill(ctx, &xT, 7.0);
     RB_EXPECT(ctx, RB_ESHAPE, "needs (N,2,1,H,W)", rb_ode_integrate(ctx, rb_ode_rk4, F, 0, 1, 4, &x3, &xT, NULL, NULL));
     print_message("3-channel state into a 2-channel conv F: \"%s\"\n", rb_context_message(ctx));
-    assert_true(untouched(&xT, 7.0));
+    assert_true(rb_test_untouched(&xT, 7.0));
     rb_tensor_release(ctx, &x3), rb_tensor_release(ctx, &xT);
     rb_op_free(ctx, F);
 }
