@@ -126,46 +126,43 @@ static rb_status unavailable(rb_context *ctx, const rb_op *op, const char *what,
                    "(flag RB_ODE_CALLBACK_FD)", op->type->name, what, product);
 }
 
+/* acc[0..m) += alpha J^T dy, J the Jacobian of f with respect to the state (of_state) or the
+ * parameters, from the source chosen at creation. */
+static rb_status accumulate_product(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy,
+                                    double alpha, int of_state, double *acc, rb_arena *work)
+{
+    const callback_rhs *s = op->state;
+    rb_ode_grad source = of_state ? s->state_grad : s->param_grad;
+    if (source == RB_ODE_GRAD_NONE)
+        return of_state ? unavailable(ctx, op, "J_F^T (the vjp)", "vjp or jvp")
+                        : unavailable(ctx, op, "dF/dtheta^T (the parameter gradient)", "param_vjp");
+    size_t m = of_state ? s->n : op->nparams, mark = work ? rb_arena_mark(work) : 0;
+    double *out = NULL;
+    rb_status st = scratch(ctx, op, work, m, &out);
+    if (st == RB_OK && source == RB_ODE_GRAD_VJP) {
+        rb_ode_product_fn product = of_state ? s->cb.vjp : s->cb.param_vjp;
+        st = called(ctx, op, of_state ? "vjp" : "param_vjp", product(op->t, x->data, op->params, dy->data, s->cb.user, out));
+    } else if (st == RB_OK && source == RB_ODE_GRAD_JVP) {
+        st = jvp_columns(ctx, op, x->data, dy->data, out, work);
+    } else if (st == RB_OK) {
+        st = fd_vjp(ctx, op, x->data, dy->data, of_state, out, work);
+    }
+    if (st == RB_OK)
+        for (size_t i = 0; i < m; i++) acc[i] += alpha * out[i];
+    if (work) rb_arena_reset(work, mark);
+    return st;
+}
+
 static rb_status callback_vjp(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy,
                               double alpha, rb_tensor *dx, rb_arena *work)
 {
-    const callback_rhs *s = op->state;
-    if (s->state_grad == RB_ODE_GRAD_NONE) return unavailable(ctx, op, "J_F^T (the vjp)", "vjp or jvp");
-    size_t mark = work ? rb_arena_mark(work) : 0;
-    double *out = NULL;
-    rb_status st = scratch(ctx, op, work, s->n, &out);
-    if (st == RB_OK) {
-        if (s->state_grad == RB_ODE_GRAD_VJP)
-            st = called(ctx, op, "vjp", s->cb.vjp(op->t, x->data, op->params, dy->data, s->cb.user, out));
-        else if (s->state_grad == RB_ODE_GRAD_JVP)
-            st = jvp_columns(ctx, op, x->data, dy->data, out, work);
-        else
-            st = fd_vjp(ctx, op, x->data, dy->data, 1, out, work);
-    }
-    if (st == RB_OK)
-        for (size_t i = 0; i < s->n; i++) dx->data[i] += alpha * out[i];
-    if (work) rb_arena_reset(work, mark);
-    return st;
+    return accumulate_product(ctx, op, x, dy, alpha, 1, dx->data, work);
 }
 
 static rb_status callback_param_grad(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy,
                                      double alpha, double *dparams, rb_arena *work)
 {
-    const callback_rhs *s = op->state;
-    if (s->param_grad == RB_ODE_GRAD_NONE) return unavailable(ctx, op, "dF/dtheta^T (the parameter gradient)", "param_vjp");
-    size_t mark = work ? rb_arena_mark(work) : 0;
-    double *out = NULL;
-    rb_status st = scratch(ctx, op, work, op->nparams, &out);
-    if (st == RB_OK) {
-        if (s->param_grad == RB_ODE_GRAD_VJP)
-            st = called(ctx, op, "param_vjp", s->cb.param_vjp(op->t, x->data, op->params, dy->data, s->cb.user, out));
-        else
-            st = fd_vjp(ctx, op, x->data, dy->data, 0, out, work);
-    }
-    if (st == RB_OK)
-        for (size_t k = 0; k < op->nparams; k++) dparams[k] += alpha * out[k];
-    if (work) rb_arena_reset(work, mark);
-    return st;
+    return accumulate_product(ctx, op, x, dy, alpha, 0, dparams, work);
 }
 
 static void callback_destroy(rb_context *ctx, rb_op *op) { rb_free(ctx, op->state); }

@@ -104,29 +104,31 @@ static rb_status backward_to_z(rb_context *ctx, const rb_op *op, const rb_tensor
     return st;
 }
 
-static rb_status conv_rhs_vjp(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy,
-                              double alpha, rb_tensor *dx, rb_arena *work)
+/* dx += alpha J^T dy (dx non-NULL) or dparams += alpha (dF/dtheta)^T dy (dparams non-NULL). */
+static rb_status conv_rhs_backward(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy,
+                                   double alpha, rb_tensor *dx, double *dparams, rb_arena *work)
 {
     const conv_rhs *s = op->state;
     size_t mark = work ? rb_arena_mark(work) : 0;
     rb_tensor t[4];
     rb_status st = backward_to_z(ctx, op, x, dy, t, work);
-    if (st == RB_OK) st = rb_op_vjp(ctx, s->K, x, &t[3], alpha, dx, work); /* dx += alpha K^T dz */
+    if (st == RB_OK && dx) st = rb_op_vjp(ctx, s->K, x, &t[3], alpha, dx, work); /* dx += alpha K^T dz */
+    if (st == RB_OK && dparams) st = rb_op_param_grad(ctx, s->K, x, &t[3], alpha, dparams, work); /* K x + b */
+    if (st == RB_OK && dparams && s->KT) st = rb_op_param_grad(ctx, s->KT, &t[1], dy, -alpha, dparams, work); /* -K^T a */
     if (work) rb_arena_reset(work, mark);
     return st;
+}
+
+static rb_status conv_rhs_vjp(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy,
+                              double alpha, rb_tensor *dx, rb_arena *work)
+{
+    return conv_rhs_backward(ctx, op, x, dy, alpha, dx, NULL, work);
 }
 
 static rb_status conv_rhs_param_grad(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy,
                                      double alpha, double *dparams, rb_arena *work)
 {
-    const conv_rhs *s = op->state;
-    size_t mark = work ? rb_arena_mark(work) : 0;
-    rb_tensor t[4];
-    rb_status st = backward_to_z(ctx, op, x, dy, t, work);
-    if (st == RB_OK) st = rb_op_param_grad(ctx, s->K, x, &t[3], alpha, dparams, work); /* K in K x + b, and b */
-    if (st == RB_OK && s->KT) st = rb_op_param_grad(ctx, s->KT, &t[1], dy, -alpha, dparams, work); /* K in -K^T a */
-    if (work) rb_arena_reset(work, mark);
-    return st;
+    return conv_rhs_backward(ctx, op, x, dy, alpha, NULL, dparams, work);
 }
 
 static void conv_rhs_destroy(rb_context *ctx, rb_op *op)
