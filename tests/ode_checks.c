@@ -24,14 +24,14 @@ int rb_test_ode_applicable(const rb_ode_method *M, const rb_op *F)
 
 void rb_test_ode_orders(rb_context *ctx, rb_op *F, const char *label, const rb_tensor *x0, double T)
 {
-    /* three independent references at rtol 1e-12: CVODE BDF, CVODE Adams, GSL odeiv2 rk8pd */
+    /* three independent references at rtol 1e-13: CVODE BDF, CVODE Adams, GSL odeiv2 rk8pd */
     static const char *const ref_name[3] = {"CVODE BDF", "CVODE Adams", "rk8pd"};
     rb_tensor ref[3], xT;
     for (int r = 0; r < 3; r++) RB_CHECK(ctx, rb_tensor_alloc(ctx, &ref[r], x0->shape));
     RB_CHECK(ctx, rb_tensor_alloc(ctx, &xT, x0->shape));
-    RB_CHECK(ctx, rb_ref_cvode(ctx, F, 0.0, T, x0, &ref[0], RB_REF_CVODE_BDF, 1e-12, 1e-14, 0, NULL));
-    RB_CHECK(ctx, rb_ref_cvode(ctx, F, 0.0, T, x0, &ref[1], RB_REF_CVODE_ADAMS, 1e-12, 1e-14, 0, NULL));
-    RB_CHECK(ctx, rb_ref_odeiv2(ctx, F, 0.0, T, x0, &ref[2], 1e-12, 1e-14));
+    RB_CHECK(ctx, rb_ref_cvode(ctx, F, 0.0, T, x0, &ref[0], RB_REF_CVODE_BDF, 1e-13, 1e-15, 0, NULL));
+    RB_CHECK(ctx, rb_ref_cvode(ctx, F, 0.0, T, x0, &ref[1], RB_REF_CVODE_ADAMS, 1e-13, 1e-15, 0, NULL));
+    RB_CHECK(ctx, rb_ref_odeiv2(ctx, F, 0.0, T, x0, &ref[2], 1e-13, 1e-15));
     double agree = fmax(rb_tensor_max_rel_diff(&ref[1], &ref[0]), rb_tensor_max_rel_diff(&ref[2], &ref[0]));
     print_message("%-16s references agree: max rel diff of Adams and rk8pd vs BDF %.1e (<= 1e-10)\n", label, agree);
     assert_true(agree <= 1e-10);

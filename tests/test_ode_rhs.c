@@ -121,7 +121,7 @@ static rb_tensor lv_x0(rb_context *ctx)
 {
     rb_tensor x0;
     RB_CHECK(ctx, rb_tensor_alloc(ctx, &x0, rb_shape_vec(2)));
-    x0.data[0] = 1.2, x0.data[1] = 0.7;
+    x0.data[0] = 1.0, x0.data[1] = 0.6;
     return x0;
 }
 
@@ -220,6 +220,7 @@ static void test_callback_orders_and_gradients(void **state)
         rb_op *G = make_lv(ctx, mode == 0 ? LV_FD : LV_JVP_FD, &u);
         double worst = 0;
         for (size_t m = 0; rb_ode_methods[m] != NULL; m++) {
+            if (!rb_test_ode_applicable(rb_ode_methods[m], F)) continue;
             double tA[4] = {0}, tB[4] = {0};
             rb_tensor_fill(ctx, &dA, 0.0), rb_tensor_fill(ctx, &dB, 0.0);
             rb_op *ops[2] = {F, G};
@@ -235,7 +236,7 @@ static void test_callback_orders_and_gradients(void **state)
             }
             worst = fmax(worst, fmax(rb_tensor_max_rel_diff(&dB, &dA), rb_test_rel_diff(tB, tA, 4)));
         }
-        print_message("callback LV, %s: backprop gradients (x0 and params, 5 methods) vs analytic products %.1e "
+        print_message("callback LV, %s: backprop gradients (x0 and params, every applicable method) vs analytic products %.1e "
                       "(<= 1e-8)\n", mode == 0 ? "finite differences for both" : "jvp columns + FD for params", worst);
         assert_true(worst <= 1e-8 && worst > 0); /* FD: close, but not the same numbers */
         rb_op_free(ctx, G);
@@ -389,7 +390,7 @@ static void test_neural_smooth(void **state)
     rb_test_fill(&r, &x0, -1, 1);
     rb_test_fill(&r, &cw, -1, 1);
     rb_op_free(ctx, F);
-    F = make_smooth(ctx, n, RB_ACT_TANH, terms, ta, tb, 1.5, 4);
+    F = make_smooth(ctx, n, RB_ACT_TANH, terms, ta, tb, 1.2, 4);
     rb_test_ode_orders(ctx, F, "smooth W(t)", &x0, 1.0);
     rb_test_ode_backprop_vs_fd(ctx, F, "smooth W(t)", &x0, &cw, 10, 1e-5);
     /* one term is constant weights: the same numbers as rb_op_ode_neural with one set */
