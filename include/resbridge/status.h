@@ -30,7 +30,8 @@ extern "C" {
     X(RB_ELAPACK,      "LAPACK reported a failure")                          \
     X(RB_ESUNDIALS,    "SUNDIALS reported a failure")                        \
     X(RB_EUNSUPPORTED, "operation not supported by this operator")          \
-    X(RB_ENOTFOUND,    "file or data set not found")
+    X(RB_ENOTFOUND,    "file or data set not found")                         \
+    X(RB_ECALLBACK,    "a user callback reported a failure")
 
 #define RB_STATUS_ENUM_(name, msg) name,
 typedef enum rb_status { RB_STATUS_LIST(RB_STATUS_ENUM_) RB_STATUS_COUNT } rb_status;

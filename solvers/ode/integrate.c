@@ -11,9 +11,11 @@
 
 #include <lapacke.h>
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "resbridge/residual.h"
+#include "ode_private.h"
 
 rb_ode_options rb_ode_options_default(void)
 {
@@ -66,6 +68,19 @@ static rb_status euler_backward(rb_context *ctx, rb_op *F, double t, double h, c
 
 static size_t heun_workspace(const rb_op *F, rb_shape in) { return 3 * state_bytes(in) + rb_residual_workspace(F, in); }
 
+rb_status rb_ode_heun_pair(rb_context *ctx, rb_op *F, double t, double h, const rb_tensor *x, rb_tensor *xe,
+                           rb_tensor *y, rb_arena *work)
+{
+    F->t = t;
+    rb_status st = rb_residual_step(ctx, F, h, x, xe, work);                   /* x~ = x + h F(t, x) */
+    if (st == RB_OK) F->t = t + h, st = rb_residual_step(ctx, F, h, xe, y, work); /* z = x~ + h F(t+h, x~) */
+    if (st == RB_OK) {
+        size_t n = rb_tensor_count(x);
+        for (size_t i = 0; i < n; i++) y->data[i] = 0.5 * (x->data[i] + y->data[i]); /* y = (x + z) / 2 */
+    }
+    return st;
+}
+
 static rb_status heun_step(rb_context *ctx, rb_op *F, double t, double h, const rb_tensor *x, rb_tensor *y,
                            const rb_ode_options *opt, rb_arena *work)
 {
@@ -73,12 +88,7 @@ static rb_status heun_step(rb_context *ctx, rb_op *F, double t, double h, const 
     size_t mark = work ? rb_arena_mark(work) : 0;
     rb_tensor xt;
     rb_status st = scratch(ctx, work, x->shape, &xt);
-    if (st == RB_OK) F->t = t, st = rb_residual_step(ctx, F, h, x, &xt, work);         /* x~ = x + h F(t, x) */
-    if (st == RB_OK) F->t = t + h, st = rb_residual_step(ctx, F, h, &xt, y, work);     /* z = x~ + h F(t+h, x~) */
-    if (st == RB_OK) {
-        size_t n = rb_tensor_count(x);
-        for (size_t i = 0; i < n; i++) y->data[i] = 0.5 * (x->data[i] + y->data[i]); /* y = (x + z) / 2 */
-    }
+    if (st == RB_OK) st = rb_ode_heun_pair(ctx, F, t, h, x, &xt, y, work);
     if (work) rb_arena_reset(work, mark);
     return st;
 }
@@ -238,13 +248,6 @@ static rb_status dense_solve(rb_context *ctx, double *M, size_t n, int transpose
     return RB_OK;
 }
 
-static int all_finite(const double *v, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(v[i])) return 0;
-    return 1;
-}
-
 /* m solving m = x + c F(tF, m), starting from m = x. */
 static rb_status newton_solve(rb_context *ctx, rb_op *F, double tF, double c, const rb_tensor *x, rb_tensor *m,
                               const rb_ode_options *opt, rb_arena *work)
@@ -273,7 +276,7 @@ static rb_status newton_solve(rb_context *ctx, rb_op *F, double tF, double c, co
         st = rb_tensor_axpy(ctx, -1.0, x, &r);
         if (st != RB_OK) break;
         rnorm = rb_tensor_norm2(&r);
-        if (!isfinite(rnorm) || !all_finite(m->data, n)) {
+        if (!isfinite(rnorm) || !rb_ode_all_finite(m->data, n)) {
             st = rb_fail(ctx, RB_EDIVERGED, "implicit step at t = %g: Newton iterate %d is not finite", tF, it);
             break;
         }
@@ -367,22 +370,100 @@ static rb_status imidpoint_backward(rb_context *ctx, rb_op *F, double t, double 
     return st;
 }
 
+/* ---- symplectic leapfrog (Stormer-Verlet, kick-drift-kick) on a partitioned F ------------------
+ * u = x + (h/2) P_Z F(t, x),  v = u + h P_Y F(t + h/2, u),  y = v + (h/2) P_Z F(t + h, v):
+ * three residual steps, each moving one half of the state (see ode.h). */
+
+static size_t leapfrog_workspace(const rb_op *F, rb_shape in) { return 4 * state_bytes(in) + rb_residual_workspace(F, in); }
+
+typedef struct leapfrog_plan {
+    rb_op *part[3];  /* P_Z F, P_Y F, P_Z F */
+    double t[3], c[3]; /* times and step factors of the three residual steps */
+} leapfrog_plan;
+
+static rb_status leapfrog_plan_make(rb_context *ctx, rb_op *F, double t, double h, leapfrog_plan *p)
+{
+    rb_op *Y, *Z;
+    rb_status st = rb_op_ode_part(ctx, F, RB_ODE_PART_Y, &Y);
+    if (st == RB_OK) st = rb_op_ode_part(ctx, F, RB_ODE_PART_Z, &Z);
+    if (st != RB_OK) return st;
+    *p = (leapfrog_plan){{Z, Y, Z}, {t, t + 0.5 * h, t + h}, {0.5 * h, h, 0.5 * h}};
+    return RB_OK;
+}
+
+/* The three sub-steps from x: s[0] = u, s[1] = v, and y (any may be NULL to stop early). */
+static rb_status leapfrog_run(rb_context *ctx, const leapfrog_plan *p, const rb_tensor *x, rb_tensor *u, rb_tensor *v,
+                              rb_tensor *y, rb_arena *work)
+{
+    const rb_tensor *in[3] = {x, u, v};
+    rb_tensor *out[3] = {u, v, y};
+    rb_status st = RB_OK;
+    for (int k = 0; k < 3 && st == RB_OK && out[k] != NULL; k++) {
+        p->part[k]->t = p->t[k];
+        st = rb_residual_step(ctx, p->part[k], p->c[k], in[k], out[k], work);
+    }
+    return st;
+}
+
+static rb_status leapfrog_step(rb_context *ctx, rb_op *F, double t, double h, const rb_tensor *x, rb_tensor *y,
+                               const rb_ode_options *opt, rb_arena *work)
+{
+    (void)opt;
+    size_t mark = work ? rb_arena_mark(work) : 0;
+    leapfrog_plan p;
+    rb_tensor u, v;
+    rb_status st = leapfrog_plan_make(ctx, F, t, h, &p);
+    if (st == RB_OK) st = scratch(ctx, work, x->shape, &u);
+    if (st == RB_OK) st = scratch(ctx, work, x->shape, &v);
+    if (st == RB_OK) st = leapfrog_run(ctx, &p, x, &u, &v, y, work);
+    if (work) rb_arena_reset(work, mark);
+    return st;
+}
+
+/* Back through the three residual steps, last first (their inputs x, u, v recomputed from x). */
+static rb_status leapfrog_backward(rb_context *ctx, rb_op *F, double t, double h, const rb_tensor *x,
+                                   const rb_tensor *y, const rb_tensor *dy, rb_tensor *dx, double *dtheta,
+                                   rb_arena *work)
+{
+    (void)y;
+    size_t mark = work ? rb_arena_mark(work) : 0;
+    leapfrog_plan p;
+    rb_tensor u, v, dv, du;
+    rb_status st = leapfrog_plan_make(ctx, F, t, h, &p);
+    if (st == RB_OK) st = scratch(ctx, work, x->shape, &u);
+    if (st == RB_OK) st = scratch(ctx, work, x->shape, &v);
+    if (st == RB_OK) st = scratch(ctx, work, x->shape, &dv);
+    if (st == RB_OK) st = scratch(ctx, work, x->shape, &du);
+    if (st == RB_OK) st = leapfrog_run(ctx, &p, x, &u, &v, NULL, work);
+    const rb_tensor *in[3] = {x, &u, &v}, *dout[3] = {&du, &dv, dy};
+    rb_tensor *din[3] = {dx, &du, &dv};
+    if (st == RB_OK) zero(&du), zero(&dv);
+    for (int k = 2; k >= 0 && st == RB_OK; k--) {
+        p.part[k]->t = p.t[k];
+        st = rb_residual_backward(ctx, p.part[k], p.c[k], in[k], dout[k], din[k], dtheta, work);
+    }
+    if (work) rb_arena_reset(work, mark);
+    return st;
+}
+
 /* ---- the method objects ----------------------------------------------------------------------- */
 
-static const rb_ode_method method_euler = {"euler", 1, 0, euler_workspace, euler_step, euler_backward};
-static const rb_ode_method method_heun = {"heun", 2, 0, heun_workspace, heun_step, heun_backward};
-static const rb_ode_method method_rk4 = {"rk4", 4, 0, rk4_workspace, rk4_step, rk4_backward};
-static const rb_ode_method method_beuler = {"beuler", 1, 1, implicit_workspace, beuler_step, beuler_backward};
+static const rb_ode_method method_euler = {"euler", 1, 0, euler_workspace, euler_step, euler_backward, 0};
+static const rb_ode_method method_heun = {"heun", 2, 0, heun_workspace, heun_step, heun_backward, 0};
+static const rb_ode_method method_rk4 = {"rk4", 4, 0, rk4_workspace, rk4_step, rk4_backward, 0};
+static const rb_ode_method method_beuler = {"beuler", 1, 1, implicit_workspace, beuler_step, beuler_backward, 0};
 static const rb_ode_method method_imidpoint = {"imidpoint", 2, 1, implicit_workspace, imidpoint_step,
-                                               imidpoint_backward};
+                                               imidpoint_backward, 0};
+static const rb_ode_method method_leapfrog = {"leapfrog", 2, 0, leapfrog_workspace, leapfrog_step, leapfrog_backward, 1};
 
 const rb_ode_method *const rb_ode_euler = &method_euler;
 const rb_ode_method *const rb_ode_heun = &method_heun;
 const rb_ode_method *const rb_ode_rk4 = &method_rk4;
 const rb_ode_method *const rb_ode_beuler = &method_beuler;
 const rb_ode_method *const rb_ode_imidpoint = &method_imidpoint;
+const rb_ode_method *const rb_ode_leapfrog = &method_leapfrog;
 const rb_ode_method *const rb_ode_methods[] = {&method_euler, &method_heun, &method_rk4, &method_beuler,
-                                               &method_imidpoint, NULL};
+                                               &method_imidpoint, &method_leapfrog, NULL};
 
 rb_status rb_ode_method_parse(rb_context *ctx, const char *name, const rb_ode_method **method)
 {
@@ -394,7 +475,7 @@ rb_status rb_ode_method_parse(rb_context *ctx, const char *name, const rb_ode_me
             *method = rb_ode_methods[i];
             return RB_OK;
         }
-    return rb_fail(ctx, RB_EINVAL, "unknown ODE method '%s' (euler, heun, rk4, beuler, imidpoint)", name);
+    return rb_fail(ctx, RB_EINVAL, "unknown ODE method '%s' (euler, heun, rk4, beuler, imidpoint, leapfrog)", name);
 }
 
 size_t rb_ode_step_workspace(const rb_ode_method *method, const rb_op *F, rb_shape in)
@@ -420,26 +501,40 @@ void rb_ode_tape_release(rb_context *ctx, rb_ode_tape *tape)
     rb_ode_tape_init(tape, every);
 }
 
+rb_status rb_ode_check_problem(rb_context *ctx, const char *fn, const rb_ode_method *method, const rb_op *F, double t0,
+                               double T, const rb_tensor *x0, const rb_tensor *xT)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (method == NULL) return rb_fail(ctx, RB_ENULL, "%s: method is NULL", fn);
+    if (F == NULL || F->type == NULL) return rb_fail(ctx, RB_ENULL, "%s: F is NULL", fn);
+    char xname[96], tname[96];
+    snprintf(xname, sizeof xname, "%s: x0", fn);
+    snprintf(tname, sizeof tname, "%s: xT", fn);
+    rb_status st = rb_tensor_check(ctx, x0, xname);
+    if (st == RB_OK) st = rb_tensor_check_same(ctx, x0, xname, xT, tname);
+    if (st == RB_OK) st = rb_op_check_keeps_shape(ctx, F, x0->shape, fn);
+    if (st != RB_OK) return st;
+    if (method->partitioned && !rb_op_ode_is_partitioned(F))
+        return rb_fail(ctx, RB_EUNSUPPORTED, "%s: %s needs a partitioned right-hand side (y' = f(t, z), z' = g(t, y), "
+                       "e.g. rb_op_ode_hamiltonian_create); F (%s) is not", fn, method->name, F->type->name);
+    if (!isfinite(t0) || !isfinite(T)) return rb_fail(ctx, RB_EINVAL, "%s: t0 = %g and T = %g must be finite", fn, t0, T);
+    size_t n = rb_tensor_count(x0);
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x0->data[i])) return rb_fail(ctx, RB_EINVAL, "%s: x0[%zu] = %g is not finite", fn, i, x0->data[i]);
+    return RB_OK;
+}
+
 static rb_status check_integrate(rb_context *ctx, const rb_ode_method *method, const rb_op *F, double t0, double T,
                                  size_t L, const rb_tensor *x0, const rb_tensor *xT, const rb_ode_options *opt)
 {
     const char *fn = "rb_ode_integrate";
-    if (ctx == NULL) return RB_ENULL;
-    if (method == NULL) return rb_fail(ctx, RB_ENULL, "%s: method is NULL", fn);
-    if (F == NULL || F->type == NULL) return rb_fail(ctx, RB_ENULL, "%s: F is NULL", fn);
-    rb_status st = rb_tensor_check(ctx, x0, "rb_ode_integrate: x0");
-    if (st == RB_OK) st = rb_tensor_check_same(ctx, x0, "rb_ode_integrate: x0", xT, "rb_ode_integrate: xT");
-    if (st != RB_OK) return st;
-    st = rb_op_check_keeps_shape(ctx, F, x0->shape, fn);
+    rb_status st = rb_ode_check_problem(ctx, fn, method, F, t0, T, x0, xT);
     if (st != RB_OK) return st;
     if (L == 0) return rb_fail(ctx, RB_EINVAL, "%s: L = 0 layers; needs L >= 1", fn);
-    if (!isfinite(t0) || !isfinite(T)) return rb_fail(ctx, RB_EINVAL, "%s: t0 = %g and T = %g must be finite", fn, t0, T);
     double h = (T - t0) / (double)L;
     if (!(isfinite(h) && h != 0))
         return rb_fail(ctx, RB_EINVAL, "%s: step h = (T - t0) / L = %g must be finite and non-zero", fn, h);
     size_t n = rb_tensor_count(x0);
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(x0->data[i])) return rb_fail(ctx, RB_EINVAL, "%s: x0[%zu] = %g is not finite", fn, i, x0->data[i]);
     if (method->implicit && n > RB_ODE_NEWTON_MAX)
         return rb_fail(ctx, RB_EUNSUPPORTED, "%s: %s needs a dense Newton matrix; the state has %zu > %d entries", fn,
                        method->name, n, RB_ODE_NEWTON_MAX);
@@ -494,7 +589,7 @@ rb_status rb_ode_integrate(rb_context *ctx, const rb_ode_method *method, rb_op *
     for (size_t j = 0; j < L && st == RB_OK; j++) {
         st = method->step(ctx, F, t0 + (double)j * h, h, &cur, &next, opt, a);
         if (st != RB_OK) break;
-        if (!all_finite(next.data, n)) {
+        if (!rb_ode_all_finite(next.data, n)) {
             st = rb_fail(ctx, RB_EDIVERGED, "rb_ode_integrate: %s step %zu of %zu (t = %g -> %g) gave a non-finite state",
                          method->name, j, L, t0 + (double)j * h, t0 + (double)(j + 1) * h);
             break;
@@ -578,7 +673,7 @@ rb_status rb_ode_backward(rb_context *ctx, rb_ode_tape *tape, rb_op *F, const rb
     F->t = t_entry;
     if (tape->arena.peak > tape->peak_bytes) tape->peak_bytes = tape->arena.peak;
     if (st != RB_OK) return st;
-    if (!all_finite(lam.data, n) || (dth && !all_finite(dth, F->nparams)))
+    if (!rb_ode_all_finite(lam.data, n) || (dth && !rb_ode_all_finite(dth, F->nparams)))
         return rb_fail(ctx, RB_EDIVERGED, "%s: the adjoint is not finite", fn);
     for (size_t i = 0; i < n; i++) dLdx0->data[i] += lam.data[i];
     if (dLdtheta)

@@ -1,19 +1,28 @@
 /* rhs.c — dense right-hand sides dx/dt = F(t, x) as rb_ops (see ode.h):
- * F(x) = W x; F(t, x) = sigma(W_k x + b_k), weights piecewise constant in t;
- * F(x) = sigma((W - W^T - gamma I) x + b).
+ * F(x) = W x; F(t, x) = sigma(W(t) x + b(t)) with the weights piecewise
+ * constant in t or a Chebyshev series in t; F(x) = sigma((W - W^T - gamma I) x + b).
  *
- * One implementation: z = A x + b row by row over a batch, then the activation
- * op on z. The vjp and parameter gradient go back through the activation's vjp
- * (dz = sigma'(z) dy) and then through A. */
+ * One implementation: the weights at time t (one stored set, or a combination
+ * of the sets formed in work memory), z = A x + b row by row over a batch, then
+ * the activation op on z. The vjp and parameter gradient go back through the
+ * activation's vjp (dz = sigma'(z) dy), then through A, and spread dA over the
+ * sets with the same coefficients. */
 #include "resbridge/ode.h"
+#include "ode_private.h"
 
 #include <math.h>
 #include <string.h>
 
+typedef enum time_basis {
+    BASIS_PIECEWISE, /* set k = floor(t / width) */
+    BASIS_CHEBYSHEV, /* sum_k T_k(u) set_k, u = 2 (t - ta) / width - 1 */
+} time_basis;
+
 typedef struct dense_rhs {
     size_t n;          /* state width */
-    size_t sets;       /* weight sets (piecewise constant in t) */
-    double set_width;  /* time per set */
+    size_t sets;       /* weight sets */
+    time_basis basis;
+    double ta, width;  /* piecewise: time per set (ta unused); Chebyshev: the interval [ta, ta + width] */
     int bias;          /* each set holds b after W */
     int antisym;       /* A = W - W^T - gamma I */
     double gamma;
@@ -22,18 +31,49 @@ typedef struct dense_rhs {
 
 static size_t set_size(const dense_rhs *s) { return s->n * s->n + (s->bias ? s->n : 0); }
 
-/* The weight set active at time t. */
-static size_t set_index(const rb_op *op)
+/* The sets that make the weights at time op->t, sets first .. first + count - 1
+ * with coefficients c[0 .. count): returns count. */
+static size_t active_sets(const rb_op *op, size_t *first, double *c)
 {
     const dense_rhs *s = op->state;
-    if (s->sets <= 1) return 0;
-    double q = floor(op->t / s->set_width + 1e-9);
-    if (!(q > 0)) return 0;
-    if (q >= (double)(s->sets - 1)) return s->sets - 1;
-    return (size_t)q;
+    if (s->basis == BASIS_PIECEWISE) {
+        *first = rb_ode_set_index(op->t, s->sets, s->width);
+        c[0] = 1.0;
+        return 1;
+    }
+    double u = 2.0 * (op->t - s->ta) / s->width - 1.0; /* T_0 = 1, T_1 = u, T_{k+1} = 2 u T_k - T_{k-1} */
+    c[0] = 1.0;
+    if (s->sets > 1) c[1] = u;
+    for (size_t k = 2; k < s->sets; k++) c[k] = 2.0 * u * c[k - 1] - c[k - 2];
+    *first = 0;
+    return s->sets;
 }
 
-/* A_ij of the active set. */
+/* The weights at time op->t (W, then b if bias): a stored set as it is, or the
+ * combination formed in `work` (the caller resets the arena). */
+static rb_status weights_at(rb_context *ctx, const rb_op *op, rb_arena *work, const double **W)
+{
+    const dense_rhs *s = op->state;
+    double c[RB_ODE_SMOOTH_MAX];
+    size_t first, count = active_sets(op, &first, c), m = set_size(s);
+    if (count == 1 && c[0] == 1.0) {
+        *W = op->params + first * m;
+        return RB_OK;
+    }
+    if (work == NULL) return rb_fail(ctx, RB_ENULL, "%s: weights varying in t need a work arena", op->type->name);
+    double *sum = rb_arena_alloc(ctx, work, m * sizeof(double));
+    if (sum == NULL) return work->measuring ? rb_fail(ctx, RB_EINVAL, "%s: work arena is in measuring mode", op->type->name)
+                                            : RB_ENOMEM;
+    memset(sum, 0, m * sizeof(double));
+    for (size_t k = 0; k < count; k++) {
+        const double *Wk = op->params + (first + k) * m;
+        for (size_t q = 0; q < m; q++) sum[q] += c[k] * Wk[q];
+    }
+    *W = sum;
+    return RB_OK;
+}
+
+/* A_ij of the weights W. */
 static double entry(const dense_rhs *s, const double *W, size_t i, size_t j)
 {
     if (!s->antisym) return W[i * s->n + j];
@@ -54,15 +94,15 @@ static rb_status dense_shape(rb_context *ctx, const rb_op *op, rb_shape in, rb_s
 
 static size_t dense_workspace(const rb_op *op, rb_shape in)
 {
-    return 2 * rb_arena_bytes(rb_shape_count(in) * sizeof(double)) + rb_op_workspace(((const dense_rhs *)op->state)->sigma, in);
+    const dense_rhs *s = op->state;
+    size_t weights = s->basis == BASIS_PIECEWISE ? 0 : rb_arena_bytes(set_size(s) * sizeof(double));
+    return weights + 2 * rb_arena_bytes(rb_shape_count(in) * sizeof(double)) + rb_op_workspace(s->sigma, in);
 }
 
-/* z = A x + b, row by row. */
-static void affine(const rb_op *op, const rb_tensor *x, double *z)
+/* z = A x + b, row by row, for the weights W (then b) at time t. */
+static void affine(const dense_rhs *s, const double *W, const rb_tensor *x, double *z)
 {
-    const dense_rhs *s = op->state;
     size_t n = s->n, rows = rb_tensor_count(x) / n;
-    const double *W = op->params + set_index(op) * set_size(s);
     const double *b = s->bias ? W + n * n : NULL;
     for (size_t r = 0; r < rows; r++) {
         const double *xr = x->data + r * n;
@@ -77,43 +117,51 @@ static void affine(const rb_op *op, const rb_tensor *x, double *z)
 static rb_status dense_apply(rb_context *ctx, const rb_op *op, const rb_tensor *x, rb_tensor *y, rb_arena *work)
 {
     const dense_rhs *s = op->state;
-    if (s->sigma == NULL) {
-        affine(op, x, y->data);
-        return RB_OK;
+    size_t mark = work ? rb_arena_mark(work) : 0;
+    const double *W = NULL;
+    rb_status st = weights_at(ctx, op, work, &W);
+    if (st == RB_OK && s->sigma == NULL) affine(s, W, x, y->data);
+    if (st == RB_OK && s->sigma != NULL) {
+        rb_tensor z;
+        if (work == NULL) st = rb_fail(ctx, RB_ENULL, "%s: apply needs a work arena", op->type->name);
+        if (st == RB_OK) st = rb_arena_tensor(ctx, work, &z, x->shape);
+        if (st == RB_OK && z.data == NULL) st = rb_fail(ctx, RB_EINVAL, "%s: work arena is in measuring mode", op->type->name);
+        if (st == RB_OK) {
+            affine(s, W, x, z.data);
+            st = rb_op_apply(ctx, s->sigma, &z, y, work);
+        }
     }
-    if (work == NULL) return rb_fail(ctx, RB_ENULL, "%s: apply needs a work arena", op->type->name);
-    size_t mark = rb_arena_mark(work);
-    rb_tensor z;
-    rb_status st = rb_arena_tensor(ctx, work, &z, x->shape);
-    if (st == RB_OK && z.data == NULL) st = rb_fail(ctx, RB_EINVAL, "%s: work arena is in measuring mode", op->type->name);
-    if (st == RB_OK) {
-        affine(op, x, z.data);
-        st = rb_op_apply(ctx, s->sigma, &z, y, work);
-    }
-    rb_arena_reset(work, mark);
+    if (work) rb_arena_reset(work, mark);
     return st;
 }
 
-/* dz = alpha sigma'(z) dy into arena scratch (*dz; the caller resets the arena). */
-static rb_status back_through_sigma(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy,
-                                    double alpha, rb_tensor *dz, rb_arena *work)
+/* The weights at t (*W) and dz = alpha sigma'(z) dy (*dz; NULL for a linear op
+ * without an arena: then dz = alpha dy, formed on the fly by the caller).
+ * Scratch from `work`; the caller resets the arena. */
+static rb_status backward_prep(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy,
+                               double alpha, const double **W, const double **dz, rb_arena *work)
 {
     const dense_rhs *s = op->state;
+    rb_status st = weights_at(ctx, op, work, W);
+    *dz = NULL;
+    if (st != RB_OK || (s->sigma == NULL && work == NULL)) return st;
     if (work == NULL) return rb_fail(ctx, RB_ENULL, "%s: backward needs a work arena", op->type->name);
-    rb_status st = rb_arena_tensor(ctx, work, dz, x->shape);
-    if (st == RB_OK && dz->data == NULL) st = rb_fail(ctx, RB_EINVAL, "%s: work arena is in measuring mode", op->type->name);
+    rb_tensor d;
+    st = rb_arena_tensor(ctx, work, &d, x->shape);
+    if (st == RB_OK && d.data == NULL) st = rb_fail(ctx, RB_EINVAL, "%s: work arena is in measuring mode", op->type->name);
     if (st != RB_OK) return st;
     size_t count = rb_tensor_count(x);
+    *dz = d.data;
     if (s->sigma == NULL) {
-        for (size_t i = 0; i < count; i++) dz->data[i] = alpha * dy->data[i];
+        for (size_t i = 0; i < count; i++) d.data[i] = alpha * dy->data[i];
         return RB_OK;
     }
     rb_tensor z;
     st = rb_arena_tensor(ctx, work, &z, x->shape);
     if (st != RB_OK) return st;
-    affine(op, x, z.data);
-    memset(dz->data, 0, count * sizeof(double));
-    return rb_op_vjp(ctx, s->sigma, &z, dy, alpha, dz, work);
+    affine(s, *W, x, z.data);
+    memset(d.data, 0, count * sizeof(double));
+    return rb_op_vjp(ctx, s->sigma, &z, dy, alpha, &d, work);
 }
 
 static rb_status dense_vjp(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy, double alpha,
@@ -121,16 +169,13 @@ static rb_status dense_vjp(rb_context *ctx, const rb_op *op, const rb_tensor *x,
 {
     const dense_rhs *s = op->state;
     size_t n = s->n, rows = rb_tensor_count(x) / n;
-    const double *W = op->params + set_index(op) * set_size(s);
-
     size_t mark = work ? rb_arena_mark(work) : 0;
-    rb_tensor dz = {{0, 0, 0, 0, 0}, NULL, false};
-    rb_status st = s->sigma == NULL && work == NULL ? RB_OK : back_through_sigma(ctx, op, x, dy, alpha, &dz, work);
+    const double *W = NULL, *dz = NULL;
+    rb_status st = backward_prep(ctx, op, x, dy, alpha, &W, &dz, work);
     if (st == RB_OK) {
-        /* linear without an arena: dz = alpha dy on the fly */
         for (size_t r = 0; r < rows; r++)
             for (size_t i = 0; i < n; i++) {
-                double d = work ? dz.data[r * n + i] : alpha * dy->data[r * n + i];
+                double d = dz ? dz[r * n + i] : alpha * dy->data[r * n + i];
                 for (size_t j = 0; j < n; j++) dx->data[r * n + j] += entry(s, W, i, j) * d;
             }
     }
@@ -143,19 +188,21 @@ static rb_status dense_param_grad(rb_context *ctx, const rb_op *op, const rb_ten
 {
     const dense_rhs *s = op->state;
     size_t n = s->n, rows = rb_tensor_count(x) / n;
-    double *dW = dparams + set_index(op) * set_size(s);
-    double *db = s->bias ? dW + n * n : NULL;
-
     size_t mark = work ? rb_arena_mark(work) : 0;
-    rb_tensor dz = {{0, 0, 0, 0, 0}, NULL, false};
-    rb_status st = s->sigma == NULL && work == NULL ? RB_OK : back_through_sigma(ctx, op, x, dy, alpha, &dz, work);
-    if (st == RB_OK) {
+    const double *W = NULL, *dz = NULL;
+    rb_status st = backward_prep(ctx, op, x, dy, alpha, &W, &dz, work);
+    double c[RB_ODE_SMOOTH_MAX];
+    size_t first, count = active_sets(op, &first, c);
+    for (size_t k = 0; st == RB_OK && k < count; k++) {
+        /* dA = dz x^T; set k's share is c_k dA */
+        double *dW = dparams + (first + k) * set_size(s);
+        double *db = s->bias ? dW + n * n : NULL;
         for (size_t r = 0; r < rows; r++) {
             const double *xr = x->data + r * n;
             for (size_t i = 0; i < n; i++) {
-                double d = work ? dz.data[r * n + i] : alpha * dy->data[r * n + i];
+                double d = c[k] * (dz ? dz[r * n + i] : alpha * dy->data[r * n + i]);
                 if (db) db[i] += d;
-                /* dA_ij = d_i x_j; A = W - W^T: dW_ij += dA_ij, dW_ji -= dA_ij */
+                /* A = W - W^T: dW_ij += dA_ij, dW_ji -= dA_ij */
                 for (size_t j = 0; j < n; j++) {
                     dW[i * n + j] += d * xr[j];
                     if (s->antisym) dW[j * n + i] -= d * xr[j];
@@ -187,6 +234,7 @@ static void dense_destroy(rb_context *ctx, rb_op *op)
 DENSE_TYPE(type_linear, "ode_linear", RB_OP_LINEAR);
 DENSE_TYPE(type_neural, "ode_neural", 0);
 DENSE_TYPE(type_antisym, "ode_antisym", 0);
+DENSE_TYPE(type_neural_smooth, "ode_neural_smooth", 0);
 #undef DENSE_TYPE
 
 static rb_status dense_create(rb_context *ctx, const rb_op_type *type, const dense_rhs *proto, rb_activation sigma,
@@ -226,7 +274,7 @@ rb_status rb_op_ode_linear_create(rb_context *ctx, size_t n, const double *W, rb
 {
     rb_status st = check_common(ctx, "rb_op_ode_linear_create", n, RB_ACT_IDENTITY, out);
     if (st != RB_OK) return st;
-    dense_rhs proto = {n, 1, 1.0, 0, 0, 0.0, NULL};
+    dense_rhs proto = {n, 1, BASIS_PIECEWISE, 0.0, 1.0, 0, 0, 0.0, NULL};
     return dense_create(ctx, &type_linear, &proto, RB_ACT_IDENTITY, W, out);
 }
 
@@ -239,7 +287,7 @@ rb_status rb_op_ode_neural_create(rb_context *ctx, size_t n, rb_activation sigma
     if (sets == 0 || sets > 1000000) return rb_fail(ctx, RB_EINVAL, "%s: sets = %zu must be in 1..1e6", fn, sets);
     if (sets > 1 && !(isfinite(set_width) && set_width > 0))
         return rb_fail(ctx, RB_EINVAL, "%s: set_width = %g must be finite and > 0", fn, set_width);
-    dense_rhs proto = {n, sets, sets > 1 ? set_width : 1.0, 1, 0, 0.0, NULL};
+    dense_rhs proto = {n, sets, BASIS_PIECEWISE, 0.0, sets > 1 ? set_width : 1.0, 1, 0, 0.0, NULL};
     return dense_create(ctx, &type_neural, &proto, sigma, params, out);
 }
 
@@ -250,6 +298,20 @@ rb_status rb_op_ode_antisym_create(rb_context *ctx, size_t n, rb_activation sigm
     rb_status st = check_common(ctx, fn, n, sigma, out);
     if (st != RB_OK) return st;
     if (!(isfinite(gamma) && gamma >= 0)) return rb_fail(ctx, RB_EINVAL, "%s: gamma = %g must be finite and >= 0", fn, gamma);
-    dense_rhs proto = {n, 1, 1.0, 1, 1, gamma, NULL};
+    dense_rhs proto = {n, 1, BASIS_PIECEWISE, 0.0, 1.0, 1, 1, gamma, NULL};
     return dense_create(ctx, &type_antisym, &proto, sigma, params, out);
+}
+
+rb_status rb_op_ode_neural_smooth_create(rb_context *ctx, size_t n, rb_activation sigma, size_t terms, double ta,
+                                         double tb, const double *params, rb_op **out)
+{
+    const char *fn = "rb_op_ode_neural_smooth_create";
+    rb_status st = check_common(ctx, fn, n, sigma, out);
+    if (st != RB_OK) return st;
+    if (terms == 0 || terms > RB_ODE_SMOOTH_MAX)
+        return rb_fail(ctx, RB_EINVAL, "%s: terms = %zu must be in 1..%d", fn, terms, RB_ODE_SMOOTH_MAX);
+    if (!(isfinite(ta) && isfinite(tb) && tb > ta && isfinite(tb - ta)))
+        return rb_fail(ctx, RB_EINVAL, "%s: the interval [ta, tb] = [%g, %g] must be finite with tb > ta", fn, ta, tb);
+    dense_rhs proto = {n, terms, BASIS_CHEBYSHEV, ta, tb - ta, 1, 0, 0.0, NULL};
+    return dense_create(ctx, &type_neural_smooth, &proto, sigma, params, out);
 }
