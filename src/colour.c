@@ -258,25 +258,69 @@ static rb_status sweep_vjp(rb_context *ctx, const rb_op *op, const rb_tensor *x,
     return st;
 }
 
-/* The fused kernel: with h = omega, two colour ops red and black (either order) of one
- * Jacobi base over a constant 2D / 3D star, all sweeps in one pass of the red-black
- * kernel -- exactly the colour steps the generic path composes. Otherwise the generic path. */
+/* Whether the fused kernel takes the step with h: two colour ops red and black (either
+ * order) of one Jacobi base over a constant 2D / 3D star, h = omega. Fills k and the
+ * first colour. */
+static bool sweep_kernel(const sweep_state *ss, double h, rb_shape s, rb_redblack *k, int *colour0)
+{
+    if (h != ss->omega || ss->ncolours != 2 || ss->colour[0]->type != &colour_type || ss->colour[1]->type != &colour_type)
+        return false;
+    const colour_state *c0 = ss->colour[0]->state, *c1 = ss->colour[1]->state;
+    *colour0 = c0->colour;
+    return c0->base == c1->base && c0->colour != c1->colour && rb_redblack_init(c0->base, s, h, k);
+}
+
+/* The fused kernel: all sweeps in one pass of the red-black kernel -- exactly the colour
+ * steps the generic path composes. Otherwise the generic path. */
 static rb_status sweep_fused(rb_context *ctx, const rb_op *op, double h, const rb_tensor *x, rb_tensor *y,
                              rb_arena *work)
 {
     const sweep_state *ss = op->state;
     rb_redblack k;
-    if (h == ss->omega && ss->ncolours == 2 && ss->colour[0]->type == &colour_type &&
-        ss->colour[1]->type == &colour_type) {
-        const colour_state *c0 = ss->colour[0]->state, *c1 = ss->colour[1]->state;
-        if (c0->base == c1->base && c0->colour != c1->colour && rb_redblack_init(c0->base, x->shape, h, &k)) {
-            if (x->data != y->data) memcpy(y->data, x->data, rb_tensor_count(x) * sizeof(double));
-            k.u = y->data;
-            rb_redblack_run(&k, c0->colour, 2 * ss->sweeps, rb_context_threads(ctx));
+    int colour0;
+    if (!sweep_kernel(ss, h, x->shape, &k, &colour0)) return rb_residual_step_generic(ctx, op, h, x, y, work);
+    if (x->data != y->data) memcpy(y->data, x->data, rb_tensor_count(x) * sizeof(double));
+    k.u = y->data;
+    rb_redblack_run(&k, colour0, 2 * ss->sweeps, rb_context_threads(ctx));
+    return RB_OK;
+}
+
+/* The fused kernel with the residual stage (redblack_internal.h): for a residual operator
+ * rb_stencil_any takes and, if asked, a restriction rb_transfer_restrict_pair takes onto
+ * then->coarse; ring lines from work (as many threads as it has room for). */
+static rb_status sweep_fused_then(rb_context *ctx, const rb_op *op, double h, rb_tensor *u, const rb_residual_then *then,
+                                  bool *done, rb_arena *work)
+{
+    const sweep_state *ss = op->state;
+    rb_redblack k;
+    rb_redblack_then t = {.f = then->f->data, .norm = then->norm2 != NULL};
+    int colour0;
+    if (!sweep_kernel(ss, h, u->shape, &k, &colour0) || !rb_stencil_any_init(then->A, u->shape, &t.A)) return RB_OK;
+    if (then->R != NULL) {
+        rb_stencil_any pair;
+        rb_shape cs;
+        if (!rb_transfer_restrict_pair(then->A, then->R, u->shape, &pair, &t.g) ||
+            rb_op_shape(ctx, then->R, u->shape, &cs) != RB_OK || !rb_shape_equal(cs, then->coarse->shape))
             return RB_OK;
-        }
+        t.rw = then->R->params, t.coarse = then->coarse->data;
     }
-    return rb_residual_step_generic(ctx, op, h, x, y, work);
+    if (work == NULL || work->measuring || work->used > work->cap) return RB_OK;
+    t.line = k.dims == 3 ? k.h * k.w : k.w;
+    const size_t per_thread = 3 * t.line * sizeof(double), room = work->cap - work->used;
+    int threads = rb_context_threads(ctx);
+    if (threads > 64) threads = 64;
+    while (threads > 1 && rb_arena_bytes((size_t)threads * per_thread) > room) threads--;
+    if (rb_arena_bytes(per_thread) > room) return RB_OK;
+    const size_t mark = rb_arena_mark(work);
+    t.ring = rb_arena_alloc(ctx, work, (size_t)threads * per_thread);
+    if (t.ring == NULL) return rb_context_last_status(ctx);
+    t.max_threads = threads;
+    k.u = u->data, k.then = &t;
+    rb_redblack_run(&k, colour0, 2 * ss->sweeps, threads);
+    rb_arena_reset(work, mark);
+    if (then->norm2 != NULL) *then->norm2 = t.norm2;
+    *done = true;
+    return RB_OK;
 }
 
 static void sweep_destroy(rb_context *ctx, rb_op *op) { rb_free(ctx, op->state); }
@@ -290,6 +334,7 @@ static const rb_op_type sweep_type = {
     .vjp = sweep_vjp,
     .residual_fused = sweep_fused,
     .fused_in_place = 1,
+    .residual_fused_then = sweep_fused_then,
     .destroy = sweep_destroy,
 };
 

@@ -53,6 +53,9 @@ void rb_stencil_residual_line(const rb_stencil_any *k, rb_shape s, const double 
  * rows_scratch + thread * W (threads * W doubles; at most 64 threads run). */
 void rb_stencil_residual(const rb_stencil_any *k, rb_shape s, const double *u, const double *f, double *r,
                          double *norm2, int threads, double *rows_scratch);
+
+/* sum of r[0 .. n)^2, in an order fixed by n (the residual kernels' norm). */
+double rb_sum_squares(const double *r, size_t n);
 #define RB_STENCIL_RESIDUAL_MAX_THREADS 64
 
 /* ---- transfers (transfer_fast.c) -------------------------------------------------------------- */
@@ -74,5 +77,13 @@ bool rb_transfer_prolong_add(rb_context *ctx, const rb_op *P, const rb_tensor *c
 bool rb_transfer_restrict_residual(rb_context *ctx, const rb_op *A, const rb_op *R, const rb_tensor *u,
                                    const rb_tensor *f, rb_tensor *coarse, rb_arena *work);
 size_t rb_transfer_restrict_residual_workspace(const rb_op *A, const rb_op *R, rb_shape fine);
+
+/* The pieces of that pass, for kernels that produce the residual lines themselves (the
+ * red-black wavefront's last stage, redblack.c): whether (A, R) on this fine grid is a
+ * pair it takes (filling the stencil and R's geometry), and coarse line C of sample n
+ * (a row in 2D, a plane in 3D) from the residual lines 2C, 2C+1, 2C+2 under it. */
+bool rb_transfer_restrict_pair(const rb_op *A, const rb_op *R, rb_shape fine, rb_stencil_any *k, rb_conv_geom *g);
+void rb_transfer_restrict_line(const rb_conv_geom *g, int dims, const double *w, size_t n, size_t C,
+                               const double *const lines[3], double *coarse);
 
 #endif

@@ -69,6 +69,7 @@ bool rb_redblack_init(const rb_op *J, rb_shape s, double h, rb_redblack *k)
     k->cc = 1.0 - h * (w[centre] * inv);
     k->b = js->b.data;
     k->u = NULL;
+    k->then = NULL;
     return true;
 }
 
@@ -179,51 +180,137 @@ static void line(const rb_redblack *k, size_t s, int colour, size_t l)
     }
 }
 
+/* ---- the residual stage ------------------------------------------------------------------------ */
+
+/* One thread's residual lines: a ring of three lines, the first line of the current
+ * contiguous run, and the sum of squares so far. */
+typedef struct then_run {
+    double *ring;
+    long long start, next; /* next: the line after the last one computed (-1: none) */
+    double acc;
+} then_run;
+
+static rb_shape grid_of(const rb_redblack *k)
+{
+    rb_shape s = {k->n, 1, k->d, k->h, k->w};
+    return s;
+}
+
+/* Residual line l of sample s into its ring slot (l mod 3). */
+static double *residual_line(const rb_redblack *k, const then_run *r, size_t s, long long l)
+{
+    const rb_redblack_then *t = k->then;
+    double *slot = r->ring + (size_t)(l % 3) * t->line;
+    rb_stencil_residual_line(&t->A, grid_of(k), k->u, t->f, s, (size_t)l, slot);
+    return slot;
+}
+
+/* Coarse line C from the ring, which holds the fine lines 2C .. 2C+2. */
+static void restrict_from_ring(const rb_redblack *k, const then_run *r, size_t s, long long C)
+{
+    const rb_redblack_then *t = k->then;
+    const double *lines[3];
+    for (int i = 0; i < 3; i++) lines[i] = r->ring + (size_t)((2 * C + i) % 3) * t->line;
+    rb_transfer_restrict_line(&t->g, k->dims, t->rw, s, (size_t)C, lines, t->coarse);
+}
+
+/* The residual stage on line l: the line's residual, its squares, and the coarse line
+ * that ends at l if this run holds its three fine lines. */
+static void then_line(const rb_redblack *k, then_run *r, size_t s, long long l)
+{
+    const rb_redblack_then *t = k->then;
+    if (r->next != l) r->start = l;
+    r->next = l + 1;
+    const double *slot = residual_line(k, r, s, l);
+    if (t->norm) r->acc += rb_sum_squares(slot, t->line);
+    if (t->rw != NULL && l % 2 == 0 && l >= r->start + 2) restrict_from_ring(k, r, s, l / 2 - 1);
+}
+
+/* The coarse line whose fine lines straddle the start b of another thread's run (b >= 1):
+ * its three residual lines again (the grid around b is final), then the restriction. */
+static void restrict_straddling(const rb_redblack *k, then_run *r, size_t s, long long b)
+{
+    const long long C = (b + 1) / 2 - 1;
+    for (long long l = 2 * C; l <= 2 * C + 2; l++) residual_line(k, r, s, l);
+    restrict_from_ring(k, r, s, C);
+}
+
 /* ---- the wavefront ---------------------------------------------------------------------------- */
+
+/* Stage st on line l: a colour step, or (st == the number of colour steps) the residual stage. */
+static void stage(const rb_redblack *k, then_run *r, size_t s, int colour0, int st, int steps, long long l)
+{
+    if (st < steps) line(k, s, (colour0 + st) & 1, (size_t)l);
+    else then_line(k, r, s, l);
+}
 
 /* Stages 0..S-1 on lines [lo + s*shrink_lo, hi - s*shrink_hi) each, stage s one line
  * behind stage s-1. */
-static void trapezoid(const rb_redblack *k, size_t s, int colour0, int S, long long lo, long long hi, int shrink_lo,
-                      int shrink_hi)
+static void trapezoid(const rb_redblack *k, then_run *r, size_t s, int colour0, int S, int steps, long long lo,
+                      long long hi, int shrink_lo, int shrink_hi)
 {
     for (long long t = lo; t < hi + S - 1; t++)
         for (int st = 0; st < S; st++) {
             long long l = t - st;
             if (l >= lo + (long long)st * shrink_lo && l < hi - (long long)st * shrink_hi)
-                line(k, s, (colour0 + st) & 1, (size_t)l);
+                stage(k, r, s, colour0, st, steps, l);
         }
 }
 
 /* What the trapezoids left around the block boundary r: stage s on lines [r - s, r + s). */
-static void triangle(const rb_redblack *k, size_t s, int colour0, int S, long long r)
+static void triangle(const rb_redblack *k, then_run *run, size_t s, int colour0, int S, int steps, long long r)
 {
     for (long long t = r - S; t < r + 2LL * S; t++)
         for (int st = 0; st < S; st++) {
             long long l = t - st;
-            if (l >= r - st && l < r + st) line(k, s, (colour0 + st) & 1, (size_t)l);
+            if (l >= r - st && l < r + st) stage(k, run, s, colour0, st, steps, l);
         }
 }
 
-void rb_redblack_run(const rb_redblack *k, int colour0, int stages, int threads)
+void rb_redblack_run(const rb_redblack *k, int colour0, int steps, int threads)
 {
-    if (stages < 1) return;
+    if (steps < 1) return;
+    rb_redblack_then *then = k->then;
+    const int stages = steps + (then != NULL); /* the residual stage last */
     const long long L = (long long)(k->dims == 2 ? k->h : k->d);
     /* blocks of at least 2 stages + 2 lines, so that the triangles do not meet */
     const long long most = L / (2LL * stages + 2);
     if (threads > most) threads = (int)most;
     if (k->d * k->h * k->w < PARALLEL_MIN) threads = 1;
+    if (then != NULL && threads > then->max_threads) threads = then->max_threads;
+    if (then != NULL) then->norm2 = 0.0;
     if (threads <= 1) {
-        for (size_t s = 0; s < k->n; s++) trapezoid(k, s, colour0, stages, 0, L, 0, 0);
+        then_run r = {then ? then->ring : NULL, 0, -1, 0.0};
+        for (size_t s = 0; s < k->n; s++) {
+            r.next = -1;
+            trapezoid(k, &r, s, colour0, stages, steps, 0, L, 0, 0);
+        }
+        if (then != NULL) then->norm2 = r.acc;
         return;
     }
+    double part[64] = {0};
+    if (threads > 64) threads = 64;
+    int used = 1;
 #pragma omp parallel num_threads(threads)
     {
         const long long T = omp_get_num_threads(), t = omp_get_thread_num();
         const long long r0 = L * t / T, r1 = L * (t + 1) / T;
+        then_run r = {then ? then->ring + (size_t)t * 3 * then->line : NULL, 0, -1, 0.0};
+#pragma omp single
+        used = (int)T;
         for (size_t s = 0; s < k->n; s++) {
-            trapezoid(k, s, colour0, stages, r0, r1, t > 0, t + 1 < T);
+            r.next = -1;
+            trapezoid(k, &r, s, colour0, stages, steps, r0, r1, t > 0, t + 1 < T);
 #pragma omp barrier
-            if (t + 1 < T) triangle(k, s, colour0, stages, r1);
+            if (t + 1 < T) {
+                /* the triangle continues this thread's run of residual lines (up to r1 + steps);
+                 * the next thread's starts at r1 + steps, and the grid around it is final now */
+                triangle(k, &r, s, colour0, stages, steps, r1);
+                if (then != NULL && then->rw != NULL) restrict_straddling(k, &r, s, r1 + steps);
+            }
         }
+        part[t] = r.acc;
     }
+    if (then != NULL)
+        for (int t = 0; t < used; t++) then->norm2 += part[t];
 }

@@ -28,7 +28,28 @@
 
 #include <stdbool.h>
 
-#include "jacobi_internal.h"
+#include "grid_fast.h"
+
+/* An optional last stage of a run (after the last colour step, one line behind it):
+ * the residual r = f - A u of the run's result, line by line into a ring of three
+ * lines per thread, and from it the sum of squares and / or the restriction R r.
+ * A is any stencil rb_stencil_any takes (a residual line reads lines l-1 .. l+1,
+ * as a colour step does). Each thread's contiguous run of residual lines restricts
+ * the coarse lines whose three fine lines it holds (a thread's trapezoid and
+ * triangle make one run); the one coarse line per block boundary whose lines two
+ * threads' runs share is restricted from its three residual lines computed again. */
+typedef struct rb_redblack_then {
+    rb_stencil_any A;
+    const double *f;
+    bool norm;             /* sum r^2 into norm2 */
+    double norm2;          /* out: summed per line, lines in order per thread, threads in order */
+    const double *rw;      /* restriction weights (R->params), NULL: no restriction */
+    rb_conv_geom g;        /* R's geometry */
+    double *coarse;
+    double *ring;          /* max_threads * 3 * line doubles */
+    size_t line;           /* doubles per line: W (2D) or H*W (3D) */
+    int max_threads;       /* threads the ring has room for (>= 1) */
+} rb_redblack_then;
 
 typedef struct rb_redblack {
     int dims;              /* 2 or 3 */
@@ -38,15 +59,17 @@ typedef struct rb_redblack {
     double cb, cc;         /* coefficients of b and of the point's old value */
     const double *b;       /* right-hand side (the Jacobi operator's b) */
     double *u;             /* the grid updated in place */
+    rb_redblack_then *then; /* NULL: colour steps only */
 } rb_redblack;
 
 /* Fill k for colour steps of size h with the Jacobi operator J on a grid of
  * shape s. false (k untouched) unless J is a Jacobi operator over a constant 2D
  * 5-point or 3D 7-point star, s has one channel and the star's dimensions, and
- * h is finite. k->u is left NULL: the caller points it at the grid. */
+ * h is finite. k->u and k->then are left NULL: the caller points u at the grid. */
 bool rb_redblack_init(const rb_op *J, rb_shape s, double h, rb_redblack *k);
 
-/* `stages` colour steps on k->u in place, colours colour0, 1 - colour0, ... */
+/* `stages` colour steps on k->u in place, colours colour0, 1 - colour0, ..., and
+ * k->then's stage after them if k->then is set. */
 void rb_redblack_run(const rb_redblack *k, int colour0, int stages, int threads);
 
 #endif

@@ -86,6 +86,31 @@ rb_status rb_residual_step(rb_context *ctx, const rb_op *F, double h, const rb_t
     return rb_residual_step_generic(ctx, F, h, x, y, work);
 }
 
+rb_status rb_residual_step_then(rb_context *ctx, const rb_op *F, double h, rb_tensor *u, const rb_residual_then *then,
+                                bool *done, rb_arena *work)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (done == NULL) return rb_fail(ctx, RB_ENULL, "rb_residual_step_then: done is NULL");
+    *done = false;
+    rb_status st = check_step(ctx, F, h, u, u, "rb_residual_step_then");
+    if (st != RB_OK) return st;
+    if (then == NULL) return rb_fail(ctx, RB_ENULL, "rb_residual_step_then: then is NULL");
+    if (then->A == NULL || then->A->type == NULL) return rb_fail(ctx, RB_ENULL, "rb_residual_step_then: then->A is NULL");
+    st = rb_tensor_check_same(ctx, u, "u", then->f, "then->f");
+    if (st != RB_OK) return st;
+    if ((then->R == NULL) != (then->coarse == NULL))
+        return rb_fail(ctx, RB_EINVAL, "rb_residual_step_then: then->R and then->coarse go together");
+    if (then->R != NULL) {
+        st = rb_tensor_check(ctx, then->coarse, "rb_residual_step_then: then->coarse");
+        if (st != RB_OK) return st;
+    }
+    if (F->type->residual_fused_then != NULL && F->type->fused_in_place) {
+        st = F->type->residual_fused_then(ctx, F, h, u, then, done, work);
+        if (st != RB_OK || *done) return st;
+    }
+    return rb_residual_step(ctx, F, h, u, u, work);
+}
+
 rb_status rb_residual_backward(rb_context *ctx, const rb_op *F, double h, const rb_tensor *x, const rb_tensor *dy,
                                rb_tensor *dx, double *dtheta, rb_arena *work)
 {

@@ -510,7 +510,7 @@ void rb_stencil_residual_line(const rb_stencil_any *k, rb_shape s, const double 
 #define MAX_NORM_THREADS RB_STENCIL_RESIDUAL_MAX_THREADS
 
 /* sum of r[j]^2: 16 partial sums (4 vectors, so the adds do not wait on each other), then folded. */
-static double sum_squares(const double *r, size_t W)
+double rb_sum_squares(const double *r, size_t W)
 {
     double a[16] = {0};
     size_t j = 0;
@@ -543,7 +543,7 @@ void rb_stencil_residual(const rb_stencil_any *k, rb_shape s, const double *u, c
             const size_t yy = (size_t)q % s.h, z = (size_t)q / s.h % planes, n = (size_t)q / s.h / planes;
             double *rr = r != NULL ? r + (size_t)q * W : rows_scratch + (size_t)t * W;
             residual_row(k, s, u, f, n, z, yy, rr);
-            if (norm2 != NULL) acc += sum_squares(rr, W);
+            if (norm2 != NULL) acc += rb_sum_squares(rr, W);
         }
         part[t] = acc;
     }

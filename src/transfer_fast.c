@@ -230,11 +230,25 @@ bool rb_transfer_prolong_add(rb_context *ctx, const rb_op *P, const rb_tensor *c
 
 /* ---- the residual, restricted in one pass ----------------------------------------------------- */
 
+void rb_transfer_restrict_line(const rb_conv_geom *g, int dims, const double *w, size_t n, size_t C,
+                               const double *const lines[3], double *coarse)
+{
+    if (dims == 2) {
+        restrict_row(3, lines, w, g->cw, coarse + (n * g->ch + C) * g->cw);
+        return;
+    }
+    for (size_t Y = 0; Y < g->ch; Y++) {
+        const double *fr[9];
+        for (int dz = 0; dz < 3; dz++)
+            for (int dy = 0; dy < 3; dy++) fr[3 * dz + dy] = lines[dz] + (2 * Y + (size_t)dy) * g->fw;
+        restrict_row(9, fr, w, g->cw, coarse + ((n * g->cd + C) * g->ch + Y) * g->cw);
+    }
+}
+
 /* Doubles in one fine line: a row (2D) or a plane (3D). */
 static size_t line_size(rb_shape fine, int dims) { return dims == 3 ? fine.h * fine.w : fine.w; }
 
-/* Is (A, R) on this fine grid a pair the fused pass takes? Fills the stencil and geometry. */
-static bool fused_pair(const rb_op *A, const rb_op *R, rb_shape fine, rb_stencil_any *k, rb_conv_geom *g)
+bool rb_transfer_restrict_pair(const rb_op *A, const rb_op *R, rb_shape fine, rb_stencil_any *k, rb_conv_geom *g)
 {
     const rb_conv_state *cs = rb_conv_state_of(R);
     rb_shape out;
@@ -248,7 +262,7 @@ size_t rb_transfer_restrict_residual_workspace(const rb_op *A, const rb_op *R, r
 {
     rb_stencil_any k;
     rb_conv_geom g;
-    if (A == NULL || R == NULL || !fused_pair(A, R, fine, &k, &g)) return 0;
+    if (A == NULL || R == NULL || !rb_transfer_restrict_pair(A, R, fine, &k, &g)) return 0;
     return rb_arena_bytes(FUSED_MAX_THREADS * 3 * line_size(fine, k.dims) * sizeof(double));
 }
 
@@ -257,7 +271,7 @@ bool rb_transfer_restrict_residual(rb_context *ctx, const rb_op *A, const rb_op 
 {
     rb_stencil_any k;
     rb_conv_geom g;
-    if (!fused_pair(A, R, u->shape, &k, &g) || work == NULL || work->measuring || work->used > work->cap) return false;
+    if (!rb_transfer_restrict_pair(A, R, u->shape, &k, &g) || work == NULL || work->measuring || work->used > work->cap) return false;
     const int dims = k.dims;
     const size_t line = line_size(u->shape, dims), lines_c = dims == 3 ? g.cd : g.ch;
     const size_t per_thread = 3 * line * sizeof(double), room = work->cap - work->used;
@@ -281,20 +295,9 @@ bool rb_transfer_restrict_residual(rb_context *ctx, const rb_op *A, const rb_op 
             for (size_t C = c0; C < c1; C++) {
                 for (size_t l = 2 * C + 1; l <= 2 * C + 2; l++)
                     rb_stencil_residual_line(&k, u->shape, u->data, f->data, n, l, ring + (l % 3) * line);
-                const double *s0 = ring + (2 * C % 3) * line, *s1 = ring + ((2 * C + 1) % 3) * line;
-                const double *s2 = ring + ((2 * C + 2) % 3) * line;
-                if (dims == 2) {
-                    const double *fr[3] = {s0, s1, s2};
-                    restrict_row(3, fr, w, g.cw, coarse->data + (n * g.ch + C) * g.cw);
-                } else {
-                    const double *planes[3] = {s0, s1, s2};
-                    for (size_t Y = 0; Y < g.ch; Y++) {
-                        const double *fr[9];
-                        for (int dz = 0; dz < 3; dz++)
-                            for (int dy = 0; dy < 3; dy++) fr[3 * dz + dy] = planes[dz] + (2 * Y + (size_t)dy) * g.fw;
-                        restrict_row(9, fr, w, g.cw, coarse->data + ((n * g.cd + C) * g.ch + Y) * g.cw);
-                    }
-                }
+                const double *lines[3] = {ring + (2 * C % 3) * line, ring + ((2 * C + 1) % 3) * line,
+                                          ring + ((2 * C + 2) % 3) * line};
+                rb_transfer_restrict_line(&g, dims, w, n, C, lines, coarse->data);
             }
         }
     }

@@ -4,7 +4,13 @@
  * (grid_fast.h): the residual restricted (f_{l+1} = R (f - A u) without writing
  * the residual grid) and the correction added (u += P u_{l+1} without a
  * temporary). Both give the separate calls' results bit for bit; for other
- * operators (learned convolutions, point-dependent stencils) the separate calls run. */
+ * operators (learned convolutions, point-dependent stencils) the separate calls run.
+ *
+ * Two more fusions reach into the smoother's pass, where the last smoothing step's
+ * operator type offers them (rb_residual_step_then, residual.h; the red-black colour
+ * sweep op does): the last pre-smoothing step also writes f_{l+1} = R (f - A u), and
+ * for rb_vcycle_run_norm the last post-smoothing step also sums (f - A u)^2. Otherwise
+ * the separate calls run. */
 #include "resbridge/vcycle.h"
 
 #include <math.h>
@@ -128,36 +134,63 @@ static void zero(rb_context *ctx, rb_tensor *t)
     for (long long i = 0; i < n; i += chunk) memset(d + i, 0, (size_t)(i + chunk <= n ? chunk : n - i) * sizeof(double));
 }
 
-static rb_status smooth(rb_context *ctx, rb_vlevel *lv, const rb_vstep *steps, size_t count, rb_arena *work)
+/* The smoothing steps in order. The last one also computes `then` (what the cycle needs
+ * next from the smoothed u: the restricted residual, or the residual norm) in the same
+ * pass where its operator's type can: *done says whether it did. */
+static rb_status smooth(rb_context *ctx, rb_vlevel *lv, const rb_vstep *steps, size_t count,
+                        const rb_residual_then *then, bool *done, rb_arena *work)
 {
+    *done = false;
     for (size_t s = 0; s < count; s++) {
-        rb_status st = rb_residual_step(ctx, steps[s].F, steps[s].h, &lv->u, &lv->u, work);
+        rb_status st = s + 1 == count && then != NULL
+                           ? rb_residual_step_then(ctx, steps[s].F, steps[s].h, &lv->u, then, done, work)
+                           : rb_residual_step(ctx, steps[s].F, steps[s].h, &lv->u, &lv->u, work);
         if (st != RB_OK) return st;
     }
     return RB_OK;
 }
 
-static rb_status cycle(rb_context *ctx, const rb_vcycle *vc, size_t l, rb_cycle kind, rb_arena *work)
+/* ||f - A u|| on a level after its post-smoothing: from the smoother's pass (sum of
+ * squares s2, when done and in range), else a pass of its own. */
+static rb_status level_norm(rb_context *ctx, rb_vlevel *lv, bool done, double s2, double *norm, rb_arena *work)
+{
+    if (done && s2 > 0x1p-900 && s2 < 0x1p900) {
+        *norm = sqrt(s2);
+        return RB_OK;
+    }
+    return rb_vcycle_residual(ctx, lv->A, &lv->u, &lv->f, NULL, norm, work);
+}
+
+/* One cycle on level l; norm != NULL: also ||f - A u|| of level l afterwards. */
+static rb_status cycle(rb_context *ctx, const rb_vcycle *vc, size_t l, rb_cycle kind, double *norm, rb_arena *work)
 {
     rb_vlevel *lv = &vc->level[l];
-    if (l + 1 == vc->nlevels) return vc->coarse_solve(ctx, vc->coarse_data, &lv->f, &lv->u);
+    if (l + 1 == vc->nlevels) {
+        rb_status st = vc->coarse_solve(ctx, vc->coarse_data, &lv->f, &lv->u);
+        return st == RB_OK && norm != NULL ? level_norm(ctx, lv, false, 0.0, norm, work) : st;
+    }
     rb_vlevel *coarse = &vc->level[l + 1];
-    rb_status st = smooth(ctx, lv, lv->pre, lv->npre, work);
-    if (st == RB_OK) st = restrict_residual(ctx, lv, coarse, work); /* f_{l+1} = R (f - A u) */
+    const rb_residual_then down = {lv->A, &lv->f, NULL, lv->R, &coarse->f};
+    bool done;
+    rb_status st = smooth(ctx, lv, lv->pre, lv->npre, &down, &done, work);
+    if (st == RB_OK && !done) st = restrict_residual(ctx, lv, coarse, work); /* f_{l+1} = R (f - A u) */
     if (st != RB_OK) return st;
     zero(ctx, &coarse->u); /* u_{l+1} = 0 */
     switch (kind) {
-    case RB_CYCLE_V: st = cycle(ctx, vc, l + 1, RB_CYCLE_V, work); break;
+    case RB_CYCLE_V: st = cycle(ctx, vc, l + 1, RB_CYCLE_V, NULL, work); break;
     case RB_CYCLE_W:
-        st = cycle(ctx, vc, l + 1, RB_CYCLE_W, work);
-        if (st == RB_OK && l + 2 < vc->nlevels) st = cycle(ctx, vc, l + 1, RB_CYCLE_W, work);
+        st = cycle(ctx, vc, l + 1, RB_CYCLE_W, NULL, work);
+        if (st == RB_OK && l + 2 < vc->nlevels) st = cycle(ctx, vc, l + 1, RB_CYCLE_W, NULL, work);
         break;
     default:
-        st = cycle(ctx, vc, l + 1, RB_CYCLE_F, work);
-        if (st == RB_OK && l + 2 < vc->nlevels) st = cycle(ctx, vc, l + 1, RB_CYCLE_V, work);
+        st = cycle(ctx, vc, l + 1, RB_CYCLE_F, NULL, work);
+        if (st == RB_OK && l + 2 < vc->nlevels) st = cycle(ctx, vc, l + 1, RB_CYCLE_V, NULL, work);
     }
     if (st == RB_OK) st = correct(ctx, lv, coarse, work); /* u += P u_{l+1} */
-    if (st == RB_OK) st = smooth(ctx, lv, lv->post, lv->npost, work);
+    double s2 = 0.0;
+    const rb_residual_then up = {lv->A, &lv->f, &s2, NULL, NULL};
+    if (st == RB_OK) st = smooth(ctx, lv, lv->post, lv->npost, norm != NULL ? &up : NULL, &done, work);
+    if (st == RB_OK && norm != NULL) st = level_norm(ctx, lv, done, s2, norm, work);
     return st;
 }
 
@@ -217,5 +250,15 @@ rb_status rb_vcycle_run(rb_context *ctx, const rb_vcycle *vc, size_t from, rb_ar
     if (ctx == NULL) return RB_ENULL;
     if (vc == NULL || vc->level == NULL) return rb_fail(ctx, RB_ENULL, "rb_vcycle_run: hierarchy is NULL");
     if (from >= vc->nlevels) return rb_fail(ctx, RB_EINVAL, "rb_vcycle_run: from = %zu, only %zu levels", from, vc->nlevels);
-    return cycle(ctx, vc, from, vc->cycle, work);
+    return cycle(ctx, vc, from, vc->cycle, NULL, work);
+}
+
+rb_status rb_vcycle_run_norm(rb_context *ctx, const rb_vcycle *vc, size_t from, double *norm, rb_arena *work)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (vc == NULL || vc->level == NULL) return rb_fail(ctx, RB_ENULL, "rb_vcycle_run_norm: hierarchy is NULL");
+    if (from >= vc->nlevels)
+        return rb_fail(ctx, RB_EINVAL, "rb_vcycle_run_norm: from = %zu, only %zu levels", from, vc->nlevels);
+    if (norm == NULL) return rb_fail(ctx, RB_ENULL, "rb_vcycle_run_norm: norm is NULL");
+    return cycle(ctx, vc, from, vc->cycle, norm, work);
 }

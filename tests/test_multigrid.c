@@ -651,6 +651,55 @@ static void test_w_and_f_cycles(void **state)
     }
 }
 
+/* rb_vcycle_run_norm: the same cycle as rb_vcycle_run (u bit for bit) and the norm
+ * rb_vcycle_residual computes after it (to 1e-13); the red-black smoothers sum it in
+ * their last pass, the others in a pass of its own. On 1 and 2 threads, V, W and F. */
+static void test_cycle_norm_matches_separate(void **state)
+{
+    rb_context *ctx = *state;
+    const mg_setup cases[] = {
+        {2, 255, NULL, 1.0, RB_SMOOTHER_RBGS, 0.0, 2, 1, RB_CYCLE_V, 0},
+        {2, 255, NULL, 1.0, RB_SMOOTHER_RBGS, 1.15, 1, 2, RB_CYCLE_W, 0},
+        {2, 63, NULL, 1.0, RB_SMOOTHER_JACOBI, 0.0, 1, 1, RB_CYCLE_F, 0},
+        {3, 63, NULL, 1.0, RB_SMOOTHER_RBGS, 1.25, 1, 2, RB_CYCLE_V, 0},
+        {3, 31, NULL, 1.0, RB_SMOOTHER_RBGS, 0.0, 2, 0, RB_CYCLE_V, 0},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        rb_mg *mg = make_mg(ctx, cases[c]);
+        const rb_vcycle *vc = rb_mg_vcycle(mg);
+        rb_vlevel *top = &vc->level[0];
+        const size_t N = rb_tensor_count(&top->u);
+        rb_arena w = cycle_arena(ctx, mg);
+        rb_tensor u0, u1;
+        RB_CHECK(ctx, rb_tensor_alloc(ctx, &u0, top->u.shape));
+        RB_CHECK(ctx, rb_tensor_alloc(ctx, &u1, top->u.shape));
+        rb_test_rng r = {301 + c};
+        rb_test_fill(&r, &u0, -1.0, 1.0);
+        random_rhs(&top->f, 303 + c);
+        for (int threads = 1; threads <= 2; threads++) {
+            RB_CHECK(ctx, rb_context_set_threads(ctx, threads));
+            memcpy(top->u.data, u0.data, N * sizeof(double));
+            RB_CHECK(ctx, rb_vcycle_run(ctx, vc, 0, &w));
+            double ref;
+            RB_CHECK(ctx, rb_vcycle_residual(ctx, top->A, &top->u, &top->f, NULL, &ref, &w));
+            memcpy(u1.data, top->u.data, N * sizeof(double));
+            memcpy(top->u.data, u0.data, N * sizeof(double));
+            double nrm = -1.0;
+            RB_CHECK(ctx, rb_vcycle_run_norm(ctx, vc, 0, &nrm, &w));
+            for (size_t i = 0; i < N; i++)
+                if (top->u.data[i] != u1.data[i]) fail_msg("case %zu threads %d: u[%zu] differs", c, threads, i);
+            if (!(fabs(nrm - ref) <= 1e-13 * ref))
+                fail_msg("case %zu threads %d: norm %.17g vs separate %.17g", c, threads, nrm, ref);
+        }
+        double nrm;
+        RB_EXPECT(ctx, RB_ENULL, "norm", rb_vcycle_run_norm(ctx, vc, 0, NULL, &w));
+        RB_EXPECT(ctx, RB_EINVAL, "from", rb_vcycle_run_norm(ctx, vc, 99, &nrm, &w));
+        rb_arena_release(ctx, &w);
+        rb_tensor_release(ctx, &u0), rb_tensor_release(ctx, &u1);
+        rb_mg_free(ctx, mg);
+    }
+}
+
 /* ---- FMG ----------------------------------------------------------------------------------------- */
 
 /* Oracle: the discretisation error. FMG with RB-GS V(2,1) ends within 2.2x (one cycle
@@ -878,6 +927,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_smoothers_contract_on_every_level, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_convergence_factors, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_w_and_f_cycles, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_cycle_norm_matches_separate, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_fmg_reaches_discretisation_accuracy, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_pcg_versus_lapack, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_setup_once_many_rhs, rb_test_setup, rb_test_teardown),

@@ -69,6 +69,12 @@ size_t rb_vcycle_workspace(const rb_vcycle *vc);
  * for right-hand side level[from].f. Allocates nothing. */
 rb_status rb_vcycle_run(rb_context *ctx, const rb_vcycle *vc, size_t from, rb_arena *work);
 
+/* rb_vcycle_run, and then ||f - A u|| on level[from] into *norm (a solve driver's
+ * convergence test): where the last post-smoothing step's operator can (the red-black
+ * colour sweep op), summed in that step's pass over the grid, else in a pass of its
+ * own (rb_vcycle_residual). Equal to rb_vcycle_run then rb_vcycle_residual to rounding. */
+rb_status rb_vcycle_run_norm(rb_context *ctx, const rb_vcycle *vc, size_t from, double *norm, rb_arena *work);
+
 /* r = f - A u on one level (the residual the cycle uses). */
 rb_status rb_vlevel_residual(rb_context *ctx, const rb_vlevel *lv, rb_arena *work);
 

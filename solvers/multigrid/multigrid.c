@@ -709,9 +709,8 @@ rb_status rb_mg_solve(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor 
     if (st != RB_OK) return st;
     rep->history[0] = rep->rel_residual = r0 / fn;
     while (st == RB_OK && rep->rel_residual > tol && rep->cycles < max_cycles) {
-        st = rb_vcycle_run(ctx, &mg->vc, 0, &mg->work);
         double rn;
-        if (st == RB_OK) st = residual_norm(ctx, mg, &top->u, &top->f, &rn);
+        st = rb_vcycle_run_norm(ctx, &mg->vc, 0, &rn, &mg->work); /* the norm from the last smoothing pass */
         if (st == RB_OK) st = record(ctx, rep, rn / fn, "multigrid");
     }
     report_finish(rep);
