@@ -6,6 +6,7 @@
 #include <float.h>
 #include <lapacke.h>
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -38,7 +39,7 @@ struct rb_mg {
     rb_vcycle vc;
     double *band;                 /* coarsest operator, Cholesky-factorised (LAPACK band storage) */
     size_t kd, ncoarse;
-    rb_tensor x, r, z, p, q;      /* finest-level vectors for the drivers */
+    rb_tensor x, r, z, p, q;      /* finest-level vectors for CG (allocated by its first call) */
     rb_arena work;
 };
 
@@ -459,6 +460,18 @@ void rb_mg_free(rb_context *ctx, rb_mg *mg)
     rb_free(ctx, mg);
 }
 
+/* A grid the hierarchy owns, not zeroed. Every level grid is written before it is
+ * read (the drivers copy f and u in, the cycle restricts f and zeroes u below the top,
+ * r is scratch), so set-up touches none of their pages, and a solve only those it
+ * uses (the fused kernels never touch r). */
+static rb_status grid_alloc(rb_context *ctx, rb_tensor *t, rb_shape s)
+{
+    double *d = rb_malloc(ctx, rb_shape_count(s) * sizeof(double));
+    if (d == NULL) return RB_ENOMEM;
+    *t = (rb_tensor){s, d, true};
+    return RB_OK;
+}
+
 static rb_status setup(rb_context *ctx, rb_mg *mg)
 {
     const rb_mg_problem *pb = &mg->pb;
@@ -476,9 +489,9 @@ static rb_status setup(rb_context *ctx, rb_mg *mg)
     for (size_t l = 0; l < mg->nlevels && st == RB_OK; l++) {
         rb_shape s = grid_shape(d, mg->n[l]);
         rb_vlevel *lv = &mg->level[l];
-        st = rb_tensor_alloc(ctx, &lv->u, s);
-        if (st == RB_OK) st = rb_tensor_alloc(ctx, &lv->f, s);
-        if (st == RB_OK) st = rb_tensor_alloc(ctx, &lv->r, s);
+        st = grid_alloc(ctx, &lv->u, s);
+        if (st == RB_OK) st = grid_alloc(ctx, &lv->f, s);
+        if (st == RB_OK) st = grid_alloc(ctx, &lv->r, s);
         if (st == RB_OK && l + 1 < mg->nlevels) st = transfers(ctx, d, &mg->R[l], &mg->P[l]);
         if (st != RB_OK) break;
         if (l == 0)
@@ -514,12 +527,7 @@ static rb_status setup(rb_context *ctx, rb_mg *mg)
         else if (info < 0)
             st = rb_fail(ctx, RB_ELAPACK, "dpbtrf: argument %d had an illegal value", (int)-info);
     }
-    if (st == RB_OK) st = rb_tensor_alloc(ctx, &mg->x, s0);
-    if (st == RB_OK) st = rb_tensor_alloc(ctx, &mg->r, s0);
-    if (st == RB_OK) st = rb_tensor_alloc(ctx, &mg->z, s0);
-    if (st == RB_OK) st = rb_tensor_alloc(ctx, &mg->p, s0);
-    if (st == RB_OK) st = rb_tensor_alloc(ctx, &mg->q, s0);
-    return st;
+    return st; /* the CG vectors come with the first rb_mg_pcg (cg_vectors) */
 }
 
 rb_status rb_mg_create(rb_context *ctx, const rb_mg_problem *pb, const rb_mg_options *opt, rb_mg **out)
@@ -602,8 +610,8 @@ static bool all_finite(const double *x, size_t n)
     return !bad;
 }
 
-/* f (and u when it is an input: u_in) on the grid and finite. */
-static rb_status check_fu(rb_context *ctx, const rb_mg *mg, const rb_tensor *f, const rb_tensor *u, bool u_in, const char *fn)
+/* f and u on the grid. */
+static rb_status check_grid(rb_context *ctx, const rb_mg *mg, const rb_tensor *f, const rb_tensor *u, const char *fn)
 {
     if (ctx == NULL) return RB_ENULL;
     if (mg == NULL) return rb_fail(ctx, RB_ENULL, "%s: mg is NULL", fn);
@@ -615,6 +623,14 @@ static rb_status check_fu(rb_context *ctx, const rb_mg *mg, const rb_tensor *f, 
         return rb_fail(ctx, RB_ESHAPE, "%s: f has shape %s, the grid is %s", fn, rb_shape_format(f->shape, a, sizeof a),
                        rb_shape_format(s, b, sizeof b));
     }
+    return RB_OK;
+}
+
+/* f (and u when it is an input: u_in) on the grid and finite. */
+static rb_status check_fu(rb_context *ctx, const rb_mg *mg, const rb_tensor *f, const rb_tensor *u, bool u_in, const char *fn)
+{
+    rb_status st = check_grid(ctx, mg, f, u, fn);
+    if (st != RB_OK) return st;
     size_t n = rb_tensor_count(f);
     if (all_finite(f->data, n) && (!u_in || all_finite(u->data, n))) return RB_OK;
     for (size_t i = 0; i < n; i++)
@@ -622,6 +638,43 @@ static rb_status check_fu(rb_context *ctx, const rb_mg *mg, const rb_tensor *f, 
             return rb_fail(ctx, RB_EINVAL, "%s: %s[%zu] = %g is not finite", fn, isfinite(f->data[i]) ? "u" : "f", i,
                            isfinite(f->data[i]) ? u->data[i] : f->data[i]);
     return RB_OK;
+}
+
+/* dst = src[0 .. n) on the context's threads; if sumsq: the plain sum of squares of src
+ * (NaN or infinite if src has a NaN or infinity; summed per thread, threads in order);
+ * if nonzero: whether src has an entry != 0. */
+static void copy_scan(rb_context *ctx, double *dst, const double *src, size_t n, double *sumsq, bool *nonzero)
+{
+    int threads = n >= 65536 ? rb_context_threads(ctx) : 1;
+    if (threads > 64) threads = 64;
+    double part[64] = {0};
+    int nz[64] = {0}, used = 1;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        const size_t T = (size_t)omp_get_num_threads(), t = (size_t)omp_get_thread_num();
+        const size_t lo = n * t / T, hi = n * (t + 1) / T;
+#pragma omp single
+        used = (int)T;
+        if (sumsq == NULL && nonzero == NULL) {
+            memcpy(dst + lo, src + lo, (hi - lo) * sizeof(double));
+        } else {
+            double s = 0.0;
+            int z = 0;
+#pragma omp simd reduction(+ : s) reduction(| : z)
+            for (size_t i = lo; i < hi; i++) {
+                const double v = src[i];
+                dst[i] = v;
+                s += v * v;
+                z |= v != 0.0;
+            }
+            part[t] = s, nz[t] = z;
+        }
+    }
+    double s = 0.0;
+    int z = 0;
+    for (int t = 0; t < used; t++) s += part[t], z |= nz[t];
+    if (sumsq != NULL) *sumsq = s;
+    if (nonzero != NULL) *nonzero = z != 0;
 }
 
 static void report_start(rb_mg_report *rep)
@@ -688,24 +741,33 @@ static rb_status record(rb_context *ctx, rb_mg_report *rep, double rel, const ch
 rb_status rb_mg_solve(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *u, double tol, int max_cycles,
                       rb_mg_report *report)
 {
-    rb_status st = check_fu(ctx, mg, f, u, true, "rb_mg_solve");
+    rb_status st = check_grid(ctx, mg, f, u, "rb_mg_solve");
     if (st != RB_OK) return st;
     if (!(tol > 0) || !(tol < 1)) return rb_fail(ctx, RB_EINVAL, "rb_mg_solve: tol = %g must lie in (0, 1)", tol);
     if (max_cycles < 1 || max_cycles >= RB_MG_MAX_HISTORY)
         return rb_fail(ctx, RB_EINVAL, "rb_mg_solve: max_cycles = %d, must be 1..%d", max_cycles, RB_MG_MAX_HISTORY - 1);
-    rb_mg_report local, *rep = report ? report : &local;
-    report_start(rep);
     rb_vlevel *top = &mg->level[0];
     size_t n = rb_tensor_count(f);
-    memcpy(top->f.data, f->data, n * sizeof(double));
-    memcpy(top->u.data, u->data, n * sizeof(double));
-    double fn = norm2(f->data, n), r0;
+    /* f and u in, in one pass each: the sums of squares say whether they are finite (a
+     * NaN or infinity makes them so; then the check that names the entry), and u's
+     * nonzeros whether the initial residual is f itself */
+    double f2, u2;
+    bool u_nonzero;
+    copy_scan(ctx, top->f.data, f->data, n, &f2, NULL);
+    copy_scan(ctx, top->u.data, u->data, n, &u2, &u_nonzero);
+    if (!isfinite(f2) || !isfinite(u2)) {
+        st = check_fu(ctx, mg, f, u, true, "rb_mg_solve");
+        if (st != RB_OK) return st;
+    }
+    rb_mg_report local, *rep = report ? report : &local;
+    report_start(rep);
+    double fn = f2 > 0x1p-900 && f2 < 0x1p900 ? sqrt(f2) : norm2(f->data, n), r0 = fn;
     if (fn == 0.0) { /* the solution is zero */
         memset(u->data, 0, n * sizeof(double));
         rep->rel_residual = 0, rep->converged = true;
         return RB_OK;
     }
-    st = residual_norm(ctx, mg, &top->u, &top->f, &r0);
+    if (u_nonzero) st = residual_norm(ctx, mg, &top->u, &top->f, &r0); /* else f - A 0 = f */
     if (st != RB_OK) return st;
     rep->history[0] = rep->rel_residual = r0 / fn;
     while (st == RB_OK && rep->rel_residual > tol && rep->cycles < max_cycles) {
@@ -719,7 +781,7 @@ rb_status rb_mg_solve(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor 
         return rb_fail(ctx, RB_EMAXITER, "rb_mg_solve: relative residual %.3g > tol %.3g after %d cycles", rep->rel_residual,
                        tol, rep->cycles);
     rep->converged = true;
-    memcpy(u->data, top->u.data, n * sizeof(double));
+    copy_scan(ctx, u->data, top->u.data, n, NULL, NULL);
     return RB_OK;
 }
 
@@ -789,6 +851,10 @@ rb_status rb_mg_pcg(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *u
     }
     if (mg->opt.pre < 1)
         return rb_fail(ctx, RB_EINVAL, "rb_mg_pcg: the symmetric cycle needs pre-smoothing (pre = 0)");
+    rb_tensor *vec[5] = {&mg->x, &mg->r, &mg->z, &mg->p, &mg->q}; /* each written before it is read */
+    for (int i = 0; i < 5 && st == RB_OK; i++)
+        if (vec[i]->data == NULL) st = grid_alloc(ctx, vec[i], rb_mg_shape(mg));
+    if (st != RB_OK) return st;
     /* a symmetric preconditioner: post-smoothing is the adjoint of pre-smoothing */
     for (size_t l = 0; l + 1 < mg->nlevels; l++) mg->level[l].post = mg->steps[l][2], mg->level[l].npost = mg->nsym[l];
     st = pcg(ctx, mg, f, u, tol, max_iter, rep);
