@@ -285,40 +285,52 @@ static rb_status sweep_fused(rb_context *ctx, const rb_op *op, double h, const r
     return RB_OK;
 }
 
-/* The fused kernel with the residual stage (redblack_internal.h): for a residual operator
- * rb_stencil_any takes and, if asked, a restriction rb_transfer_restrict_pair takes onto
- * then->coarse; ring lines from work (as many threads as it has room for). */
-static rb_status sweep_fused_then(rb_context *ctx, const rb_op *op, double h, rb_tensor *u, const rb_residual_then *then,
+/* The fused kernel with the stages around it (redblack_internal.h): first the correction
+ * for a prolongation rb_transfer_prolong_plan takes; after, the residual stage for a
+ * residual operator rb_stencil_any takes and, if asked, a restriction
+ * rb_transfer_restrict_pair takes onto pass->coarse, with ring lines from work (as many
+ * threads as it has room for). Anything else: declined, nothing done. */
+static rb_status sweep_fused_pass(rb_context *ctx, const rb_op *op, double h, rb_tensor *u, const rb_residual_pass *pass,
                                   bool *done, rb_arena *work)
 {
     const sweep_state *ss = op->state;
     rb_redblack k;
-    rb_redblack_then t = {.f = then->f->data, .norm = then->norm2 != NULL};
     int colour0;
-    if (!sweep_kernel(ss, h, u->shape, &k, &colour0) || !rb_stencil_any_init(then->A, u->shape, &t.A)) return RB_OK;
-    if (then->R != NULL) {
-        rb_stencil_any pair;
-        rb_shape cs;
-        if (!rb_transfer_restrict_pair(then->A, then->R, u->shape, &pair, &t.g) ||
-            rb_op_shape(ctx, then->R, u->shape, &cs) != RB_OK || !rb_shape_equal(cs, then->coarse->shape))
-            return RB_OK;
-        t.rw = then->R->params, t.coarse = then->coarse->data;
+    if (!sweep_kernel(ss, h, u->shape, &k, &colour0)) return RB_OK;
+    rb_redblack_first first;
+    if (pass->P != NULL) {
+        if (!rb_transfer_prolong_plan(pass->P, pass->c->shape, u->shape, &first.g)) return RB_OK;
+        first.w = pass->P->params, first.c = pass->c->data;
+        k.first = &first;
     }
-    if (work == NULL || work->measuring || work->used > work->cap) return RB_OK;
-    t.line = k.dims == 3 ? k.h * k.w : k.w;
-    const size_t per_thread = 3 * t.line * sizeof(double), room = work->cap - work->used;
+    rb_redblack_then t = {.norm = pass->norm2 != NULL, .line = k.dims == 3 ? k.h * k.w : k.w, .max_threads = 64};
     int threads = rb_context_threads(ctx);
     if (threads > 64) threads = 64;
-    while (threads > 1 && rb_arena_bytes((size_t)threads * per_thread) > room) threads--;
-    if (rb_arena_bytes(per_thread) > room) return RB_OK;
-    const size_t mark = rb_arena_mark(work);
-    t.ring = rb_arena_alloc(ctx, work, (size_t)threads * per_thread);
-    if (t.ring == NULL) return rb_context_last_status(ctx);
-    t.max_threads = threads;
-    k.u = u->data, k.then = &t;
+    const size_t mark = work != NULL ? rb_arena_mark(work) : 0;
+    if (pass->A != NULL && (pass->norm2 != NULL || pass->R != NULL)) {
+        t.f = pass->f->data;
+        if (!rb_stencil_any_init(pass->A, u->shape, &t.A)) return RB_OK;
+        if (pass->R != NULL) {
+            rb_stencil_any pair;
+            rb_shape cs;
+            if (!rb_transfer_restrict_pair(pass->A, pass->R, u->shape, &pair, &t.g) ||
+                rb_op_shape(ctx, pass->R, u->shape, &cs) != RB_OK || !rb_shape_equal(cs, pass->coarse->shape))
+                return RB_OK;
+            t.rw = pass->R->params, t.coarse = pass->coarse->data;
+        }
+        if (work == NULL || work->measuring || work->used > work->cap) return RB_OK;
+        const size_t per_thread = 3 * t.line * sizeof(double), room = work->cap - work->used;
+        while (threads > 1 && rb_arena_bytes((size_t)threads * per_thread) > room) threads--;
+        if (rb_arena_bytes(per_thread) > room) return RB_OK;
+        t.ring = rb_arena_alloc(ctx, work, (size_t)threads * per_thread);
+        if (t.ring == NULL) return rb_context_last_status(ctx);
+        t.max_threads = threads;
+        k.then = &t;
+    }
+    k.u = u->data;
     rb_redblack_run(&k, colour0, 2 * ss->sweeps, threads);
-    rb_arena_reset(work, mark);
-    if (then->norm2 != NULL) *then->norm2 = t.norm2;
+    if (work != NULL) rb_arena_reset(work, mark);
+    if (pass->norm2 != NULL) *pass->norm2 = t.norm2;
     *done = true;
     return RB_OK;
 }
@@ -334,7 +346,7 @@ static const rb_op_type sweep_type = {
     .vjp = sweep_vjp,
     .residual_fused = sweep_fused,
     .fused_in_place = 1,
-    .residual_fused_then = sweep_fused_then,
+    .residual_fused_pass = sweep_fused_pass,
     .destroy = sweep_destroy,
 };
 

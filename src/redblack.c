@@ -69,6 +69,7 @@ bool rb_redblack_init(const rb_op *J, rb_shape s, double h, rb_redblack *k)
     k->cc = 1.0 - h * (w[centre] * inv);
     k->b = js->b.data;
     k->u = NULL;
+    k->first = NULL;
     k->then = NULL;
     return true;
 }
@@ -237,11 +238,19 @@ static void restrict_straddling(const rb_redblack *k, then_run *r, size_t s, lon
 
 /* ---- the wavefront ---------------------------------------------------------------------------- */
 
-/* Stage st on line l: a colour step, or (st == the number of colour steps) the residual stage. */
+/* Stage st on line l: the first stage (the correction added), a colour step, or the
+ * residual stage, in that order. */
 static void stage(const rb_redblack *k, then_run *r, size_t s, int colour0, int st, int steps, long long l)
 {
-    if (st < steps) line(k, s, (colour0 + st) & 1, (size_t)l);
-    else then_line(k, r, s, l);
+    if (k->first != NULL && st-- == 0) {
+        const rb_redblack_first *p = k->first;
+        const size_t len = k->dims == 2 ? k->w : k->h * k->w;
+        rb_transfer_prolong_add_line(&p->g, k->dims, p->w, p->c, s, (size_t)l, k->u + (s * (k->dims == 2 ? k->h : k->d) + (size_t)l) * len);
+    } else if (st < steps) {
+        line(k, s, (colour0 + st) & 1, (size_t)l);
+    } else {
+        then_line(k, r, s, l);
+    }
 }
 
 /* Stages 0..S-1 on lines [lo + s*shrink_lo, hi - s*shrink_hi) each, stage s one line
@@ -271,7 +280,7 @@ void rb_redblack_run(const rb_redblack *k, int colour0, int steps, int threads)
 {
     if (steps < 1) return;
     rb_redblack_then *then = k->then;
-    const int stages = steps + (then != NULL); /* the residual stage last */
+    const int before = k->first != NULL, stages = before + steps + (then != NULL);
     const long long L = (long long)(k->dims == 2 ? k->h : k->d);
     /* blocks of at least 2 stages + 2 lines, so that the triangles do not meet */
     const long long most = L / (2LL * stages + 2);
@@ -303,10 +312,10 @@ void rb_redblack_run(const rb_redblack *k, int colour0, int steps, int threads)
             trapezoid(k, &r, s, colour0, stages, steps, r0, r1, t > 0, t + 1 < T);
 #pragma omp barrier
             if (t + 1 < T) {
-                /* the triangle continues this thread's run of residual lines (up to r1 + steps);
-                 * the next thread's starts at r1 + steps, and the grid around it is final now */
+                /* the triangle continues this thread's run of residual lines (stage S - 1: up to
+                 * r1 + S - 1); the next thread's starts there, and the grid around it is final now */
                 triangle(k, &r, s, colour0, stages, steps, r1);
-                if (then != NULL && then->rw != NULL) restrict_straddling(k, &r, s, r1 + steps);
+                if (then != NULL && then->rw != NULL) restrict_straddling(k, &r, s, r1 + before + steps);
             }
         }
         part[t] = r.acc;

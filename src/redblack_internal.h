@@ -51,6 +51,14 @@ typedef struct rb_redblack_then {
     int max_threads;       /* threads the ring has room for (>= 1) */
 } rb_redblack_then;
 
+/* An optional first stage of a run (one line ahead of the first colour step): the
+ * coarse-grid correction u += P c, line by line (rb_transfer_prolong_add_line). */
+typedef struct rb_redblack_first {
+    rb_conv_geom g;        /* P's geometry */
+    const double *w;       /* P->params */
+    const double *c;       /* the coarse grid */
+} rb_redblack_first;
+
 typedef struct rb_redblack {
     int dims;              /* 2 or 3 */
     size_t n, d, h, w;     /* samples and grid extents (d = 1 in 2D) */
@@ -59,17 +67,18 @@ typedef struct rb_redblack {
     double cb, cc;         /* coefficients of b and of the point's old value */
     const double *b;       /* right-hand side (the Jacobi operator's b) */
     double *u;             /* the grid updated in place */
-    rb_redblack_then *then; /* NULL: colour steps only */
+    const rb_redblack_first *first; /* NULL: no stage before the colour steps */
+    rb_redblack_then *then; /* NULL: none after them */
 } rb_redblack;
 
 /* Fill k for colour steps of size h with the Jacobi operator J on a grid of
  * shape s. false (k untouched) unless J is a Jacobi operator over a constant 2D
  * 5-point or 3D 7-point star, s has one channel and the star's dimensions, and
- * h is finite. k->u and k->then are left NULL: the caller points u at the grid. */
+ * h is finite. k->u, k->first and k->then are left NULL: the caller points u at the grid. */
 bool rb_redblack_init(const rb_op *J, rb_shape s, double h, rb_redblack *k);
 
-/* `stages` colour steps on k->u in place, colours colour0, 1 - colour0, ..., and
- * k->then's stage after them if k->then is set. */
-void rb_redblack_run(const rb_redblack *k, int colour0, int stages, int threads);
+/* `steps` colour steps on k->u in place, colours colour0, 1 - colour0, ..., with
+ * k->first's stage before them and k->then's after them where set. */
+void rb_redblack_run(const rb_redblack *k, int colour0, int steps, int threads);
 
 #endif

@@ -86,29 +86,31 @@ rb_status rb_residual_step(rb_context *ctx, const rb_op *F, double h, const rb_t
     return rb_residual_step_generic(ctx, F, h, x, y, work);
 }
 
-rb_status rb_residual_step_then(rb_context *ctx, const rb_op *F, double h, rb_tensor *u, const rb_residual_then *then,
+rb_status rb_residual_step_pass(rb_context *ctx, const rb_op *F, double h, rb_tensor *u, const rb_residual_pass *pass,
                                 bool *done, rb_arena *work)
 {
     if (ctx == NULL) return RB_ENULL;
-    if (done == NULL) return rb_fail(ctx, RB_ENULL, "rb_residual_step_then: done is NULL");
+    if (done == NULL) return rb_fail(ctx, RB_ENULL, "rb_residual_step_pass: done is NULL");
     *done = false;
-    rb_status st = check_step(ctx, F, h, u, u, "rb_residual_step_then");
+    rb_status st = check_step(ctx, F, h, u, u, "rb_residual_step_pass");
     if (st != RB_OK) return st;
-    if (then == NULL) return rb_fail(ctx, RB_ENULL, "rb_residual_step_then: then is NULL");
-    if (then->A == NULL || then->A->type == NULL) return rb_fail(ctx, RB_ENULL, "rb_residual_step_then: then->A is NULL");
-    st = rb_tensor_check_same(ctx, u, "u", then->f, "then->f");
+    if (pass == NULL) return rb_fail(ctx, RB_ENULL, "rb_residual_step_pass: pass is NULL");
+    if ((pass->P == NULL) != (pass->c == NULL))
+        return rb_fail(ctx, RB_EINVAL, "rb_residual_step_pass: pass->P and pass->c go together");
+    if (pass->c != NULL) st = rb_tensor_check(ctx, pass->c, "rb_residual_step_pass: pass->c");
     if (st != RB_OK) return st;
-    if ((then->R == NULL) != (then->coarse == NULL))
-        return rb_fail(ctx, RB_EINVAL, "rb_residual_step_then: then->R and then->coarse go together");
-    if (then->R != NULL) {
-        st = rb_tensor_check(ctx, then->coarse, "rb_residual_step_then: then->coarse");
+    if (pass->A != NULL) {
+        st = rb_tensor_check_same(ctx, u, "u", pass->f, "pass->f");
         if (st != RB_OK) return st;
+        if ((pass->R == NULL) != (pass->coarse == NULL))
+            return rb_fail(ctx, RB_EINVAL, "rb_residual_step_pass: pass->R and pass->coarse go together");
+        if (pass->coarse != NULL) st = rb_tensor_check(ctx, pass->coarse, "rb_residual_step_pass: pass->coarse");
+        if (st != RB_OK) return st;
+    } else if (pass->norm2 != NULL || pass->R != NULL) {
+        return rb_fail(ctx, RB_ENULL, "rb_residual_step_pass: a norm or restriction of the residual needs pass->A");
     }
-    if (F->type->residual_fused_then != NULL && F->type->fused_in_place) {
-        st = F->type->residual_fused_then(ctx, F, h, u, then, done, work);
-        if (st != RB_OK || *done) return st;
-    }
-    return rb_residual_step(ctx, F, h, u, u, work);
+    if (F->type->residual_fused_pass == NULL || !F->type->fused_in_place) return RB_OK;
+    return F->type->residual_fused_pass(ctx, F, h, u, pass, done, work);
 }
 
 rb_status rb_residual_backward(rb_context *ctx, const rb_op *F, double h, const rb_tensor *x, const rb_tensor *dy,

@@ -215,17 +215,30 @@ bool rb_transfer_fast_apply(rb_context *ctx, const rb_conv_state *cs, const rb_c
     return true;
 }
 
-bool rb_transfer_prolong_add(rb_context *ctx, const rb_op *P, const rb_tensor *coarse, rb_tensor *fine)
+bool rb_transfer_prolong_plan(const rb_op *P, rb_shape coarse, rb_shape fine, rb_conv_geom *g)
 {
     const rb_conv_state *cs = rb_conv_state_of(P);
     if (!transfer_conv(cs) || !cs->desc.transposed) return false;
-    rb_conv_geom g;
     rb_shape out;
-    if (rb_conv_geometry(NULL, P, coarse->shape, &g, &out) != RB_OK || !rb_shape_equal(out, fine->shape) ||
-        !transfer_geom(cs, &g))
-        return false;
-    prolong(rb_context_threads(ctx), &g, cs->desc.dims, P->params, coarse->data, fine->data, true);
+    return rb_conv_geometry(NULL, P, coarse, g, &out) == RB_OK && rb_shape_equal(out, fine) && transfer_geom(cs, g);
+}
+
+bool rb_transfer_prolong_add(rb_context *ctx, const rb_op *P, const rb_tensor *coarse, rb_tensor *fine)
+{
+    rb_conv_geom g;
+    if (!rb_transfer_prolong_plan(P, coarse->shape, fine->shape, &g)) return false;
+    prolong(rb_context_threads(ctx), &g, rb_conv_state_of(P)->desc.dims, P->params, coarse->data, fine->data, true);
     return true;
+}
+
+void rb_transfer_prolong_add_line(const rb_conv_geom *g, int dims, const double *w, const double *coarse, size_t n,
+                                  size_t l, double *fine_line)
+{
+    if (dims == 2) {
+        prolong_fine_row(g, 2, w, coarse, n, 0, l, fine_line, true);
+        return;
+    }
+    for (size_t py = 0; py < g->fh; py++) prolong_fine_row(g, 3, w, coarse, n, l, py, fine_line + py * g->fw, true);
 }
 
 /* ---- the residual, restricted in one pass ----------------------------------------------------- */

@@ -6,11 +6,11 @@
  * temporary). Both give the separate calls' results bit for bit; for other
  * operators (learned convolutions, point-dependent stencils) the separate calls run.
  *
- * Two more fusions reach into the smoother's pass, where the last smoothing step's
- * operator type offers them (rb_residual_step_then, residual.h; the red-black colour
- * sweep op does): the last pre-smoothing step also writes f_{l+1} = R (f - A u), and
- * for rb_vcycle_run_norm the last post-smoothing step also sums (f - A u)^2. Otherwise
- * the separate calls run. */
+ * The smoothers' passes can take more, where the smoothing step's operator type offers
+ * it (rb_residual_step_pass, residual.h; the red-black colour sweep op does): the last
+ * pre-smoothing step also writes f_{l+1} = R (f - A u), the first post-smoothing step
+ * adds the correction P u_{l+1} just ahead of its sweeps, and for rb_vcycle_run_norm the
+ * last post-smoothing step also sums (f - A u)^2. Otherwise the separate calls run. */
 #include "resbridge/vcycle.h"
 
 #include <math.h>
@@ -134,31 +134,49 @@ static void zero(rb_context *ctx, rb_tensor *t)
     for (long long i = 0; i < n; i += chunk) memset(d + i, 0, (size_t)(i + chunk <= n ? chunk : n - i) * sizeof(double));
 }
 
-/* The smoothing steps in order. The last one also computes `then` (what the cycle needs
- * next from the smoothed u: the restricted residual, or the residual norm) in the same
- * pass where its operator's type can: *done says whether it did. */
-static rb_status smooth(rb_context *ctx, rb_vlevel *lv, const rb_vstep *steps, size_t count,
-                        const rb_residual_then *then, bool *done, rb_arena *work)
+/* ||f - A u|| on a level: from a smoother's pass (sum of squares s2, when in range),
+ * else in a pass of its own. */
+static rb_status level_norm(rb_context *ctx, rb_vlevel *lv, const double *s2, double *norm, rb_arena *work)
 {
-    *done = false;
-    for (size_t s = 0; s < count; s++) {
-        rb_status st = s + 1 == count && then != NULL
-                           ? rb_residual_step_then(ctx, steps[s].F, steps[s].h, &lv->u, then, done, work)
-                           : rb_residual_step(ctx, steps[s].F, steps[s].h, &lv->u, &lv->u, work);
-        if (st != RB_OK) return st;
-    }
-    return RB_OK;
-}
-
-/* ||f - A u|| on a level after its post-smoothing: from the smoother's pass (sum of
- * squares s2, when done and in range), else a pass of its own. */
-static rb_status level_norm(rb_context *ctx, rb_vlevel *lv, bool done, double s2, double *norm, rb_arena *work)
-{
-    if (done && s2 > 0x1p-900 && s2 < 0x1p900) {
-        *norm = sqrt(s2);
+    if (s2 != NULL && *s2 > 0x1p-900 && *s2 < 0x1p900) {
+        *norm = sqrt(*s2);
         return RB_OK;
     }
     return rb_vcycle_residual(ctx, lv->A, &lv->u, &lv->f, NULL, norm, work);
+}
+
+/* The smoothing steps of one side of level l, with what the cycle does around them:
+ * u += P u_{l+1} before them (prolong), f_{l+1} = R (f - A u) after them (restrict_r),
+ * ||f - A u|| after them (norm != NULL). The first and the last step take these into
+ * their own pass over the grid where their operator's type can (rb_residual_step_pass),
+ * else they run as separate calls. */
+static rb_status smooth(rb_context *ctx, rb_vlevel *lv, rb_vlevel *coarse, const rb_vstep *steps, size_t count,
+                        bool prolong, bool restrict_r, double *norm, rb_arena *work)
+{
+    rb_status st = RB_OK;
+    bool after = restrict_r || norm != NULL, s2_valid = false;
+    double s2 = 0.0;
+    for (size_t s = 0; s < count && st == RB_OK; s++) {
+        rb_residual_pass pass = {0};
+        if (prolong) pass.P = lv->P, pass.c = &coarse->u;
+        if (s + 1 == count && after) {
+            pass.A = lv->A, pass.f = &lv->f, pass.norm2 = norm != NULL ? &s2 : NULL;
+            if (restrict_r) pass.R = lv->R, pass.coarse = &coarse->f;
+        }
+        bool done = false;
+        if (pass.P != NULL || pass.A != NULL) st = rb_residual_step_pass(ctx, steps[s].F, steps[s].h, &lv->u, &pass, &done, work);
+        if (st != RB_OK || done) {
+            prolong = false;
+            if (pass.A != NULL) after = false, s2_valid = norm != NULL;
+            continue;
+        }
+        if (prolong) st = correct(ctx, lv, coarse, work), prolong = false;
+        if (st == RB_OK) st = rb_residual_step(ctx, steps[s].F, steps[s].h, &lv->u, &lv->u, work);
+    }
+    if (st == RB_OK && prolong) st = correct(ctx, lv, coarse, work); /* no steps */
+    if (st == RB_OK && after && restrict_r) st = restrict_residual(ctx, lv, coarse, work);
+    if (st == RB_OK && norm != NULL) st = level_norm(ctx, lv, s2_valid ? &s2 : NULL, norm, work);
+    return st;
 }
 
 /* One cycle on level l; norm != NULL: also ||f - A u|| of level l afterwards. */
@@ -167,13 +185,11 @@ static rb_status cycle(rb_context *ctx, const rb_vcycle *vc, size_t l, rb_cycle 
     rb_vlevel *lv = &vc->level[l];
     if (l + 1 == vc->nlevels) {
         rb_status st = vc->coarse_solve(ctx, vc->coarse_data, &lv->f, &lv->u);
-        return st == RB_OK && norm != NULL ? level_norm(ctx, lv, false, 0.0, norm, work) : st;
+        return st == RB_OK && norm != NULL ? level_norm(ctx, lv, NULL, norm, work) : st;
     }
     rb_vlevel *coarse = &vc->level[l + 1];
-    const rb_residual_then down = {lv->A, &lv->f, NULL, lv->R, &coarse->f};
-    bool done;
-    rb_status st = smooth(ctx, lv, lv->pre, lv->npre, &down, &done, work);
-    if (st == RB_OK && !done) st = restrict_residual(ctx, lv, coarse, work); /* f_{l+1} = R (f - A u) */
+    /* pre-smoothing, then f_{l+1} = R (f - A u) */
+    rb_status st = smooth(ctx, lv, coarse, lv->pre, lv->npre, false, true, NULL, work);
     if (st != RB_OK) return st;
     zero(ctx, &coarse->u); /* u_{l+1} = 0 */
     switch (kind) {
@@ -186,11 +202,8 @@ static rb_status cycle(rb_context *ctx, const rb_vcycle *vc, size_t l, rb_cycle 
         st = cycle(ctx, vc, l + 1, RB_CYCLE_F, NULL, work);
         if (st == RB_OK && l + 2 < vc->nlevels) st = cycle(ctx, vc, l + 1, RB_CYCLE_V, NULL, work);
     }
-    if (st == RB_OK) st = correct(ctx, lv, coarse, work); /* u += P u_{l+1} */
-    double s2 = 0.0;
-    const rb_residual_then up = {lv->A, &lv->f, &s2, NULL, NULL};
-    if (st == RB_OK) st = smooth(ctx, lv, lv->post, lv->npost, norm != NULL ? &up : NULL, &done, work);
-    if (st == RB_OK && norm != NULL) st = level_norm(ctx, lv, done, s2, norm, work);
+    /* u += P u_{l+1}, then post-smoothing (and the norm) */
+    if (st == RB_OK) st = smooth(ctx, lv, coarse, lv->post, lv->npost, true, false, norm, work);
     return st;
 }
 

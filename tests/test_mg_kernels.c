@@ -8,8 +8,9 @@
  *   residual r = f - A u (+ norm), 2D and 3D           rb_conv_gather, then f - Au: equal; the norm to 1e-14
  *   restriction / prolongation / prolongation added    rb_conv_gather / rb_conv_scatter (+ the sum): equal
  *   residual restricted in one pass                    residual by the reference loop, then rb_conv_gather: equal
- *   colour sweep op with the residual stage            the sweep op's step, the residual by the reference loop,
- *     (rb_residual_step_then: norm, restriction)         its sum of squares and rb_conv_gather: grids equal, norm 1e-13
+ *   colour sweep op with the stages around it          P c by rb_conv_scatter added, the sweep op's step, the
+ *     (rb_residual_step_pass: prolongation added,        residual by the reference loop, its sum of squares and
+ *     residual norm, restriction)                        rb_conv_gather: grids equal, norm 1e-13
  * on odd and even sizes, degenerate ones (extent 1, 2), batches, 1..3 threads, in place
  * and out of place; and thread counts against each other (bit for bit).
  */
@@ -454,25 +455,26 @@ static void test_restrict_residual_vs_reference(void **state)
     }
 }
 
-/* ---- the colour sweep with the residual stage (rb_residual_step_then) ------------------------- */
+/* ---- the colour sweep with the stages around it (rb_residual_step_pass) ----------------------- */
 
-/* Coarse shapes (N, D, H, W) for the fused residual stage: small ones, and fine grids big
- * enough for the red-black kernel to run on 2 and 3 threads. */
-static const size_t THEN_COARSE[][4] = {{1, 1, 1, 1}, {2, 1, 2, 3}, {1, 3, 1, 2}, {2, 3, 6, 4},
+/* Coarse shapes (N, D, H, W) for the fused passes: small ones, and fine grids big enough
+ * for the red-black kernel to run on 2 and 3 threads. */
+static const size_t PASS_COARSE[][4] = {{1, 1, 1, 1}, {2, 1, 2, 3}, {1, 3, 1, 2}, {2, 3, 6, 4},
                                         {1, 1, 100, 90}, {2, 1, 97, 83}, {1, 12, 48, 50}, {1, 15, 30, 33}};
 
-/* u <- S(u) with the residual's norm and restriction in the same pass; oracle: the sweep op's
- * step (itself equal to the colour steps), then the residual by the reference loop
- * (rb_conv_gather), its plain sum of squares and R by rb_conv_gather. The grid and
- * the coarse grid equal bit for bit, the norm to 1e-13. The residual operator may be
- * another stencil than the smoother's (kind 1: a 3x3 stencil in 2D). */
-static void test_sweep_then_vs_reference(void **state)
+/* u += P c, u <- S(u), and the residual's norm and restriction, all in the sweep's pass;
+ * oracle: P c by the reference loop (rb_conv_scatter) added, the sweep op's step (itself
+ * equal to the colour steps), the residual by the reference loop (rb_conv_gather), its
+ * plain sum of squares and R by rb_conv_gather. The grids equal bit for bit, the norm to
+ * 1e-13. The residual operator may be another stencil than the smoother's (kind 1: a
+ * 3x3 stencil in 2D). Every combination of the three parts. */
+static void test_sweep_pass_vs_reference(void **state)
 {
     rb_context *ctx = *state;
     for (int kind = 0; kind < 3; kind++) {
         const int dims = kind == 2 ? 3 : 2;
-        for (size_t si = 0; si < sizeof THEN_COARSE / sizeof *THEN_COARSE; si++) {
-            const size_t *c = THEN_COARSE[si];
+        for (size_t si = 0; si < sizeof PASS_COARSE / sizeof *PASS_COARSE; si++) {
+            const size_t *c = PASS_COARSE[si];
             if (dims == 2 && c[1] != 1) continue;
             rb_shape cs = dims == 2 ? rb_shape_2d(c[0], 1, c[2], c[3]) : rb_shape_3d(c[0], 1, c[1], c[2], c[3]);
             rb_shape fs = dims == 2 ? rb_shape_2d(c[0], 1, 2 * c[2] + 1, 2 * c[3] + 1)
@@ -485,8 +487,10 @@ static void test_sweep_then_vs_reference(void **state)
                 for (int t = 0; t < 9; t++) w[t] = rb_test_uniform(&r, -1, 1);
                 RB_CHECK(ctx, rb_op_stencil_create(ctx, 2, RB_STENCIL_FULL, w, &A));
             }
-            rb_op *R = random_transfer(ctx, dims, false, 85 + si);
-            rb_tensor f = alloc_random(ctx, fs, 87 + si), x = alloc_random(ctx, fs, 89 + si), u1, u2, yc;
+            rb_op *R = random_transfer(ctx, dims, false, 85 + si), *P = random_transfer(ctx, dims, true, 86 + si);
+            rb_tensor f = alloc_random(ctx, fs, 87 + si), x = alloc_random(ctx, fs, 89 + si);
+            rb_tensor cu = alloc_random(ctx, cs, 90 + si), xp, u1, u2, yc;
+            RB_CHECK(ctx, rb_tensor_alloc(ctx, &xp, fs));
             RB_CHECK(ctx, rb_tensor_alloc(ctx, &u1, fs));
             RB_CHECK(ctx, rb_tensor_alloc(ctx, &u2, fs));
             RB_CHECK(ctx, rb_tensor_alloc(ctx, &yc, cs));
@@ -494,9 +498,12 @@ static void test_sweep_then_vs_reference(void **state)
             RB_CHECK(ctx, rb_op_colour_create(ctx, J, 0, &C[0]));
             RB_CHECK(ctx, rb_op_colour_create(ctx, J, 1, &C[1]));
             double *r = test_malloc(nf * sizeof *r), *ref = test_malloc(nc * sizeof *ref);
-            rb_conv_geom g;
+            rb_conv_geom g, gp;
             rb_shape out;
             RB_CHECK(ctx, rb_conv_geometry(ctx, R, fs, &g, &out));
+            RB_CHECK(ctx, rb_conv_geometry(ctx, P, cs, &gp, &out));
+            rb_conv_scatter(1, rb_conv_state_of(P), &gp, P->params, NULL, cu.data, 1.0, 0.0, r);
+            for (size_t i = 0; i < nf; i++) xp.data[i] = x.data[i] + r[i]; /* x + P c */
             for (int sweeps = 1; sweeps <= 2; sweeps++)
                 for (int order = 0; order < 2; order++) {
                     const rb_op *cols[2] = {C[order], C[1 - order]};
@@ -505,54 +512,63 @@ static void test_sweep_then_vs_reference(void **state)
                     RB_CHECK(ctx, rb_op_colour_sweep_create(ctx, cols, 2, omega, sweeps, &G));
                     rb_arena work = {0};
                     RB_CHECK(ctx, rb_arena_reserve(ctx, &work, rb_transfer_restrict_residual_workspace(A, R, fs) + 4096));
-                    rb_tensor_copy(ctx, &x, &u1);
-                    RB_CHECK(ctx, rb_residual_step(ctx, G, omega, &u1, &u1, &work));
-                    gather_ref(ctx, A, &u1, r);
-                    double s2 = 0.0;
-                    for (size_t i = 0; i < nf; i++) r[i] = f.data[i] - r[i], s2 += r[i] * r[i];
-                    rb_conv_gather(1, rb_conv_state_of(R), &g, R->params, NULL, r, 1.0, 0.0, ref);
-                    for (int ti = 0; ti < NTHREADS; ti++)
-                        for (int what = 0; what < 3; what++) { /* norm and restriction, norm only, restriction only */
-                            RB_CHECK(ctx, rb_context_set_threads(ctx, THREADS[ti]));
-                            rb_tensor_copy(ctx, &x, &u2);
-                            rb_tensor_fill(ctx, &yc, 7.0);
-                            double t2 = -1.0;
-                            rb_residual_then then = {A, &f, what < 2 ? &t2 : NULL, what != 1 ? R : NULL,
-                                                     what != 1 ? &yc : NULL};
-                            bool done = false;
-                            RB_CHECK(ctx, rb_residual_step_then(ctx, G, omega, &u2, &then, &done, &work));
-                            assert_true(done);
-                            assert_int_equal(work.used, 0);
-                            double eu = max_abs_diff(u2.data, u1.data, nf);
-                            double ec = what != 1 ? max_abs_diff(yc.data, ref, nc) : 0.0;
-                            double en = what < 2 ? fabs(sqrt(t2) - sqrt(s2)) / sqrt(s2) : 0.0;
-                            if (eu != 0.0 || ec != 0.0 || !(en <= 1e-13))
-                                fail_msg("kind %d shape %zu sweeps %d order %d threads %d what %d: grid %.3g, coarse %.3g, "
-                                         "norm %.3g vs reference", kind, si, sweeps, order, THREADS[ti], what, eu, ec, en);
-                        }
+                    for (int with_p = 0; with_p < 2; with_p++) {
+                        rb_tensor_copy(ctx, with_p ? &xp : &x, &u1);
+                        RB_CHECK(ctx, rb_residual_step(ctx, G, omega, &u1, &u1, &work));
+                        gather_ref(ctx, A, &u1, r);
+                        double s2 = 0.0;
+                        for (size_t i = 0; i < nf; i++) r[i] = f.data[i] - r[i], s2 += r[i] * r[i];
+                        rb_conv_gather(1, rb_conv_state_of(R), &g, R->params, NULL, r, 1.0, 0.0, ref);
+                        for (int ti = 0; ti < NTHREADS; ti++)
+                            for (int what = 0; what < 4; what++) { /* norm and R, norm, R, neither */
+                                if (!with_p && what == 3) continue;
+                                RB_CHECK(ctx, rb_context_set_threads(ctx, THREADS[ti]));
+                                rb_tensor_copy(ctx, &x, &u2);
+                                rb_tensor_fill(ctx, &yc, 7.0);
+                                double t2 = -1.0;
+                                rb_residual_pass pass = {0};
+                                if (with_p) pass.P = P, pass.c = &cu;
+                                if (what < 3) pass.A = A, pass.f = &f;
+                                if (what < 2) pass.norm2 = &t2;
+                                if (what == 0 || what == 2) pass.R = R, pass.coarse = &yc;
+                                bool done = false;
+                                RB_CHECK(ctx, rb_residual_step_pass(ctx, G, omega, &u2, &pass, &done, &work));
+                                assert_true(done);
+                                assert_int_equal(work.used, 0);
+                                double eu = max_abs_diff(u2.data, u1.data, nf);
+                                double ec = pass.R != NULL ? max_abs_diff(yc.data, ref, nc) : 0.0;
+                                double en = pass.norm2 != NULL ? fabs(sqrt(t2) - sqrt(s2)) / sqrt(s2) : 0.0;
+                                if (eu != 0.0 || ec != 0.0 || !(en <= 1e-13))
+                                    fail_msg("kind %d shape %zu sweeps %d order %d P %d threads %d what %d: grid %.3g, "
+                                             "coarse %.3g, norm %.3g vs reference", kind, si, sweeps, order, with_p,
+                                             THREADS[ti], what, eu, ec, en);
+                            }
+                    }
                     rb_arena_release(ctx, &work);
                     rb_op_free(ctx, G);
                 }
             test_free(r), test_free(ref);
             if (A != Asm) rb_op_free(ctx, A);
-            rb_op_free(ctx, C[0]), rb_op_free(ctx, C[1]), rb_op_free(ctx, J), rb_op_free(ctx, Asm), rb_op_free(ctx, R);
-            rb_tensor_release(ctx, &f), rb_tensor_release(ctx, &x), rb_tensor_release(ctx, &u1);
-            rb_tensor_release(ctx, &u2), rb_tensor_release(ctx, &yc);
+            rb_op_free(ctx, C[0]), rb_op_free(ctx, C[1]), rb_op_free(ctx, J), rb_op_free(ctx, Asm);
+            rb_op_free(ctx, R), rb_op_free(ctx, P);
+            rb_tensor_release(ctx, &f), rb_tensor_release(ctx, &x), rb_tensor_release(ctx, &cu);
+            rb_tensor_release(ctx, &xp), rb_tensor_release(ctx, &u1), rb_tensor_release(ctx, &u2);
+            rb_tensor_release(ctx, &yc);
         }
     }
 }
 
-/* What the residual stage declines (only the step runs, the same as rb_residual_step,
- * the coarse grid untouched), and bad arguments. */
-static void test_sweep_then_declines(void **state)
+/* What the fused pass declines (nothing done at all: the grid and the coarse grid
+ * untouched), and bad arguments. */
+static void test_sweep_pass_declines(void **state)
 {
     rb_context *ctx = *state;
     rb_shape fs = rb_shape_2d(1, 1, 9, 11), cs = rb_shape_2d(1, 1, 4, 5);
-    rb_tensor f = alloc_random(ctx, fs, 91), x = alloc_random(ctx, fs, 93), u1, u2, yc;
-    RB_CHECK(ctx, rb_tensor_alloc(ctx, &u1, fs));
+    rb_tensor f = alloc_random(ctx, fs, 91), x = alloc_random(ctx, fs, 93), cu = alloc_random(ctx, cs, 94), u2, yc;
     RB_CHECK(ctx, rb_tensor_alloc(ctx, &u2, fs));
     RB_CHECK(ctx, rb_tensor_alloc(ctx, &yc, cs));
     rb_op *A = random_star(ctx, 2, 95), *J, *C[2], *G, *R = random_transfer(ctx, 2, false, 97);
+    rb_op *P = random_transfer(ctx, 2, true, 98);
     RB_CHECK(ctx, rb_op_jacobi_create(ctx, A, &f, &J));
     RB_CHECK(ctx, rb_op_colour_create(ctx, J, 0, &C[0]));
     RB_CHECK(ctx, rb_op_colour_create(ctx, J, 1, &C[1]));
@@ -562,38 +578,41 @@ static void test_sweep_then_declines(void **state)
     RB_CHECK(ctx, rb_arena_reserve(ctx, &work, rb_residual_workspace(G, fs) + 4096));
     RB_CHECK(ctx, rb_arena_reserve(ctx, &small, 64));
     double t2 = -1.0;
-    rb_residual_then then = {A, &f, &t2, R, &yc};
-    /* declined: an operator without the kernel, h != omega, no room for the ring lines */
-    const rb_op *Fs[3] = {J, G, G};
-    const double hs[3] = {0.8, 0.5, 1.0};
-    rb_arena *works[3] = {&work, &work, &small};
-    for (int c = 0; c < 3; c++) {
-        rb_tensor_copy(ctx, &x, &u1);
+    rb_residual_pass pass = {P, &cu, A, &f, &t2, R, &yc};
+    /* declined: an operator without the kernel, h != omega, no room for the ring lines,
+     * P not a prolongation (R in its place) */
+    const rb_op *Fs[4] = {J, G, G, G};
+    const double hs[4] = {0.8, 0.5, 1.0, 1.0};
+    rb_arena *works[4] = {&work, &work, &small, &work};
+    for (int c = 0; c < 4; c++) {
         rb_tensor_copy(ctx, &x, &u2);
         rb_tensor_fill(ctx, &yc, 7.0);
-        RB_CHECK(ctx, rb_residual_step(ctx, Fs[c], hs[c], &u1, &u1, &work));
+        rb_residual_pass p = pass;
+        if (c == 3) p.P = R;
         bool done = true;
-        RB_CHECK(ctx, rb_residual_step_then(ctx, Fs[c], hs[c], &u2, &then, &done, works[c]));
+        RB_CHECK(ctx, rb_residual_step_pass(ctx, Fs[c], hs[c], &u2, &p, &done, works[c]));
         assert_false(done);
-        assert_true(max_abs_diff(u1.data, u2.data, rb_shape_count(fs)) == 0.0);
+        assert_true(max_abs_diff(u2.data, x.data, rb_shape_count(fs)) == 0.0);
         for (size_t i = 0; i < rb_shape_count(cs); i++) assert_true(yc.data[i] == 7.0);
         assert_true(t2 == -1.0);
     }
     bool done;
-    RB_EXPECT(ctx, RB_ENULL, "done", rb_residual_step_then(ctx, G, 1.0, &u2, &then, NULL, &work));
-    RB_EXPECT(ctx, RB_ENULL, "then", rb_residual_step_then(ctx, G, 1.0, &u2, NULL, &done, &work));
-    rb_residual_then bad = then;
+    RB_EXPECT(ctx, RB_ENULL, "done", rb_residual_step_pass(ctx, G, 1.0, &u2, &pass, NULL, &work));
+    RB_EXPECT(ctx, RB_ENULL, "pass is NULL", rb_residual_step_pass(ctx, G, 1.0, &u2, NULL, &done, &work));
+    rb_residual_pass bad = pass;
     bad.A = NULL;
-    RB_EXPECT(ctx, RB_ENULL, "then->A", rb_residual_step_then(ctx, G, 1.0, &u2, &bad, &done, &work));
-    bad = then, bad.coarse = NULL;
-    RB_EXPECT(ctx, RB_EINVAL, "go together", rb_residual_step_then(ctx, G, 1.0, &u2, &bad, &done, &work));
-    bad = then, bad.f = &yc;
-    RB_EXPECT(ctx, RB_ESHAPE, "then->f", rb_residual_step_then(ctx, G, 1.0, &u2, &bad, &done, &work));
-    RB_EXPECT(ctx, RB_EINVAL, "not finite", rb_residual_step_then(ctx, G, NAN, &u2, &then, &done, &work));
+    RB_EXPECT(ctx, RB_ENULL, "needs pass->A", rb_residual_step_pass(ctx, G, 1.0, &u2, &bad, &done, &work));
+    bad = pass, bad.coarse = NULL;
+    RB_EXPECT(ctx, RB_EINVAL, "pass->R and pass->coarse", rb_residual_step_pass(ctx, G, 1.0, &u2, &bad, &done, &work));
+    bad = pass, bad.c = NULL;
+    RB_EXPECT(ctx, RB_EINVAL, "pass->P and pass->c", rb_residual_step_pass(ctx, G, 1.0, &u2, &bad, &done, &work));
+    bad = pass, bad.f = &yc;
+    RB_EXPECT(ctx, RB_ESHAPE, "pass->f", rb_residual_step_pass(ctx, G, 1.0, &u2, &bad, &done, &work));
+    RB_EXPECT(ctx, RB_EINVAL, "not finite", rb_residual_step_pass(ctx, G, NAN, &u2, &pass, &done, &work));
     rb_arena_release(ctx, &work), rb_arena_release(ctx, &small);
     rb_op_free(ctx, G), rb_op_free(ctx, C[0]), rb_op_free(ctx, C[1]), rb_op_free(ctx, J), rb_op_free(ctx, A);
-    rb_op_free(ctx, R);
-    rb_tensor_release(ctx, &f), rb_tensor_release(ctx, &x), rb_tensor_release(ctx, &u1), rb_tensor_release(ctx, &u2);
+    rb_op_free(ctx, R), rb_op_free(ctx, P);
+    rb_tensor_release(ctx, &f), rb_tensor_release(ctx, &x), rb_tensor_release(ctx, &cu), rb_tensor_release(ctx, &u2);
     rb_tensor_release(ctx, &yc);
 }
 
@@ -632,8 +651,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_residual_bad_input, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_transfers_vs_reference, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_restrict_residual_vs_reference, rb_test_setup, rb_test_teardown),
-        cmocka_unit_test_setup_teardown(test_sweep_then_vs_reference, rb_test_setup, rb_test_teardown),
-        cmocka_unit_test_setup_teardown(test_sweep_then_declines, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_sweep_pass_vs_reference, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_sweep_pass_declines, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_transfers_decline, rb_test_setup, rb_test_teardown),
     };
     return cmocka_run_group_tests_name("mg_kernels", tests, NULL, NULL);

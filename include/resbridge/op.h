@@ -31,7 +31,7 @@ extern "C" {
 #endif
 
 typedef struct rb_op rb_op;
-struct rb_residual_then; /* residual.h */
+struct rb_residual_pass; /* residual.h */
 
 enum rb_op_flags {
     RB_OP_LINEAR = 1u << 0,     /* F(a x + b z) = a F(x) + b F(z) */
@@ -60,13 +60,13 @@ typedef struct rb_op_type {
     rb_status (*residual_fused)(rb_context *ctx, const rb_op *op, double h, const rb_tensor *x,
                                 rb_tensor *y, rb_arena *work);
     int fused_in_place;
-    /* Optional, with an in-place residual_fused: that step on u in place, and in the same
-     * pass what `then` asks of its result (the residual f - A u, its sum of squares, its
-     * restriction: rb_residual_then, residual.h). Sets *done when it did both; otherwise
-     * (arguments it does not take) it changes nothing and leaves *done false. Called
-     * through rb_residual_step_then only, with arguments already checked. */
-    rb_status (*residual_fused_then)(rb_context *ctx, const rb_op *op, double h, rb_tensor *u,
-                                     const struct rb_residual_then *then, bool *done, rb_arena *work);
+    /* Optional, with an in-place residual_fused: that step on u in place together with
+     * what `pass` asks around it, in the same pass over the grid (a prolongation added
+     * before; the residual's norm or restriction after: rb_residual_pass, residual.h).
+     * Sets *done when it did all of it; otherwise it changes nothing and leaves *done
+     * false. Called through rb_residual_step_pass only, with arguments already checked. */
+    rb_status (*residual_fused_pass)(rb_context *ctx, const rb_op *op, double h, rb_tensor *u,
+                                     const struct rb_residual_pass *pass, bool *done, rb_arena *work);
     /* Release the state (not the rb_op struct itself). NULL: nothing to release. */
     void (*destroy)(rb_context *ctx, rb_op *op);
     /* Optional taped passes, for deep compositions (a network's training step runs

@@ -35,26 +35,28 @@ rb_status rb_residual_step(rb_context *ctx, const rb_op *F, double h, const rb_t
 rb_status rb_residual_step_generic(rb_context *ctx, const rb_op *F, double h, const rb_tensor *x,
                                    rb_tensor *y, rb_arena *work);
 
-/* What a smoothing step can compute from its own result in the same pass over the
- * grid (the multigrid cycle's fusions, vcycle.c): the residual r = f - A u of the
- * updated u, and from it
- *   norm2  != NULL:  *norm2 = sum of r_i^2 (plain sum; the caller guards over- and underflow)
- *   R      != NULL:  *coarse = R r (R a restriction; coarse its output shape)
- * The residual itself is not stored. */
-typedef struct rb_residual_then {
+/* What else a smoothing step's pass over the grid can do (the multigrid cycle's
+ * fusions, vcycle.c), all optional:
+ *   P != NULL:  before the step, u += P c (P a prolongation, c on the coarse grid)
+ *   A != NULL:  after the step, with the residual r = f - A u of the new u (not stored):
+ *       norm2 != NULL:  *norm2 = sum of r_i^2 (plain sum; the caller guards over- and underflow)
+ *       R != NULL:      *coarse = R r (R a restriction; coarse its output shape) */
+typedef struct rb_residual_pass {
+    const rb_op *P;
+    const rb_tensor *c;
     const rb_op *A;
     const rb_tensor *f;
     double *norm2;
     const rb_op *R;
     rb_tensor *coarse;
-} rb_residual_then;
+} rb_residual_pass;
 
-/* u <- u + h F(u) in place, exactly as rb_residual_step, and then's by-products of the
- * new u in the same pass if F's type has a kernel for them (rb_op_type.residual_fused_then):
- * *done = true. *done = false: only the step ran, and the caller computes the by-products
- * separately (rb_vcycle_residual, R). A fused kernel gives the separate calls' numbers:
- * the restriction bit for bit, the sum of squares to rounding (another summation order). */
-rb_status rb_residual_step_then(rb_context *ctx, const rb_op *F, double h, rb_tensor *u, const rb_residual_then *then,
+/* u += P c, then u <- u + h F(u) in place exactly as rb_residual_step, then the residual's
+ * norm / restriction -- all in one pass, if F's type has a kernel for this pass
+ * (rb_op_type.residual_fused_pass): *done = true. *done = false: nothing was done, and the
+ * caller makes the separate calls. A fused kernel gives the separate calls' numbers: the
+ * grids bit for bit, the sum of squares to rounding (another summation order). */
+rb_status rb_residual_step_pass(rb_context *ctx, const rb_op *F, double h, rb_tensor *u, const rb_residual_pass *pass,
                                 bool *done, rb_arena *work);
 
 /* Scratch bytes rb_residual_step / rb_residual_backward need for input shape `in`. */
