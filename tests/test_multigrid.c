@@ -657,14 +657,11 @@ static void test_w_and_f_cycles(void **state)
 static void test_cycle_norm_matches_separate(void **state)
 {
     rb_context *ctx = *state;
-    const mg_setup cases[] = {
-        {2, 255, NULL, 1.0, RB_SMOOTHER_RBGS, 0.0, 2, 1, RB_CYCLE_V, 0},
-        {2, 255, NULL, 1.0, RB_SMOOTHER_RBGS, 1.15, 1, 2, RB_CYCLE_W, 0},
-        {2, 63, NULL, 1.0, RB_SMOOTHER_JACOBI, 0.0, 1, 1, RB_CYCLE_F, 0},
-        {3, 63, NULL, 1.0, RB_SMOOTHER_RBGS, 1.25, 1, 2, RB_CYCLE_V, 0},
-        {3, 31, NULL, 1.0, RB_SMOOTHER_RBGS, 0.0, 2, 0, RB_CYCLE_V, 0},
-    };
-    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+    mg_setup cases[5] = {rbgs(2, 255, 2, 1), rbgs(2, 255, 1, 2), rbgs(2, 63, 1, 1), rbgs(3, 63, 1, 2), rbgs(3, 31, 2, 0)};
+    cases[1].omega = 1.15, cases[1].cycle = RB_CYCLE_W;
+    cases[2].smoother = RB_SMOOTHER_JACOBI, cases[2].cycle = RB_CYCLE_F;
+    cases[3].omega = 1.25;
+    for (size_t c = 0; c < 5; c++) {
         rb_mg *mg = make_mg(ctx, cases[c]);
         const rb_vcycle *vc = rb_mg_vcycle(mg);
         rb_vlevel *top = &vc->level[0];
