@@ -146,22 +146,22 @@ static rb_status level_norm(rb_context *ctx, rb_vlevel *lv, const double *s2, do
 }
 
 /* The smoothing steps of one side of level l, with what the cycle does around them:
- * u += P u_{l+1} before them (prolong), f_{l+1} = R (f - A u) after them (restrict_r),
+ * u += P u_{l+1} before them (prolong), f_{l+1} = R (f - A u) after them (restrict_res),
  * ||f - A u|| after them (norm != NULL). The first and the last step take these into
  * their own pass over the grid where their operator's type can (rb_residual_step_pass),
  * else they run as separate calls. */
 static rb_status smooth(rb_context *ctx, rb_vlevel *lv, rb_vlevel *coarse, const rb_vstep *steps, size_t count,
-                        bool prolong, bool restrict_r, double *norm, rb_arena *work)
+                        bool prolong, bool restrict_res, double *norm, rb_arena *work)
 {
     rb_status st = RB_OK;
-    bool after = restrict_r || norm != NULL, s2_valid = false;
+    bool after = restrict_res || norm != NULL, s2_valid = false;
     double s2 = 0.0;
     for (size_t s = 0; s < count && st == RB_OK; s++) {
         rb_residual_pass pass = {0};
         if (prolong) pass.P = lv->P, pass.c = &coarse->u;
         if (s + 1 == count && after) {
             pass.A = lv->A, pass.f = &lv->f, pass.norm2 = norm != NULL ? &s2 : NULL;
-            if (restrict_r) pass.R = lv->R, pass.coarse = &coarse->f;
+            if (restrict_res) pass.R = lv->R, pass.coarse = &coarse->f;
         }
         bool done = false;
         if (pass.P != NULL || pass.A != NULL) st = rb_residual_step_pass(ctx, steps[s].F, steps[s].h, &lv->u, &pass, &done, work);
@@ -174,7 +174,7 @@ static rb_status smooth(rb_context *ctx, rb_vlevel *lv, rb_vlevel *coarse, const
         if (st == RB_OK) st = rb_residual_step(ctx, steps[s].F, steps[s].h, &lv->u, &lv->u, work);
     }
     if (st == RB_OK && prolong) st = correct(ctx, lv, coarse, work); /* no steps */
-    if (st == RB_OK && after && restrict_r) st = restrict_residual(ctx, lv, coarse, work);
+    if (st == RB_OK && after && restrict_res) st = restrict_residual(ctx, lv, coarse, work);
     if (st == RB_OK && norm != NULL) st = level_norm(ctx, lv, s2_valid ? &s2 : NULL, norm, work);
     return st;
 }
