@@ -44,6 +44,7 @@
  * small arena every entry declines and the reference loop runs; so does a call
  * too small to gain (RB_CONV_GEMM_MIN_WORK).
  */
+#include "blas_internal.h"
 #include "conv_internal.h"
 
 #include <cblas.h>
@@ -490,19 +491,6 @@ static bool take_scratch(rb_context *ctx, rb_arena *work, scratch_need nd, size_
     return true;
 }
 
-/* OpenBLAS runs single-threaded inside our threads; the previous setting comes back after. */
-static int blas_single_begin(void)
-{
-    int t = openblas_get_num_threads();
-    if (t != 1) openblas_set_num_threads(1);
-    return t;
-}
-
-static void blas_single_end(int saved)
-{
-    if (saved != 1) openblas_set_num_threads(saved);
-}
-
 /* ---- which shapes, which algorithm -------------------------------------------------------- */
 
 static bool fits_int(size_t v) { return v <= (size_t)INT_MAX / 4; }
@@ -691,9 +679,9 @@ bool rb_conv_gemm_forward(rb_context *ctx, const rb_conv_state *cs, const rb_con
         gather_weights(&p, false, w, shared);
         A = shared;
     }
-    int saved = blas_single_begin();
+    int saved = rb_blas_single_begin();
     gather_run(T, &p, g->n, A, bias, x, 1.0, 0.0, y, bufs, stride);
-    blas_single_end(saved);
+    rb_blas_single_end(saved);
     rb_arena_reset(work, mark);
     return true;
 }
@@ -707,7 +695,7 @@ bool rb_conv_gemm_backward_data(rb_context *ctx, const rb_conv_state *cs, const 
     double *shared = NULL, *bufs = NULL;
     size_t mark = work != NULL ? rb_arena_mark(work) : 0;
     if (!take_scratch(ctx, work, nd, T, &shared, &bufs, &stride)) return false;
-    int saved = blas_single_begin();
+    int saved = rb_blas_single_begin();
     if (backward_is_flip(cs, g)) {
         gather_plan p = flip_plan(cs, g);
         gather_weights(&p, true, w, shared);
@@ -735,7 +723,7 @@ bool rb_conv_gemm_backward_data(rb_context *ctx, const rb_conv_state *cs, const 
             }
         }
     }
-    blas_single_end(saved);
+    rb_blas_single_end(saved);
     rb_arena_reset(work, mark);
     return true;
 }
@@ -752,7 +740,7 @@ bool rb_conv_gemm_backward_weight(rb_context *ctx, const rb_conv_state *cs, cons
     if (!take_scratch(ctx, work, nd, T, &shared, &bufs, &stride)) return false;
     const size_t nw = g->cc * g->cf * (size_t)cs->ntaps, jobs = nd.jobs;
     const size_t fsz = g->cf * g->fh * g->fw, csz = g->cc * g->ch * g->cw;
-    int saved = blas_single_begin();
+    int saved = rb_blas_single_begin();
     /* Thread tid: partial[tid] = sum over its jobs of dy_band * col_band^T (layout of the plan's A). */
 #pragma omp parallel for num_threads((int)T) schedule(static, 1) if (T > 1)
     for (size_t tid = 0; tid < T; tid++) {
@@ -784,7 +772,7 @@ bool rb_conv_gemm_backward_weight(rb_context *ctx, const rb_conv_state *cs, cons
             }
         }
     }
-    blas_single_end(saved);
+    rb_blas_single_end(saved);
     /* dw += alpha * (partial[0] + partial[1] + ...), in thread order. */
     const size_t nt = (size_t)cs->ntaps;
     for (size_t o = 0; o < g->cc; o++)

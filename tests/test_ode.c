@@ -1,5 +1,6 @@
 /* test_ode.c — ResNets as discretised ODEs (ode.h), each test naming its oracle:
  *   right-hand sides                  the conformance suite (finite differences, linearity)
+ *   their BLAS products, 1-2 threads  the definitions, summed by hand
  *   Euler = ResNet                    a hand-written loop of rb_residual_step (bit-identical)
  *   observed orders                   CVODE BDF and Adams and GSL odeiv2 rk8pd at rtol 1e-12 (linear, neural,
  *                                     Hamiltonian F)
@@ -21,6 +22,7 @@
 
 #include <lapacke.h>
 #include <math.h>
+#include <stdlib.h>
 
 /* ---- helpers ------------------------------------------------------------------------------ */
 
@@ -163,6 +165,77 @@ static void test_rhs_conform(void **state)
     print_message("antisym: eigenvalues of W - W^T - 0.3 I have real parts %.3g %.3g %.3g %.3g (dgeev)\n", wr[0],
                   wr[1], wr[2], wr[3]);
     rb_op_free(ctx, as);
+}
+
+/* ---- the dense products (GEMV/GEMM/GER, split over threads) against their definitions ------------
+ * apply: y = tanh(A x + b); vjp: dx += alpha A^T (tanh'(z) dy); param_grad: dW += alpha dz x^T
+ * (antisymmetric: A = W - W^T - gamma I, dW += dA - dA^T), db += alpha dz; each row of a batch
+ * alike. n = 37 is odd so that the thread blocks are uneven; 1 row (GEMV, GER) and 5 rows (GEMM). */
+
+static void check_dense_products(rb_context *ctx, rb_op *F, int antisym, double gamma, size_t rows)
+{
+    const size_t n = 37, nn = n * n, count = rows * n;
+    const double alpha = 0.7, *W = F->params, *b = W + nn;
+    rb_tensor x, dy, y, dx;
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &x, rb_shape_1d(rows, 1, n)));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &dy, x.shape));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &y, x.shape));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &dx, x.shape));
+    rb_test_rng r = {31 + rows};
+    for (size_t i = 0; i < count; i++) x.data[i] = rb_test_uniform(&r, -1, 1), dy.data[i] = rb_test_uniform(&r, -1, 1);
+    double *A = calloc(nn, sizeof *A), *dz = calloc(count, sizeof *dz), *yr = calloc(count, sizeof *yr);
+    double *dxr = calloc(count, sizeof *dxr), *dpr = calloc(F->nparams, sizeof *dpr), *dp = calloc(F->nparams, sizeof *dp);
+    assert_non_null(A), assert_non_null(dz), assert_non_null(yr), assert_non_null(dxr), assert_non_null(dpr),
+        assert_non_null(dp);
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < n; j++) A[i * n + j] = antisym ? W[i * n + j] - W[j * n + i] - (i == j ? gamma : 0) : W[i * n + j];
+    for (size_t q = 0; q < rows; q++)
+        for (size_t i = 0; i < n; i++) {
+            double z = b[i];
+            for (size_t j = 0; j < n; j++) z += A[i * n + j] * x.data[q * n + j];
+            yr[q * n + i] = tanh(z);
+            dz[q * n + i] = alpha * (1 - yr[q * n + i] * yr[q * n + i]) * dy.data[q * n + i];
+        }
+    for (size_t q = 0; q < rows; q++)
+        for (size_t i = 0; i < n; i++) {
+            dpr[nn + i] += dz[q * n + i];
+            for (size_t j = 0; j < n; j++) {
+                dxr[q * n + j] += A[i * n + j] * dz[q * n + i];
+                dpr[i * n + j] += dz[q * n + i] * x.data[q * n + j];
+                if (antisym) dpr[j * n + i] -= dz[q * n + i] * x.data[q * n + j];
+            }
+        }
+    rb_arena aw = {0};
+    RB_CHECK(ctx, rb_arena_reserve(ctx, &aw, rb_op_workspace(F, x.shape)));
+    for (int threads = 1; threads <= 2; threads++) {
+        RB_CHECK(ctx, rb_context_set_threads(ctx, threads));
+        rb_tensor_fill(ctx, &dx, 0.0);
+        memset(dp, 0, F->nparams * sizeof *dp);
+        RB_CHECK(ctx, rb_op_apply(ctx, F, &x, &y, &aw));
+        RB_CHECK(ctx, rb_op_vjp(ctx, F, &x, &dy, alpha, &dx, &aw));
+        RB_CHECK(ctx, rb_op_param_grad(ctx, F, &x, &dy, alpha, dp, &aw));
+        double ey = rb_test_rel_diff(y.data, yr, count), ex = rb_test_rel_diff(dx.data, dxr, count),
+               ep = rb_test_rel_diff(dp, dpr, F->nparams);
+        print_message("%s, %zu row(s), %d thread(s): rel. diff to the definition: apply %.1e, vjp %.1e, "
+                      "param_grad %.1e\n", F->type->name, rows, threads, ey, ex, ep);
+        assert_true(ey <= 1e-14 && ex <= 1e-14 && ep <= 1e-14);
+    }
+    RB_CHECK(ctx, rb_context_set_threads(ctx, 1));
+    rb_arena_release(ctx, &aw);
+    free(A), free(dz), free(yr), free(dxr), free(dpr), free(dp);
+    rb_tensor_release(ctx, &x), rb_tensor_release(ctx, &dy), rb_tensor_release(ctx, &y), rb_tensor_release(ctx, &dx);
+}
+
+static void test_dense_products(void **state)
+{
+    rb_context *ctx = *state;
+    rb_op *nl = make_neural(ctx, 37, RB_ACT_TANH, 1, 1.0, 0.3, 21), *as;
+    RB_CHECK(ctx, rb_op_ode_antisym_create(ctx, 37, RB_ACT_TANH, 0.2, nl->params, &as));
+    for (size_t rows = 1; rows <= 5; rows += 4) {
+        check_dense_products(ctx, nl, 0, 0.0, rows);
+        check_dense_products(ctx, as, 1, 0.2, rows);
+    }
+    rb_op_free(ctx, nl), rb_op_free(ctx, as);
 }
 
 /* ---- Euler is the ResNet: rb_residual_step layer by layer --------------------------------------- */
@@ -937,6 +1010,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_rhs_conform, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_dense_products, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_euler_is_residual_stack, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_orders_vs_cvode, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_backprop_vs_fd, rb_test_setup, rb_test_teardown),

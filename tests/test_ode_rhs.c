@@ -1,5 +1,5 @@
 /* test_ode_rhs.c — the right-hand sides beyond the dense ones (ode.h), each test naming its oracle:
- *   user callbacks            rb_op_ode_linear (bit-identical through the explicit methods); the
+ *   user callbacks            rb_op_ode_linear (to rounding through the explicit methods); the
  *                             conformance suite (finite differences); CVODE orders; central
  *                             differences of the integration; analytic products vs finite-difference mode
  *   weights smooth in t       cos(k acos u) (Chebyshev's definition); the conformance suite; CVODE
@@ -125,7 +125,8 @@ static rb_tensor lv_x0(rb_context *ctx)
     return x0;
 }
 
-/* ---- callback = library: W x through the explicit methods, bit for bit ---------------------------- */
+/* ---- callback = library: W x through the explicit methods, to rounding (the library sums W x with
+ * BLAS, the callback in a plain loop) ------------------------------------------------------------ */
 
 static void test_callback_is_ode_linear(void **state)
 {
@@ -151,10 +152,12 @@ static void test_callback_is_ode_linear(void **state)
     rb_test_fill(&r, &x0, -1, 1);
     rb_test_fill(&r, &w, -1, 1);
     const rb_ode_method *explicit_methods[] = {rb_ode_euler, rb_ode_heun, rb_ode_rk4};
+    double ey = 0;
     for (int m = 0; m < 3; m++) {
         RB_CHECK(ctx, rb_ode_integrate(ctx, explicit_methods[m], Fc, 0.0, 1.0, 16, &x0, &yc, NULL, NULL));
         RB_CHECK(ctx, rb_ode_integrate(ctx, explicit_methods[m], Fl, 0.0, 1.0, 16, &x0, &yl, NULL, NULL));
-        assert_memory_equal(yc.data, yl.data, n * sizeof(double));
+        ey = fmax(ey, rb_tensor_max_rel_diff(&yc, &yl));
+        assert_true(rb_tensor_max_rel_diff(&yc, &yl) <= 1e-14);
         assert_true(rb_tensor_max_rel_diff(&yc, &x0) > 0.1); /* the state moved */
     }
     /* and the gradients agree to rounding (the products sum in another order) */
@@ -167,8 +170,8 @@ static void test_callback_is_ode_linear(void **state)
     RB_CHECK(ctx, rb_ode_backward(ctx, &tc, Fc, &w, &dc, thc));
     RB_CHECK(ctx, rb_ode_backward(ctx, &tl, Fl, &w, &dl, thl));
     double ex = rb_tensor_max_rel_diff(&dc, &dl), et = rb_test_rel_diff(thc, thl, n * n);
-    print_message("callback W x = rb_op_ode_linear: euler, heun, rk4 (16 steps) bit-identical; rk4 gradients differ "
-                  "by %.1e (x0), %.1e (W) (<= 1e-13)\n", ex, et);
+    print_message("callback W x = rb_op_ode_linear: euler, heun, rk4 (16 steps) differ by %.1e (<= 1e-14); rk4 "
+                  "gradients differ by %.1e (x0), %.1e (W) (<= 1e-13)\n", ey, ex, et);
     assert_true(ex <= 1e-13 && et <= 1e-13);
     rb_ode_tape_release(ctx, &tc), rb_ode_tape_release(ctx, &tl);
     rb_tensor_release(ctx, &x0), rb_tensor_release(ctx, &yc), rb_tensor_release(ctx, &yl);

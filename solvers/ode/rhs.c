@@ -6,12 +6,16 @@
  * of the sets formed in work memory), z = A x + b row by row over a batch, then
  * the activation op on z. The vjp and parameter gradient go back through the
  * activation's vjp (dz = sigma'(z) dy), then through A, and spread dA over the
- * sets with the same coefficients. */
+ * sets with the same coefficients. The products (Z = X A^T, dX += dZ A,
+ * dA += dZ^T X) are OpenBLAS GEMM calls (GEMV, GER for a single vector), split
+ * over the context's threads by output blocks. */
 #include "resbridge/ode.h"
 #include "ode_private.h"
 
 #include <math.h>
 #include <string.h>
+
+#include "blas_internal.h"
 
 typedef enum time_basis {
     BASIS_PIECEWISE, /* set k = floor(t / width) */
@@ -73,11 +77,61 @@ static rb_status weights_at(rb_context *ctx, const rb_op *op, rb_arena *work, co
     return RB_OK;
 }
 
-/* A_ij of the weights W. */
-static double entry(const dense_rhs *s, const double *W, size_t i, size_t j)
+/* Threads for a product of rows x n x n multiply-adds: one below ~1M (a few tens of
+ * microseconds, where a parallel region's start and barrier cost more than they save and a
+ * descheduled thread stalls the step), else up to one per output block. */
+static int parts_for(int threads, size_t rows, size_t n)
 {
-    if (!s->antisym) return W[i * s->n + j];
-    return W[i * s->n + j] - W[j * s->n + i] - (i == j ? s->gamma : 0.0);
+    if (rows * n * n < ((size_t)1 << 20)) return 1;
+    return (size_t)threads < n ? threads : (int)n;
+}
+
+/* Y (rows x n) += alpha X op(M) for X (rows x n) and M (n x n), op(M) = M^T if trans
+ * else M; each thread computes a block of Y's columns. */
+static void times_matrix(int threads, size_t rows, size_t n, double alpha, const double *X, const double *M,
+                         int trans, double *Y)
+{
+    int parts = parts_for(threads, rows, n), saved = rb_blas_single_begin();
+#pragma omp parallel for num_threads(parts) schedule(static) if (parts > 1)
+    for (int p = 0; p < parts; p++) {
+        size_t j0 = n * (size_t)p / (size_t)parts, m = n * (size_t)(p + 1) / (size_t)parts - j0;
+        const double *Mb = trans ? M + j0 * n : M + j0; /* columns j0.. of op(M) */
+        if (rows == 1)
+            cblas_dgemv(CblasRowMajor, trans ? CblasNoTrans : CblasTrans, (int)(trans ? m : n), (int)(trans ? n : m),
+                        alpha, Mb, (int)n, X, 1, 1.0, Y + j0, 1);
+        else
+            cblas_dgemm(CblasRowMajor, CblasNoTrans, trans ? CblasTrans : CblasNoTrans, (int)rows, (int)m, (int)n,
+                        alpha, X, (int)n, Mb, (int)n, 1.0, Y + j0, (int)n);
+    }
+    rb_blas_single_end(saved);
+}
+
+/* Y (n x n) += alpha P^T Q for P, Q (rows x n); each thread computes a block of Y's rows. */
+static void outer(int threads, size_t rows, size_t n, double alpha, const double *P, const double *Q, double *Y)
+{
+    int parts = parts_for(threads, rows, n), saved = rb_blas_single_begin();
+#pragma omp parallel for num_threads(parts) schedule(static) if (parts > 1)
+    for (int p = 0; p < parts; p++) {
+        size_t i0 = n * (size_t)p / (size_t)parts, m = n * (size_t)(p + 1) / (size_t)parts - i0;
+        if (rows == 1)
+            cblas_dger(CblasRowMajor, (int)m, (int)n, alpha, P + i0, 1, Q, 1, Y + i0 * n, (int)n);
+        else
+            cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)m, (int)n, (int)rows, alpha, P + i0, (int)n, Q,
+                        (int)n, 1.0, Y + i0 * n, (int)n);
+    }
+    rb_blas_single_end(saved);
+}
+
+/* Y += alpha X A^T (trans) or alpha X A for the weights W; X, Y rows x n.
+ * Antisymmetric: A = W - W^T - gamma I. */
+static void times_A(int threads, const dense_rhs *s, const double *W, size_t rows, double alpha, const double *X,
+                    int trans, double *Y)
+{
+    size_t n = s->n;
+    times_matrix(threads, rows, n, alpha, X, W, trans, Y);
+    if (!s->antisym) return;
+    times_matrix(threads, rows, n, -alpha, X, W, !trans, Y);
+    for (size_t i = 0; i < rows * n; i++) Y[i] -= alpha * s->gamma * X[i];
 }
 
 static rb_status dense_shape(rb_context *ctx, const rb_op *op, rb_shape in, rb_shape *out)
@@ -99,19 +153,15 @@ static size_t dense_workspace(const rb_op *op, rb_shape in)
     return weights + 2 * rb_arena_bytes(rb_shape_count(in) * sizeof(double)) + rb_op_workspace(s->sigma, in);
 }
 
-/* z = A x + b, row by row, for the weights W (then b) at time t. */
-static void affine(const dense_rhs *s, const double *W, const rb_tensor *x, double *z)
+/* z = A x + b for each row of x, for the weights W (then b) at time t. */
+static void affine(int threads, const dense_rhs *s, const double *W, const rb_tensor *x, double *z)
 {
     size_t n = s->n, rows = rb_tensor_count(x) / n;
-    const double *b = s->bias ? W + n * n : NULL;
     for (size_t r = 0; r < rows; r++) {
-        const double *xr = x->data + r * n;
-        for (size_t i = 0; i < n; i++) {
-            double acc = b ? b[i] : 0.0;
-            for (size_t j = 0; j < n; j++) acc += entry(s, W, i, j) * xr[j];
-            z[r * n + i] = acc;
-        }
+        if (s->bias) memcpy(z + r * n, W + n * n, n * sizeof(double));
+        else memset(z + r * n, 0, n * sizeof(double));
     }
+    times_A(threads, s, W, rows, 1.0, x->data, 1, z);
 }
 
 static rb_status dense_apply(rb_context *ctx, const rb_op *op, const rb_tensor *x, rb_tensor *y, rb_arena *work)
@@ -120,14 +170,14 @@ static rb_status dense_apply(rb_context *ctx, const rb_op *op, const rb_tensor *
     size_t mark = work ? rb_arena_mark(work) : 0;
     const double *W = NULL;
     rb_status st = weights_at(ctx, op, work, &W);
-    if (st == RB_OK && s->sigma == NULL) affine(s, W, x, y->data);
+    if (st == RB_OK && s->sigma == NULL) affine(rb_context_threads(ctx), s, W, x, y->data);
     if (st == RB_OK && s->sigma != NULL) {
         rb_tensor z;
         if (work == NULL) st = rb_fail(ctx, RB_ENULL, "%s: apply needs a work arena", op->type->name);
         if (st == RB_OK) st = rb_arena_tensor(ctx, work, &z, x->shape);
         if (st == RB_OK && z.data == NULL) st = rb_fail(ctx, RB_EINVAL, "%s: work arena is in measuring mode", op->type->name);
         if (st == RB_OK) {
-            affine(s, W, x, z.data);
+            affine(rb_context_threads(ctx), s, W, x, z.data);
             st = rb_op_apply(ctx, s->sigma, &z, y, work);
         }
     }
@@ -159,7 +209,7 @@ static rb_status backward_prep(rb_context *ctx, const rb_op *op, const rb_tensor
     rb_tensor z;
     st = rb_arena_tensor(ctx, work, &z, x->shape);
     if (st != RB_OK) return st;
-    affine(s, *W, x, z.data);
+    affine(rb_context_threads(ctx), s, *W, x, z.data);
     memset(d.data, 0, count * sizeof(double));
     return rb_op_vjp(ctx, s->sigma, &z, dy, alpha, &d, work);
 }
@@ -172,13 +222,8 @@ static rb_status dense_vjp(rb_context *ctx, const rb_op *op, const rb_tensor *x,
     size_t mark = work ? rb_arena_mark(work) : 0;
     const double *W = NULL, *dz = NULL;
     rb_status st = backward_prep(ctx, op, x, dy, alpha, &W, &dz, work);
-    if (st == RB_OK) {
-        for (size_t r = 0; r < rows; r++)
-            for (size_t i = 0; i < n; i++) {
-                double d = dz ? dz[r * n + i] : alpha * dy->data[r * n + i];
-                for (size_t j = 0; j < n; j++) dx->data[r * n + j] += entry(s, W, i, j) * d;
-            }
-    }
+    if (st == RB_OK) /* dX += dZ A, dZ = dz or alpha dy */
+        times_A(rb_context_threads(ctx), s, W, rows, dz ? 1.0 : alpha, dz ? dz : dy->data, 0, dx->data);
     if (work) rb_arena_reset(work, mark);
     return st;
 }
@@ -197,18 +242,14 @@ static rb_status dense_param_grad(rb_context *ctx, const rb_op *op, const rb_ten
         /* dA = dz x^T; set k's share is c_k dA */
         double *dW = dparams + (first + k) * set_size(s);
         double *db = s->bias ? dW + n * n : NULL;
-        for (size_t r = 0; r < rows; r++) {
-            const double *xr = x->data + r * n;
-            for (size_t i = 0; i < n; i++) {
-                double d = c[k] * (dz ? dz[r * n + i] : alpha * dy->data[r * n + i]);
-                if (db) db[i] += d;
-                /* A = W - W^T: dW_ij += dA_ij, dW_ji -= dA_ij */
-                for (size_t j = 0; j < n; j++) {
-                    dW[i * n + j] += d * xr[j];
-                    if (s->antisym) dW[j * n + i] -= d * xr[j];
-                }
-            }
-        }
+        const double *d = dz ? dz : dy->data; /* dZ = a d */
+        double a = c[k] * (dz ? 1.0 : alpha);
+        int threads = rb_context_threads(ctx);
+        outer(threads, rows, n, a, d, x->data, dW);
+        if (s->antisym) outer(threads, rows, n, -a, x->data, d, dW); /* A = W - W^T: dW += dA - dA^T */
+        if (db)
+            for (size_t r = 0; r < rows; r++)
+                for (size_t i = 0; i < n; i++) db[i] += a * d[r * n + i];
     }
     if (work) rb_arena_reset(work, mark);
     return st;
