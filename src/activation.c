@@ -4,6 +4,14 @@
 #include <math.h>
 #include <string.h>
 
+/* glibc >= 2.35 ships AVX2/AVX-512 versions of tanh in libmvec (<= 4 ulp); declaring
+ * tanh a SIMD function lets GCC vectorise the tanh loops below with them (3-4x faster
+ * than scalar calls). glibc's own declaration does this only under -ffast-math. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__) && \
+    (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 35))
+__attribute__((simd("notinbranch"))) double tanh(double);
+#endif
+
 #define RB_ACT_NAME_(e, name) name,
 static const char *const act_names[] = {RB_ACTIVATION_LIST(RB_ACT_NAME_)};
 #undef RB_ACT_NAME_
@@ -64,6 +72,10 @@ static rb_status act_apply(rb_context *ctx, const rb_op *op, const rb_tensor *x,
     (void)ctx, (void)work;
     rb_activation a = kind(op);
     size_t n = rb_tensor_count(x);
+    if (a == RB_ACT_TANH) { /* a loop of its own, so that it vectorises */
+        for (size_t i = 0; i < n; i++) y->data[i] = tanh(x->data[i]);
+        return RB_OK;
+    }
     for (size_t i = 0; i < n; i++) y->data[i] = act_f(a, x->data[i]);
     return RB_OK;
 }
@@ -74,6 +86,13 @@ static rb_status act_vjp(rb_context *ctx, const rb_op *op, const rb_tensor *x, c
     (void)ctx, (void)work;
     rb_activation a = kind(op);
     size_t n = rb_tensor_count(x);
+    if (a == RB_ACT_TANH) {
+        for (size_t i = 0; i < n; i++) {
+            double t = tanh(x->data[i]);
+            dx->data[i] += alpha * (1.0 - t * t) * dy->data[i];
+        }
+        return RB_OK;
+    }
     for (size_t i = 0; i < n; i++) dx->data[i] += alpha * act_df(a, x->data[i]) * dy->data[i];
     return RB_OK;
 }
