@@ -170,11 +170,13 @@ static void test_rhs_conform(void **state)
 /* ---- the dense products (GEMV/GEMM/GER, split over threads) against their definitions ------------
  * apply: y = tanh(A x + b); vjp: dx += alpha A^T (tanh'(z) dy); param_grad: dW += alpha dz x^T
  * (antisymmetric: A = W - W^T - gamma I, dW += dA - dA^T), db += alpha dz; each row of a batch
- * alike. n = 37 is odd so that the thread blocks are uneven; 1 row (GEMV, GER) and 5 rows (GEMM). */
+ * alike. Odd widths, so that thread blocks are uneven; 1 row (GEMV, GER) and several (GEMM);
+ * products of >= 2^20 multiply-adds (129 x 129 x 63 rows, 1025 x 1025 x 1 row) are split
+ * over the threads, smaller ones are not. */
 
-static void check_dense_products(rb_context *ctx, rb_op *F, int antisym, double gamma, size_t rows)
+static void check_dense_products(rb_context *ctx, rb_op *F, size_t n, int antisym, double gamma, size_t rows)
 {
-    const size_t n = 37, nn = n * n, count = rows * n;
+    const size_t nn = n * n, count = rows * n;
     const double alpha = 0.7, *W = F->params, *b = W + nn;
     rb_tensor x, dy, y, dx;
     RB_CHECK(ctx, rb_tensor_alloc(ctx, &x, rb_shape_1d(rows, 1, n)));
@@ -216,8 +218,8 @@ static void check_dense_products(rb_context *ctx, rb_op *F, int antisym, double 
         RB_CHECK(ctx, rb_op_param_grad(ctx, F, &x, &dy, alpha, dp, &aw));
         double ey = rb_test_rel_diff(y.data, yr, count), ex = rb_test_rel_diff(dx.data, dxr, count),
                ep = rb_test_rel_diff(dp, dpr, F->nparams);
-        print_message("%s, %zu row(s), %d thread(s): rel. diff to the definition: apply %.1e, vjp %.1e, "
-                      "param_grad %.1e\n", F->type->name, rows, threads, ey, ex, ep);
+        print_message("%s, n = %zu, %zu row(s), %d thread(s): rel. diff to the definition: apply %.1e, vjp %.1e, "
+                      "param_grad %.1e\n", F->type->name, n, rows, threads, ey, ex, ep);
         assert_true(ey <= 1e-14 && ex <= 1e-14 && ep <= 1e-14);
     }
     RB_CHECK(ctx, rb_context_set_threads(ctx, 1));
@@ -229,13 +231,15 @@ static void check_dense_products(rb_context *ctx, rb_op *F, int antisym, double 
 static void test_dense_products(void **state)
 {
     rb_context *ctx = *state;
-    rb_op *nl = make_neural(ctx, 37, RB_ACT_TANH, 1, 1.0, 0.3, 21), *as;
-    RB_CHECK(ctx, rb_op_ode_antisym_create(ctx, 37, RB_ACT_TANH, 0.2, nl->params, &as));
-    for (size_t rows = 1; rows <= 5; rows += 4) {
-        check_dense_products(ctx, nl, 0, 0.0, rows);
-        check_dense_products(ctx, as, 1, 0.2, rows);
+    const size_t cases[][2] = {{37, 1}, {37, 5}, {129, 63}, {1025, 1}}; /* n, rows */
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        size_t n = cases[c][0];
+        rb_op *nl = make_neural(ctx, n, RB_ACT_TANH, 1, 1.0, 2.0 / sqrt((double)n), 21), *as;
+        RB_CHECK(ctx, rb_op_ode_antisym_create(ctx, n, RB_ACT_TANH, 0.2, nl->params, &as));
+        check_dense_products(ctx, nl, n, 0, 0.0, cases[c][1]);
+        check_dense_products(ctx, as, n, 1, 0.2, cases[c][1]);
+        rb_op_free(ctx, nl), rb_op_free(ctx, as);
     }
-    rb_op_free(ctx, nl), rb_op_free(ctx, as);
 }
 
 /* ---- Euler is the ResNet: rb_residual_step layer by layer --------------------------------------- */
