@@ -17,18 +17,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-#include "resbridge/resbridge.h"
+#include "benchkit.h"
 
 #define MAX_SHAPES 16
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void usage(FILE *f)
 {
@@ -38,23 +30,7 @@ static void usage(FILE *f)
             "  Default shapes: 16,64,64,64,64 64,16,32,32,16 128,32,28,28,32 128,1,28,28,16.\n");
 }
 
-/* Deterministic values in [-1, 1). */
-static void fill(double *p, size_t len, unsigned long long seed)
-{
-    for (size_t i = 0; i < len; i++) {
-        seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
-        p[i] = (double)(seed >> 11) * 0x1.0p-52 - 1.0;
-    }
-}
-
-#define TRY(call)                                                                                   \
-    do {                                                                                           \
-        rb_status st_ = (call);                                                                    \
-        if (st_ != RB_OK) {                                                                        \
-            fprintf(stderr, "bench_conv: %s: %s\n", #call, rb_context_message(ctx));               \
-            return 1;                                                                              \
-        }                                                                                          \
-    } while (0)
+#define TRY(call) BENCH_TRY("bench_conv", call)
 
 static int bench_shape(rb_context *ctx, const size_t sh[5], int threads, int reps, double min_time, int reference)
 {
@@ -63,7 +39,7 @@ static int bench_shape(rb_context *ctx, const size_t sh[5], int threads, int rep
     size_t np = rb_conv_nparams(&d);
     double *params = malloc(np * sizeof *params), *dparams = calloc(np, sizeof *dparams);
     if (params == NULL || dparams == NULL) return 1;
-    fill(params, np, 1);
+    bench_fill(params, np, 1, 1.0);
     rb_op *op;
     TRY(rb_op_conv_create(ctx, &d, params, &op));
     rb_shape in = rb_shape_2d(N, Cin, H, W), out;
@@ -73,8 +49,8 @@ static int bench_shape(rb_context *ctx, const size_t sh[5], int threads, int rep
     TRY(rb_tensor_alloc(ctx, &dx, in));
     TRY(rb_tensor_alloc(ctx, &y, out));
     TRY(rb_tensor_alloc(ctx, &dy, out));
-    fill(x.data, rb_tensor_count(&x), 2);
-    fill(dy.data, rb_tensor_count(&dy), 3);
+    bench_fill(x.data, rb_tensor_count(&x), 2, 1.0);
+    bench_fill(dy.data, rb_tensor_count(&dy), 3, 1.0);
     rb_arena arena, *work = NULL;
     rb_arena_measure(&arena);
     size_t ws = rb_op_workspace(op, in);
@@ -82,16 +58,16 @@ static int bench_shape(rb_context *ctx, const size_t sh[5], int threads, int rep
         TRY(rb_arena_reserve(ctx, &arena, ws));
         work = &arena;
     }
-    double best[3] = {1e30, 1e30, 1e30}, start = now();
-    for (int r = 0; r <= reps || now() - start < min_time; r++) { /* r = 0: warm-up */
+    double best[3] = {1e30, 1e30, 1e30}, start = bench_now();
+    for (int r = 0; r <= reps || bench_now() - start < min_time; r++) { /* r = 0: warm-up */
         double t[4];
-        t[0] = now();
+        t[0] = bench_now();
         TRY(rb_op_apply(ctx, op, &x, &y, work));
-        t[1] = now();
+        t[1] = bench_now();
         TRY(rb_op_vjp(ctx, op, &x, &dy, 1.0, &dx, work));
-        t[2] = now();
+        t[2] = bench_now();
         TRY(rb_op_param_grad(ctx, op, &x, &dy, 1.0, dparams, work));
-        t[3] = now();
+        t[3] = bench_now();
         for (int k = 0; k < 3 && r > 0; k++)
             if (t[k + 1] - t[k] < best[k]) best[k] = t[k + 1] - t[k];
     }

@@ -27,18 +27,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-#include "resbridge/resbridge.h"
+#include "benchkit.h"
 
 #define MAX_LIST 8
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void usage(FILE *f)
 {
@@ -48,23 +40,7 @@ static void usage(FILE *f)
                "  batches 1 and 64, method euler, no memory run, no dump.\n");
 }
 
-/* Deterministic values in [-scale, scale). */
-static void fill(double *p, size_t len, unsigned long long seed, double scale)
-{
-    for (size_t i = 0; i < len; i++) {
-        seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
-        p[i] = scale * ((double)(seed >> 11) * 0x1.0p-52 - 1.0);
-    }
-}
-
-#define TRY(call)                                                                                   \
-    do {                                                                                           \
-        rb_status st_ = (call);                                                                    \
-        if (st_ != RB_OK) {                                                                        \
-            fprintf(stderr, "bench_ode: %s: %s\n", #call, rb_context_message(ctx));                \
-            return 1;                                                                              \
-        }                                                                                          \
-    } while (0)
+#define TRY(call) BENCH_TRY("bench_ode", call)
 
 typedef struct problem {
     size_t D, N, L;
@@ -95,12 +71,13 @@ static rb_status best_time(rb_context *ctx, problem *p, size_t L, long every, in
                            size_t *peak)
 {
     *best = 1e30;
-    double start = now();
-    for (int r = 0; r <= reps || now() - start < min_time; r++) {
-        double t0 = now();
+    double start = bench_now();
+    for (int r = 0; r <= reps || bench_now() - start < min_time; r++) {
+        double t0 = bench_now();
         rb_status st = run(ctx, p, L, every, peak);
         if (st != RB_OK) return st;
-        if (r > 0 && now() - t0 < *best) *best = now() - t0;
+        double t = bench_now() - t0;
+        if (r > 0 && t < *best) *best = t;
     }
     return RB_OK;
 }
@@ -143,9 +120,9 @@ static int memory(rb_context *ctx, problem *p, size_t L, int threads)
     if (keep == NULL) return 1;
     for (int k = 0; k < 2; k++) {
         long every = k == 0 ? 1 : 0;
-        double t0 = now(); /* one run: L2 layers take long */
+        double t0 = bench_now(); /* one run: L2 layers take long */
         TRY(run(ctx, p, L, every, &peak[k]));
-        t[k] = now() - t0;
+        t[k] = bench_now() - t0;
         if (k == 0) {
             memcpy(keep, p->dx0.data, n * sizeof(double));
             memcpy(keep + n, p->dtheta, np * sizeof(double));
@@ -169,8 +146,8 @@ static int bench(rb_context *ctx, const rb_ode_method *method, size_t D, size_t 
     double *params = malloc((D * D + D) * sizeof(double));
     if (params == NULL) return 1;
     /* weights of scale 1/sqrt(D): the stack neither saturates tanh nor blows up */
-    fill(params, D * D, 1, 1.0 / sqrt((double)D));
-    fill(params + D * D, D, 2, 0.1);
+    bench_fill(params, D * D, 1, 1.0 / sqrt((double)D));
+    bench_fill(params + D * D, D, 2, 0.1);
     TRY(rb_op_ode_neural_create(ctx, D, RB_ACT_TANH, 1, 1.0, params, &p.F));
     free(params);
     rb_shape s = rb_shape_1d(N, 1, D);
@@ -180,8 +157,8 @@ static int bench(rb_context *ctx, const rb_ode_method *method, size_t D, size_t 
     TRY(rb_tensor_alloc(ctx, &p.dx0, s));
     p.dtheta = malloc(p.F->nparams * sizeof(double));
     if (p.dtheta == NULL) return 1;
-    fill(p.x0.data, N * D, 3, 1.0);
-    fill(p.dy.data, N * D, 4, 1.0);
+    bench_fill(p.x0.data, N * D, 3, 1.0);
+    bench_fill(p.dy.data, N * D, 4, 1.0);
 
     int rc = dir ? dump(ctx, &p, dir) : 0;
     double t[3] = {0, 0, 0};
