@@ -173,73 +173,123 @@ rb_status rb_op_global_avg_pool_create(rb_context *ctx, rb_op **out)
  *
  * Value (o, g, i) sits at data[(o nG + g) nI + i]; statistics are taken per group g
  * over all (o, i). Batch norm: nO = N, nG = C, nI = D H W, affine per g. Layer
- * norm: nO = 1, nG = N, nI = the sample size, affine per i. */
+ * norm: nO = 1, nG = N, nI = the sample size, affine per i.
+ *
+ * Every pass takes one group at a time (nO contiguous runs of nI values), so that a group
+ * stays in cache from one pass over it to the next: the forward pass reads a group for its
+ * mean, again for its variance and again to normalise it; the backward pass reads it for
+ * two sums, then again for dx. Groups go to OpenMP threads; a group's sums are always taken
+ * in the same order, so results do not depend on the thread count. The taped forward keeps
+ * each group's mean and 1/std: the backward pass computes dx and the parameter gradient
+ * together from them, nothing recomputed. */
 
 typedef struct norm_layout {
     size_t nO, nG, nI;
     bool affine_per_group;
 } norm_layout;
 
-#define AFF(L, g, i) ((L).affine_per_group ? (g) : (i))
+/* Threads for a pass over all groups: one below 32k values; one when the groups would add
+ * into the same parameter gradients (affine per i). */
+static int norm_threads(rb_context *ctx, norm_layout L, bool shared_grad)
+{
+    int t = rb_context_threads(ctx);
+    if (L.nO * L.nG * L.nI < 32768 || shared_grad) return 1;
+    return (size_t)t > L.nG ? (int)L.nG : t;
+}
 
-/* mean[g] and rstd[g] = 1 / sqrt(var[g] + eps) (biased variance, two passes). */
-static void norm_stats(const double *x, norm_layout L, double eps, double *mean, double *var, double *rstd)
+static const double *run_of(const double *p, norm_layout L, size_t o, size_t g) { return p + (o * L.nG + g) * L.nI; }
+
+/* Mean and biased variance (two passes) of group g. */
+static void group_stats(const double *x, norm_layout L, size_t g, double *mean, double *var)
 {
     const double M = (double)(L.nO * L.nI);
-    for (size_t g = 0; g < L.nG; g++) {
-        double s = 0, q = 0;
-        for (size_t o = 0; o < L.nO; o++)
-            for (size_t i = 0; i < L.nI; i++) s += x[(o * L.nG + g) * L.nI + i];
-        double mu = s / M;
-        for (size_t o = 0; o < L.nO; o++)
-            for (size_t i = 0; i < L.nI; i++) {
-                double d = x[(o * L.nG + g) * L.nI + i] - mu;
-                q += d * d;
-            }
-        mean[g] = mu;
-        var[g] = q / M;
-        rstd[g] = 1 / sqrt(q / M + eps);
+    double s = 0, q = 0;
+    for (size_t o = 0; o < L.nO; o++) {
+        const double *r = run_of(x, L, o, g);
+        double so = 0;
+#pragma omp simd reduction(+ : so)
+        for (size_t i = 0; i < L.nI; i++) so += r[i];
+        s += so;
+    }
+    const double mu = s / M;
+    for (size_t o = 0; o < L.nO; o++) {
+        const double *r = run_of(x, L, o, g);
+        double qo = 0;
+#pragma omp simd reduction(+ : qo)
+        for (size_t i = 0; i < L.nI; i++) qo += (r[i] - mu) * (r[i] - mu);
+        q += qo;
+    }
+    *mean = mu, *var = q / M;
+}
+
+/* Group g of y = gamma xhat + beta, xhat = (x - mean) rstd. */
+static void group_forward(const double *x, double *y, norm_layout L, size_t g, double mean, double rstd,
+                          const double *gamma, const double *beta)
+{
+    for (size_t o = 0; o < L.nO; o++) {
+        const double *r = run_of(x, L, o, g);
+        double *out = y + (o * L.nG + g) * L.nI;
+        if (L.affine_per_group) {
+            const double sc = gamma[g] * rstd, b = beta[g];
+#pragma omp simd
+            for (size_t i = 0; i < L.nI; i++) out[i] = (r[i] - mean) * sc + b;
+        } else {
+#pragma omp simd
+            for (size_t i = 0; i < L.nI; i++) out[i] = (r[i] - mean) * rstd * gamma[i] + beta[i];
+        }
     }
 }
 
-/* y = gamma xhat + beta with xhat = (x - mean) rstd. */
-static void norm_forward(const double *x, double *y, norm_layout L, const double *mean, const double *rstd,
-                         const double *gamma, const double *beta)
-{
-    for (size_t o = 0; o < L.nO; o++)
-        for (size_t g = 0; g < L.nG; g++)
-            for (size_t i = 0; i < L.nI; i++) {
-                size_t at = (o * L.nG + g) * L.nI + i, k = AFF(L, g, i);
-                y[at] = gamma[k] * (x[at] - mean[g]) * rstd[g] + beta[k];
-            }
-}
-
-/* Backward of the batch-statistics normalisation:
- *   dx += alpha rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)),  dxhat = gamma dy;
- *   dgamma += alpha sum dy xhat, dbeta += alpha sum dy (when dparams). */
-static void norm_backward(const double *x, const double *dy, norm_layout L, const double *mean, const double *rstd,
-                          const double *gamma, double alpha, double *dx, double *dparams, size_t naff)
+/* Group g of the backward pass. With batch statistics (dxhat = gamma dy):
+ *   dx += alpha rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat));
+ * with fixed (running) statistics the map is affine: dx += alpha rstd dxhat. Parameters
+ * (when dgamma): dgamma += alpha sum dy xhat, dbeta += alpha sum dy. */
+static void group_backward(const double *x, const double *dy, norm_layout L, size_t g, double mean, double rstd,
+                           bool batch_stats, const double *gamma, double alpha, double *dx, double *dgamma,
+                           double *dbeta)
 {
     const double M = (double)(L.nO * L.nI);
-    for (size_t g = 0; g < L.nG; g++) {
-        double a = 0, b = 0; /* sums of dxhat and dxhat * xhat over the group */
-        for (size_t o = 0; o < L.nO; o++)
-            for (size_t i = 0; i < L.nI; i++) {
-                size_t at = (o * L.nG + g) * L.nI + i;
-                double xh = (x[at] - mean[g]) * rstd[g], dxh = dy[at] * gamma[AFF(L, g, i)];
-                a += dxh, b += dxh * xh;
-                if (dparams) {
-                    dparams[AFF(L, g, i)] += alpha * dy[at] * xh;
-                    dparams[naff + AFF(L, g, i)] += alpha * dy[at];
+    double a = 0, b = 0; /* sums of dxhat and dxhat (x - mean) over the group */
+    for (size_t o = 0; o < L.nO; o++) {
+        const double *r = run_of(x, L, o, g), *d = run_of(dy, L, o, g);
+        double ao = 0, bo = 0;
+        if (L.affine_per_group) {
+#pragma omp simd reduction(+ : ao, bo)
+            for (size_t i = 0; i < L.nI; i++) ao += d[i], bo += d[i] * (r[i] - mean);
+        } else {
+#pragma omp simd reduction(+ : ao, bo)
+            for (size_t i = 0; i < L.nI; i++) ao += d[i] * gamma[i], bo += d[i] * gamma[i] * (r[i] - mean);
+            if (dgamma) {
+#pragma omp simd
+                for (size_t i = 0; i < L.nI; i++) {
+                    dgamma[i] += alpha * d[i] * (r[i] - mean) * rstd;
+                    dbeta[i] += alpha * d[i];
                 }
             }
-        if (dx == NULL) continue;
-        for (size_t o = 0; o < L.nO; o++)
-            for (size_t i = 0; i < L.nI; i++) {
-                size_t at = (o * L.nG + g) * L.nI + i;
-                double xh = (x[at] - mean[g]) * rstd[g], dxh = dy[at] * gamma[AFF(L, g, i)];
-                dx[at] += alpha * rstd[g] * (dxh - a / M - xh * b / M);
-            }
+        }
+        a += ao, b += bo;
+    }
+    if (L.affine_per_group) {
+        if (dgamma) dgamma[g] += alpha * rstd * b, dbeta[g] += alpha * a;
+        a *= gamma[g], b *= gamma[g];
+    }
+    if (dx == NULL) return;
+    const double c0 = a / M, c1 = rstd * rstd * b / M, k = alpha * rstd;
+    for (size_t o = 0; o < L.nO; o++) {
+        const double *r = run_of(x, L, o, g), *d = run_of(dy, L, o, g);
+        double *out = dx + (o * L.nG + g) * L.nI;
+        if (L.affine_per_group && !batch_stats) {
+            const double kg = k * gamma[g];
+#pragma omp simd
+            for (size_t i = 0; i < L.nI; i++) out[i] += kg * d[i];
+        } else if (L.affine_per_group) {
+            const double kg = k * gamma[g];
+#pragma omp simd
+            for (size_t i = 0; i < L.nI; i++) out[i] += kg * d[i] - k * (c0 + (r[i] - mean) * c1);
+        } else {
+#pragma omp simd
+            for (size_t i = 0; i < L.nI; i++) out[i] += k * (d[i] * gamma[i] - c0 - (r[i] - mean) * c1);
+        }
     }
 }
 
@@ -272,83 +322,108 @@ static rb_status norm_shape(rb_context *ctx, const rb_op *op, rb_shape in, rb_sh
     return RB_OK;
 }
 
-static size_t norm_workspace(const rb_op *op, rb_shape in)
+/* The tape: mean [nG], rstd = 1/sqrt(var + eps) [nG], var [nG] (batch statistics), then 1 if
+ * they are batch statistics, 0 if the running ones (evaluation mode). */
+typedef struct norm_tape {
+    double *mean, *rstd, *var, *batch_stats;
+} norm_tape;
+
+static size_t norm_tape_bytes(const rb_op *op, rb_shape in)
 {
-    norm_layout L = layout_of(op->state, in);
-    return 3 * rb_arena_bytes(L.nG * sizeof(double));
+    return (3 * layout_of(op->state, in).nG + 1) * sizeof(double);
 }
 
-/* Batch statistics (or, in evaluation mode, the running ones) into arena memory. */
-static rb_status norm_prepare(rb_context *ctx, const rb_op *op, const rb_tensor *x, rb_arena *work, norm_layout *L,
-                              double **mean, double **rstd)
+static norm_tape tape_of(const void *tape, norm_layout L)
+{
+    double *t = (double *)tape;
+    return (norm_tape){t, t + L.nG, t + 2 * L.nG, t + 3 * L.nG};
+}
+
+static size_t norm_workspace(const rb_op *op, rb_shape in) { return rb_arena_bytes(norm_tape_bytes(op, in)); }
+
+/* The statistics of x into the tape (batch statistics, or in evaluation mode the running
+ * ones) and, when y is given, y = F(x), group by group. track: a tracking mode moves the
+ * running statistics. */
+static rb_status norm_run(rb_context *ctx, const rb_op *op, const rb_tensor *x, rb_tensor *y, void *tape, bool track)
 {
     const norm_state *s = op->state;
-    *L = layout_of(s, x->shape);
-    if (s->batch && s->mode != RB_BN_EVAL && L->nO * L->nI < 2) {
+    const norm_layout L = layout_of(s, x->shape);
+    const bool batch_stats = !(s->batch && s->mode == RB_BN_EVAL);
+    if (batch_stats && s->batch && L.nO * L.nI < 2) {
         char buf[64];
         return rb_fail(ctx, RB_ESHAPE, "batch norm in training mode: input %s has 1 value per channel; batch statistics need 2",
                        rb_shape_format(x->shape, buf, sizeof buf));
     }
-    double *m = rb_arena_alloc(ctx, work, L->nG * sizeof(double));
-    double *v = rb_arena_alloc(ctx, work, L->nG * sizeof(double));
-    double *r = rb_arena_alloc(ctx, work, L->nG * sizeof(double));
-    if (m == NULL || v == NULL || r == NULL)
-        return rb_fail(ctx, RB_ENOMEM, "%s: work arena too small (rb_op_workspace)", op->type->name);
-    if (s->batch && s->mode == RB_BN_EVAL) {
-        for (size_t g = 0; g < L->nG; g++) m[g] = s->running[g], r[g] = 1 / sqrt(s->running[s->size + g] + s->eps);
-    } else {
-        norm_stats(x->data, *L, s->eps, m, v, r);
-        if (s->batch && s->mode == RB_BN_TRAIN_TRACK) {
-            double M = (double)(L->nO * L->nI), mo = s->momentum;
-            for (size_t g = 0; g < L->nG; g++) {
-                s->running[g] = (1 - mo) * s->running[g] + mo * m[g];
-                s->running[s->size + g] = (1 - mo) * s->running[s->size + g] + mo * v[g] * M / (M - 1);
-            }
+    const norm_tape t = tape_of(tape, L);
+    const double *gamma = op->params, *beta = op->params + s->size;
+    *t.batch_stats = batch_stats ? 1.0 : 0.0;
+    const int T = norm_threads(ctx, L, false);
+#pragma omp parallel for num_threads(T) schedule(static) if (T > 1)
+    for (size_t g = 0; g < L.nG; g++) {
+        if (batch_stats) {
+            group_stats(x->data, L, g, &t.mean[g], &t.var[g]);
+            t.rstd[g] = 1 / sqrt(t.var[g] + s->eps);
+        } else {
+            t.mean[g] = s->running[g], t.var[g] = s->running[s->size + g];
+            t.rstd[g] = 1 / sqrt(t.var[g] + s->eps);
+        }
+        if (y) group_forward(x->data, y->data, L, g, t.mean[g], t.rstd[g], gamma, beta);
+    }
+    if (track && s->batch && s->mode == RB_BN_TRAIN_TRACK) {
+        const double M = (double)(L.nO * L.nI), mo = s->momentum;
+        for (size_t g = 0; g < L.nG; g++) {
+            s->running[g] = (1 - mo) * s->running[g] + mo * t.mean[g];
+            s->running[s->size + g] = (1 - mo) * s->running[s->size + g] + mo * t.var[g] * M / (M - 1);
         }
     }
-    *mean = m, *rstd = r;
     return RB_OK;
 }
 
+static rb_status norm_forward_taped(rb_context *ctx, const rb_op *op, const rb_tensor *x, rb_tensor *y, void *tape,
+                                    rb_arena *work)
+{
+    (void)work;
+    return norm_run(ctx, op, x, y, tape, true);
+}
+
+static rb_status norm_backward_taped(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
+                                     const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx,
+                                     double *dparams, rb_arena *work)
+{
+    (void)y, (void)work;
+    const norm_state *s = op->state;
+    const norm_layout L = layout_of(s, x->shape);
+    const norm_tape t = tape_of(tape, L);
+    const bool batch_stats = *t.batch_stats != 0.0;
+    double *dgamma = dparams, *dbeta = dparams ? dparams + s->size : NULL, *dxd = dx ? dx->data : NULL;
+    const int T = norm_threads(ctx, L, dparams != NULL && !L.affine_per_group);
+#pragma omp parallel for num_threads(T) schedule(static) if (T > 1)
+    for (size_t g = 0; g < L.nG; g++)
+        group_backward(x->data, dy->data, L, g, t.mean[g], t.rstd[g], batch_stats, op->params, alpha, dxd, dgamma,
+                       dbeta);
+    return RB_OK;
+}
+
+/* apply: the taped forward with its tape in the work arena (so the two agree bit for bit). */
 static rb_status norm_apply(rb_context *ctx, const rb_op *op, const rb_tensor *x, rb_tensor *y, rb_arena *work)
 {
-    const norm_state *s = op->state;
     size_t mark = rb_arena_mark(work);
-    norm_layout L;
-    double *mean, *rstd;
-    rb_status st = norm_prepare(ctx, op, x, work, &L, &mean, &rstd);
-    if (st == RB_OK) norm_forward(x->data, y->data, L, mean, rstd, op->params, op->params + s->size);
+    void *tape = rb_arena_alloc(ctx, work, norm_tape_bytes(op, x->shape));
+    rb_status st = tape ? norm_run(ctx, op, x, y, tape, true)
+                        : rb_fail(ctx, RB_ENOMEM, "%s: work arena too small (rb_op_workspace)", op->type->name);
     rb_arena_reset(work, mark);
     return st;
 }
 
-/* Shared by vjp (dparams NULL) and param_grad (dx NULL). */
+/* vjp and param_grad: the statistics again (never moving the running ones), then the backward pass. */
 static rb_status norm_back(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy, double alpha,
                            rb_tensor *dx, double *dparams, rb_arena *work)
 {
-    const norm_state *s = op->state;
-    rb_bn_mode keep = s->mode;
-    if (keep == RB_BN_TRAIN_TRACK) ((norm_state *)s)->mode = RB_BN_TRAIN; /* backward never moves the statistics */
     size_t mark = rb_arena_mark(work);
-    norm_layout L;
-    double *mean, *rstd;
-    rb_status st = norm_prepare(ctx, op, x, work, &L, &mean, &rstd);
-    ((norm_state *)s)->mode = keep;
-    if (st == RB_OK && s->batch && s->mode == RB_BN_EVAL) {
-        /* inference: y = gamma (x - m) r + beta is affine in x */
-        for (size_t o = 0; o < L.nO; o++)
-            for (size_t g = 0; g < L.nG; g++)
-                for (size_t i = 0; i < L.nI; i++) {
-                    size_t at = (o * L.nG + g) * L.nI + i;
-                    if (dx) dx->data[at] += alpha * dy->data[at] * op->params[g] * rstd[g];
-                    if (dparams) {
-                        dparams[g] += alpha * dy->data[at] * (x->data[at] - mean[g]) * rstd[g];
-                        dparams[s->size + g] += alpha * dy->data[at];
-                    }
-                }
-    } else if (st == RB_OK) {
-        norm_backward(x->data, dy->data, L, mean, rstd, op->params, alpha, dx ? dx->data : NULL, dparams, s->size);
-    }
+    void *tape = rb_arena_alloc(ctx, work, norm_tape_bytes(op, x->shape));
+    rb_status st = tape ? norm_run(ctx, op, x, NULL, tape, false)
+                        : rb_fail(ctx, RB_ENOMEM, "%s: work arena too small (rb_op_workspace)", op->type->name);
+    if (st == RB_OK) st = norm_backward_taped(ctx, op, x, NULL, tape, dy, alpha, dx, dparams, work);
     rb_arena_reset(work, mark);
     return st;
 }
@@ -372,12 +447,15 @@ static void norm_destroy(rb_context *ctx, rb_op *op)
     rb_free(ctx, s);
 }
 
-static const rb_op_type batchnorm_type = {.name = "batch norm", .flags = RB_OP_HAS_PARAMS | RB_OP_SAME_SHAPE,
-                                          .shape = norm_shape, .workspace = norm_workspace, .apply = norm_apply,
-                                          .vjp = norm_vjp, .param_grad = norm_param_grad, .destroy = norm_destroy};
-static const rb_op_type layernorm_type = {.name = "layer norm", .flags = RB_OP_HAS_PARAMS | RB_OP_SAME_SHAPE,
-                                          .shape = norm_shape, .workspace = norm_workspace, .apply = norm_apply,
-                                          .vjp = norm_vjp, .param_grad = norm_param_grad, .destroy = norm_destroy};
+#define NORM_TYPE(ident, label)                                                                                 \
+    static const rb_op_type ident = {.name = label, .flags = RB_OP_HAS_PARAMS | RB_OP_SAME_SHAPE,              \
+                                     .shape = norm_shape, .workspace = norm_workspace, .apply = norm_apply,    \
+                                     .vjp = norm_vjp, .param_grad = norm_param_grad, .destroy = norm_destroy,  \
+                                     .tape_bytes = norm_tape_bytes, .forward_taped = norm_forward_taped,       \
+                                     .backward_taped = norm_backward_taped}
+NORM_TYPE(batchnorm_type, "batch norm");
+NORM_TYPE(layernorm_type, "layer norm");
+#undef NORM_TYPE
 
 static rb_status norm_create(rb_context *ctx, const char *fn, const rb_op_type *type, size_t size, double eps,
                              double momentum, rb_op **out)
