@@ -10,7 +10,10 @@
  * pseudo-random pixels in [0, 1) with labels 0..9 (the time does not depend on them).
  * One JSON object per thread count on stdout:
  *   {"impl":"resbridge","batch":128,"threads":T,"params":29050,"fwd_s":..,"bwd_s":..,
- *    "step_s":..,"epoch_s":..}   (epoch_s: step_s * 469, the steps of one Fashion-MNIST epoch)
+ *    "step_s":..,"epoch_s":..,"fwd_cpu_s":..,"bwd_cpu_s":..,"step_cpu_s":..}
+ * (epoch_s: step_s * 469, the steps of one Fashion-MNIST epoch; *_cpu_s: the process's CPU
+ * time, which on one thread hardly depends on what else the machine runs, and on two
+ * threads includes OpenMP's waiting).
  *
  *     bench_train --threads 1 --threads 2 --reps 10 --batch 128
  *
@@ -26,12 +29,14 @@
 #define MAX_THREADS 8
 #define MAX_REPS 1000
 
-static double now(void)
+static double clock_s(clockid_t id)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(id, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
+static double now(void) { return clock_s(CLOCK_MONOTONIC); }
+static double cpu(void) { return clock_s(CLOCK_PROCESS_CPUTIME_ID); }
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -68,7 +73,7 @@ static int bench(int threads, int reps, size_t batch)
     rb_model *m = NULL;
     rb_trainer tr = {0};
     rb_dataset ds = {0};
-    double t_fwd[MAX_REPS], t_bwd[MAX_REPS], t_step[MAX_REPS];
+    double t_fwd[MAX_REPS], t_bwd[MAX_REPS], t_step[MAX_REPS], c_fwd[MAX_REPS], c_bwd[MAX_REPS], c_step[MAX_REPS];
     if (rb_context_create(&ctx, NULL) != RB_OK) return 1;
     rb_model_desc d = rb_model_desc_default(RB_MODEL_RESNET);
     TRY(rb_context_set_threads(ctx, threads));
@@ -93,24 +98,28 @@ static int bench(int threads, int reps, size_t batch)
     x.shape.n = batch;
     const size_t np = m->net->nparams;
     for (int r = -1; r < reps; r++) { /* r = -1: warm-up */
-        double loss, t0 = now();
+        double loss, t0 = now(), u0 = cpu();
         TRY(rb_model_set_mode(ctx, m, RB_BN_TRAIN_TRACK));
         TRY(rb_op_forward(ctx, m->net, &x, &tr.out, tr.tape, &tr.work));
         TRY(rb_model_set_mode(ctx, m, RB_BN_TRAIN));
-        double t1 = now();
+        double t1 = now(), u1 = cpu();
         TRY(rb_loss_softmax_xent(ctx, &tr.out, ds.labels, &loss, &tr.dout, NULL));
         memset(tr.grad, 0, np * sizeof(double));
-        double t2 = now();
+        double t2 = now(), u2 = cpu();
         TRY(rb_op_backward(ctx, m->net, &x, &tr.out, tr.tape, &tr.dout, 1.0, NULL, tr.grad, &tr.work));
-        double t3 = now();
+        double t3 = now(), u3 = cpu();
         TRY(rb_trainer_step(ctx, &tr, &x, ds.labels, NULL, &loss, NULL));
-        double t4 = now();
-        if (r >= 0) t_fwd[r] = t1 - t0, t_bwd[r] = t3 - t2, t_step[r] = t4 - t3;
+        double t4 = now(), u4 = cpu();
+        if (r >= 0) {
+            t_fwd[r] = t1 - t0, t_bwd[r] = t3 - t2, t_step[r] = t4 - t3;
+            c_fwd[r] = u1 - u0, c_bwd[r] = u3 - u2, c_step[r] = u4 - u3;
+        }
     }
     double step = median(t_step, reps);
     printf("{\"impl\":\"resbridge\",\"batch\":%zu,\"threads\":%d,\"params\":%zu,\"fwd_s\":%.5f,\"bwd_s\":%.5f,"
-           "\"step_s\":%.5f,\"epoch_s\":%.2f}\n",
-           batch, threads, np, median(t_fwd, reps), median(t_bwd, reps), step, step * (double)((60000 + batch - 1) / batch));
+           "\"step_s\":%.5f,\"epoch_s\":%.2f,\"fwd_cpu_s\":%.5f,\"bwd_cpu_s\":%.5f,\"step_cpu_s\":%.5f}\n",
+           batch, threads, np, median(t_fwd, reps), median(t_bwd, reps), step, step * (double)((60000 + batch - 1) / batch),
+           median(c_fwd, reps), median(c_bwd, reps), median(c_step, reps));
     fflush(stdout);
     rc = 0;
 done:

@@ -225,6 +225,30 @@ static void fill_pad_rows(const gather_plan *p, const double *in, size_t y0, siz
 }
 #endif
 
+/* One channel's ROWS3 copy: dst row rr (of rows + 2) = input row y0 + rr - 1 shifted by dx
+ * (dst[x] = row[x + dx]), zero outside the image. The valid rows are one contiguous block of
+ * the channel: one shifted block copy, then the column the shift wrapped into is zeroed. */
+static void fill_rows3(const double *chan, size_t ih, size_t iw, size_t y0, size_t rows, int dx, double *dst)
+{
+    const size_t f0 = y0 > 0 ? y0 - 1 : 0, f1 = y0 + rows + 1 < ih ? y0 + rows + 1 : ih; /* valid input rows */
+    const size_t pre = (f0 + 1 - y0) * iw, n = f1 > f0 ? (f1 - f0) * iw : 0, total = (rows + 2) * iw;
+    memset(dst, 0, pre * sizeof *dst);
+    double *d = dst + pre;
+    const double *src = chan + f0 * iw;
+    if (n > 0) {
+        if (dx == 0) {
+            memcpy(d, src, n * sizeof *d);
+        } else if (dx < 0) { /* d[k] = src[k - 1]; column 0 of every row is outside */
+            memcpy(d + 1, src, (n - 1) * sizeof *d);
+            for (size_t k = 0; k < n; k += iw) d[k] = 0.0;
+        } else { /* d[k] = src[k + 1]; column iw - 1 of every row is outside */
+            memcpy(d, src + 1, (n - 1) * sizeof *d);
+            for (size_t k = iw - 1; k < n; k += iw) d[k] = 0.0;
+        }
+    }
+    memset(d + n, 0, (total - pre - n) * sizeof *d);
+}
+
 /* The copy of output rows [y0, y0+rows) of one sample's input `in` into buf. */
 static void fill_band(const gather_plan *p, const double *in, size_t y0, size_t rows, double *buf)
 {
@@ -245,14 +269,7 @@ static void fill_band(const gather_plan *p, const double *in, size_t y0, size_t 
         size_t ld = (rows + 2) * p->iw;
         for (size_t i = 0; i < p->ni; i++) {
             const double *chan = in + i * p->ih * p->iw;
-            for (int dx = -1; dx <= 1; dx++) {
-                double *dst = buf + (i * 3 + (size_t)(dx + 1)) * ld;
-                for (size_t rr = 0; rr < rows + 2; rr++) {
-                    long long fy = (long long)(y0 + rr) - 1;
-                    const double *src = fy >= 0 && fy < (long long)p->ih ? chan + (size_t)fy * p->iw : NULL;
-                    copy_row(dst + rr * p->iw, src, p->iw, 1, dx, p->iw);
-                }
-            }
+            for (int dx = -1; dx <= 1; dx++) fill_rows3(chan, p->ih, p->iw, y0, rows, dx, buf + (i * 3 + (size_t)(dx + 1)) * ld);
         }
     } else if (p->copy == COPY_PAD) {
 #if RB_CONV_HAVE_DIRECT
