@@ -132,8 +132,12 @@ static rb_status sum_forward(rb_context *ctx, const rb_op *op, const rb_tensor *
     branch_tape bt;
     rb_status st = forward_parts(ctx, op, x, tape, work, &bt);
     if (st != RB_OK) return st;
-    size_t n = rb_tensor_count(y);
-    for (size_t i = 0; i < n; i++) y->data[i] = s->a * bt.out[0].data[i] + s->b * bt.out[1].data[i];
+    const size_t n = rb_tensor_count(y);
+    const double a = s->a, b = s->b, *A = bt.out[0].data, *B = bt.out[1].data;
+    double *out = y->data;
+    const int T = rb_parallel_threads(ctx, n);
+#pragma omp parallel for simd num_threads(T) schedule(static) if (T > 1)
+    for (size_t i = 0; i < n; i++) out[i] = a * A[i] + b * B[i];
     return RB_OK;
 }
 

@@ -1,5 +1,6 @@
 /* activation.c — identity, ReLU, tanh, GELU as elementwise rb_ops. */
 #include "resbridge/activation.h"
+#include "op_internal.h"
 
 #include <math.h>
 #include <omp.h>
@@ -68,12 +69,6 @@ static double act_df(rb_activation a, double x)
 
 static rb_activation kind(const rb_op *op) { return (rb_activation)(size_t)op->state; }
 
-/* Elementwise passes split into equal chunks over the context's threads from this many
- * values on (results do not depend on the thread count). */
-#define ACT_PARALLEL_MIN 32768
-
-static int act_threads(rb_context *ctx, size_t n) { return n >= ACT_PARALLEL_MIN ? rb_context_threads(ctx) : 1; }
-
 /* ReLU and identity get their own vector loops; the others call libm per value. */
 static void act_apply_range(rb_activation a, const double *restrict x, double *restrict y, size_t n)
 {
@@ -113,7 +108,7 @@ static rb_status act_apply(rb_context *ctx, const rb_op *op, const rb_tensor *x,
     (void)work;
     const rb_activation a = kind(op);
     const size_t n = rb_tensor_count(x);
-    const int T = act_threads(ctx, n);
+    const int T = rb_parallel_threads(ctx, n);
 #pragma omp parallel num_threads(T) if (T > 1)
     {
         const size_t t = (size_t)omp_get_thread_num(), nt = (size_t)omp_get_num_threads();
@@ -129,7 +124,7 @@ static rb_status act_vjp(rb_context *ctx, const rb_op *op, const rb_tensor *x, c
     (void)work;
     const rb_activation a = kind(op);
     const size_t n = rb_tensor_count(x);
-    const int T = act_threads(ctx, n);
+    const int T = rb_parallel_threads(ctx, n);
 #pragma omp parallel num_threads(T) if (T > 1)
     {
         const size_t t = (size_t)omp_get_thread_num(), nt = (size_t)omp_get_num_threads();

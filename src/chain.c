@@ -141,7 +141,7 @@ static rb_status chain_backward_taped(rb_context *ctx, const rb_op *op, const rb
             break;
         }
         rb_tensor g = {.shape = v[i].shape, .data = buf[i % 2], .owns = false};
-        memset(g.data, 0, rb_tensor_count(&g) * sizeof(double));
+        rb_zero(ctx, g.data, rb_tensor_count(&g));
         st = rb_op_backward_unchecked(ctx, p, &v[i], &v[i + 1], t, &g_next, a, &g, dp, work);
         g_next = g;
         a = 1.0;

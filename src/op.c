@@ -3,6 +3,7 @@
 #include "op_internal.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -278,6 +279,16 @@ void rb_parts_release(rb_context *ctx, rb_parts *p)
         rb_op_free(ctx, q);
     }
     p->count = 0;
+}
+
+void rb_zero(rb_context *ctx, double *p, size_t n)
+{
+    const int T = rb_parallel_threads(ctx, n);
+#pragma omp parallel num_threads(T) if (T > 1)
+    {
+        const size_t t = (size_t)omp_get_thread_num(), nt = (size_t)omp_get_num_threads();
+        memset(p + n * t / nt, 0, (n * (t + 1) / nt - n * t / nt) * sizeof *p);
+    }
 }
 
 /* ---- helpers for taped composites --------------------------------------------------------------- */

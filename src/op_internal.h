@@ -48,6 +48,18 @@ rb_status rb_op_param_grad_via_tape(rb_context *ctx, const rb_op *op, const rb_t
 /* Visit op and, for composites, every descendant (depth first, parts in order). */
 void rb_op_visit(rb_op *op, void (*fn)(rb_op *op, void *user), void *user);
 
+/* Elementwise loops over at least RB_PARALLEL_MIN values run on the context's threads:
+ *     const int T = rb_parallel_threads(ctx, n);
+ *     #pragma omp parallel for simd num_threads(T) schedule(static) if (T > 1)
+ * Every value is computed the same way on any thread count. */
+#define RB_PARALLEL_MIN 32768
+static inline int rb_parallel_threads(rb_context *ctx, size_t n)
+{
+    return n >= RB_PARALLEL_MIN ? rb_context_threads(ctx) : 1;
+}
+/* p[0..n) = 0, on those threads. */
+void rb_zero(rb_context *ctx, double *p, size_t n);
+
 /* Byte offsets in tapes: every block starts 64-byte aligned. */
 static inline char *rb_tape_at(void *tape, size_t offset) { return tape ? (char *)tape + offset : NULL; }
 

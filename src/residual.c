@@ -27,8 +27,10 @@ size_t rb_residual_workspace(const rb_op *F, rb_shape in)
 }
 
 /* out = x + h * fx, elementwise (out may be x or fx). */
-static void add_scaled(const double *x, double h, const double *fx, double *out, size_t n)
+static void add_scaled(rb_context *ctx, const double *x, double h, const double *fx, double *out, size_t n)
 {
+    const int T = rb_parallel_threads(ctx, n);
+#pragma omp parallel for simd num_threads(T) schedule(static) if (T > 1)
     for (size_t i = 0; i < n; i++) out[i] = x[i] + h * fx[i];
 }
 
@@ -38,7 +40,7 @@ static rb_status step_core(rb_context *ctx, const rb_op *F, double h, const rb_t
                            void *ftape, rb_arena *work)
 {
     rb_status st = ftape ? rb_op_forward_unchecked(ctx, F, x, fx, ftape, work) : F->type->apply(ctx, F, x, fx, work);
-    if (st == RB_OK) add_scaled(x->data, h, fx->data, y->data, rb_tensor_count(x));
+    if (st == RB_OK) add_scaled(ctx, x->data, h, fx->data, y->data, rb_tensor_count(x));
     return st;
 }
 
@@ -50,8 +52,12 @@ static rb_status backward_core(rb_context *ctx, const rb_op *F, double h, const 
 {
     rb_status st = rb_op_backward_unchecked(ctx, F, x, fx, ftape, dy, alpha * h, dx, dtheta, work);
     if (st != RB_OK || dx == NULL) return st;
-    size_t n = rb_tensor_count(x);
-    for (size_t i = 0; i < n; i++) dx->data[i] += alpha * dy->data[i];
+    const size_t n = rb_tensor_count(x);
+    const int T = rb_parallel_threads(ctx, n);
+    double *d = dx->data;
+    const double *g = dy->data;
+#pragma omp parallel for simd num_threads(T) schedule(static) if (T > 1)
+    for (size_t i = 0; i < n; i++) d[i] += alpha * g[i];
     return RB_OK;
 }
 
