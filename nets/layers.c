@@ -199,26 +199,69 @@ static int norm_threads(rb_context *ctx, norm_layout L, bool shared_grad)
 
 static const double *run_of(const double *p, norm_layout L, size_t o, size_t g) { return p + (o * L.nG + g) * L.nI; }
 
+/* Sums over a run of n values, each taken as four interleaved partial sums over the run's
+ * quarters (independent vector chains: one chain would wait on the adder's latency), added
+ * up in a fixed order:
+ *   *s += sum (r - c)^q for q = 1 (c = 0 then) or 2;
+ *   *a += sum w d, *b += sum w d (r - c), with w = 1 when w is NULL. */
+static void run_moment(const double *r, double c, int q, size_t n, double *s)
+{
+    const size_t m = n / 4;
+    const double *r1 = r + m, *r2 = r + 2 * m, *r3 = r + 3 * m;
+    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    if (q == 1) {
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+        for (size_t i = 0; i < m; i++) s0 += r[i], s1 += r1[i], s2 += r2[i], s3 += r3[i];
+    } else {
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+        for (size_t i = 0; i < m; i++)
+            s0 += (r[i] - c) * (r[i] - c), s1 += (r1[i] - c) * (r1[i] - c), s2 += (r2[i] - c) * (r2[i] - c),
+                s3 += (r3[i] - c) * (r3[i] - c);
+    }
+    double t = (s0 + s1) + (s2 + s3);
+    for (size_t i = 4 * m; i < n; i++) t += q == 1 ? r[i] : (r[i] - c) * (r[i] - c);
+    *s += t;
+}
+
+static void run_dsums(const double *d, const double *r, const double *w, double c, size_t n, double *a, double *b)
+{
+    const size_t m = n / 4;
+    double a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
+    if (w == NULL) {
+#pragma omp simd reduction(+ : a0, a1, a2, a3, b0, b1, b2, b3)
+        for (size_t i = 0; i < m; i++) {
+            a0 += d[i], b0 += d[i] * (r[i] - c);
+            a1 += d[m + i], b1 += d[m + i] * (r[m + i] - c);
+            a2 += d[2 * m + i], b2 += d[2 * m + i] * (r[2 * m + i] - c);
+            a3 += d[3 * m + i], b3 += d[3 * m + i] * (r[3 * m + i] - c);
+        }
+    } else {
+#pragma omp simd reduction(+ : a0, a1, a2, a3, b0, b1, b2, b3)
+        for (size_t i = 0; i < m; i++) {
+            const double e0 = w[i] * d[i], e1 = w[m + i] * d[m + i], e2 = w[2 * m + i] * d[2 * m + i],
+                         e3 = w[3 * m + i] * d[3 * m + i];
+            a0 += e0, b0 += e0 * (r[i] - c);
+            a1 += e1, b1 += e1 * (r[m + i] - c);
+            a2 += e2, b2 += e2 * (r[2 * m + i] - c);
+            a3 += e3, b3 += e3 * (r[3 * m + i] - c);
+        }
+    }
+    double sa = (a0 + a1) + (a2 + a3), sb = (b0 + b1) + (b2 + b3);
+    for (size_t i = 4 * m; i < n; i++) {
+        const double e = (w ? w[i] : 1.0) * d[i];
+        sa += e, sb += e * (r[i] - c);
+    }
+    *a += sa, *b += sb;
+}
+
 /* Mean and biased variance (two passes) of group g. */
 static void group_stats(const double *x, norm_layout L, size_t g, double *mean, double *var)
 {
     const double M = (double)(L.nO * L.nI);
     double s = 0, q = 0;
-    for (size_t o = 0; o < L.nO; o++) {
-        const double *r = run_of(x, L, o, g);
-        double so = 0;
-#pragma omp simd reduction(+ : so)
-        for (size_t i = 0; i < L.nI; i++) so += r[i];
-        s += so;
-    }
+    for (size_t o = 0; o < L.nO; o++) run_moment(run_of(x, L, o, g), 0.0, 1, L.nI, &s);
     const double mu = s / M;
-    for (size_t o = 0; o < L.nO; o++) {
-        const double *r = run_of(x, L, o, g);
-        double qo = 0;
-#pragma omp simd reduction(+ : qo)
-        for (size_t i = 0; i < L.nI; i++) qo += (r[i] - mu) * (r[i] - mu);
-        q += qo;
-    }
+    for (size_t o = 0; o < L.nO; o++) run_moment(run_of(x, L, o, g), mu, 2, L.nI, &q);
     *mean = mu, *var = q / M;
 }
 
@@ -252,13 +295,8 @@ static void group_backward(const double *x, const double *dy, norm_layout L, siz
     double a = 0, b = 0; /* sums of dxhat and dxhat (x - mean) over the group */
     for (size_t o = 0; o < L.nO; o++) {
         const double *r = run_of(x, L, o, g), *d = run_of(dy, L, o, g);
-        double ao = 0, bo = 0;
-        if (L.affine_per_group) {
-#pragma omp simd reduction(+ : ao, bo)
-            for (size_t i = 0; i < L.nI; i++) ao += d[i], bo += d[i] * (r[i] - mean);
-        } else {
-#pragma omp simd reduction(+ : ao, bo)
-            for (size_t i = 0; i < L.nI; i++) ao += d[i] * gamma[i], bo += d[i] * gamma[i] * (r[i] - mean);
+        run_dsums(d, r, L.affine_per_group ? NULL : gamma, mean, L.nI, &a, &b);
+        if (!L.affine_per_group) {
             if (dgamma) {
 #pragma omp simd
                 for (size_t i = 0; i < L.nI; i++) {
@@ -267,7 +305,6 @@ static void group_backward(const double *x, const double *dy, norm_layout L, siz
                 }
             }
         }
-        a += ao, b += bo;
     }
     if (L.affine_per_group) {
         if (dgamma) dgamma[g] += alpha * rstd * b, dbeta[g] += alpha * a;
