@@ -4,7 +4,7 @@ nets issue's reference network (3x3 conv 1->16 + BN + ReLU, three basic blocks a
 a stride-2 block to 32 with a 1x1 projection, global average pooling, linear 10;
 29,050 parameters) at batch B of 28x28 images, SGD momentum 0.9, weight decay 5e-4.
 
-Timed as bench_train times resbridge, each the median of --reps runs after one warm-up:
+Timed as bench_train times resbridge, each the best of --reps runs after one warm-up:
   fwd    the forward pass in training mode (autograd records the graph, BN tracks)
   bwd    loss.backward() after the cross-entropy loss
   step   a whole step: zero_grad, forward, loss, backward, optimizer.step()
@@ -20,7 +20,6 @@ torch.set_num_threads(T): PyTorch's float64 convolutions are its own im2col + BL
 import argparse
 import json
 import os
-import statistics
 import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -79,9 +78,9 @@ def bench(dtype, threads, reps, batch):
             t_fwd.append(t1 - t0)
             t_bwd.append(t3 - t2)
             t_step.append(t5 - t4)
-    step = statistics.median(t_step)
+    step = min(t_step)
     return {"impl": "torch", "dtype": str(dtype).replace("torch.", ""), "batch": batch, "threads": threads,
-            "params": params, "fwd_s": round(statistics.median(t_fwd), 5), "bwd_s": round(statistics.median(t_bwd), 5),
+            "params": params, "fwd_s": round(min(t_fwd), 5), "bwd_s": round(min(t_bwd), 5),
             "step_s": round(step, 5), "epoch_s": round(step * ((60000 + batch - 1) // batch), 2),
             "torch": torch.__version__}
 

@@ -103,18 +103,24 @@ static void act_vjp_range(rb_activation a, const double *restrict x, const doubl
     }
 }
 
-static rb_status act_apply(rb_context *ctx, const rb_op *op, const rb_tensor *x, rb_tensor *y, rb_arena *work)
+/* y = F(x) (dy NULL), or dx += alpha F'(x) dy, in equal chunks over the threads. */
+static void act_run(rb_context *ctx, rb_activation a, const double *x, const double *dy, double alpha, double *out,
+                    size_t n)
 {
-    (void)work;
-    const rb_activation a = kind(op);
-    const size_t n = rb_tensor_count(x);
     const int T = rb_parallel_threads(ctx, n);
 #pragma omp parallel num_threads(T) if (T > 1)
     {
         const size_t t = (size_t)omp_get_thread_num(), nt = (size_t)omp_get_num_threads();
         const size_t lo = n * t / nt, hi = n * (t + 1) / nt;
-        act_apply_range(a, x->data + lo, y->data + lo, hi - lo);
+        if (dy) act_vjp_range(a, x + lo, dy + lo, alpha, out + lo, hi - lo);
+        else act_apply_range(a, x + lo, out + lo, hi - lo);
     }
+}
+
+static rb_status act_apply(rb_context *ctx, const rb_op *op, const rb_tensor *x, rb_tensor *y, rb_arena *work)
+{
+    (void)work;
+    act_run(ctx, kind(op), x->data, NULL, 1.0, y->data, rb_tensor_count(x));
     return RB_OK;
 }
 
@@ -122,15 +128,7 @@ static rb_status act_vjp(rb_context *ctx, const rb_op *op, const rb_tensor *x, c
                          rb_tensor *dx, rb_arena *work)
 {
     (void)work;
-    const rb_activation a = kind(op);
-    const size_t n = rb_tensor_count(x);
-    const int T = rb_parallel_threads(ctx, n);
-#pragma omp parallel num_threads(T) if (T > 1)
-    {
-        const size_t t = (size_t)omp_get_thread_num(), nt = (size_t)omp_get_num_threads();
-        const size_t lo = n * t / nt, hi = n * (t + 1) / nt;
-        act_vjp_range(a, x->data + lo, dy->data + lo, alpha, dx->data + lo, hi - lo);
-    }
+    act_run(ctx, kind(op), x->data, dy->data, alpha, dx->data, rb_tensor_count(x));
     return RB_OK;
 }
 
