@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 void rb_args_init(rb_args *a, int argc, char **argv, const char *cmd)
 {
@@ -76,4 +77,11 @@ void rb_args_unknown(rb_args *a, const char *opt)
 {
     fprintf(stderr, "%s: unknown option '%s' (try --help)\n", a->cmd, opt);
     a->failed = true;
+}
+
+double rb_cli_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }

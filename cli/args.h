@@ -24,4 +24,7 @@ bool rb_args_double(rb_args *a, const char *opt, double lo, double hi, double *o
 bool rb_args_choice(rb_args *a, const char *opt, const char *const *choices, int *out);
 void rb_args_unknown(rb_args *a, const char *opt);
 
+/* Seconds on the monotonic clock (for timings and progress). */
+double rb_cli_now(void);
+
 #endif

@@ -118,13 +118,6 @@ static int parse(rb_context *ctx, int argc, char **argv, opts *o)
     return -1;
 }
 
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 typedef struct problem {
     rb_op *F;
     double *W;        /* the matrix whose eigenvalues bound the Euler step (W, or W - W^T - gamma I) */
@@ -275,13 +268,13 @@ int rb_cli_ode(int argc, char **argv)
     rb_ode_tape tape;
     rb_ode_tape_init(&tape, o.gradient == 1 ? 0 : 1);
     bool need_tape = o.gradient == 0 || o.gradient == 1 || o.gradient == 2;
-    double t0 = now();
+    double t0 = rb_cli_now();
     rb_ode_adaptive_stats ast = {0, 0, 0, 0, 0};
     if (o.adaptive) /* atol = rtol: the error of x_i is held to rtol (1 + |x_i|) per unit time */
         st = rb_ode_integrate_adaptive(ctx, o.method, p.F, 0.0, o.T, &p.x0, &xT, o.rtol, o.rtol, h, 100000000L, &ast);
     else
         st = rb_ode_integrate(ctx, o.method, p.F, 0.0, o.T, (size_t)o.layers, &p.x0, &xT, NULL, need_tape ? &tape : NULL);
-    double seconds = now() - t0;
+    double seconds = rb_cli_now() - t0;
     if (st != RB_OK) return fail(ctx, st);
 
     double err_cvode = NAN, order = NAN, errs[4] = {NAN, NAN, NAN, NAN};

@@ -104,13 +104,6 @@ static int parse(int argc, char **argv, opts *o)
     return -1;
 }
 
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 /* Point coefficients on the full grid (with boundary), or NULL for const. */
 static double *coefficients(const opts *o)
 {
@@ -176,9 +169,9 @@ int rb_cli_poisson(int argc, char **argv)
     double *coef = coefficients(&o);
     rb_mg_problem pb = {o.dim, (size_t)o.n, coef, 1.0};
     rb_mg *mg = NULL;
-    double t0 = now();
+    double t0 = rb_cli_now();
     st = rb_mg_create(ctx, &pb, &o.mg, &mg);
-    double t_setup = now() - t0;
+    double t_setup = rb_cli_now() - t0;
     free(coef);
     if (st != RB_OK) {
         rc = fail(ctx, st);
@@ -194,14 +187,14 @@ int rb_cli_poisson(int argc, char **argv)
     right_hand_side(&o, &f, has_exact ? &exact : NULL);
 
     rb_mg_report rep, fmg_rep;
-    t0 = now();
+    t0 = rb_cli_now();
     if (o.pcg) {
         st = rb_mg_pcg(ctx, mg, &f, &u, o.tol, (int)o.max_cycles, &rep);
     } else {
         if (o.fmg) st = rb_mg_fmg(ctx, mg, &f, &u, 1, &fmg_rep);
         if (st == RB_OK) st = rb_mg_solve(ctx, mg, &f, &u, o.tol, (int)o.max_cycles, &rep);
     }
-    double t_solve = now() - t0;
+    double t_solve = rb_cli_now() - t0;
     rb_status solve_st = st;
     if (st != RB_OK && st != RB_EMAXITER && st != RB_EDIVERGED) return fail(ctx, st);
     if (st != RB_OK) fprintf(stderr, "resbridge poisson: %s: %s\n", rb_strerror(st), rb_context_message(ctx));

@@ -178,21 +178,14 @@ static rb_status load_data(rb_context *ctx, const opts *o, const rb_model_desc *
 
 typedef struct progress_state {
     size_t epoch, epochs;
-    struct timespec t0;
+    double t0;
 } progress_state;
-
-static double since(const struct timespec *t0)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)(t.tv_sec - t0->tv_sec) + 1e-9 * (double)(t.tv_nsec - t0->tv_nsec);
-}
 
 static void progress(void *user, size_t batch, size_t batches, double loss, double acc)
 {
     progress_state *p = user;
     if (batch % 10 != 0 && batch != batches) return;
-    double el = since(&p->t0);
+    double el = rb_cli_now() - p->t0;
     fprintf(stderr, "\repoch %zu/%zu  batch %zu/%zu  loss %.4f  acc %.2f%%  %.0f s, ETA %.0f s   ", p->epoch, p->epochs, batch,
             batches, loss, 100 * acc, el, el / (double)batch * (double)(batches - batch));
     if (batch == batches) fputc('\n', stderr);
@@ -241,12 +234,12 @@ int rb_cli_train(int argc, char **argv)
     size_t E = o.tc.epochs, last = o.stop_after > 0 && (size_t)o.stop_after < E ? (size_t)o.stop_after : E;
     double *tl = calloc(E, sizeof(double)), *ta = calloc(E, sizeof(double)), *secs = calloc(E, sizeof(double));
     size_t first = tr.epoch;
-    progress_state ps = {0, E, {0, 0}};
+    progress_state ps = {0, E, 0.0};
     int tty = isatty(2);
     for (size_t e = first; e < last && st == RB_OK; e++) {
         rb_epoch_stats s;
         ps.epoch = e + 1;
-        clock_gettime(CLOCK_MONOTONIC, &ps.t0);
+        ps.t0 = rb_cli_now();
         st = rb_trainer_epoch(ctx, &tr, &d.train, tty ? progress : NULL, &ps, &s);
         double tloss = 0, tacc = 0;
         if (st == RB_OK) st = rb_model_evaluate(ctx, m, &d.test, 256, &tloss, &tacc);
