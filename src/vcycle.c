@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "grid_fast.h"
+#include "op_internal.h"
 #include "resbridge/residual.h"
 
 static const char *const cycle_names[] = {"V", "W", "F"};
@@ -104,6 +105,56 @@ rb_status rb_vlevel_residual(rb_context *ctx, const rb_vlevel *lv, rb_arena *wor
     return rb_vcycle_residual(ctx, lv->A, &lv->u, &lv->f, (rb_tensor *)&lv->r, NULL, work);
 }
 
+/* ---- the tape (network mode) --------------------------------------------------------------------- */
+
+typedef enum rec_kind { REC_BEGIN, REC_STEP, REC_RESTRICT, REC_CORRECT, REC_COARSE } rec_kind;
+
+typedef struct rec {
+    struct rec *prev;
+    rec_kind kind;
+    size_t level;
+    const rb_vstep *step; /* REC_STEP */
+    double *a;            /* STEP: u before it; RESTRICT: u after pre-smoothing; CORRECT: u_{l+1} */
+    double *b;            /* RESTRICT: the f_{l+1} it made */
+    const double *fprev;  /* RESTRICT: level l+1's f before it (W-, F-cycles revisit) */
+    const double **fcur;  /* BEGIN: every level's current f (filled while recording) */
+} rec;
+
+static size_t rec_bytes(void) { return rb_arena_bytes(sizeof(rec)); }
+
+/* A record with room for `na` and `nb` doubles (0: none). */
+static rec *record(rb_context *ctx, rb_vtape *tape, rec_kind kind, size_t level, size_t na, size_t nb)
+{
+    rec *r = rb_arena_alloc(ctx, &tape->mem, sizeof(rec));
+    double *a = na ? rb_arena_alloc(ctx, &tape->mem, na * sizeof(double)) : NULL;
+    double *b = nb ? rb_arena_alloc(ctx, &tape->mem, nb * sizeof(double)) : NULL;
+    if (r == NULL || (na && a == NULL) || (nb && b == NULL)) {
+        rb_fail(ctx, RB_ENOMEM, "rb_vcycle_run_taped: the tape is full (%zu bytes)", tape->mem.cap);
+        return NULL;
+    }
+    *r = (rec){.prev = tape->last, .kind = kind, .level = level, .a = a, .b = b};
+    tape->last = r;
+    return r;
+}
+
+static rec *begin_of(rb_vtape *tape)
+{
+    rec *r = tape->last;
+    while (r != NULL && r->kind != REC_BEGIN) r = r->prev;
+    return r;
+}
+
+static rb_status record_copy(rb_context *ctx, rb_vtape *tape, rec_kind kind, size_t level, const rb_tensor *t,
+                             const rb_vstep *step)
+{
+    if (tape == NULL) return RB_OK;
+    rec *r = record(ctx, tape, kind, level, rb_tensor_count(t), 0);
+    if (r == NULL) return rb_context_last_status(ctx);
+    memcpy(r->a, t->data, rb_tensor_count(t) * sizeof(double));
+    r->step = step;
+    return RB_OK;
+}
+
 /* f_coarse = R (f - A u): in one pass where a fused kernel takes (A, R) (the
  * residual grid is then not written), else the residual into r, then R r. */
 static rb_status restrict_residual(rb_context *ctx, rb_vlevel *lv, rb_vlevel *coarse, rb_arena *work)
@@ -112,6 +163,24 @@ static rb_status restrict_residual(rb_context *ctx, rb_vlevel *lv, rb_vlevel *co
     rb_status st = rb_vlevel_residual(ctx, lv, work);
     if (st == RB_OK) st = rb_op_apply(ctx, lv->R, &lv->r, &coarse->f, work);
     return st;
+}
+
+/* restrict_residual on level l, taped: u before it, and the f_{l+1} it made. */
+static rb_status restrict_taped(rb_context *ctx, rb_vlevel *lv, rb_vlevel *coarse, size_t l, rb_vtape *tape,
+                                rb_arena *work)
+{
+    if (tape == NULL) return restrict_residual(ctx, lv, coarse, work);
+    size_t nf = rb_tensor_count(&coarse->f);
+    rec *r = record(ctx, tape, REC_RESTRICT, l, rb_tensor_count(&lv->u), nf);
+    if (r == NULL) return rb_context_last_status(ctx);
+    memcpy(r->a, lv->u.data, rb_tensor_count(&lv->u) * sizeof(double));
+    rb_status st = restrict_residual(ctx, lv, coarse, work);
+    if (st != RB_OK) return st;
+    memcpy(r->b, coarse->f.data, nf * sizeof(double));
+    rec *b = begin_of(tape);
+    r->fprev = b->fcur[l + 1];
+    b->fcur[l + 1] = r->b;
+    return RB_OK;
 }
 
 /* u += P u_coarse: in one pass where a fast prolongation takes P, else P u_coarse
@@ -151,11 +220,21 @@ static rb_status level_norm(rb_context *ctx, rb_vlevel *lv, const double *s2, do
  * their own pass over the grid where their operator's type can (rb_residual_step_pass),
  * else they run as separate calls. */
 static rb_status smooth(rb_context *ctx, rb_vlevel *lv, rb_vlevel *coarse, const rb_vstep *steps, size_t count,
-                        bool prolong, bool restrict_res, double *norm, rb_arena *work)
+                        bool prolong, bool restrict_res, double *norm, size_t l, rb_vtape *tape, rb_arena *work)
 {
     rb_status st = RB_OK;
     bool after = restrict_res || norm != NULL, s2_valid = false;
     double s2 = 0.0;
+    if (tape != NULL) { /* taped: the separate calls, each recorded */
+        if (prolong) st = record_copy(ctx, tape, REC_CORRECT, l, &coarse->u, NULL);
+        if (st == RB_OK && prolong) st = correct(ctx, lv, coarse, work);
+        for (size_t s = 0; s < count && st == RB_OK; s++) {
+            st = record_copy(ctx, tape, REC_STEP, l, &lv->u, &steps[s]);
+            if (st == RB_OK) st = rb_residual_step(ctx, steps[s].F, steps[s].h, &lv->u, &lv->u, work);
+        }
+        if (st == RB_OK && restrict_res) st = restrict_taped(ctx, lv, coarse, l, tape, work);
+        return st;
+    }
     for (size_t s = 0; s < count && st == RB_OK; s++) {
         rb_residual_pass pass = {0};
         if (prolong) pass.P = lv->P, pass.c = &coarse->u;
@@ -179,31 +258,39 @@ static rb_status smooth(rb_context *ctx, rb_vlevel *lv, rb_vlevel *coarse, const
     return st;
 }
 
-/* One cycle on level l; norm != NULL: also ||f - A u|| of level l afterwards. */
-static rb_status cycle(rb_context *ctx, const rb_vcycle *vc, size_t l, rb_cycle kind, double *norm, rb_arena *work)
+/* One cycle on level l; norm != NULL: also ||f - A u|| of level l afterwards;
+ * tape != NULL: recording what rb_vcycle_backward needs. */
+static rb_status cycle(rb_context *ctx, const rb_vcycle *vc, size_t l, rb_cycle kind, double *norm, rb_vtape *tape,
+                       rb_arena *work)
 {
     rb_vlevel *lv = &vc->level[l];
     if (l + 1 == vc->nlevels) {
-        rb_status st = vc->coarse_solve(ctx, vc->coarse_data, &lv->f, &lv->u);
+        rb_status st = RB_OK;
+        if (vc->coarse_solve == NULL) { /* smoothed, not solved */
+            st = smooth(ctx, lv, NULL, lv->pre, lv->npre, false, false, NULL, l, tape, work);
+        } else {
+            if (tape != NULL && record(ctx, tape, REC_COARSE, l, 0, 0) == NULL) return rb_context_last_status(ctx);
+            st = vc->coarse_solve(ctx, vc->coarse_data, &lv->f, &lv->u);
+        }
         return st == RB_OK && norm != NULL ? level_norm(ctx, lv, NULL, norm, work) : st;
     }
     rb_vlevel *coarse = &vc->level[l + 1];
     /* pre-smoothing, then f_{l+1} = R (f - A u) */
-    rb_status st = smooth(ctx, lv, coarse, lv->pre, lv->npre, false, true, NULL, work);
+    rb_status st = smooth(ctx, lv, coarse, lv->pre, lv->npre, false, true, NULL, l, tape, work);
     if (st != RB_OK) return st;
     zero(ctx, &coarse->u); /* u_{l+1} = 0 */
     switch (kind) {
-    case RB_CYCLE_V: st = cycle(ctx, vc, l + 1, RB_CYCLE_V, NULL, work); break;
+    case RB_CYCLE_V: st = cycle(ctx, vc, l + 1, RB_CYCLE_V, NULL, tape, work); break;
     case RB_CYCLE_W:
-        st = cycle(ctx, vc, l + 1, RB_CYCLE_W, NULL, work);
-        if (st == RB_OK && l + 2 < vc->nlevels) st = cycle(ctx, vc, l + 1, RB_CYCLE_W, NULL, work);
+        st = cycle(ctx, vc, l + 1, RB_CYCLE_W, NULL, tape, work);
+        if (st == RB_OK && l + 2 < vc->nlevels) st = cycle(ctx, vc, l + 1, RB_CYCLE_W, NULL, tape, work);
         break;
     default:
-        st = cycle(ctx, vc, l + 1, RB_CYCLE_F, NULL, work);
-        if (st == RB_OK && l + 2 < vc->nlevels) st = cycle(ctx, vc, l + 1, RB_CYCLE_V, NULL, work);
+        st = cycle(ctx, vc, l + 1, RB_CYCLE_F, NULL, tape, work);
+        if (st == RB_OK && l + 2 < vc->nlevels) st = cycle(ctx, vc, l + 1, RB_CYCLE_V, NULL, tape, work);
     }
     /* u += P u_{l+1}, then post-smoothing (and the norm) */
-    if (st == RB_OK) st = smooth(ctx, lv, coarse, lv->post, lv->npost, true, false, norm, work);
+    if (st == RB_OK) st = smooth(ctx, lv, coarse, lv->post, lv->npost, true, false, norm, l, tape, work);
     return st;
 }
 
@@ -212,14 +299,19 @@ rb_status rb_vcycle_check(rb_context *ctx, const rb_vcycle *vc)
     if (ctx == NULL) return RB_ENULL;
     if (vc == NULL || vc->level == NULL) return rb_fail(ctx, RB_ENULL, "rb_vcycle: hierarchy is NULL");
     if (vc->nlevels < 1) return rb_fail(ctx, RB_EINVAL, "rb_vcycle: no levels");
-    if (vc->coarse_solve == NULL) return rb_fail(ctx, RB_ENULL, "rb_vcycle: coarse_solve is NULL");
     if ((unsigned)vc->cycle >= RB_CYCLE_COUNT) return rb_fail(ctx, RB_EINVAL, "rb_vcycle: cycle = %d", (int)vc->cycle);
     for (size_t l = 0; l < vc->nlevels; l++) {
         const rb_vlevel *lv = &vc->level[l];
         rb_status st = rb_tensor_check_same(ctx, &lv->u, "level u", &lv->f, "level f");
         if (st == RB_OK) st = rb_tensor_check_same(ctx, &lv->u, "level u", &lv->r, "level r");
         if (st != RB_OK) return rb_fail(ctx, st, "rb_vcycle level %zu: %s", l, rb_context_message(ctx));
-        if (l + 1 == vc->nlevels) break;
+        if (l + 1 == vc->nlevels) {
+            if (vc->coarse_solve == NULL && lv->npre == 0)
+                return rb_fail(ctx, RB_EINVAL, "rb_vcycle: the coarsest level has neither a solve nor smoothing steps");
+            for (size_t s = 0; s < lv->npre; s++)
+                if (lv->pre[s].F == NULL) return rb_fail(ctx, RB_ENULL, "rb_vcycle level %zu: smoothing step %zu has no F", l, s);
+            break;
+        }
         if (lv->A == NULL || lv->R == NULL || lv->P == NULL)
             return rb_fail(ctx, RB_ENULL, "rb_vcycle level %zu: A, R and P are required above the coarsest level", l);
         for (size_t s = 0; s < lv->npre + lv->npost; s++) {
@@ -241,9 +333,14 @@ rb_status rb_vcycle_check(rb_context *ctx, const rb_vcycle *vc)
 size_t rb_vcycle_workspace(const rb_vcycle *vc)
 {
     size_t most = 0;
-    for (size_t l = 0; vc != NULL && l + 1 < vc->nlevels; l++) {
+    for (size_t l = 0; vc != NULL && l < vc->nlevels; l++) {
         const rb_vlevel *lv = &vc->level[l];
         rb_shape s = lv->u.shape;
+        if (l + 1 == vc->nlevels) { /* the coarsest: its smoothing steps, when not solved */
+            for (size_t k = 0; vc->coarse_solve == NULL && k < lv->npre; k++)
+                if (rb_residual_workspace(lv->pre[k].F, s) > most) most = rb_residual_workspace(lv->pre[k].F, s);
+            break;
+        }
         size_t w = rb_op_workspace(lv->A, s);
         if (rb_transfer_restrict_residual_workspace(lv->A, lv->R, s) > w) w = rb_transfer_restrict_residual_workspace(lv->A, lv->R, s);
         if (rb_op_workspace(lv->R, s) > w) w = rb_op_workspace(lv->R, s);
@@ -263,7 +360,7 @@ rb_status rb_vcycle_run(rb_context *ctx, const rb_vcycle *vc, size_t from, rb_ar
     if (ctx == NULL) return RB_ENULL;
     if (vc == NULL || vc->level == NULL) return rb_fail(ctx, RB_ENULL, "rb_vcycle_run: hierarchy is NULL");
     if (from >= vc->nlevels) return rb_fail(ctx, RB_EINVAL, "rb_vcycle_run: from = %zu, only %zu levels", from, vc->nlevels);
-    return cycle(ctx, vc, from, vc->cycle, NULL, work);
+    return cycle(ctx, vc, from, vc->cycle, NULL, NULL, work);
 }
 
 rb_status rb_vcycle_run_norm(rb_context *ctx, const rb_vcycle *vc, size_t from, double *norm, rb_arena *work)
@@ -273,5 +370,238 @@ rb_status rb_vcycle_run_norm(rb_context *ctx, const rb_vcycle *vc, size_t from, 
     if (from >= vc->nlevels)
         return rb_fail(ctx, RB_EINVAL, "rb_vcycle_run_norm: from = %zu, only %zu levels", from, vc->nlevels);
     if (norm == NULL) return rb_fail(ctx, RB_ENULL, "rb_vcycle_run_norm: norm is NULL");
-    return cycle(ctx, vc, from, vc->cycle, norm, work);
+    return cycle(ctx, vc, from, vc->cycle, norm, NULL, work);
+}
+
+/* ---- network mode: the taped cycle and its backward ----------------------------------------------- */
+
+rb_status rb_vtape_init(rb_context *ctx, rb_vtape *tape, size_t bytes)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (tape == NULL) return rb_fail(ctx, RB_ENULL, "rb_vtape_init: tape is NULL");
+    *tape = (rb_vtape){0};
+    return rb_arena_reserve(ctx, &tape->mem, bytes > 0 ? bytes : 1);
+}
+
+void rb_vtape_clear(rb_vtape *tape)
+{
+    if (tape == NULL) return;
+    rb_arena_reset(&tape->mem, 0);
+    tape->last = NULL;
+}
+
+void rb_vtape_release(rb_context *ctx, rb_vtape *tape)
+{
+    if (tape == NULL) return;
+    rb_arena_release(ctx, &tape->mem);
+    tape->last = NULL;
+}
+
+/* Tape bytes of one visit of level l with cycle kind `kind` (the shape of cycle()). */
+static size_t visit_bytes(const rb_vcycle *vc, size_t l, rb_cycle kind)
+{
+    const rb_vlevel *lv = &vc->level[l];
+    const size_t grid = rb_arena_bytes(rb_tensor_count(&lv->u) * sizeof(double));
+    if (l + 1 == vc->nlevels) return vc->coarse_solve != NULL ? rec_bytes() : lv->npre * (rec_bytes() + grid);
+    const rb_vlevel *c = &vc->level[l + 1];
+    const size_t cgrid = rb_arena_bytes(rb_tensor_count(&c->u) * sizeof(double));
+    size_t b = (lv->npre + lv->npost) * (rec_bytes() + grid) + rec_bytes() + grid + cgrid /* restrict */ +
+               rec_bytes() + cgrid /* correct */;
+    switch (kind) {
+    case RB_CYCLE_V: return b + visit_bytes(vc, l + 1, RB_CYCLE_V);
+    case RB_CYCLE_W: return b + visit_bytes(vc, l + 1, RB_CYCLE_W) * (l + 2 < vc->nlevels ? 2 : 1);
+    default: return b + visit_bytes(vc, l + 1, RB_CYCLE_F) + (l + 2 < vc->nlevels ? visit_bytes(vc, l + 1, RB_CYCLE_V) : 0);
+    }
+}
+
+size_t rb_vcycle_tape_bytes(const rb_vcycle *vc, size_t from)
+{
+    if (vc == NULL || vc->level == NULL || from >= vc->nlevels) return 0;
+    return rec_bytes() + rb_arena_bytes(vc->nlevels * sizeof(double *)) + visit_bytes(vc, from, vc->cycle);
+}
+
+static bool every_step_has_S(const rb_vcycle *vc, size_t from, size_t *bad_level)
+{
+    for (size_t l = from; l < vc->nlevels; l++) {
+        const rb_vlevel *lv = &vc->level[l];
+        for (size_t s = 0; s < lv->npre + lv->npost; s++) {
+            const rb_vstep *step = s < lv->npre ? &lv->pre[s] : &lv->post[s - lv->npre];
+            if (step->S == NULL) return *bad_level = l, false;
+        }
+    }
+    return true;
+}
+
+rb_status rb_vcycle_run_taped(rb_context *ctx, const rb_vcycle *vc, size_t from, rb_vtape *tape, rb_arena *work)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (vc == NULL || vc->level == NULL) return rb_fail(ctx, RB_ENULL, "rb_vcycle_run_taped: hierarchy is NULL");
+    if (tape == NULL || tape->mem.base == NULL) return rb_fail(ctx, RB_ENULL, "rb_vcycle_run_taped: tape is NULL or not initialised");
+    if (from >= vc->nlevels)
+        return rb_fail(ctx, RB_EINVAL, "rb_vcycle_run_taped: from = %zu, only %zu levels", from, vc->nlevels);
+    size_t bad;
+    if (!every_step_has_S(vc, from, &bad))
+        return rb_fail(ctx, RB_EINVAL, "rb_vcycle_run_taped: a smoothing step on level %zu has no S (rb_vstep.S)", bad);
+    if (vc->coarse_solve != NULL && vc->coarse_adjoint == NULL && vc->coarse_data == NULL)
+        return rb_fail(ctx, RB_EINVAL, "rb_vcycle_run_taped: coarse_solve without data");
+    const size_t mark = rb_arena_mark(&tape->mem);
+    void *const last = tape->last;
+    rec *b = record(ctx, tape, REC_BEGIN, from, 0, 0);
+    const double **fcur = b ? rb_arena_alloc(ctx, &tape->mem, vc->nlevels * sizeof(double *)) : NULL;
+    if (fcur == NULL) {
+        rb_arena_reset(&tape->mem, mark), tape->last = last;
+        return rb_fail(ctx, RB_ENOMEM, "rb_vcycle_run_taped: the tape is full (%zu bytes)", tape->mem.cap);
+    }
+    for (size_t l = 0; l < vc->nlevels; l++) fcur[l] = NULL;
+    fcur[from] = vc->level[from].f.data;
+    b->fcur = fcur;
+    rb_status st = cycle(ctx, vc, from, vc->cycle, NULL, tape, work);
+    if (st != RB_OK) rb_arena_reset(&tape->mem, mark), tape->last = last; /* nothing half-recorded stays */
+    return st;
+}
+
+/* The adjoints of one level: du, df (dL/du, dL/df), t1, t2 scratch. */
+typedef struct adj {
+    rb_tensor du, df, t1, t2;
+    const double *f; /* the level's current f (forward values) */
+} adj;
+
+size_t rb_vcycle_backward_workspace(const rb_vcycle *vc, size_t from)
+{
+    if (vc == NULL || vc->level == NULL || from >= vc->nlevels) return 0;
+    size_t bytes = rb_arena_bytes(vc->nlevels * sizeof(adj)), ops = 0;
+    for (size_t l = from; l < vc->nlevels; l++) {
+        const rb_vlevel *lv = &vc->level[l];
+        const rb_shape s = lv->u.shape;
+        bytes += 4 * rb_arena_bytes(rb_tensor_count(&lv->u) * sizeof(double));
+        size_t w = rb_op_backward_workspace(lv->A, s);
+        for (size_t k = 0; k < lv->npre + lv->npost; k++) {
+            const rb_vstep *step = k < lv->npre ? &lv->pre[k] : &lv->post[k - lv->npre];
+            if (step->S != NULL && rb_op_backward_workspace(step->S, s) > w) w = rb_op_backward_workspace(step->S, s);
+        }
+        if (lv->R != NULL && rb_op_backward_workspace(lv->R, s) > w) w = rb_op_backward_workspace(lv->R, s);
+        if (l + 1 < vc->nlevels && rb_op_backward_workspace(lv->P, vc->level[l + 1].u.shape) > w)
+            w = rb_op_backward_workspace(lv->P, vc->level[l + 1].u.shape);
+        if (w > ops) ops = w;
+    }
+    size_t fw = rb_vcycle_workspace(vc);
+    return bytes + (ops > fw ? ops : fw);
+}
+
+static double *grad_slot(rb_vgrad_fn grad_of, void *user, const rb_op *op)
+{
+    return grad_of != NULL && op != NULL ? grad_of(user, op) : NULL;
+}
+
+/* t1 = f - A u (r of the forward pass, recomputed). */
+static rb_status residual_again(rb_context *ctx, const rb_op *A, const double *u, adj *a, rb_arena *work)
+{
+    rb_tensor ut = a->t1, ft = a->t1;
+    ut.data = (double *)u, ft.data = (double *)a->f;
+    return rb_vcycle_residual(ctx, A, &ut, &ft, &a->t1, NULL, work);
+}
+
+/* The backward of a residual r = f - A u that fed dr (in t2): df += dr, du -= A^T dr, dA. */
+static rb_status residual_backward(rb_context *ctx, const rb_op *A, const double *u, adj *a, rb_vgrad_fn grad_of,
+                                   void *user, rb_arena *work)
+{
+    rb_status st = rb_tensor_axpy(ctx, 1.0, &a->t2, &a->df);
+    rb_tensor ut = a->t2;
+    ut.data = (double *)u;
+    if (st == RB_OK) st = rb_op_backward(ctx, A, &ut, NULL, NULL, &a->t2, -1.0, &a->du, grad_slot(grad_of, user, A), work);
+    return st;
+}
+
+/* One record backwards. */
+static rb_status undo(rb_context *ctx, const rb_vcycle *vc, const rec *r, adj *ad, rb_vgrad_fn grad_of, void *user,
+                      rb_arena *work)
+{
+    const size_t l = r->level;
+    const rb_vlevel *lv = &vc->level[l];
+    adj *a = &ad[l];
+    rb_status st = RB_OK;
+    switch (r->kind) {
+    case REC_STEP: {
+        /* u' = u + h S(f - A u): dr = h J_S^T du' (the primitive's backward dx = dy + h J_F^T dy
+         * with J_F^T = -A^T J_S^T, written through S and A to reach f and the parameters) */
+        const rb_vstep *step = r->step;
+        st = residual_again(ctx, lv->A, r->a, a, work);
+        if (st == RB_OK) rb_zero(ctx, a->t2.data, rb_tensor_count(&a->t2));
+        if (st == RB_OK)
+            st = rb_op_backward(ctx, step->S, &a->t1, NULL, NULL, &a->du, step->h, &a->t2, grad_slot(grad_of, user, step->S), work);
+        if (st == RB_OK) st = residual_backward(ctx, lv->A, r->a, a, grad_of, user, work);
+        return st;
+    }
+    case REC_RESTRICT: { /* f_{l+1} = R (f - A u), u_{l+1} = 0 */
+        adj *c = &ad[l + 1];
+        st = residual_again(ctx, lv->A, r->a, a, work);
+        if (st == RB_OK) rb_zero(ctx, a->t2.data, rb_tensor_count(&a->t2));
+        if (st == RB_OK) st = rb_op_backward(ctx, lv->R, &a->t1, NULL, NULL, &c->df, 1.0, &a->t2, grad_slot(grad_of, user, lv->R), work);
+        if (st == RB_OK) st = residual_backward(ctx, lv->A, r->a, a, grad_of, user, work);
+        rb_zero(ctx, c->df.data, rb_tensor_count(&c->df));
+        rb_zero(ctx, c->du.data, rb_tensor_count(&c->du));
+        c->f = r->fprev;
+        return st;
+    }
+    case REC_CORRECT: { /* u += P u_{l+1} */
+        adj *c = &ad[l + 1];
+        rb_tensor ct = c->du;
+        ct.data = r->a;
+        rb_zero(ctx, c->du.data, rb_tensor_count(&c->du));
+        return rb_op_backward(ctx, lv->P, &ct, NULL, NULL, &a->du, 1.0, &c->du, grad_slot(grad_of, user, lv->P), work);
+    }
+    case REC_COARSE: { /* u = A^{-1} f: df += A^{-T} du, du = 0 */
+        rb_coarse_solve_fn adjoint = vc->coarse_adjoint ? vc->coarse_adjoint : vc->coarse_solve;
+        st = adjoint(ctx, vc->coarse_data, &a->du, &a->t1);
+        if (st == RB_OK) st = rb_tensor_axpy(ctx, 1.0, &a->t1, &a->df);
+        rb_zero(ctx, a->du.data, rb_tensor_count(&a->du));
+        return st;
+    }
+    default: return RB_OK;
+    }
+}
+
+rb_status rb_vcycle_backward(rb_context *ctx, const rb_vcycle *vc, size_t from, rb_vtape *tape, rb_tensor *du,
+                             rb_tensor *df, rb_vgrad_fn grad_of, void *user, rb_arena *work)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (vc == NULL || vc->level == NULL) return rb_fail(ctx, RB_ENULL, "rb_vcycle_backward: hierarchy is NULL");
+    if (tape == NULL) return rb_fail(ctx, RB_ENULL, "rb_vcycle_backward: tape is NULL");
+    if (work == NULL || work->measuring) return rb_fail(ctx, RB_ENULL, "rb_vcycle_backward: needs a work arena");
+    if (from >= vc->nlevels) return rb_fail(ctx, RB_EINVAL, "rb_vcycle_backward: from = %zu, only %zu levels", from, vc->nlevels);
+    rec *b = begin_of(tape);
+    if (b == NULL) return rb_fail(ctx, RB_EINVAL, "rb_vcycle_backward: the tape holds no cycle");
+    if (b->level != from)
+        return rb_fail(ctx, RB_EINVAL, "rb_vcycle_backward: the newest taped cycle ran from level %zu, not %zu", b->level, from);
+    const rb_vlevel *top = &vc->level[from];
+    rb_status st = rb_tensor_check_same(ctx, &top->u, "level u", du, "du");
+    if (st == RB_OK) st = rb_tensor_check_same(ctx, &top->u, "level u", df, "df");
+    if (st != RB_OK) return st;
+    if (du->data == df->data) return rb_fail(ctx, RB_EINVAL, "rb_vcycle_backward: du and df alias");
+    const size_t mark = rb_arena_mark(work);
+    adj *ad = rb_arena_alloc(ctx, work, vc->nlevels * sizeof(adj));
+    if (ad == NULL) return rb_fail(ctx, RB_ENOMEM, "rb_vcycle_backward: work arena too small (%zu bytes needed)",
+                                   rb_vcycle_backward_workspace(vc, from));
+    for (size_t l = from; l < vc->nlevels && st == RB_OK; l++) {
+        const rb_shape s = vc->level[l].u.shape;
+        adj *a = &ad[l];
+        a->f = b->fcur[l];
+        if (l == from) a->du = *du, a->df = *df;
+        else st = rb_arena_tensor(ctx, work, &a->du, s);
+        if (st == RB_OK && l != from) st = rb_arena_tensor(ctx, work, &a->df, s);
+        if (st == RB_OK) st = rb_arena_tensor(ctx, work, &a->t1, s);
+        if (st == RB_OK) st = rb_arena_tensor(ctx, work, &a->t2, s);
+        if (st == RB_OK && a->t2.data == NULL) st = rb_fail(ctx, RB_ENOMEM, "rb_vcycle_backward: work arena too small");
+        if (st == RB_OK && l != from) {
+            rb_zero(ctx, a->du.data, rb_tensor_count(&a->du));
+            rb_zero(ctx, a->df.data, rb_tensor_count(&a->df));
+        }
+    }
+    for (const rec *r = tape->last; st == RB_OK && r != b; r = r->prev) st = undo(ctx, vc, r, ad, grad_of, user, work);
+    rb_arena_reset(work, mark);
+    if (st != RB_OK) return st;
+    /* the cycle is consumed */
+    tape->last = b->prev;
+    rb_arena_reset(&tape->mem, (size_t)((char *)b - tape->mem.base));
+    return RB_OK;
 }

@@ -81,6 +81,17 @@ const rb_op *rb_mg_operator(const rb_mg *mg);
 /* The cycle over the hierarchy (the generic skeleton of vcycle.h). */
 const rb_vcycle *rb_mg_vcycle(const rb_mg *mg);
 
+/* Full weighting R (the tensor product of [1/4 1/2 1/4], a 3^dim stride-2 vertex-grid
+ * convolution) and (bi/tri)linear interpolation P = 2^dim R^T (its transposed conv). */
+rb_status rb_mg_transfers_create(rb_context *ctx, int dim, rb_op **R, rb_op **P);
+
+/* The report of a cycling driver (used by rb_mg_solve and the network-mode cycle):
+ * begin; record each relative residual (RB_EDIVERGED, with a message naming `what`,
+ * when it is not finite or above 1e6); end computes convergence_factor. */
+void rb_mg_report_begin(rb_mg_report *rep);
+rb_status rb_mg_report_record(rb_context *ctx, rb_mg_report *rep, double rel, const char *what);
+void rb_mg_report_end(rb_mg_report *rep);
+
 /* Valid n (m 2^k - 1, m in {1,3,5,7}, k >= 1) nearest to n below and above. */
 void rb_mg_nearest_sizes(size_t n, size_t *below, size_t *above);
 

@@ -26,6 +26,7 @@
 #include "resbridge/ode.h"
 #include "resbridge/vcycle.h"
 #include "resbridge/multigrid.h"
+#include "resbridge/vnet.h"
 #include "resbridge/data.h"
 #include "resbridge/train.h"
 #include "resbridge/layers.h"

@@ -30,10 +30,15 @@ typedef enum rb_cycle { RB_CYCLE_V, RB_CYCLE_W, RB_CYCLE_F, RB_CYCLE_COUNT } rb_
 
 const char *rb_cycle_name(rb_cycle c);
 
-/* One smoothing step: u <- u + h F(u). */
+/* One smoothing step: u <- u + h F(u). Every smoother is of the residual-correction
+ * form F(u) = S(f - A u) with the level's A (Jacobi: S = D^{-1}; a colour: S = m_c D^{-1};
+ * MgNet: S = sigma(B * sigma(.))). Naming S lets the taped cycle differentiate through
+ * f and the parameters of A and S (rb_vcycle_backward); F is then typically
+ * rb_op_smoother_create(A, S, f). S may be NULL for forward-only cycles. */
 typedef struct rb_vstep {
     const rb_op *F;
     double h;
+    const rb_op *S;
 } rb_vstep;
 
 typedef struct rb_vlevel {
@@ -54,9 +59,12 @@ typedef rb_status (*rb_coarse_solve_fn)(rb_context *ctx, void *data, const rb_te
 typedef struct rb_vcycle {
     rb_vlevel *level;          /* level[0] finest ... level[nlevels-1] coarsest */
     size_t nlevels;
-    rb_coarse_solve_fn coarse_solve;
+    rb_coarse_solve_fn coarse_solve; /* NULL: the coarsest level is smoothed instead (its pre
+                                      * steps from u = 0, as in MgNet) */
     void *coarse_data;
     rb_cycle cycle;
+    rb_coarse_solve_fn coarse_adjoint; /* u = A^{-T} f for the taped backward; NULL: coarse_solve
+                                        * is a linear self-adjoint solve (symmetric A) */
 } rb_vcycle;
 
 /* Check shapes and pointers once (rb_vcycle_run assumes a checked hierarchy). */
@@ -74,6 +82,53 @@ rb_status rb_vcycle_run(rb_context *ctx, const rb_vcycle *vc, size_t from, rb_ar
  * colour sweep op), summed in that step's pass over the grid, else in a pass of its
  * own (rb_vcycle_residual). Equal to rb_vcycle_run then rb_vcycle_residual to rounding. */
 rb_status rb_vcycle_run_norm(rb_context *ctx, const rb_vcycle *vc, size_t from, double *norm, rb_arena *work);
+
+/* ---- network mode: the cycle taped, and its backward ------------------------------------------
+ *
+ * The same cycle (cycle() in vcycle.c) records what its backward needs on a tape: the
+ * iterate before each smoothing step, the iterate and the new coarse data at each
+ * restriction, the coarse iterate at each correction. rb_vcycle_backward walks one
+ * cycle's records in reverse with the adjoints of u and f on every level:
+ *
+ *     rb_vtape tape; rb_vtape_init(ctx, &tape, k * rb_vcycle_tape_bytes(&vc, 0));
+ *     for (c = 0; c < k; c++) rb_vcycle_run_taped(ctx, &vc, 0, &tape, &work);  // k cycles
+ *     // du = dL/du_k (seed), df = 0
+ *     for (c = 0; c < k; c++) rb_vcycle_backward(ctx, &vc, 0, &tape, &du, &df, grad_of, user, &work);
+ *     // now du = dL/du_0, df = dL/df, and grad_of(op) slices hold dL/dtheta
+ *
+ * Every smoothing step needs its S (rb_vstep). The top level's f must not change between
+ * the forward and the backward calls. */
+typedef struct rb_vtape {
+    rb_arena mem;
+    void *last; /* the newest record */
+} rb_vtape;
+
+rb_status rb_vtape_init(rb_context *ctx, rb_vtape *tape, size_t bytes);
+void rb_vtape_clear(rb_vtape *tape);
+void rb_vtape_release(rb_context *ctx, rb_vtape *tape);
+
+/* Tape bytes of one cycle from level `from`. */
+size_t rb_vcycle_tape_bytes(const rb_vcycle *vc, size_t from);
+/* Work bytes rb_vcycle_backward needs (besides rb_vcycle_workspace for the forward). */
+size_t rb_vcycle_backward_workspace(const rb_vcycle *vc, size_t from);
+
+/* rb_vcycle_run, recording on the tape (fused passes are not taken: same numbers). */
+rb_status rb_vcycle_run_taped(rb_context *ctx, const rb_vcycle *vc, size_t from, rb_vtape *tape, rb_arena *work);
+
+/* Where an operator's parameter gradient accumulates (NULL: not learned). */
+typedef double *(*rb_vgrad_fn)(void *user, const rb_op *op);
+
+/* Backward of the newest taped cycle (which it removes from the tape): on entry du holds
+ * dL/du after the cycle, on return dL/du before it; df += dL/df (level `from`'s f);
+ * grad_of(user, op) += dL/dtheta for A, S, R and P of every level (grad_of may be NULL). */
+rb_status rb_vcycle_backward(rb_context *ctx, const rb_vcycle *vc, size_t from, rb_vtape *tape, rb_tensor *du,
+                             rb_tensor *df, rb_vgrad_fn grad_of, void *user, rb_arena *work);
+
+/* The smoothing operator in residual-correction form, F(u) = S(f - A u): A and S
+ * (shape-keeping) and f are referenced, not owned; f's data may change between calls.
+ * Its vjp differentiates with respect to u only (-A^T J_S^T); the taped cycle reaches f
+ * and the parameters through rb_vstep.S. rb_residual_step(F, h, u, u) is the step. */
+rb_status rb_op_smoother_create(rb_context *ctx, const rb_op *A, const rb_op *S, const rb_tensor *f, rb_op **out);
 
 /* r = f - A u on one level (the residual the cycle uses). */
 rb_status rb_vlevel_residual(rb_context *ctx, const rb_vlevel *lv, rb_arena *work);

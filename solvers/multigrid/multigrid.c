@@ -174,9 +174,11 @@ static rb_status constant_operator(rb_context *ctx, int d, size_t n, double a, r
     return RB_OK;
 }
 
-/* Full weighting (tensor product of [1/4 1/2 1/4]) and its transpose scaled by 2^d. */
-static rb_status transfers(rb_context *ctx, int d, rb_op **R, rb_op **P)
+rb_status rb_mg_transfers_create(rb_context *ctx, int d, rb_op **R, rb_op **P)
 {
+    if (ctx == NULL) return RB_ENULL;
+    if (R == NULL || P == NULL) return rb_fail(ctx, RB_ENULL, "rb_mg_transfers_create: R or P is NULL");
+    if (d < 1 || d > 3) return rb_fail(ctx, RB_EINVAL, "rb_mg_transfers_create: dim = %d, must be 1, 2 or 3", d);
     double w[27];
     int t = 0;
     const double c[3] = {0.25, 0.5, 0.25};
@@ -339,8 +341,8 @@ static rb_status make_steps(rb_context *ctx, rb_mg *mg, size_t l)
     size_t npre = 0, npost = 0;
     if (o->smoother == RB_SMOOTHER_JACOBI) {
         double w = mg->omega_jacobi[l];
-        for (int i = 0; i < o->pre; i++) pre[npre++] = (rb_vstep){mg->J[l], w};
-        for (int i = 0; i < o->post; i++) post[npost++] = (rb_vstep){mg->J[l], w};
+        for (int i = 0; i < o->pre; i++) pre[npre++] = (rb_vstep){mg->J[l], w, NULL};
+        for (int i = 0; i < o->post; i++) post[npost++] = (rb_vstep){mg->J[l], w, NULL};
     } else if (o->smoother == RB_SMOOTHER_RBGS && mg->ncolours[l] == 2) {
         /* red-black: each side's sweeps are one residual step of a colour sweep op (colour.h),
          * which runs them in one pass over the grid; the symmetric post-smoother is the
@@ -351,13 +353,13 @@ static rb_status make_steps(rb_context *ctx, rb_mg *mg, size_t l)
         if (st == RB_OK && o->post > 0) st = rb_op_colour_sweep_create(ctx, rb, 2, o->omega, o->post, &mg->sweep[l][1]);
         if (st == RB_OK && o->pre > 0) st = rb_op_colour_sweep_create(ctx, br, 2, o->omega, o->pre, &mg->sweep[l][2]);
         if (st != RB_OK) return st;
-        if (o->pre > 0) pre[npre++] = (rb_vstep){mg->sweep[l][0], o->omega};
-        if (o->post > 0) post[npost++] = (rb_vstep){mg->sweep[l][1], o->omega};
+        if (o->pre > 0) pre[npre++] = (rb_vstep){mg->sweep[l][0], o->omega, NULL};
+        if (o->post > 0) post[npost++] = (rb_vstep){mg->sweep[l][1], o->omega, NULL};
     } else if (o->smoother == RB_SMOOTHER_RBGS) {
         for (int i = 0; i < o->pre; i++)
-            for (int c = 0; c < mg->ncolours[l]; c++) pre[npre++] = (rb_vstep){mg->colour[l][c], o->omega};
+            for (int c = 0; c < mg->ncolours[l]; c++) pre[npre++] = (rb_vstep){mg->colour[l][c], o->omega, NULL};
         for (int i = 0; i < o->post; i++)
-            for (int c = 0; c < mg->ncolours[l]; c++) post[npost++] = (rb_vstep){mg->colour[l][c], o->omega};
+            for (int c = 0; c < mg->ncolours[l]; c++) post[npost++] = (rb_vstep){mg->colour[l][c], o->omega, NULL};
     } else {
         double lmax;
         rb_status st = lambda_max(ctx, mg, l, &lmax);
@@ -366,17 +368,17 @@ static rb_status make_steps(rb_context *ctx, rb_mg *mg, size_t l)
         const double pi = acos(-1.0);
         for (int k = 0; k < o->pre; k++) {
             double theta = 0.5 * (b + a) + 0.5 * (b - a) * cos(pi * (2 * k + 1) / (2.0 * o->pre));
-            pre[npre++] = (rb_vstep){mg->J[l], 1.0 / theta};
+            pre[npre++] = (rb_vstep){mg->J[l], 1.0 / theta, NULL};
         }
         for (int k = o->post - 1; k >= 0; k--) {
             double theta = 0.5 * (b + a) + 0.5 * (b - a) * cos(pi * (2 * k + 1) / (2.0 * o->post));
-            post[npost++] = (rb_vstep){mg->J[l], 1.0 / theta};
+            post[npost++] = (rb_vstep){mg->J[l], 1.0 / theta, NULL};
         }
     }
     /* the symmetric cycle (for CG) post-smooths with the adjoint of the
      * pre-smoother: the pre steps in reverse order (RB-GS: black, then red) */
     size_t nsym = 0;
-    if (mg->sweep[l][2] != NULL) sym[nsym++] = (rb_vstep){mg->sweep[l][2], o->omega};
+    if (mg->sweep[l][2] != NULL) sym[nsym++] = (rb_vstep){mg->sweep[l][2], o->omega, NULL};
     else
         for (size_t i = npre; i-- > 0;) sym[nsym++] = pre[i];
     mg->nsym[l] = nsym;
@@ -492,7 +494,7 @@ static rb_status setup(rb_context *ctx, rb_mg *mg)
         st = grid_alloc(ctx, &lv->u, s);
         if (st == RB_OK) st = grid_alloc(ctx, &lv->f, s);
         if (st == RB_OK) st = grid_alloc(ctx, &lv->r, s);
-        if (st == RB_OK && l + 1 < mg->nlevels) st = transfers(ctx, d, &mg->R[l], &mg->P[l]);
+        if (st == RB_OK && l + 1 < mg->nlevels) st = rb_mg_transfers_create(ctx, d, &mg->R[l], &mg->P[l]);
         if (st != RB_OK) break;
         if (l == 0)
             st = pb->coef ? fine_variable_operator(ctx, mg, &mg->A[0]) : constant_operator(ctx, d, mg->n[0], pb->coef_value, &mg->A[0]);
@@ -511,7 +513,7 @@ static rb_status setup(rb_context *ctx, rb_mg *mg)
     st = rb_arena_reserve(ctx, &mg->work, ws + 4096);
     for (size_t l = 0; l + 1 < mg->nlevels && st == RB_OK; l++) st = make_steps(ctx, mg, l);
     if (st != RB_OK) return st;
-    mg->vc = (rb_vcycle){mg->level, mg->nlevels, coarse_solve, mg, mg->opt.cycle};
+    mg->vc = (rb_vcycle){mg->level, mg->nlevels, coarse_solve, mg, mg->opt.cycle, NULL};
     size_t need = rb_vcycle_workspace(&mg->vc);
     if (need + 4096 > mg->work.cap) st = rb_arena_reserve(ctx, &mg->work, need + ws + 4096);
     if (st == RB_OK) st = rb_vcycle_check(ctx, &mg->vc);
@@ -677,14 +679,14 @@ static void copy_scan(rb_context *ctx, double *dst, const double *src, size_t n,
     if (nonzero != NULL) *nonzero = z != 0;
 }
 
-static void report_start(rb_mg_report *rep)
+void rb_mg_report_begin(rb_mg_report *rep)
 {
     memset(rep, 0, sizeof *rep);
     rep->history[0] = 1.0;
     rep->rel_residual = 1.0;
 }
 
-static void report_finish(rb_mg_report *rep)
+void rb_mg_report_end(rb_mg_report *rep)
 {
     int k = rep->cycles;
     if (k < 1) return;
@@ -728,7 +730,7 @@ static rb_status residual_norm(rb_context *ctx, rb_mg *mg, const rb_tensor *x, c
 }
 
 /* Record one more relative residual; returns RB_EDIVERGED when it blew up. */
-static rb_status record(rb_context *ctx, rb_mg_report *rep, double rel, const char *what)
+rb_status rb_mg_report_record(rb_context *ctx, rb_mg_report *rep, double rel, const char *what)
 {
     rep->cycles++;
     if (rep->cycles < RB_MG_MAX_HISTORY) rep->history[rep->cycles] = rel;
@@ -760,7 +762,7 @@ rb_status rb_mg_solve(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor 
         if (st != RB_OK) return st;
     }
     rb_mg_report local, *rep = report ? report : &local;
-    report_start(rep);
+    rb_mg_report_begin(rep);
     double fn = f2 > 0x1p-900 && f2 < 0x1p900 ? sqrt(f2) : norm2(f->data, n), r0 = fn;
     if (fn == 0.0) { /* the solution is zero */
         memset(u->data, 0, n * sizeof(double));
@@ -773,9 +775,9 @@ rb_status rb_mg_solve(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor 
     while (st == RB_OK && rep->rel_residual > tol && rep->cycles < max_cycles) {
         double rn;
         st = rb_vcycle_run_norm(ctx, &mg->vc, 0, &rn, &mg->work); /* the norm from the last smoothing pass */
-        if (st == RB_OK) st = record(ctx, rep, rn / fn, "multigrid");
+        if (st == RB_OK) st = rb_mg_report_record(ctx, rep, rn / fn, "multigrid");
     }
-    report_finish(rep);
+    rb_mg_report_end(rep);
     if (st != RB_OK) return st;
     if (rep->rel_residual > tol)
         return rb_fail(ctx, RB_EMAXITER, "rb_mg_solve: relative residual %.3g > tol %.3g after %d cycles", rep->rel_residual,
@@ -793,7 +795,7 @@ rb_status rb_mg_fmg(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *u
     if (cycles_per_level < 1 || cycles_per_level > 64)
         return rb_fail(ctx, RB_EINVAL, "rb_mg_fmg: cycles_per_level = %d, must be 1..64", cycles_per_level);
     rb_mg_report local, *rep = report ? report : &local;
-    report_start(rep);
+    rb_mg_report_begin(rep);
     size_t n = rb_tensor_count(f), L = mg->nlevels;
     memcpy(mg->level[0].f.data, f->data, n * sizeof(double));
     for (size_t l = 0; l + 1 < L && st == RB_OK; l++)
@@ -842,7 +844,7 @@ rb_status rb_mg_pcg(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *u
     if (max_iter < 1 || max_iter >= RB_MG_MAX_HISTORY)
         return rb_fail(ctx, RB_EINVAL, "rb_mg_pcg: max_iter = %d, must be 1..%d", max_iter, RB_MG_MAX_HISTORY - 1);
     rb_mg_report local, *rep = report ? report : &local;
-    report_start(rep);
+    rb_mg_report_begin(rep);
     size_t n = rb_tensor_count(f);
     if (norm2(f->data, n) == 0.0) {
         memset(u->data, 0, n * sizeof(double));
@@ -894,7 +896,7 @@ static rb_status pcg(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *
         }
         double alpha = rz / pq;
         for (size_t i = 0; i < n; i++) x->data[i] += alpha * p->data[i], r->data[i] -= alpha * q->data[i];
-        st = record(ctx, rep, norm2(r->data, n), "MG-preconditioned CG");
+        st = rb_mg_report_record(ctx, rep, norm2(r->data, n), "MG-preconditioned CG");
         if (st != RB_OK || rep->rel_residual <= tol) break;
         st = rb_mg_precondition(ctx, mg, r, z);
         if (st != RB_OK) break;
@@ -902,7 +904,7 @@ static rb_status pcg(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *
         rz = rz_new;
         for (size_t i = 0; i < n; i++) p->data[i] = z->data[i] + beta * p->data[i];
     }
-    report_finish(rep);
+    rb_mg_report_end(rep);
     if (st != RB_OK) return st;
     if (rep->rel_residual > tol)
         return rb_fail(ctx, RB_EMAXITER, "rb_mg_pcg: relative residual %.3g > tol %.3g after %d iterations",

@@ -1,0 +1,91 @@
+/* vnet.h — the V-cycle in network mode: MgNet / U-Net level operators on the one
+ * cycle of vcycle.h, forward and backward through several cycles.
+ *
+ * On level l (C channels, batch N, vertex grids n_l = (n_{l-1} - 1) / 2):
+ *     A_l   data-feature map, 3^d conv C -> C           r = f - A u
+ *     B_l   smoother conv, 3^d C -> C                   u <- u + h sigma(B * sigma(f - A u))   (nu steps)
+ *     R_l   restriction, stride-2 conv C -> C           f_{l+1} = R (f - A u), u_{l+1} = 0
+ *     P_l   prolongation, transposed stride-2 conv      u <- u + P u_{l+1}   (the long skip)
+ * and on the coarsest level either a direct solve (LU of its A, C = 1) or its smoothing
+ * steps. Each smoothing step is rb_residual_step of rb_op_smoother_create(A, S, f), with
+ * S = sigma o B o sigma (S = B for sigma = identity).
+ *
+ * With C = 1, sigma = identity and rb_vnet_set_poisson (A = -Laplacian, B = D^{-1},
+ * h = omega, R = full weighting, P = bilinear) the network is the damped-Jacobi
+ * multigrid solver of multigrid.h, iterate for iterate (tests/test_vnet.c).
+ *
+ *     rb_vnet_config cfg = rb_vnet_config_default();   // 2D, n = 31, 3 levels, C = 1
+ *     rb_vnet *net; rb_vnet_create(ctx, &cfg, &net);
+ *     rb_vnet_forward(ctx, net, &f, NULL, &u, 2, true);     // two cycles from u = 0, taped
+ *     rb_vnet_backward(ctx, net, &du, NULL, &df);           // dL/df, and dL/dtheta in rb_vnet_grad
+ */
+#ifndef RESBRIDGE_VNET_H
+#define RESBRIDGE_VNET_H
+
+#include <stdbool.h>
+#include "resbridge/activation.h"
+#include "resbridge/multigrid.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct rb_vnet_config {
+    int dim;             /* 1, 2 or 3 */
+    size_t n;            /* finest grid: n points per direction, n = m 2^k - 1 */
+    size_t levels;       /* 1 .. 16; each coarser grid has (n - 1) / 2 points */
+    size_t channels;     /* C >= 1 */
+    size_t batch;        /* N >= 1 samples per run */
+    int pre, post;       /* smoothing steps per level, 0 .. 8 (the coarsest: pre steps when not solved) */
+    rb_activation act;   /* sigma */
+    rb_cycle cycle;
+    bool coarse_solve;   /* coarsest level solved (LU of A; needs C = 1, sigma-free linear A) */
+    unsigned long seed;  /* weight initialisation (uniform, +-1/sqrt(fan-in)) */
+} rb_vnet_config;
+
+/* 2D, n = 31, 3 levels, C = 1, N = 1, V(1,1), identity, coarse solve, seed 1. */
+rb_vnet_config rb_vnet_config_default(void);
+
+typedef enum rb_vnet_part { RB_VNET_A, RB_VNET_B, RB_VNET_R, RB_VNET_P, RB_VNET_PART_COUNT } rb_vnet_part;
+
+typedef struct rb_vnet rb_vnet;
+
+rb_status rb_vnet_create(rb_context *ctx, const rb_vnet_config *cfg, rb_vnet **out);
+void rb_vnet_free(rb_context *ctx, rb_vnet *net);
+
+const rb_vnet_config *rb_vnet_config_of(const rb_vnet *net);
+/* The level operator (its params may be set directly; call rb_vnet_refresh after changing
+ * A on the coarsest level of a solved net). NULL for R, P on the coarsest level or a bad index. */
+rb_op *rb_vnet_op(const rb_vnet *net, size_t level, rb_vnet_part part);
+/* The grid of level l: (N, C, n_l...) with unused dimensions 1. */
+rb_shape rb_vnet_shape(const rb_vnet *net, size_t level);
+const rb_vcycle *rb_vnet_vcycle(const rb_vnet *net);
+/* The step size h of every smoothing step (default 1). */
+rb_status rb_vnet_set_step(rb_context *ctx, rb_vnet *net, double h);
+/* The weights of the Poisson solver: A_l = -Laplacian on level l, B_l = D_l^{-1} (centre
+ * tap), h = omega, R = full weighting, P = bilinear. Needs C = 1. */
+rb_status rb_vnet_set_poisson(rb_context *ctx, rb_vnet *net, double omega);
+/* Factorise the coarsest A again (after its weights changed). */
+rb_status rb_vnet_refresh(rb_context *ctx, rb_vnet *net);
+
+/* u = `cycles` cycles from u0 (NULL: zero) for right-hand side f (all of shape
+ * rb_vnet_shape(net, 0)); taped: the backward can follow. */
+rb_status rb_vnet_forward(rb_context *ctx, rb_vnet *net, const rb_tensor *f, const rb_tensor *u0, rb_tensor *u,
+                          int cycles, bool taped);
+/* Backward of the last taped rb_vnet_forward for seed du = dL/du: du0 = dL/du0 and
+ * df = dL/df (each may be NULL; overwritten), and rb_vnet_grad(net, op) += dL/dtheta.
+ * Consumes the tape. */
+rb_status rb_vnet_backward(rb_context *ctx, rb_vnet *net, const rb_tensor *du, rb_tensor *du0, rb_tensor *df);
+/* The gradient accumulator of a level operator's parameters (nparams values). */
+double *rb_vnet_grad(const rb_vnet *net, const rb_op *op);
+void rb_vnet_zero_grad(rb_vnet *net);
+
+/* Cycles (N = 1) from u until |f - A_0 u| <= tol |f| or max_cycles; the report as
+ * rb_mg_solve's (RB_EMAXITER, RB_EDIVERGED with the history). */
+rb_status rb_vnet_solve(rb_context *ctx, rb_vnet *net, const rb_tensor *f, rb_tensor *u, double tol, int max_cycles,
+                        rb_mg_report *report);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,443 @@
+/* vnet.c — the V-cycle in network mode (vnet.h): learned level operators on the one
+ * cycle of src/vcycle.c, taped forward and backward. */
+#include "resbridge/vnet.h"
+
+#include <gsl/gsl_rng.h>
+#include <lapacke.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "resbridge/chain.h"
+#include "resbridge/conv.h"
+#include "resbridge/reference.h"
+#include "resbridge/residual.h"
+
+#define VNET_MAX_LEVELS 16
+#define VNET_MAX_STEPS 8
+
+typedef struct vnet_level {
+    rb_op *A, *B, *S, *F, *R, *P; /* S = sigma o B o sigma (a chain owning B) or B itself */
+    rb_vstep pre[VNET_MAX_STEPS], post[VNET_MAX_STEPS];
+} vnet_level;
+
+struct rb_vnet {
+    rb_vnet_config cfg;
+    vnet_level lv[VNET_MAX_LEVELS];
+    rb_vlevel level[VNET_MAX_LEVELS];
+    rb_vcycle vc;
+    /* learned operators (A, S, R, P of every level) and their gradient accumulators */
+    rb_op *learned[4 * VNET_MAX_LEVELS];
+    double *grad[4 * VNET_MAX_LEVELS];
+    size_t nlearned;
+    /* coarse solve: LU of the coarsest A (row-major assembly, solved transposed) */
+    double *lu;
+    lapack_int *ipiv;
+    size_t ncoarse;
+    rb_arena work;
+    rb_vtape tape;
+    int taped_cycles;
+    rb_tensor du, df; /* the backward's seed and right-hand-side adjoint on level 0 */
+};
+
+rb_vnet_config rb_vnet_config_default(void)
+{
+    return (rb_vnet_config){.dim = 2, .n = 31, .levels = 3, .channels = 1, .batch = 1, .pre = 1, .post = 1,
+                            .act = RB_ACT_IDENTITY, .cycle = RB_CYCLE_V, .coarse_solve = true, .seed = 1};
+}
+
+static rb_shape grid(const rb_vnet_config *c, size_t n)
+{
+    return rb_shape_3d(c->batch, c->channels, c->dim >= 3 ? n : 1, c->dim >= 2 ? n : 1, n);
+}
+
+static rb_status check_config(rb_context *ctx, const rb_vnet_config *c)
+{
+    if (c->dim < 1 || c->dim > 3) return rb_fail(ctx, RB_EINVAL, "rb_vnet_create: dim = %d, must be 1, 2 or 3", c->dim);
+    if (c->levels < 1 || c->levels > VNET_MAX_LEVELS)
+        return rb_fail(ctx, RB_EINVAL, "rb_vnet_create: levels = %zu, must be 1..%d", c->levels, VNET_MAX_LEVELS);
+    if (c->channels < 1 || c->batch < 1) return rb_fail(ctx, RB_EINVAL, "rb_vnet_create: channels and batch must be >= 1");
+    if (c->pre < 0 || c->pre > VNET_MAX_STEPS || c->post < 0 || c->post > VNET_MAX_STEPS)
+        return rb_fail(ctx, RB_EINVAL, "rb_vnet_create: pre = %d, post = %d, each must be 0..%d", c->pre, c->post, VNET_MAX_STEPS);
+    if ((unsigned)c->act >= RB_ACT_COUNT) return rb_fail(ctx, RB_EINVAL, "rb_vnet_create: unknown activation %d", (int)c->act);
+    if ((unsigned)c->cycle >= RB_CYCLE_COUNT) return rb_fail(ctx, RB_EINVAL, "rb_vnet_create: unknown cycle %d", (int)c->cycle);
+    size_t n = c->n;
+    for (size_t l = 1; l < c->levels; l++) {
+        if (n < 3 || n % 2 == 0)
+            return rb_fail(ctx, RB_EINVAL, "rb_vnet_create: n = %zu does not coarsen %zu times (level %zu has %zu points; "
+                           "vertex grids need odd n >= 3 to coarsen)", c->n, c->levels - 1, l - 1, n);
+        n = (n - 1) / 2;
+    }
+    if (n < 1) return rb_fail(ctx, RB_EINVAL, "rb_vnet_create: n = %zu is too small", c->n);
+    if (c->coarse_solve && c->channels != 1)
+        return rb_fail(ctx, RB_EINVAL, "rb_vnet_create: the coarse solve needs C = 1 (C = %zu): smooth the coarsest level instead",
+                       c->channels);
+    if (!c->coarse_solve && c->pre == 0)
+        return rb_fail(ctx, RB_EINVAL, "rb_vnet_create: the coarsest level is neither solved nor smoothed (pre = 0)");
+    return RB_OK;
+}
+
+static rb_status conv(rb_context *ctx, const rb_vnet_config *c, int stride, bool transposed, gsl_rng *rng, rb_op **out)
+{
+    rb_conv_desc d = rb_conv_desc_default(c->dim, c->channels, c->channels);
+    d.stride = stride, d.transposed = transposed;
+    rb_status st = rb_op_conv_create(ctx, &d, NULL, out);
+    if (st != RB_OK) return st;
+    const double bound = 1.0 / sqrt((double)(c->channels * rb_conv_ntaps(&d)));
+    for (size_t i = 0; i < (*out)->nparams; i++) (*out)->params[i] = bound * (2 * gsl_rng_uniform(rng) - 1);
+    return RB_OK;
+}
+
+/* S = sigma o B o sigma (a chain taking B), or B. */
+static rb_status smoother_branch(rb_context *ctx, const rb_vnet_config *c, rb_op *B, rb_op **S)
+{
+    if (c->act == RB_ACT_IDENTITY) return *S = B, RB_OK;
+    rb_op *parts[3] = {NULL, B, NULL};
+    rb_status st = rb_op_activation_create(ctx, c->act, &parts[0]);
+    if (st == RB_OK) st = rb_op_activation_create(ctx, c->act, &parts[2]);
+    if (st == RB_OK) st = rb_op_chain_create(ctx, parts, 3, S);
+    if (st != RB_OK) rb_op_free(ctx, parts[0]), rb_op_free(ctx, parts[2]);
+    return st;
+}
+
+static rb_status coarse_solve(rb_context *ctx, void *data, const rb_tensor *f, rb_tensor *u, char trans)
+{
+    const rb_vnet *net = data;
+    const size_t m = net->ncoarse, nrhs = rb_tensor_count(f) / m;
+    memcpy(u->data, f->data, rb_tensor_count(f) * sizeof(double));
+    lapack_int info = LAPACKE_dgetrs_work(LAPACK_COL_MAJOR, trans, (lapack_int)m, (lapack_int)nrhs, net->lu, (lapack_int)m,
+                                          net->ipiv, u->data, (lapack_int)m);
+    if (info != 0) return rb_fail(ctx, RB_ELAPACK, "dgetrs: argument %d had an illegal value", (int)-info);
+    return RB_OK;
+}
+/* The assembly is row-major, so LAPACK (column-major) holds A^T: A^{-1} is its 'T' solve. */
+static rb_status solve_A(rb_context *ctx, void *data, const rb_tensor *f, rb_tensor *u) { return coarse_solve(ctx, data, f, u, 'T'); }
+static rb_status solve_At(rb_context *ctx, void *data, const rb_tensor *f, rb_tensor *u) { return coarse_solve(ctx, data, f, u, 'N'); }
+
+rb_status rb_vnet_refresh(rb_context *ctx, rb_vnet *net)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (net == NULL) return rb_fail(ctx, RB_ENULL, "rb_vnet_refresh: net is NULL");
+    if (!net->cfg.coarse_solve) return RB_OK;
+    const size_t lc = net->cfg.levels - 1, m = net->ncoarse;
+    rb_shape one = rb_vnet_shape(net, lc);
+    one.n = 1;
+    rb_status st = rb_ref_assemble(ctx, net->lv[lc].A, one, net->lu);
+    if (st != RB_OK) return st;
+    lapack_int info = LAPACKE_dgetrf(LAPACK_COL_MAJOR, (lapack_int)m, (lapack_int)m, net->lu, (lapack_int)m, net->ipiv);
+    if (info > 0) return rb_fail(ctx, RB_ELAPACK, "dgetrf: the coarsest A is singular (U(%d,%d) = 0)", (int)info, (int)info);
+    if (info < 0) return rb_fail(ctx, RB_ELAPACK, "dgetrf: argument %d had an illegal value", (int)-info);
+    return RB_OK;
+}
+
+static rb_status build(rb_context *ctx, rb_vnet *net, gsl_rng *rng)
+{
+    const rb_vnet_config *c = &net->cfg;
+    rb_status st = RB_OK;
+    size_t n = c->n;
+    for (size_t l = 0; l < c->levels && st == RB_OK; l++, n = (n - 1) / 2) {
+        vnet_level *v = &net->lv[l];
+        rb_vlevel *lv = &net->level[l];
+        const rb_shape s = grid(c, n);
+        const bool coarsest = l + 1 == c->levels;
+        st = rb_tensor_alloc(ctx, &lv->u, s);
+        if (st == RB_OK) st = rb_tensor_alloc(ctx, &lv->f, s);
+        if (st == RB_OK) st = rb_tensor_alloc(ctx, &lv->r, s);
+        if (st == RB_OK) st = conv(ctx, c, 1, false, rng, &v->A);
+        /* a solved coarsest level's A is factorised, not learned (the solve's adjoint reaches f only) */
+        if (st == RB_OK && !(coarsest && c->coarse_solve)) net->learned[net->nlearned++] = v->A;
+        if (st != RB_OK || (coarsest && c->coarse_solve)) {
+            lv->A = v->A;
+            continue;
+        }
+        rb_op *B = NULL;
+        st = conv(ctx, c, 1, false, rng, &B);
+        if (st == RB_OK) st = smoother_branch(ctx, c, B, &v->S);
+        if (st != RB_OK) {
+            rb_op_free(ctx, B);
+            break;
+        }
+        v->B = B;
+        net->learned[net->nlearned++] = v->S;
+        st = rb_op_smoother_create(ctx, v->A, v->S, &lv->f, &v->F);
+        if (st == RB_OK && !coarsest) st = conv(ctx, c, 2, false, rng, &v->R);
+        if (st == RB_OK && !coarsest) net->learned[net->nlearned++] = v->R;
+        if (st == RB_OK && !coarsest) st = conv(ctx, c, 2, true, rng, &v->P);
+        if (st == RB_OK && !coarsest) net->learned[net->nlearned++] = v->P;
+        if (st != RB_OK) break;
+        for (int k = 0; k < c->pre; k++) v->pre[k] = (rb_vstep){v->F, 1.0, v->S};
+        for (int k = 0; k < c->post && !coarsest; k++) v->post[k] = (rb_vstep){v->F, 1.0, v->S};
+        lv->A = v->A, lv->R = v->R, lv->P = v->P;
+        lv->pre = v->pre, lv->npre = (size_t)c->pre;
+        lv->post = v->post, lv->npost = coarsest ? 0 : (size_t)c->post;
+    }
+    if (st != RB_OK) return st;
+    for (size_t i = 0; i < net->nlearned; i++) {
+        net->grad[i] = rb_calloc(ctx, net->learned[i]->nparams ? net->learned[i]->nparams : 1, sizeof(double));
+        if (net->grad[i] == NULL) return RB_ENOMEM;
+    }
+    net->vc = (rb_vcycle){net->level, c->levels, NULL, NULL, c->cycle, NULL};
+    if (c->coarse_solve) {
+        net->ncoarse = rb_shape_count(rb_vnet_shape(net, c->levels - 1)) / c->batch;
+        net->lu = rb_calloc(ctx, net->ncoarse * net->ncoarse, sizeof(double));
+        net->ipiv = rb_calloc(ctx, net->ncoarse, sizeof(lapack_int));
+        if (net->lu == NULL || net->ipiv == NULL) return RB_ENOMEM;
+        net->vc.coarse_solve = solve_A, net->vc.coarse_adjoint = solve_At, net->vc.coarse_data = net;
+        st = rb_vnet_refresh(ctx, net);
+    }
+    if (st == RB_OK) st = rb_vcycle_check(ctx, &net->vc);
+    size_t w = rb_vcycle_backward_workspace(&net->vc, 0), fw = rb_vcycle_workspace(&net->vc);
+    if (st == RB_OK) st = rb_arena_reserve(ctx, &net->work, (w > fw ? w : fw) + 4096);
+    if (st == RB_OK) st = rb_tensor_alloc(ctx, &net->du, grid(c, c->n));
+    if (st == RB_OK) st = rb_tensor_alloc(ctx, &net->df, grid(c, c->n));
+    return st;
+}
+
+rb_status rb_vnet_create(rb_context *ctx, const rb_vnet_config *cfg, rb_vnet **out)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (cfg == NULL || out == NULL) return rb_fail(ctx, RB_ENULL, "rb_vnet_create: cfg or out is NULL");
+    rb_status st = check_config(ctx, cfg);
+    if (st != RB_OK) return st;
+    rb_vnet *net = rb_calloc(ctx, 1, sizeof *net);
+    if (net == NULL) return RB_ENOMEM;
+    net->cfg = *cfg;
+    gsl_rng *rng = gsl_rng_alloc(gsl_rng_mt19937);
+    if (rng == NULL) {
+        rb_free(ctx, net);
+        return rb_fail(ctx, RB_ENOMEM, "rb_vnet_create: no random number generator");
+    }
+    gsl_rng_set(rng, cfg->seed);
+    st = build(ctx, net, rng);
+    gsl_rng_free(rng);
+    if (st != RB_OK) {
+        rb_vnet_free(ctx, net);
+        return st;
+    }
+    *out = net;
+    return RB_OK;
+}
+
+void rb_vnet_free(rb_context *ctx, rb_vnet *net)
+{
+    if (net == NULL) return;
+    for (size_t l = 0; l < VNET_MAX_LEVELS; l++) {
+        vnet_level *v = &net->lv[l];
+        rb_op_free(ctx, v->F);
+        if (v->S != v->B) rb_op_free(ctx, v->S); /* the chain frees B */
+        else rb_op_free(ctx, v->B);
+        rb_op_free(ctx, v->A), rb_op_free(ctx, v->R), rb_op_free(ctx, v->P);
+        rb_tensor_release(ctx, &net->level[l].u), rb_tensor_release(ctx, &net->level[l].f), rb_tensor_release(ctx, &net->level[l].r);
+    }
+    for (size_t i = 0; i < net->nlearned; i++) rb_free(ctx, net->grad[i]);
+    rb_free(ctx, net->lu), rb_free(ctx, net->ipiv);
+    rb_arena_release(ctx, &net->work);
+    rb_vtape_release(ctx, &net->tape);
+    rb_tensor_release(ctx, &net->du), rb_tensor_release(ctx, &net->df);
+    rb_free(ctx, net);
+}
+
+const rb_vnet_config *rb_vnet_config_of(const rb_vnet *net) { return net ? &net->cfg : NULL; }
+
+rb_op *rb_vnet_op(const rb_vnet *net, size_t level, rb_vnet_part part)
+{
+    if (net == NULL || level >= net->cfg.levels) return NULL;
+    const vnet_level *v = &net->lv[level];
+    switch (part) {
+    case RB_VNET_A: return v->A;
+    case RB_VNET_B: return v->B;
+    case RB_VNET_R: return v->R;
+    case RB_VNET_P: return v->P;
+    default: return NULL;
+    }
+}
+
+rb_shape rb_vnet_shape(const rb_vnet *net, size_t level)
+{
+    if (net == NULL || level >= net->cfg.levels) return (rb_shape){0, 0, 0, 0, 0};
+    return net->level[level].u.shape;
+}
+
+const rb_vcycle *rb_vnet_vcycle(const rb_vnet *net) { return net ? &net->vc : NULL; }
+
+rb_status rb_vnet_set_step(rb_context *ctx, rb_vnet *net, double h)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (net == NULL) return rb_fail(ctx, RB_ENULL, "rb_vnet_set_step: net is NULL");
+    if (!isfinite(h)) return rb_fail(ctx, RB_EINVAL, "rb_vnet_set_step: h = %g is not finite", h);
+    for (size_t l = 0; l < net->cfg.levels; l++) {
+        for (int k = 0; k < VNET_MAX_STEPS; k++) net->lv[l].pre[k].h = h, net->lv[l].post[k].h = h;
+    }
+    return RB_OK;
+}
+
+rb_status rb_vnet_set_poisson(rb_context *ctx, rb_vnet *net, double omega)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (net == NULL) return rb_fail(ctx, RB_ENULL, "rb_vnet_set_poisson: net is NULL");
+    if (net->cfg.channels != 1) return rb_fail(ctx, RB_EINVAL, "rb_vnet_set_poisson: needs C = 1, the net has %zu", net->cfg.channels);
+    const int d = net->cfg.dim;
+    rb_status st = RB_OK;
+    rb_op *R = NULL, *P = NULL;
+    st = rb_mg_transfers_create(ctx, d, &R, &P);
+    for (size_t l = 0; l < net->cfg.levels && st == RB_OK; l++) {
+        vnet_level *v = &net->lv[l];
+        const size_t n = rb_vnet_shape(net, l).w;
+        rb_op *L = NULL;
+        st = rb_op_laplacian_create(ctx, d, 1.0 / (double)(n + 1), &L);
+        if (st != RB_OK) break;
+        /* the star's taps into the full 3^d kernel: tap (dz, dy, dx) of the star sits where the
+         * full kernel has it (both row-major over the offsets) */
+        const size_t full = v->A->nparams;
+        memset(v->A->params, 0, full * sizeof(double));
+        size_t t = 0;
+        double centre = 0;
+        for (size_t k = 0; k < full; k++) {
+            size_t kk = k;
+            int dist = 0;
+            for (int a = 0; a < d; a++, kk /= 3) dist += abs((int)(kk % 3) - 1);
+            if (dist <= 1) {
+                v->A->params[k] = L->params[t++];
+                if (dist == 0) centre = v->A->params[k];
+            }
+        }
+        rb_op_free(ctx, L);
+        if (v->B != NULL) {
+            memset(v->B->params, 0, v->B->nparams * sizeof(double));
+            v->B->params[full / 2] = 1.0 / centre;
+        }
+        if (v->R != NULL) memcpy(v->R->params, R->params, R->nparams * sizeof(double));
+        if (v->P != NULL) memcpy(v->P->params, P->params, P->nparams * sizeof(double));
+    }
+    rb_op_free(ctx, R), rb_op_free(ctx, P);
+    if (st == RB_OK) st = rb_vnet_set_step(ctx, net, omega);
+    if (st == RB_OK) st = rb_vnet_refresh(ctx, net);
+    return st;
+}
+
+static rb_status check_grid(rb_context *ctx, const rb_vnet *net, const rb_tensor *t, const char *name, const char *fn)
+{
+    rb_status st = rb_tensor_check(ctx, t, name);
+    if (st != RB_OK) return st;
+    if (!rb_shape_equal(t->shape, net->level[0].u.shape)) {
+        char a[96], b[96];
+        return rb_fail(ctx, RB_ESHAPE, "%s: %s has shape %s, the net's grid is %s", fn, name, rb_shape_format(t->shape, a, sizeof a),
+                       rb_shape_format(net->level[0].u.shape, b, sizeof b));
+    }
+    return RB_OK;
+}
+
+rb_status rb_vnet_forward(rb_context *ctx, rb_vnet *net, const rb_tensor *f, const rb_tensor *u0, rb_tensor *u, int cycles,
+                          bool taped)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (net == NULL) return rb_fail(ctx, RB_ENULL, "rb_vnet_forward: net is NULL");
+    rb_status st = check_grid(ctx, net, f, "f", "rb_vnet_forward");
+    if (st == RB_OK && u0 != NULL) st = check_grid(ctx, net, u0, "u0", "rb_vnet_forward");
+    if (st == RB_OK) st = check_grid(ctx, net, u, "u", "rb_vnet_forward");
+    if (st != RB_OK) return st;
+    if (cycles < 1 || cycles > 1000) return rb_fail(ctx, RB_EINVAL, "rb_vnet_forward: cycles = %d, must be 1..1000", cycles);
+    rb_vlevel *top = &net->level[0];
+    const size_t n = rb_tensor_count(f);
+    net->taped_cycles = 0;
+    if (taped) {
+        size_t need = (size_t)cycles * rb_vcycle_tape_bytes(&net->vc, 0);
+        if (net->tape.mem.cap < need) {
+            rb_vtape_release(ctx, &net->tape);
+            st = rb_vtape_init(ctx, &net->tape, need);
+            if (st != RB_OK) return st;
+        }
+        rb_vtape_clear(&net->tape);
+    }
+    memcpy(top->f.data, f->data, n * sizeof(double));
+    if (u0 != NULL) memcpy(top->u.data, u0->data, n * sizeof(double));
+    else memset(top->u.data, 0, n * sizeof(double));
+    for (int k = 0; k < cycles && st == RB_OK; k++)
+        st = taped ? rb_vcycle_run_taped(ctx, &net->vc, 0, &net->tape, &net->work) : rb_vcycle_run(ctx, &net->vc, 0, &net->work);
+    if (st != RB_OK) return st;
+    if (taped) net->taped_cycles = cycles;
+    memcpy(u->data, top->u.data, n * sizeof(double));
+    return RB_OK;
+}
+
+static double *grad_of(void *user, const rb_op *op) { return rb_vnet_grad(user, op); }
+
+rb_status rb_vnet_backward(rb_context *ctx, rb_vnet *net, const rb_tensor *du, rb_tensor *du0, rb_tensor *df)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (net == NULL) return rb_fail(ctx, RB_ENULL, "rb_vnet_backward: net is NULL");
+    rb_status st = check_grid(ctx, net, du, "du", "rb_vnet_backward");
+    if (st == RB_OK && du0 != NULL) st = check_grid(ctx, net, du0, "du0", "rb_vnet_backward");
+    if (st == RB_OK && df != NULL) st = check_grid(ctx, net, df, "df", "rb_vnet_backward");
+    if (st != RB_OK) return st;
+    if (net->taped_cycles < 1) return rb_fail(ctx, RB_EINVAL, "rb_vnet_backward: no taped rb_vnet_forward to go back through");
+    const size_t n = rb_tensor_count(du);
+    memcpy(net->du.data, du->data, n * sizeof(double));
+    memset(net->df.data, 0, n * sizeof(double));
+    for (; net->taped_cycles > 0 && st == RB_OK; net->taped_cycles--)
+        st = rb_vcycle_backward(ctx, &net->vc, 0, &net->tape, &net->du, &net->df, grad_of, net, &net->work);
+    net->taped_cycles = 0;
+    if (st != RB_OK) return st;
+    if (du0 != NULL) memcpy(du0->data, net->du.data, n * sizeof(double));
+    if (df != NULL) memcpy(df->data, net->df.data, n * sizeof(double));
+    return RB_OK;
+}
+
+double *rb_vnet_grad(const rb_vnet *net, const rb_op *op)
+{
+    if (net == NULL || op == NULL || op->nparams == 0) return NULL;
+    for (size_t i = 0; i < net->nlearned; i++) {
+        const rb_op *o = net->learned[i];
+        if (op->params >= o->params && op->params < o->params + o->nparams) return net->grad[i] + (op->params - o->params);
+    }
+    return NULL;
+}
+
+void rb_vnet_zero_grad(rb_vnet *net)
+{
+    for (size_t i = 0; net != NULL && i < net->nlearned; i++) memset(net->grad[i], 0, net->learned[i]->nparams * sizeof(double));
+}
+
+rb_status rb_vnet_solve(rb_context *ctx, rb_vnet *net, const rb_tensor *f, rb_tensor *u, double tol, int max_cycles,
+                        rb_mg_report *report)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (net == NULL) return rb_fail(ctx, RB_ENULL, "rb_vnet_solve: net is NULL");
+    rb_status st = check_grid(ctx, net, f, "f", "rb_vnet_solve");
+    if (st == RB_OK) st = check_grid(ctx, net, u, "u", "rb_vnet_solve");
+    if (st != RB_OK) return st;
+    if (!(tol > 0) || !(tol < 1)) return rb_fail(ctx, RB_EINVAL, "rb_vnet_solve: tol = %g must lie in (0, 1)", tol);
+    if (max_cycles < 1 || max_cycles >= RB_MG_MAX_HISTORY)
+        return rb_fail(ctx, RB_EINVAL, "rb_vnet_solve: max_cycles = %d, must be 1..%d", max_cycles, RB_MG_MAX_HISTORY - 1);
+    rb_mg_report local, *rep = report ? report : &local;
+    rb_mg_report_begin(rep);
+    rb_vlevel *top = &net->level[0];
+    const size_t n = rb_tensor_count(f);
+    memcpy(top->f.data, f->data, n * sizeof(double));
+    memcpy(top->u.data, u->data, n * sizeof(double));
+    rb_tensor zero = top->r;
+    memset(zero.data, 0, n * sizeof(double));
+    double fn, rn;
+    st = rb_vcycle_residual(ctx, top->A, &zero, &top->f, NULL, &fn, &net->work);
+    if (st == RB_OK) st = rb_vcycle_residual(ctx, top->A, &top->u, &top->f, NULL, &rn, &net->work);
+    if (st != RB_OK) return st;
+    if (!isfinite(fn)) return rb_fail(ctx, RB_EINVAL, "rb_vnet_solve: f is not finite");
+    if (fn == 0.0) {
+        memset(u->data, 0, n * sizeof(double));
+        rep->rel_residual = 0, rep->converged = true;
+        return RB_OK;
+    }
+    rep->history[0] = rep->rel_residual = rn / fn;
+    while (st == RB_OK && rep->rel_residual > tol && rep->cycles < max_cycles) {
+        st = rb_vcycle_run_norm(ctx, &net->vc, 0, &rn, &net->work);
+        if (st == RB_OK) st = rb_mg_report_record(ctx, rep, rn / fn, "network-mode cycle");
+    }
+    rb_mg_report_end(rep);
+    if (st != RB_OK) return st;
+    if (rep->rel_residual > tol)
+        return rb_fail(ctx, RB_EMAXITER, "rb_vnet_solve: relative residual %.3g > tol %.3g after %d cycles", rep->rel_residual, tol,
+                       rep->cycles);
+    rep->converged = true;
+    memcpy(u->data, top->u.data, n * sizeof(double));
+    return RB_OK;
+}

@@ -1,0 +1,340 @@
+/* test_vnet.c — the V-cycle in network mode against its oracles:
+ *   the multigrid solver (MG mode of the same skeleton): with C = 1, sigma = identity and
+ *     the Poisson weights, network mode reproduces damped-Jacobi multigrid iterate for
+ *     iterate (<= 1e-13 relative), several sizes, levels, cycles, V and W;
+ *   the V-cycle operator: with u0 = 0 one cycle is u = M f, so dL/df for L = <s, u> is
+ *     M^T s; M is assembled column by column and the symmetric cycle gives M^T s = M s;
+ *     LAPACK (dgeev) on I - M A gives the spectral radius the measured factor approaches;
+ *   central finite differences: every gradient (f, u0, each operator's parameters) of a
+ *     nonlinear multi-channel network through several V- and W-cycles;
+ *   bad input. */
+#include "testkit.h"
+#include "conformance.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+static double rel_diff(const double *a, const double *b, size_t n)
+{
+    double d = 0, m = 0;
+    for (size_t i = 0; i < n; i++) {
+        d = fmax(d, fabs(a[i] - b[i]));
+        m = fmax(m, fabs(b[i]));
+    }
+    return m > 0 ? d / m : d;
+}
+
+static rb_vnet *poisson_net(rb_context *ctx, size_t n, size_t levels, double omega, int pre, int post, rb_cycle cycle)
+{
+    rb_vnet_config c = rb_vnet_config_default();
+    c.n = n, c.levels = levels, c.pre = pre, c.post = post, c.cycle = cycle;
+    rb_vnet *net = NULL;
+    RB_CHECK(ctx, rb_vnet_create(ctx, &c, &net));
+    RB_CHECK(ctx, rb_vnet_set_poisson(ctx, net, omega));
+    return net;
+}
+
+/* ---- network mode = MG mode -------------------------------------------------------------------- */
+
+static void equivalence_case(rb_context *ctx, size_t n, int pre, int post, rb_cycle cycle, int cycles)
+{
+    rb_mg_problem pb = {2, n, NULL, 1.0};
+    rb_mg_options o = rb_mg_options_default(2);
+    o.smoother = RB_SMOOTHER_JACOBI, o.omega = 0.8, o.pre = pre, o.post = post, o.cycle = cycle, o.coarse_max = 7;
+    rb_mg *mg = NULL;
+    RB_CHECK(ctx, rb_mg_create(ctx, &pb, &o, &mg));
+    const size_t L = rb_mg_levels(mg);
+    rb_vnet *net = poisson_net(ctx, n, L, 0.8, pre, post, cycle);
+    const rb_vcycle *vc = rb_mg_vcycle(mg);
+    rb_arena work = {0};
+    RB_CHECK(ctx, rb_arena_reserve(ctx, &work, rb_vcycle_workspace(vc) + 4096));
+    rb_tensor f, u;
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &f, rb_mg_shape(mg)));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &u, rb_mg_shape(mg)));
+    rb_test_rng r = {n * 7 + (uint64_t)cycle};
+    rb_test_fill(&r, &f, -1, 1);
+    const size_t N = rb_tensor_count(&f);
+    memcpy(vc->level[0].f.data, f.data, N * sizeof(double));
+    memset(vc->level[0].u.data, 0, N * sizeof(double));
+    double worst = 0;
+    for (int k = 1; k <= cycles; k++) {
+        RB_CHECK(ctx, rb_vcycle_run(ctx, vc, 0, &work));             /* MG mode: k cycles */
+        RB_CHECK(ctx, rb_vnet_forward(ctx, net, &f, NULL, &u, k, k == cycles)); /* network mode, from 0 */
+        double d = rel_diff(u.data, vc->level[0].u.data, N);
+        worst = fmax(worst, d);
+        assert_true(d <= 1e-13);
+    }
+    print_message("net = mg: n %zu, %zu levels, %s(%d,%d), %d cycles: max rel diff %.2e\n", n, L, rb_cycle_name(cycle), pre,
+                  post, cycles, worst);
+    /* the iterates improve: the net is a solver here, not just equal to one */
+    rb_tensor_release(ctx, &f), rb_tensor_release(ctx, &u);
+    rb_arena_release(ctx, &work);
+    rb_vnet_free(ctx, net);
+    rb_mg_free(ctx, mg);
+}
+
+static void test_net_equals_mg(void **state)
+{
+    rb_context *ctx = *state;
+    equivalence_case(ctx, 31, 1, 1, RB_CYCLE_V, 4);
+    equivalence_case(ctx, 63, 2, 1, RB_CYCLE_V, 3);
+    equivalence_case(ctx, 127, 1, 1, RB_CYCLE_V, 3);
+    equivalence_case(ctx, 63, 1, 1, RB_CYCLE_W, 3);
+    equivalence_case(ctx, 63, 1, 2, RB_CYCLE_F, 2);
+}
+
+/* The network-mode solve converges like the damped-Jacobi solver (same history). */
+static void test_net_solve_history(void **state)
+{
+    rb_context *ctx = *state;
+    rb_mg_problem pb = {2, 63, NULL, 1.0};
+    rb_mg_options o = rb_mg_options_default(2);
+    o.smoother = RB_SMOOTHER_JACOBI, o.omega = 0.8, o.pre = 1, o.post = 1, o.coarse_max = 7;
+    rb_mg *mg = NULL;
+    RB_CHECK(ctx, rb_mg_create(ctx, &pb, &o, &mg));
+    rb_vnet *net = poisson_net(ctx, 63, rb_mg_levels(mg), 0.8, 1, 1, RB_CYCLE_V);
+    rb_tensor f, u1, u2;
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &f, rb_mg_shape(mg)));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &u1, rb_mg_shape(mg)));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &u2, rb_mg_shape(mg)));
+    rb_test_rng r = {5};
+    rb_test_fill(&r, &f, -1, 1);
+    rb_mg_report a, b;
+    RB_CHECK(ctx, rb_mg_solve(ctx, mg, &f, &u1, 1e-9, 100, &a));
+    RB_CHECK(ctx, rb_vnet_solve(ctx, net, &f, &u2, 1e-9, 100, &b));
+    assert_int_equal(a.cycles, b.cycles);
+    for (int k = 0; k <= a.cycles; k++) assert_true(fabs(a.history[k] - b.history[k]) <= 1e-10 * a.history[k] + 1e-15);
+    assert_true(rel_diff(u2.data, u1.data, rb_tensor_count(&f)) < 1e-12);
+    print_message("solve: %d cycles each, factor mg %.4f net %.4f\n", a.cycles, a.convergence_factor, b.convergence_factor);
+    rb_tensor_release(ctx, &f), rb_tensor_release(ctx, &u1), rb_tensor_release(ctx, &u2);
+    rb_vnet_free(ctx, net);
+    rb_mg_free(ctx, mg);
+}
+
+/* ---- dL/df is the cycle operator's transpose --------------------------------------------------- */
+
+static void test_gradient_is_cycle_operator(void **state)
+{
+    rb_context *ctx = *state;
+    const size_t n = 15;
+    rb_vnet *net = poisson_net(ctx, n, 3, 0.8, 1, 1, RB_CYCLE_V);
+    const rb_shape s = rb_vnet_shape(net, 0);
+    const size_t N = rb_shape_count(s);
+    rb_tensor e, u, seed, df, Ms;
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &e, s));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &u, s));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &seed, s));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &df, s));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &Ms, s));
+    /* M by columns: u = M e_j */
+    double *M = malloc(N * N * sizeof(double)), *A = malloc(N * N * sizeof(double)), *E = malloc(N * N * sizeof(double));
+    assert_non_null(M), assert_non_null(A), assert_non_null(E);
+    for (size_t j = 0; j < N; j++) {
+        memset(e.data, 0, N * sizeof(double));
+        e.data[j] = 1;
+        RB_CHECK(ctx, rb_vnet_forward(ctx, net, &e, NULL, &u, 1, false));
+        for (size_t i = 0; i < N; i++) M[i * N + j] = u.data[i];
+    }
+    /* backprop: df = M^T s */
+    rb_test_rng r = {11};
+    rb_test_fill(&r, &seed, -1, 1);
+    rb_test_fill(&r, &e, -1, 1);
+    RB_CHECK(ctx, rb_vnet_forward(ctx, net, &e, NULL, &u, 1, true));
+    RB_CHECK(ctx, rb_vnet_backward(ctx, net, &seed, NULL, &df));
+    double mts_diff = 0, ms_diff = 0, asym = 0, scale = 0;
+    RB_CHECK(ctx, rb_vnet_forward(ctx, net, &seed, NULL, &Ms, 1, false)); /* M s: one cycle on the seed */
+    for (size_t j = 0; j < N; j++) {
+        double mts = 0;
+        for (size_t i = 0; i < N; i++) mts += M[i * N + j] * seed.data[i];
+        mts_diff = fmax(mts_diff, fabs(mts - df.data[j]));
+        ms_diff = fmax(ms_diff, fabs(Ms.data[j] - df.data[j]));
+        scale = fmax(scale, fabs(mts));
+        for (size_t i = 0; i < N; i++) asym = fmax(asym, fabs(M[i * N + j] - M[j * N + i]));
+    }
+    print_message("dL/df vs M^T s: %.2e, vs M s (symmetric cycle): %.2e, |M - M^T| %.2e (scale %.2e)\n", mts_diff / scale,
+                  ms_diff / scale, asym, scale);
+    assert_true(mts_diff <= 1e-13 * scale);
+    assert_true(ms_diff <= 1e-12 * scale);
+    /* LAPACK: the error propagation I - M A, its spectral radius against the measured factor */
+    RB_CHECK(ctx, rb_ref_assemble(ctx, rb_vnet_op(net, 0, RB_VNET_A), s, A));
+    for (size_t i = 0; i < N; i++)
+        for (size_t j = 0; j < N; j++) {
+            double ma = 0;
+            for (size_t k = 0; k < N; k++) ma += M[i * N + k] * A[k * N + j];
+            E[i * N + j] = (i == j) - ma;
+        }
+    double *wr = malloc(N * sizeof(double)), *wi = malloc(N * sizeof(double)), rho = 0;
+    RB_CHECK(ctx, rb_ref_eig_general(ctx, E, N, wr, wi));
+    for (size_t i = 0; i < N; i++) rho = fmax(rho, hypot(wr[i], wi[i]));
+    rb_mg_report rep;
+    rb_test_fill(&r, &e, -1, 1);
+    memset(u.data, 0, N * sizeof(double));
+    rb_status st = rb_vnet_solve(ctx, net, &e, &u, 1e-13, 60, &rep);
+    assert_true(st == RB_OK || st == RB_EMAXITER);
+    print_message("spectral radius of I - M A (dgeev) %.4f, measured factor %.4f over %d cycles\n", rho,
+                  rep.convergence_factor, rep.cycles);
+    assert_true(rho < 1);
+    assert_true(fabs(rep.convergence_factor - rho) < 0.05 * rho);
+    free(M), free(A), free(E), free(wr), free(wi);
+    rb_tensor_release(ctx, &e), rb_tensor_release(ctx, &u), rb_tensor_release(ctx, &seed), rb_tensor_release(ctx, &df);
+    rb_tensor_release(ctx, &Ms);
+    rb_vnet_free(ctx, net);
+}
+
+/* ---- every gradient against central differences ------------------------------------------------ */
+
+/* L = <w, u> after `cycles` cycles from u0 for f. */
+static double loss(rb_context *ctx, rb_vnet *net, const rb_tensor *f, const rb_tensor *u0, const rb_tensor *w, int cycles,
+                   rb_tensor *u)
+{
+    RB_CHECK(ctx, rb_vnet_forward(ctx, net, f, u0, u, cycles, false));
+    double s = 0;
+    for (size_t i = 0; i < rb_tensor_count(u); i++) s += w->data[i] * u->data[i];
+    return s;
+}
+
+static void fd_case(rb_context *ctx, rb_vnet_config c, int cycles, const char *label)
+{
+    rb_vnet *net = NULL;
+    RB_CHECK(ctx, rb_vnet_create(ctx, &c, &net));
+    RB_CHECK(ctx, rb_vnet_set_step(ctx, net, 0.5));
+    const rb_shape s = rb_vnet_shape(net, 0);
+    const size_t N = rb_shape_count(s);
+    rb_tensor f, u0, w, u, du0, df;
+    rb_tensor *all[] = {&f, &u0, &w, &u, &du0, &df};
+    for (int i = 0; i < 6; i++) RB_CHECK(ctx, rb_tensor_alloc(ctx, all[i], s));
+    rb_test_rng r = {c.seed + 100};
+    rb_test_fill(&r, &f, -1, 1);
+    rb_test_fill(&r, &u0, -0.5, 0.5);
+    rb_test_fill(&r, &w, -1, 1);
+    rb_vnet_zero_grad(net);
+    RB_CHECK(ctx, rb_vnet_forward(ctx, net, &f, &u0, &u, cycles, true));
+    RB_CHECK(ctx, rb_vnet_backward(ctx, net, &w, &du0, &df));
+    const double eps = 1e-5; /* central: truncation ~1e-10, rounding of L ~1e-10 */
+    double worst = 0;
+    /* inputs: a few entries of f and u0 */
+    for (int t = 0; t < 6; t++) {
+        rb_tensor *x = t % 2 ? &u0 : &f;
+        const double *g = t % 2 ? du0.data : df.data;
+        size_t i = (size_t)(rb_test_uniform(&r, 0, 1) * (double)N) % N;
+        double keep = x->data[i];
+        x->data[i] = keep + eps;
+        double lp = loss(ctx, net, &f, &u0, &w, cycles, &u);
+        x->data[i] = keep - eps;
+        double lm = loss(ctx, net, &f, &u0, &w, cycles, &u);
+        x->data[i] = keep;
+        double fd = (lp - lm) / (2 * eps), err = fabs(fd - g[i]) / fmax(fabs(fd), 1e-3);
+        worst = fmax(worst, err);
+        if (err >= 1e-6) fail_msg("%s: d/d%s[%zu]: backprop %.10e, FD %.10e", label, t % 2 ? "u0" : "f", i, g[i], fd);
+    }
+    /* parameters: a few of every learned operator on every level */
+    for (size_t l = 0; l < c.levels; l++)
+        for (int p = 0; p < RB_VNET_PART_COUNT; p++) {
+            rb_op *op = rb_vnet_op(net, l, (rb_vnet_part)p);
+            double *g = rb_vnet_grad(net, op);
+            if (op == NULL || g == NULL) continue;
+            for (int t = 0; t < 3; t++) {
+                size_t i = (size_t)(rb_test_uniform(&r, 0, 1) * (double)op->nparams) % op->nparams;
+                double keep = op->params[i];
+                op->params[i] = keep + eps;
+                double lp = loss(ctx, net, &f, &u0, &w, cycles, &u);
+                op->params[i] = keep - eps;
+                double lm = loss(ctx, net, &f, &u0, &w, cycles, &u);
+                op->params[i] = keep;
+                double fd = (lp - lm) / (2 * eps), err = fabs(fd - g[i]) / fmax(fabs(fd), 1e-3);
+                worst = fmax(worst, err);
+                if (err >= 1e-6) fail_msg("%s: level %zu part %d param %zu: backprop %.10e, FD %.10e", label, l, p, i, g[i], fd);
+            }
+        }
+    print_message("%s: gradients vs central FD, worst rel err %.2e\n", label, worst);
+    for (int i = 0; i < 6; i++) rb_tensor_release(ctx, all[i]);
+    rb_vnet_free(ctx, net);
+}
+
+static void test_gradients_fd(void **state)
+{
+    rb_context *ctx = *state;
+    rb_vnet_config c = rb_vnet_config_default();
+    c.n = 15, c.levels = 3, c.channels = 2, c.batch = 2, c.act = RB_ACT_TANH, c.coarse_solve = false, c.seed = 3;
+    fd_case(ctx, c, 2, "C=2 tanh V(1,1), 2 cycles");
+    c.cycle = RB_CYCLE_W, c.pre = 2, c.post = 1, c.seed = 4;
+    fd_case(ctx, c, 2, "C=2 tanh W(2,1)");
+    c = rb_vnet_config_default();
+    c.n = 15, c.levels = 3, c.cycle = RB_CYCLE_F, c.seed = 5; /* C = 1, linear, coarse LU solve */
+    fd_case(ctx, c, 3, "C=1 F(1,1) coarse solve, 3 cycles");
+    c = rb_vnet_config_default();
+    c.dim = 1, c.n = 31, c.levels = 4, c.channels = 3, c.act = RB_ACT_GELU, c.coarse_solve = false, c.seed = 6;
+    fd_case(ctx, c, 2, "1D C=3 gelu");
+}
+
+/* The smoothing operator F(u) = S(f - A u) passes the operator conformance suite. */
+static void test_smoother_conformance(void **state)
+{
+    rb_context *ctx = *state;
+    rb_vnet_config c = rb_vnet_config_default();
+    c.n = 7, c.levels = 2, c.channels = 2, c.act = RB_ACT_TANH, c.coarse_solve = false;
+    rb_vnet *net = NULL;
+    RB_CHECK(ctx, rb_vnet_create(ctx, &c, &net));
+    const rb_vcycle *vc = rb_vnet_vcycle(net);
+    rb_test_rng r = {9};
+    rb_test_fill(&r, (rb_tensor *)&vc->level[0].f, -1, 1);
+    rb_conformance_case cc = rb_conformance_default((rb_op *)vc->level[0].pre[0].F, rb_vnet_shape(net, 0), "smoother");
+    rb_conformance_run(ctx, &cc);
+    rb_vnet_free(ctx, net);
+}
+
+static void test_bad_input(void **state)
+{
+    rb_context *ctx = *state;
+    rb_vnet_config c = rb_vnet_config_default();
+    rb_vnet *net = NULL;
+    c.n = 30;
+    RB_EXPECT(ctx, RB_EINVAL, "does not coarsen", rb_vnet_create(ctx, &c, &net));
+    c = rb_vnet_config_default();
+    c.channels = 2;
+    RB_EXPECT(ctx, RB_EINVAL, "coarse solve needs C = 1", rb_vnet_create(ctx, &c, &net));
+    c.coarse_solve = false, c.pre = 0;
+    RB_EXPECT(ctx, RB_EINVAL, "neither solved nor smoothed", rb_vnet_create(ctx, &c, &net));
+    c = rb_vnet_config_default();
+    RB_CHECK(ctx, rb_vnet_create(ctx, &c, &net));
+    rb_tensor f, u, wrong;
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &f, rb_vnet_shape(net, 0)));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &u, rb_vnet_shape(net, 0)));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &wrong, rb_shape_2d(1, 1, 15, 15)));
+    RB_EXPECT(ctx, RB_ESHAPE, "the net's grid is", rb_vnet_forward(ctx, net, &wrong, NULL, &u, 1, false));
+    RB_EXPECT(ctx, RB_EINVAL, "cycles = 0", rb_vnet_forward(ctx, net, &f, NULL, &u, 0, false));
+    RB_EXPECT(ctx, RB_EINVAL, "no taped", rb_vnet_backward(ctx, net, &u, NULL, &f));
+    RB_CHECK(ctx, rb_vnet_forward(ctx, net, &f, NULL, &u, 1, false));
+    RB_EXPECT(ctx, RB_EINVAL, "no taped", rb_vnet_backward(ctx, net, &u, NULL, &f));
+    RB_EXPECT(ctx, RB_EINVAL, "h = inf", rb_vnet_set_step(ctx, net, INFINITY));
+    rb_vnet_free(ctx, net);
+    c.channels = 2, c.coarse_solve = false;
+    RB_CHECK(ctx, rb_vnet_create(ctx, &c, &net));
+    RB_EXPECT(ctx, RB_EINVAL, "needs C = 1", rb_vnet_set_poisson(ctx, net, 0.8));
+    rb_vnet_free(ctx, net);
+    /* the MG solver's cycle has no S on its steps: it cannot be taped */
+    rb_mg_problem pb = {2, 15, NULL, 1.0};
+    rb_mg_options o = rb_mg_options_default(2);
+    rb_mg *mg = NULL;
+    RB_CHECK(ctx, rb_mg_create(ctx, &pb, &o, &mg));
+    rb_vtape tape;
+    RB_CHECK(ctx, rb_vtape_init(ctx, &tape, rb_vcycle_tape_bytes(rb_mg_vcycle(mg), 0)));
+    RB_EXPECT(ctx, RB_EINVAL, "has no S", rb_vcycle_run_taped(ctx, rb_mg_vcycle(mg), 0, &tape, NULL));
+    rb_vtape_release(ctx, &tape);
+    rb_mg_free(ctx, mg);
+    rb_tensor_release(ctx, &f), rb_tensor_release(ctx, &u), rb_tensor_release(ctx, &wrong);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_net_equals_mg, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_net_solve_history, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_gradient_is_cycle_operator, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_gradients_fd, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_smoother_conformance, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_bad_input, rb_test_setup, rb_test_teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
