@@ -15,5 +15,6 @@ int rb_cli_poisson(int argc, char **argv);
 int rb_cli_ode(int argc, char **argv);
 int rb_cli_train(int argc, char **argv);
 int rb_cli_eval(int argc, char **argv);
+int rb_cli_learn_smoother(int argc, char **argv);
 
 #endif

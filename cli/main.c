@@ -12,6 +12,7 @@ static const rb_cli_command commands[] = {
     {"poisson", "solve -div(a grad u) = f by multigrid (1D/2D/3D), checked against exact solutions or LAPACK", rb_cli_poisson},
     {"train", "train a ResNet, its plain twin or a residual MLP (Fashion-MNIST or synthetic data)", rb_cli_train},
     {"eval", "evaluate a trained network from its checkpoint", rb_cli_eval},
+    {"learn-smoother", "train multigrid smoothers by backpropagation through the V-cycle (network mode)", rb_cli_learn_smoother},
 };
 
 static void usage(FILE *f)

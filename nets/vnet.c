@@ -38,6 +38,7 @@ struct rb_vnet {
     rb_vtape tape;
     int taped_cycles;
     rb_tensor du, df; /* the backward's seed and right-hand-side adjoint on level 0 */
+    rb_tensor cg[5];  /* CG's vectors, with the first rb_vnet_pcg */
 };
 
 rb_vnet_config rb_vnet_config_default(void)
@@ -234,6 +235,7 @@ void rb_vnet_free(rb_context *ctx, rb_vnet *net)
     rb_arena_release(ctx, &net->work);
     rb_vtape_release(ctx, &net->tape);
     rb_tensor_release(ctx, &net->du), rb_tensor_release(ctx, &net->df);
+    for (int i = 0; i < 5; i++) rb_tensor_release(ctx, &net->cg[i]);
     rb_free(ctx, net);
 }
 
@@ -440,4 +442,33 @@ rb_status rb_vnet_solve(rb_context *ctx, rb_vnet *net, const rb_tensor *f, rb_te
     rep->converged = true;
     memcpy(u->data, top->u.data, n * sizeof(double));
     return RB_OK;
+}
+
+/* z = one cycle from zero for right-hand side r */
+static rb_status precondition(rb_context *ctx, void *data, const rb_tensor *r, rb_tensor *z)
+{
+    rb_vnet *net = data;
+    rb_vlevel *top = &net->level[0];
+    const size_t n = rb_tensor_count(r);
+    memcpy(top->f.data, r->data, n * sizeof(double));
+    memset(top->u.data, 0, n * sizeof(double));
+    rb_status st = rb_vcycle_run(ctx, &net->vc, 0, &net->work);
+    if (st == RB_OK) memcpy(z->data, top->u.data, n * sizeof(double));
+    return st;
+}
+
+rb_status rb_vnet_pcg(rb_context *ctx, rb_vnet *net, const rb_tensor *f, rb_tensor *u, double tol, int max_iter,
+                      rb_mg_report *report)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (net == NULL) return rb_fail(ctx, RB_ENULL, "rb_vnet_pcg: net is NULL");
+    rb_status st = check_grid(ctx, net, f, "f", "rb_vnet_pcg");
+    if (st == RB_OK) st = check_grid(ctx, net, u, "u", "rb_vnet_pcg");
+    if (st == RB_OK && net->cfg.batch != 1) st = rb_fail(ctx, RB_EINVAL, "rb_vnet_pcg: needs batch 1, the net has %zu", net->cfg.batch);
+    for (int i = 0; i < 5 && st == RB_OK; i++)
+        if (net->cg[i].data == NULL) st = rb_tensor_alloc(ctx, &net->cg[i], f->shape);
+    if (st != RB_OK) return st;
+    rb_mg_report local;
+    return rb_pcg(ctx, net->level[0].A, precondition, net, f, u, tol, max_iter, net->cg, &net->work, report ? report : &local,
+                  "cycle-preconditioned CG");
 }

@@ -115,6 +115,14 @@ rb_status rb_mg_fmg(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *u
 rb_status rb_mg_pcg(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *u, double tol, int max_iter,
                     rb_mg_report *report);
 
+/* Preconditioned conjugate gradients for A u = f from u (A and M symmetric positive
+ * definite), M given as z = M r; vectors: five work grids of f's shape. The report as
+ * rb_mg_solve's (relative residuals); `what` names the method in messages. rb_mg_pcg and
+ * rb_vnet_pcg are this with one cycle as M. */
+typedef rb_status (*rb_precond_fn)(rb_context *ctx, void *data, const rb_tensor *r, rb_tensor *z);
+rb_status rb_pcg(rb_context *ctx, const rb_op *A, rb_precond_fn M, void *data, const rb_tensor *f, rb_tensor *u, double tol,
+                 int max_iter, rb_tensor *vectors, rb_arena *work, rb_mg_report *report, const char *what);
+
 /* z = B r: one cycle from a zero initial guess (the preconditioner; linear and
  * symmetric when the smoothing is symmetric). */
 rb_status rb_mg_precondition(rb_context *ctx, rb_mg *mg, const rb_tensor *r, rb_tensor *z);

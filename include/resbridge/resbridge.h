@@ -27,6 +27,7 @@
 #include "resbridge/vcycle.h"
 #include "resbridge/multigrid.h"
 #include "resbridge/vnet.h"
+#include "resbridge/learn.h"
 #include "resbridge/data.h"
 #include "resbridge/train.h"
 #include "resbridge/layers.h"

@@ -84,6 +84,11 @@ void rb_vnet_zero_grad(rb_vnet *net);
  * rb_mg_solve's (RB_EMAXITER, RB_EDIVERGED with the history). */
 rb_status rb_vnet_solve(rb_context *ctx, rb_vnet *net, const rb_tensor *f, rb_tensor *u, double tol, int max_cycles,
                         rb_mg_report *report);
+/* Conjugate gradients (N = 1) from u, preconditioned by one cycle from zero (rb_pcg): the
+ * cycle must be symmetric (post-smoothing the adjoint of pre-smoothing, P = c R^T), as the
+ * Poisson and the learned point-symmetric weights make it. */
+rb_status rb_vnet_pcg(rb_context *ctx, rb_vnet *net, const rb_tensor *f, rb_tensor *u, double tol, int max_iter,
+                      rb_mg_report *report);
 
 #ifdef __cplusplus
 }

@@ -832,8 +832,11 @@ rb_status rb_mg_precondition(rb_context *ctx, rb_mg *mg, const rb_tensor *r, rb_
     return st;
 }
 
-static rb_status pcg(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *u, double tol, int max_iter,
-                     rb_mg_report *rep);
+
+static rb_status mg_precondition(rb_context *ctx, void *data, const rb_tensor *r, rb_tensor *z)
+{
+    return rb_mg_precondition(ctx, data, r, z);
+}
 
 rb_status rb_mg_pcg(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *u, double tol, int max_iter,
                     rb_mg_report *report)
@@ -844,13 +847,6 @@ rb_status rb_mg_pcg(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *u
     if (max_iter < 1 || max_iter >= RB_MG_MAX_HISTORY)
         return rb_fail(ctx, RB_EINVAL, "rb_mg_pcg: max_iter = %d, must be 1..%d", max_iter, RB_MG_MAX_HISTORY - 1);
     rb_mg_report local, *rep = report ? report : &local;
-    rb_mg_report_begin(rep);
-    size_t n = rb_tensor_count(f);
-    if (norm2(f->data, n) == 0.0) {
-        memset(u->data, 0, n * sizeof(double));
-        rep->rel_residual = 0, rep->converged = true;
-        return RB_OK;
-    }
     if (mg->opt.pre < 1)
         return rb_fail(ctx, RB_EINVAL, "rb_mg_pcg: the symmetric cycle needs pre-smoothing (pre = 0)");
     rb_tensor *vec[5] = {&mg->x, &mg->r, &mg->z, &mg->p, &mg->q}; /* each written before it is read */
@@ -859,46 +855,61 @@ rb_status rb_mg_pcg(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *u
     if (st != RB_OK) return st;
     /* a symmetric preconditioner: post-smoothing is the adjoint of pre-smoothing */
     for (size_t l = 0; l + 1 < mg->nlevels; l++) mg->level[l].post = mg->steps[l][2], mg->level[l].npost = mg->nsym[l];
-    st = pcg(ctx, mg, f, u, tol, max_iter, rep);
+    rb_tensor vectors[5] = {mg->x, mg->r, mg->z, mg->p, mg->q};
+    st = rb_pcg(ctx, mg->A[0], mg_precondition, mg, f, u, tol, max_iter, vectors, &mg->work, rep, "MG-preconditioned CG");
     for (size_t l = 0; l + 1 < mg->nlevels; l++) mg->level[l].post = mg->steps[l][1], mg->level[l].npost = mg->nsteps_post[l];
     return st;
 }
 
 /* CG on the problem scaled by s = |f| (x = u / s, r = (f - A u) / s), so that the
  * inner products stay in range for any finite f; u = s x at the end. */
-static rb_status pcg(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *u, double tol, int max_iter,
-                     rb_mg_report *rep)
+rb_status rb_pcg(rb_context *ctx, const rb_op *A, rb_precond_fn M, void *data, const rb_tensor *f, rb_tensor *u, double tol,
+                 int max_iter, rb_tensor *vectors, rb_arena *work, rb_mg_report *rep, const char *what)
 {
-    rb_status st = RB_OK;
+    if (ctx == NULL) return RB_ENULL;
+    if (A == NULL || M == NULL || vectors == NULL || rep == NULL || what == NULL)
+        return rb_fail(ctx, RB_ENULL, "rb_pcg: A, M, vectors, report and what are required");
+    rb_status st = rb_tensor_check_same(ctx, f, "f", u, "u");
+    for (int i = 0; i < 5 && st == RB_OK; i++) st = rb_tensor_check_same(ctx, f, "f", &vectors[i], "a CG vector");
+    if (st != RB_OK) return st;
+    if (!(tol > 0) || !(tol < 1)) return rb_fail(ctx, RB_EINVAL, "%s: tol = %g must lie in (0, 1)", what, tol);
+    if (max_iter < 1 || max_iter >= RB_MG_MAX_HISTORY)
+        return rb_fail(ctx, RB_EINVAL, "%s: max_iter = %d, must be 1..%d", what, max_iter, RB_MG_MAX_HISTORY - 1);
+    rb_mg_report_begin(rep);
     size_t n = rb_tensor_count(f);
     double s = norm2(f->data, n);
-    rb_tensor *x = &mg->x, *r = &mg->r, *z = &mg->z, *p = &mg->p, *q = &mg->q;
-    st = rb_op_apply(ctx, mg->A[0], u, q, &mg->work); /* r = (f - A u) / s */
+    if (s == 0.0) {
+        memset(u->data, 0, n * sizeof(double));
+        rep->rel_residual = 0, rep->converged = true;
+        return RB_OK;
+    }
+    rb_tensor *x = &vectors[0], *r = &vectors[1], *z = &vectors[2], *p = &vectors[3], *q = &vectors[4];
+    st = rb_op_apply(ctx, A, u, q, work); /* r = (f - A u) / s */
     if (st != RB_OK) return st;
     for (size_t i = 0; i < n; i++) r->data[i] = (f->data[i] - q->data[i]) / s, x->data[i] = u->data[i] / s;
     rep->history[0] = rep->rel_residual = norm2(r->data, n);
-    st = rb_mg_precondition(ctx, mg, r, z);
+    st = M(ctx, data, r, z);
     if (st != RB_OK) return st;
     memcpy(p->data, z->data, n * sizeof(double));
     double rz = rb_tensor_dot(r, z);
     while (st == RB_OK && rep->rel_residual > tol && rep->cycles < max_iter) {
-        st = rb_op_apply(ctx, mg->A[0], p, q, &mg->work);
+        st = rb_op_apply(ctx, A, p, q, work);
         if (st != RB_OK) break;
         double pq = rb_tensor_dot(p, q);
         if (!isfinite(pq)) {
-            st = rb_fail(ctx, RB_EDIVERGED, "MG-preconditioned CG diverged: p^T A p = %g is not finite after %d iterations",
-                         pq, rep->cycles);
+            st = rb_fail(ctx, RB_EDIVERGED, "%s diverged: p^T A p = %g is not finite after %d iterations", what, pq,
+                         rep->cycles);
             break;
         }
         if (!(pq > 0)) {
-            st = rb_fail(ctx, RB_EDIVERGED, "rb_mg_pcg: p^T A p = %g <= 0 (operator or preconditioner not SPD)", pq);
+            st = rb_fail(ctx, RB_EDIVERGED, "%s: p^T A p = %g <= 0 (operator or preconditioner not SPD)", what, pq);
             break;
         }
         double alpha = rz / pq;
         for (size_t i = 0; i < n; i++) x->data[i] += alpha * p->data[i], r->data[i] -= alpha * q->data[i];
-        st = rb_mg_report_record(ctx, rep, norm2(r->data, n), "MG-preconditioned CG");
+        st = rb_mg_report_record(ctx, rep, norm2(r->data, n), what);
         if (st != RB_OK || rep->rel_residual <= tol) break;
-        st = rb_mg_precondition(ctx, mg, r, z);
+        st = M(ctx, data, r, z);
         if (st != RB_OK) break;
         double rz_new = rb_tensor_dot(r, z), beta = rz_new / rz;
         rz = rz_new;
@@ -907,11 +918,11 @@ static rb_status pcg(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *
     rb_mg_report_end(rep);
     if (st != RB_OK) return st;
     if (rep->rel_residual > tol)
-        return rb_fail(ctx, RB_EMAXITER, "rb_mg_pcg: relative residual %.3g > tol %.3g after %d iterations",
+        return rb_fail(ctx, RB_EMAXITER, "%s: relative residual %.3g > tol %.3g after %d iterations", what,
                        rep->rel_residual, tol, rep->cycles);
     for (size_t i = 0; i < n; i++)
         if (!isfinite(s * x->data[i]))
-            return rb_fail(ctx, RB_EDIVERGED, "rb_mg_pcg: the solution overflows: u[%zu] = %g * %g is not finite", i, s,
+            return rb_fail(ctx, RB_EDIVERGED, "%s: the solution overflows: u[%zu] = %g * %g is not finite", what, i, s,
                            x->data[i]);
     rep->converged = true;
     for (size_t i = 0; i < n; i++) u->data[i] = s * x->data[i];
