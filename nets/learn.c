@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "resbridge/train.h"
+#include "resbridge/varstencil.h"
 
 rb_learn_config rb_learn_config_default(void)
 {
@@ -16,8 +17,6 @@ rb_learn_config rb_learn_config_default(void)
 /* Point-symmetric stencils: tap k and its mirror K - 1 - k share a value; class k for k <= centre. */
 static size_t sym_class(size_t k, size_t taps) { return k <= taps / 2 ? k : taps - 1 - k; }
 
-static double centre_of(const rb_op *A) { return A->params[A->nparams / 2]; }
-
 static double now(void)
 {
     struct timespec t;
@@ -25,46 +24,112 @@ static double now(void)
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-/* The learned values: per smoothed level theta (taps/2 + 1 values). */
+/* theta <-> B on one level. B_l = S theta S with S = diag(D_l)^{-1/2}: the weight of tap k at
+ * point p is theta_k s_p s_q (q = p + offset_k), a conv's single weight theta_k s^2 when D_l is
+ * constant. s holds D^{-1/2} per point of the level. */
+typedef struct level_map {
+    rb_op *B;
+    size_t taps, points, dims, grid[3]; /* grid: D, H, W */
+    double *s;
+    bool var; /* B is a varstencil (point-dependent weights) */
+} level_map;
+
+/* The neighbour of p across tap k, or p itself outside the grid (where the input is zero). */
+static size_t neighbour(const level_map *m, size_t p, size_t k)
+{
+    size_t c[3] = {p / (m->grid[1] * m->grid[2]), p / m->grid[2] % m->grid[1], p % m->grid[2]};
+    for (size_t a = 0; a < m->dims; a++, k /= 3) {
+        size_t axis = 2 - a;
+        long x = (long)c[axis] + (long)(k % 3) - 1;
+        if (x < 0 || x >= (long)m->grid[axis]) return p;
+        c[axis] = (size_t)x;
+    }
+    return (c[0] * m->grid[1] + c[1]) * m->grid[2] + c[2];
+}
+
+static double scale(const level_map *m, size_t p, size_t k) { return m->s[p] * m->s[neighbour(m, p, k)]; }
+
+static void theta_to_B(const level_map *m, const double *theta)
+{
+    for (size_t k = 0; k < m->taps; k++) {
+        const double t = theta[sym_class(k, m->taps)];
+        if (!m->var) m->B->params[k] = t * m->s[0] * m->s[0];
+        else for (size_t p = 0; p < m->points; p++) m->B->params[k * m->points + p] = t * scale(m, p, k);
+    }
+}
+
+/* theta from B (at the middle point), symmetrised: the mean of each pair */
+static void B_to_theta(const level_map *m, double *theta)
+{
+    const size_t p0 = m->points / 2;
+    memset(theta, 0, (m->taps / 2 + 1) * sizeof(double));
+    for (size_t k = 0; k < m->taps; k++) {
+        const double w = m->var ? m->B->params[k * m->points + p0] / scale(m, p0, k) : m->B->params[k] / (m->s[0] * m->s[0]);
+        theta[sym_class(k, m->taps)] += (k == m->taps / 2 ? 1.0 : 0.5) * w;
+    }
+}
+
+/* d/dtheta += from B's gradient */
+static void grad_B_to_theta(const level_map *m, const double *gb, double *g)
+{
+    for (size_t k = 0; k < m->taps; k++) {
+        double acc = 0;
+        if (!m->var) acc = gb[k] * m->s[0] * m->s[0];
+        else for (size_t p = 0; p < m->points; p++) acc += gb[k * m->points + p] * scale(m, p, k);
+        g[sym_class(k, m->taps)] += acc;
+    }
+}
+
+static void level_map_release(rb_context *ctx, level_map *m) { rb_free(ctx, m->s), m->s = NULL; }
+
+static rb_status level_map_init(rb_context *ctx, const rb_vnet *net, size_t l, level_map *m)
+{
+    const rb_shape g = rb_vnet_shape(net, l);
+    *m = (level_map){.B = rb_vnet_op(net, l, RB_VNET_B), .dims = (size_t)rb_vnet_config_of(net)->dim, .grid = {g.d, g.h, g.w}};
+    m->points = g.d * g.h * g.w;
+    int dims, taps, centre;
+    rb_shape grid;
+    m->var = rb_op_varstencil_info(m->B, &dims, &taps, &centre, &grid);
+    m->taps = m->var ? (size_t)taps : m->B->nparams;
+    m->s = rb_calloc(ctx, m->points, sizeof(double));
+    if (m->s == NULL) return RB_ENOMEM;
+    rb_status st = rb_vnet_diagonal(ctx, net, l, m->s);
+    for (size_t p = 0; p < m->points && st == RB_OK; p++) {
+        if (!(m->s[p] > 0) || !isfinite(m->s[p]))
+            st = rb_fail(ctx, RB_EINVAL, "learned smoother: A's diagonal on level %zu is %g at point %zu (must be > 0)", l, m->s[p], p);
+        else m->s[p] = 1.0 / sqrt(m->s[p]);
+    }
+    if (st != RB_OK) level_map_release(ctx, m);
+    return st;
+}
+
+/* All smoothed levels: theta is per level (taps / 2 + 1 values). */
 typedef struct learn_map {
-    rb_vnet *net;
-    size_t levels, taps, per; /* smoothed levels (all but the coarsest), taps per stencil, values per stencil */
+    level_map level[16];
+    size_t levels, per;
 } learn_map;
 
+static void learn_map_release(rb_context *ctx, learn_map *m)
+{
+    for (size_t l = 0; l < m->levels; l++) level_map_release(ctx, &m->level[l]);
+}
+
+static rb_status learn_map_init(rb_context *ctx, rb_vnet *net, learn_map *m)
+{
+    memset(m, 0, sizeof *m);
+    const size_t smoothed = rb_vnet_config_of(net)->levels - 1;
+    rb_status st = RB_OK;
+    for (; m->levels < smoothed && st == RB_OK; m->levels++) st = level_map_init(ctx, net, m->levels, &m->level[m->levels]);
+    if (st != RB_OK) {
+        m->levels--;
+        learn_map_release(ctx, m);
+        return st;
+    }
+    m->per = m->level[0].taps / 2 + 1;
+    return RB_OK;
+}
+
 static size_t map_count(const learn_map *m) { return m->levels * m->per; }
-
-/* theta -> the net's weights */
-static void map_to_net(const learn_map *m, const double *theta)
-{
-    for (size_t l = 0; l < m->levels; l++) {
-        rb_op *A = rb_vnet_op(m->net, l, RB_VNET_A), *B = rb_vnet_op(m->net, l, RB_VNET_B);
-        const double *t = theta + l * m->per, D = centre_of(A);
-        for (size_t k = 0; k < m->taps; k++) B->params[k] = t[sym_class(k, m->taps)] / D;
-    }
-}
-
-/* the net's weights -> theta, symmetrised (the mean of each pair) */
-static void map_from_net(const learn_map *m, double *theta)
-{
-    memset(theta, 0, map_count(m) * sizeof(double));
-    for (size_t l = 0; l < m->levels; l++) {
-        const rb_op *A = rb_vnet_op(m->net, l, RB_VNET_A), *B = rb_vnet_op(m->net, l, RB_VNET_B);
-        const double D = centre_of(A);
-        for (size_t k = 0; k < m->taps; k++)
-            theta[l * m->per + sym_class(k, m->taps)] += (k == m->taps / 2 ? 1.0 : 0.5) * B->params[k] * D;
-    }
-}
-
-/* the net's gradients -> d/dtheta */
-static void grad_to_theta(const learn_map *m, double *g)
-{
-    memset(g, 0, map_count(m) * sizeof(double));
-    for (size_t l = 0; l < m->levels; l++) {
-        const rb_op *A = rb_vnet_op(m->net, l, RB_VNET_A), *B = rb_vnet_op(m->net, l, RB_VNET_B);
-        const double *gb = rb_vnet_grad(m->net, B), D = centre_of(A);
-        for (size_t k = 0; k < m->taps; k++) g[l * m->per + sym_class(k, m->taps)] += gb[k] / D;
-    }
-}
 
 static rb_status check_learnable(rb_context *ctx, const rb_vnet *net, const char *fn)
 {
@@ -74,9 +139,6 @@ static rb_status check_learnable(rb_context *ctx, const rb_vnet *net, const char
         return rb_fail(ctx, RB_EINVAL, "%s: needs a net with C = 1, sigma = identity and a coarse solve (has C = %zu, %s, %s)", fn,
                        c->channels, rb_activation_name(c->act), c->coarse_solve ? "coarse solve" : "coarse smoothing");
     if (c->levels < 2) return rb_fail(ctx, RB_EINVAL, "%s: needs at least 2 levels", fn);
-    for (size_t l = 0; l + 1 < c->levels; l++)
-        if (!(centre_of(rb_vnet_op(net, l, RB_VNET_A)) != 0) || !isfinite(centre_of(rb_vnet_op(net, l, RB_VNET_A))))
-            return rb_fail(ctx, RB_EINVAL, "%s: A's centre weight on level %zu is zero or not finite", fn, l);
     return RB_OK;
 }
 
@@ -110,9 +172,9 @@ rb_status rb_learn_smoother(rb_context *ctx, rb_vnet *net, const rb_learn_config
     if (cfg->cycles < 1 || cfg->cycles > 32) return rb_fail(ctx, RB_EINVAL, "rb_learn_smoother: cycles = %d, must be 1..32", cfg->cycles);
     if (cfg->steps < 1) return rb_fail(ctx, RB_EINVAL, "rb_learn_smoother: steps = %d, must be >= 1", cfg->steps);
     if (!(cfg->lr > 0) || !isfinite(cfg->lr)) return rb_fail(ctx, RB_EINVAL, "rb_learn_smoother: lr = %g, must be > 0", cfg->lr);
-    const rb_vnet_config *c = rb_vnet_config_of(net);
-    learn_map m = {net, c->levels - 1, rb_vnet_op(net, 0, RB_VNET_B)->nparams, 0};
-    m.per = m.taps / 2 + 1;
+    learn_map m;
+    st = learn_map_init(ctx, net, &m);
+    if (st != RB_OK) return st;
     const size_t nt = map_count(&m);
     const rb_shape s = rb_vnet_shape(net, 0);
     rb_tensor f = {0}, u = {0}, r = {0}, du = {0};
@@ -136,8 +198,8 @@ rb_status rb_learn_smoother(rb_context *ctx, rb_vnet *net, const rb_learn_config
     int ntail = 0;
     if (st == RB_OK) {
         gsl_rng_set(rng, cfg->seed);
-        map_from_net(&m, theta);
-        map_to_net(&m, theta);
+        for (size_t l = 0; l < m.levels; l++) B_to_theta(&m.level[l], theta + l * m.per);
+        for (size_t l = 0; l < m.levels; l++) theta_to_B(&m.level[l], theta + l * m.per);
     }
     for (int step = 0; step < cfg->steps && st == RB_OK; step++) {
         for (size_t i = 0; i < rb_tensor_count(&f); i++) f.data[i] = 2 * gsl_rng_uniform(rng) - 1;
@@ -149,10 +211,11 @@ rb_status rb_learn_smoother(rb_context *ctx, rb_vnet *net, const rb_learn_config
             st = rb_vnet_backward(ctx, net, &du, NULL, NULL);
         }
         if (st != RB_OK) break;
-        grad_to_theta(&m, g);
+        memset(g, 0, nt * sizeof(double));
+        for (size_t l = 0; l < m.levels; l++) grad_B_to_theta(&m.level[l], rb_vnet_grad(net, m.level[l].B), g + l * m.per);
         st = rb_optimizer_step(ctx, &opt, theta, g, rb_lr_at(&sched, (uint64_t)step));
         if (st != RB_OK) break;
-        map_to_net(&m, theta);
+        for (size_t l = 0; l < m.levels; l++) theta_to_B(&m.level[l], theta + l * m.per);
         if (step == 0) rep->loss_first = L;
         if (step >= cfg->steps - 10) tail += L, ntail++;
         rep->steps = step + 1;
@@ -164,6 +227,7 @@ rb_status rb_learn_smoother(rb_context *ctx, rb_vnet *net, const rb_learn_config
     rb_arena_release(ctx, &work);
     rb_tensor_release(ctx, &f), rb_tensor_release(ctx, &u), rb_tensor_release(ctx, &r), rb_tensor_release(ctx, &du);
     rb_free(ctx, theta);
+    learn_map_release(ctx, &m);
     return st;
 }
 
@@ -175,16 +239,23 @@ rb_status rb_vnet_copy_smoothers(rb_context *ctx, const rb_vnet *from, rb_vnet *
     if (st != RB_OK) return st;
     const rb_vnet_config *a = rb_vnet_config_of(from), *b = rb_vnet_config_of(to);
     if (a->dim != b->dim) return rb_fail(ctx, RB_EINVAL, "rb_vnet_copy_smoothers: dim %d to dim %d", a->dim, b->dim);
-    const size_t la = a->levels - 1; /* smoothed levels of `from` */
-    for (size_t l = 0; l + 1 < b->levels; l++) {
+    learn_map ma, mb;
+    st = learn_map_init(ctx, (rb_vnet *)from, &ma);
+    if (st != RB_OK) return st;
+    st = learn_map_init(ctx, to, &mb);
+    if (st != RB_OK) {
+        learn_map_release(ctx, &ma);
+        return st;
+    }
+    double theta[16];
+    for (size_t l = 0; l < mb.levels; l++) {
         const size_t n = rb_vnet_shape(to, l).w;
         size_t src = 0;
-        while (src + 1 < la && rb_vnet_shape(from, src).w > n) src++;
-        const rb_op *Aa = rb_vnet_op(from, src, RB_VNET_A), *Ba = rb_vnet_op(from, src, RB_VNET_B);
-        rb_op *Ab = rb_vnet_op(to, l, RB_VNET_A), *Bb = rb_vnet_op(to, l, RB_VNET_B);
-        const double ratio = centre_of(Aa) / centre_of(Ab);
-        for (size_t k = 0; k < Bb->nparams; k++) Bb->params[k] = Ba->params[k] * ratio;
+        while (src + 1 < ma.levels && rb_vnet_shape(from, src).w > n) src++;
+        B_to_theta(&ma.level[src], theta);
+        theta_to_B(&mb.level[l], theta);
     }
+    learn_map_release(ctx, &ma), learn_map_release(ctx, &mb);
     return rb_vnet_set_step(ctx, to, rb_vnet_vcycle(from)->level[0].pre[0].h);
 }
 

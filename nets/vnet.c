@@ -12,6 +12,7 @@
 #include "resbridge/conv.h"
 #include "resbridge/reference.h"
 #include "resbridge/residual.h"
+#include "resbridge/varstencil.h"
 
 #define VNET_MAX_LEVELS 16
 #define VNET_MAX_STEPS 8
@@ -39,6 +40,7 @@ struct rb_vnet {
     int taped_cycles;
     rb_tensor du, df; /* the backward's seed and right-hand-side adjoint on level 0 */
     rb_tensor cg[5];  /* CG's vectors, with the first rb_vnet_pcg */
+    bool mg_ops;      /* the level operators are a solver's (rb_vnet_use_mg_operators) */
 };
 
 rb_vnet_config rb_vnet_config_default(void)
@@ -123,7 +125,7 @@ rb_status rb_vnet_refresh(rb_context *ctx, rb_vnet *net)
     const size_t lc = net->cfg.levels - 1, m = net->ncoarse;
     rb_shape one = rb_vnet_shape(net, lc);
     one.n = 1;
-    rb_status st = rb_ref_assemble(ctx, net->lv[lc].A, one, net->lu);
+    rb_status st = rb_ref_assemble(ctx, net->level[lc].A, one, net->lu);
     if (st != RB_OK) return st;
     lapack_int info = LAPACKE_dgetrf(LAPACK_COL_MAJOR, (lapack_int)m, (lapack_int)m, net->lu, (lapack_int)m, net->ipiv);
     if (info > 0) return rb_fail(ctx, RB_ELAPACK, "dgetrf: the coarsest A is singular (U(%d,%d) = 0)", (int)info, (int)info);
@@ -246,7 +248,7 @@ rb_op *rb_vnet_op(const rb_vnet *net, size_t level, rb_vnet_part part)
     if (net == NULL || level >= net->cfg.levels) return NULL;
     const vnet_level *v = &net->lv[level];
     switch (part) {
-    case RB_VNET_A: return v->A;
+    case RB_VNET_A: return (rb_op *)net->level[level].A; /* the net's own, or the solver's (rb_vnet_use_mg_operators) */
     case RB_VNET_B: return v->B;
     case RB_VNET_R: return v->R;
     case RB_VNET_P: return v->P;
@@ -278,6 +280,7 @@ rb_status rb_vnet_set_poisson(rb_context *ctx, rb_vnet *net, double omega)
     if (ctx == NULL) return RB_ENULL;
     if (net == NULL) return rb_fail(ctx, RB_ENULL, "rb_vnet_set_poisson: net is NULL");
     if (net->cfg.channels != 1) return rb_fail(ctx, RB_EINVAL, "rb_vnet_set_poisson: needs C = 1, the net has %zu", net->cfg.channels);
+    if (net->mg_ops) return rb_fail(ctx, RB_EINVAL, "rb_vnet_set_poisson: the net runs on a solver's operators (rb_vnet_use_mg_operators)");
     const int d = net->cfg.dim;
     rb_status st = RB_OK;
     rb_op *R = NULL, *P = NULL;
@@ -471,4 +474,92 @@ rb_status rb_vnet_pcg(rb_context *ctx, rb_vnet *net, const rb_tensor *f, rb_tens
     rb_mg_report local;
     return rb_pcg(ctx, net->level[0].A, precondition, net, f, u, tol, max_iter, net->cg, &net->work, report ? report : &local,
                   "cycle-preconditioned CG");
+}
+
+/* The learned-operator slot of op (its gradient accumulator index), or nlearned. */
+static size_t learned_slot(const rb_vnet *net, const rb_op *op)
+{
+    size_t i = 0;
+    while (i < net->nlearned && net->learned[i] != op) i++;
+    return i;
+}
+
+rb_status rb_vnet_use_mg_operators(rb_context *ctx, rb_vnet *net, const rb_mg *mg, double omega)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (net == NULL || mg == NULL) return rb_fail(ctx, RB_ENULL, "rb_vnet_use_mg_operators: net or mg is NULL");
+    const rb_vnet_config *c = &net->cfg;
+    if (c->channels != 1 || c->act != RB_ACT_IDENTITY || !c->coarse_solve)
+        return rb_fail(ctx, RB_EINVAL, "rb_vnet_use_mg_operators: needs C = 1, sigma = identity and a coarse solve");
+    if (rb_mg_levels(mg) != c->levels || rb_mg_level_n(mg, 0) != c->n || rb_mg_shape(mg).h != rb_vnet_shape(net, 0).h)
+        return rb_fail(ctx, RB_ESHAPE, "rb_vnet_use_mg_operators: the solver has n = %zu with %zu levels, the net n = %zu with %zu",
+                       rb_mg_level_n(mg, 0), rb_mg_levels(mg), c->n, c->levels);
+    if (!isfinite(omega)) return rb_fail(ctx, RB_EINVAL, "rb_vnet_use_mg_operators: omega = %g is not finite", omega);
+    rb_status st = rb_vnet_set_poisson(ctx, net, omega); /* R, P, h; A and B replaced below */
+    const rb_vcycle *mv = rb_mg_vcycle(mg);
+    for (size_t l = 0; l < c->levels && st == RB_OK; l++) {
+        vnet_level *v = &net->lv[l];
+        const rb_op *A = mv->level[l].A;
+        net->level[l].A = A;
+        size_t a = learned_slot(net, v->A); /* the net's own A is no longer used: not learned */
+        if (a < net->nlearned) {
+            rb_free(ctx, net->grad[a]);
+            for (size_t i = a; i + 1 < net->nlearned; i++) net->learned[i] = net->learned[i + 1], net->grad[i] = net->grad[i + 1];
+            net->nlearned--;
+        }
+        if (v->B == NULL) continue; /* the solved coarsest level */
+        /* B: a full point-dependent 3^d stencil, damped Jacobi to start (centre 1 / a_pp) */
+        rb_shape g = rb_vnet_shape(net, l);
+        g.n = 1;
+        const size_t points = rb_shape_count(g);
+        rb_op *B = NULL, *F = NULL;
+        st = rb_op_varstencil_create(ctx, c->dim, RB_STENCIL_FULL, g, NULL, &B);
+        double *diag = st == RB_OK ? rb_calloc(ctx, points, sizeof(double)) : NULL;
+        if (st == RB_OK && diag == NULL) st = RB_ENOMEM;
+        if (st == RB_OK) st = rb_vnet_diagonal(ctx, net, l, diag);
+        if (st == RB_OK) {
+            const size_t centre = B->nparams / points / 2;
+            for (size_t p = 0; p < points; p++) B->params[centre * points + p] = 1.0 / diag[p];
+            st = rb_op_smoother_create(ctx, A, B, &net->level[l].f, &F);
+        }
+        double *grad = st == RB_OK ? rb_calloc(ctx, B->nparams, sizeof(double)) : NULL;
+        if (st == RB_OK && grad == NULL) st = RB_ENOMEM;
+        rb_free(ctx, diag);
+        if (st != RB_OK) {
+            rb_op_free(ctx, B), rb_op_free(ctx, F);
+            break;
+        }
+        size_t b = learned_slot(net, v->S);
+        rb_free(ctx, net->grad[b]);
+        net->learned[b] = B, net->grad[b] = grad;
+        rb_op_free(ctx, v->F), rb_op_free(ctx, v->B);
+        v->B = v->S = B, v->F = F;
+        for (int k = 0; k < VNET_MAX_STEPS; k++) v->pre[k].F = v->post[k].F = F, v->pre[k].S = v->post[k].S = B;
+    }
+    net->mg_ops = true;
+    if (st == RB_OK) st = rb_vnet_refresh(ctx, net);
+    return st;
+}
+
+rb_status rb_vnet_diagonal(rb_context *ctx, const rb_vnet *net, size_t level, double *diag)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (net == NULL || diag == NULL) return rb_fail(ctx, RB_ENULL, "rb_vnet_diagonal: net or diag is NULL");
+    if (level >= net->cfg.levels) return rb_fail(ctx, RB_EINVAL, "rb_vnet_diagonal: level %zu of %zu", level, net->cfg.levels);
+    if (net->cfg.channels != 1) return rb_fail(ctx, RB_EINVAL, "rb_vnet_diagonal: needs C = 1");
+    const rb_op *A = net->level[level].A;
+    rb_shape g = rb_vnet_shape(net, level);
+    g.n = 1;
+    const size_t points = rb_shape_count(g);
+    int dims, taps, centre;
+    rb_shape grid;
+    if (rb_op_varstencil_info(A, &dims, &taps, &centre, &grid)) {
+        memcpy(diag, A->params + (size_t)centre * points, points * sizeof(double));
+        return RB_OK;
+    }
+    const rb_conv_desc *d = rb_op_conv_desc(A);
+    if (d == NULL || d->stride != 1 || d->transposed || d->cin != 1 || d->cout != 1)
+        return rb_fail(ctx, RB_EINVAL, "rb_vnet_diagonal: level %zu's A is neither a single-channel stencil nor a varstencil", level);
+    for (size_t p = 0; p < points; p++) diag[p] = A->params[rb_conv_ntaps(d) / 2];
+    return RB_OK;
 }

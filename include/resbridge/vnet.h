@@ -90,6 +90,14 @@ rb_status rb_vnet_solve(rb_context *ctx, rb_vnet *net, const rb_tensor *f, rb_te
 rb_status rb_vnet_pcg(rb_context *ctx, rb_vnet *net, const rb_tensor *f, rb_tensor *u, double tol, int max_iter,
                       rb_mg_report *report);
 
+/* Variable coefficients: the level operators A_l become the multigrid solver's (referenced:
+ * mg must outlive the net; rediscretised or Galerkin), R, P full weighting and bilinear,
+ * and every smoother B_l a point-dependent full 3^d stencil (varstencil.h), starting as
+ * damped Jacobi (B = D^{-1} pointwise, h = omega). mg must have the net's n and levels. */
+rb_status rb_vnet_use_mg_operators(rb_context *ctx, rb_vnet *net, const rb_mg *mg, double omega);
+/* The diagonal (centre weights) of level l's A, one value per grid point. */
+rb_status rb_vnet_diagonal(rb_context *ctx, const rb_vnet *net, size_t level, double *diag);
+
 #ifdef __cplusplus
 }
 #endif
