@@ -85,3 +85,27 @@ double rb_cli_now(void)
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
+
+/* Point coefficients of --coef (kind: 0 const, 1 jump, 2 smooth) on the full (n+2)^dim grid with its
+ * boundary, malloc'ed; NULL for const (or out of memory). */
+double *rb_cli_coefficients(int dim, size_t n, int kind)
+{
+    if (kind == 0) return NULL;
+    size_t m = n + 2, my = dim >= 2 ? m : 1, mz = dim == 3 ? m : 1;
+    double *a = malloc(m * my * mz * sizeof *a), h = 1.0 / (double)(n + 1), pi = acos(-1.0);
+    if (a == NULL) return NULL;
+    for (size_t z = 0; z < mz; z++)
+        for (size_t y = 0; y < my; y++)
+            for (size_t x = 0; x < m; x++) {
+                double px = (double)x * h, py = (double)y * h, pz = (double)z * h;
+                double v;
+                if (kind == 1) {
+                    bool hi = px > 0.5 && (dim < 2 || py > 0.5) && (dim < 3 || pz > 0.5);
+                    v = hi ? 1e4 : 1.0;
+                } else {
+                    v = 1 + 0.5 * sin(2 * pi * px) * (dim >= 2 ? sin(2 * pi * py) : 1) * (dim == 3 ? sin(2 * pi * pz) : 1);
+                }
+                a[(z * my + y) * m + x] = v;
+            }
+    return a;
+}

@@ -24,6 +24,11 @@ bool rb_args_double(rb_args *a, const char *opt, double lo, double hi, double *o
 bool rb_args_choice(rb_args *a, const char *opt, const char *const *choices, int *out);
 void rb_args_unknown(rb_args *a, const char *opt);
 
+/* The coefficient fields of --coef const|jump|smooth (kind 0, 1, 2) on the full (n+2)^dim grid
+ * with its boundary: jump a = 1e4 where x > 1/2 (and y, z > 1/2), 1 elsewhere; smooth
+ * 1 + 0.5 prod sin(2 pi x_i). malloc'ed; NULL for const (or out of memory). */
+double *rb_cli_coefficients(int dim, size_t n, int kind);
+
 /* Seconds on the monotonic clock (for timings and progress). */
 double rb_cli_now(void);
 

@@ -104,28 +104,6 @@ static int parse(int argc, char **argv, opts *o)
     return -1;
 }
 
-/* Point coefficients on the full grid (with boundary), or NULL for const. */
-static double *coefficients(const opts *o)
-{
-    if (o->coef == 0) return NULL;
-    size_t m = (size_t)o->n + 2, my = o->dim >= 2 ? m : 1, mz = o->dim == 3 ? m : 1;
-    double *a = malloc(m * my * mz * sizeof *a), h = 1.0 / (double)(o->n + 1), pi = acos(-1.0);
-    if (a == NULL) return NULL;
-    for (size_t z = 0; z < mz; z++)
-        for (size_t y = 0; y < my; y++)
-            for (size_t x = 0; x < m; x++) {
-                double px = (double)x * h, py = (double)y * h, pz = (double)z * h;
-                double v;
-                if (o->coef == 1) {
-                    bool hi = px > 0.5 && (o->dim < 2 || py > 0.5) && (o->dim < 3 || pz > 0.5);
-                    v = hi ? 1e4 : 1.0;
-                } else {
-                    v = 1 + 0.5 * sin(2 * pi * px) * (o->dim >= 2 ? sin(2 * pi * py) : 1) * (o->dim == 3 ? sin(2 * pi * pz) : 1);
-                }
-                a[(z * my + y) * m + x] = v;
-            }
-    return a;
-}
 
 /* f by --rhs; for sine also the exact discrete solution (constant a = 1) into exact. */
 static void right_hand_side(const opts *o, rb_tensor *f, rb_tensor *exact)
@@ -166,7 +144,7 @@ int rb_cli_poisson(int argc, char **argv)
     if (rb_context_create(&ctx, NULL) != RB_OK) return 2;
     rb_status st = o.threads ? rb_context_set_threads(ctx, o.threads) : RB_OK;
     if (st != RB_OK) return fail(ctx, st);
-    double *coef = coefficients(&o);
+    double *coef = rb_cli_coefficients(o.dim, (size_t)o.n, o.coef);
     rb_mg_problem pb = {o.dim, (size_t)o.n, coef, 1.0};
     rb_mg *mg = NULL;
     double t0 = rb_cli_now();
