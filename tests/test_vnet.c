@@ -349,6 +349,56 @@ static void test_smoother_conformance(void **state)
     rb_conformance_case cc = rb_conformance_default((rb_op *)vc->level[0].pre[0].F, rb_vnet_shape(net, 0), "smoother");
     rb_conformance_run(ctx, &cc);
     rb_vnet_free(ctx, net);
+    c.channels = 1, c.act = RB_ACT_IDENTITY, c.batch = 2, c.n = 15; /* the fused in-place kernel's case */
+    RB_CHECK(ctx, rb_vnet_create(ctx, &c, &net));
+    vc = rb_vnet_vcycle(net);
+    rb_test_fill(&r, (rb_tensor *)&vc->level[0].f, -1, 1);
+    cc = rb_conformance_default((rb_op *)vc->level[0].pre[0].F, rb_vnet_shape(net, 0), "smoother (fused)");
+    rb_conformance_run(ctx, &cc);
+    rb_vnet_free(ctx, net);
+}
+
+/* The fused in-place step (one pass, row blocks per thread) against the generic path: random
+ * 3x3 A and S, several grid sizes, 1, 2 and 3 threads. */
+static void test_fused_step(void **state)
+{
+    rb_context *ctx = *state;
+    const size_t sizes[3] = {7, 63, 127};
+    double worst = 0;
+    for (int si = 0; si < 3; si++) {
+        rb_vnet_config c = rb_vnet_config_default();
+        c.n = sizes[si], c.levels = 2, c.batch = 2, c.seed = 40 + (unsigned long)si;
+        rb_vnet *net = NULL;
+        RB_CHECK(ctx, rb_vnet_create(ctx, &c, &net));
+        const rb_vcycle *vc = rb_vnet_vcycle(net);
+        const rb_op *F = vc->level[0].pre[0].F;
+        const rb_shape s = rb_vnet_shape(net, 0);
+        rb_test_rng r = {77 + (uint64_t)si};
+        rb_test_fill(&r, (rb_tensor *)&vc->level[0].f, -1, 1);
+        rb_tensor u0, a, b;
+        RB_CHECK(ctx, rb_tensor_alloc(ctx, &u0, s));
+        RB_CHECK(ctx, rb_tensor_alloc(ctx, &a, s));
+        RB_CHECK(ctx, rb_tensor_alloc(ctx, &b, s));
+        rb_test_fill(&r, &u0, -1, 1);
+        rb_arena work = {0};
+        RB_CHECK(ctx, rb_arena_reserve(ctx, &work, rb_residual_workspace(F, s) + 4096));
+        for (int threads = 1; threads <= 3; threads++) {
+            RB_CHECK(ctx, rb_context_set_threads(ctx, threads));
+            RB_CHECK(ctx, rb_tensor_copy(ctx, &u0, &a));
+            RB_CHECK(ctx, rb_tensor_copy(ctx, &u0, &b));
+            RB_CHECK(ctx, rb_residual_step(ctx, F, 0.7, &a, &a, &work));          /* fused, in place */
+            RB_CHECK(ctx, rb_residual_step_generic(ctx, F, 0.7, &b, &b, &work));  /* the reference */
+            double d = rel_diff(a.data, b.data, rb_tensor_count(&a));
+            worst = fmax(worst, d);
+            assert_true(d <= 1e-14);
+            assert_true(rel_diff(a.data, u0.data, rb_tensor_count(&a)) > 1e-3); /* it did change u */
+        }
+        RB_CHECK(ctx, rb_context_set_threads(ctx, 1));
+        rb_arena_release(ctx, &work);
+        rb_tensor_release(ctx, &u0), rb_tensor_release(ctx, &a), rb_tensor_release(ctx, &b);
+        rb_vnet_free(ctx, net);
+    }
+    print_message("fused smoothing step vs generic: max rel diff %.2e\n", worst);
 }
 
 static void test_bad_input(void **state)
@@ -402,6 +452,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_gradients_fd, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_variable_coefficients, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_smoother_conformance, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_fused_step, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_bad_input, rb_test_setup, rb_test_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
