@@ -22,36 +22,6 @@ static rb_vnet *poisson(rb_context *ctx, size_t n, size_t levels, size_t batch)
     return net;
 }
 
-/* Spectral radius of I - M A for the net's cycle (M by columns: one cycle from 0 on e_j). */
-static double spectral_radius(rb_context *ctx, rb_vnet *net)
-{
-    const rb_shape s = rb_vnet_shape(net, 0);
-    const size_t N = rb_shape_count(s);
-    double *M = calloc(N * N, sizeof(double)), *A = calloc(N * N, sizeof(double)), *E = calloc(N * N, sizeof(double));
-    double *wr = calloc(N, sizeof(double)), *wi = calloc(N, sizeof(double));
-    rb_tensor e, u;
-    RB_CHECK(ctx, rb_tensor_alloc(ctx, &e, s));
-    RB_CHECK(ctx, rb_tensor_alloc(ctx, &u, s));
-    for (size_t j = 0; j < N; j++) {
-        memset(e.data, 0, N * sizeof(double));
-        e.data[j] = 1;
-        RB_CHECK(ctx, rb_vnet_forward(ctx, net, &e, NULL, &u, 1, false));
-        for (size_t i = 0; i < N; i++) M[i * N + j] = u.data[i];
-    }
-    RB_CHECK(ctx, rb_ref_assemble(ctx, rb_vnet_op(net, 0, RB_VNET_A), s, A));
-    for (size_t i = 0; i < N; i++)
-        for (size_t j = 0; j < N; j++) {
-            double ma = 0;
-            for (size_t k = 0; k < N; k++) ma += M[i * N + k] * A[k * N + j];
-            E[i * N + j] = (i == j) - ma;
-        }
-    RB_CHECK(ctx, rb_ref_eig_general(ctx, E, N, wr, wi));
-    double rho = 0;
-    for (size_t i = 0; i < N; i++) rho = fmax(rho, hypot(wr[i], wi[i]));
-    free(M), free(A), free(E), free(wr), free(wi);
-    rb_tensor_release(ctx, &e), rb_tensor_release(ctx, &u);
-    return rho;
-}
 
 static rb_vnet *trained(rb_context *ctx)
 {
@@ -76,7 +46,7 @@ static void test_learned_beats_jacobi(void **state)
         double fj, fl;
         RB_CHECK(ctx, rb_vnet_measure_factor(ctx, jac, 7, 80, &fj));
         RB_CHECK(ctx, rb_vnet_measure_factor(ctx, lrn, 7, 80, &fl));
-        double rj = spectral_radius(ctx, jac), rl = spectral_radius(ctx, lrn);
+        double rj = rb_test_vnet_error_radius(ctx, jac), rl = rb_test_vnet_error_radius(ctx, lrn);
         print_message("n = 15: factor Jacobi %.4f (dgeev %.4f), learned %.4f (dgeev %.4f)\n", fj, rj, fl, rl);
         assert_true(rl < 0.7 * rj);                   /* >= 30 %% below damped Jacobi */
         assert_true(fabs(fl - rl) < 0.1 * rl + 0.01); /* the measured factor is the spectral radius */

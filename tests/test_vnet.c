@@ -128,14 +128,9 @@ static void test_gradient_is_cycle_operator(void **state)
     RB_CHECK(ctx, rb_tensor_alloc(ctx, &df, s));
     RB_CHECK(ctx, rb_tensor_alloc(ctx, &Ms, s));
     /* M by columns: u = M e_j */
-    double *M = malloc(N * N * sizeof(double)), *A = malloc(N * N * sizeof(double)), *E = malloc(N * N * sizeof(double));
-    assert_non_null(M), assert_non_null(A), assert_non_null(E);
-    for (size_t j = 0; j < N; j++) {
-        memset(e.data, 0, N * sizeof(double));
-        e.data[j] = 1;
-        RB_CHECK(ctx, rb_vnet_forward(ctx, net, &e, NULL, &u, 1, false));
-        for (size_t i = 0; i < N; i++) M[i * N + j] = u.data[i];
-    }
+    double *M = malloc(N * N * sizeof(double));
+    assert_non_null(M);
+    rb_test_vnet_cycle_matrix(ctx, net, M);
     /* backprop: df = M^T s */
     rb_test_rng r = {11};
     rb_test_fill(&r, &seed, -1, 1);
@@ -157,16 +152,7 @@ static void test_gradient_is_cycle_operator(void **state)
     assert_true(mts_diff <= 1e-13 * scale);
     assert_true(ms_diff <= 1e-12 * scale);
     /* LAPACK: the error propagation I - M A, its spectral radius against the measured factor */
-    RB_CHECK(ctx, rb_ref_assemble(ctx, rb_vnet_op(net, 0, RB_VNET_A), s, A));
-    for (size_t i = 0; i < N; i++)
-        for (size_t j = 0; j < N; j++) {
-            double ma = 0;
-            for (size_t k = 0; k < N; k++) ma += M[i * N + k] * A[k * N + j];
-            E[i * N + j] = (i == j) - ma;
-        }
-    double *wr = malloc(N * sizeof(double)), *wi = malloc(N * sizeof(double)), rho = 0;
-    RB_CHECK(ctx, rb_ref_eig_general(ctx, E, N, wr, wi));
-    for (size_t i = 0; i < N; i++) rho = fmax(rho, hypot(wr[i], wi[i]));
+    const double rho = rb_test_vnet_error_radius(ctx, net);
     rb_mg_report rep;
     rb_test_fill(&r, &e, -1, 1);
     memset(u.data, 0, N * sizeof(double));
@@ -176,7 +162,7 @@ static void test_gradient_is_cycle_operator(void **state)
                   rep.convergence_factor, rep.cycles);
     assert_true(rho < 1);
     assert_true(fabs(rep.convergence_factor - rho) < 0.05 * rho);
-    free(M), free(A), free(E), free(wr), free(wi);
+    free(M);
     rb_tensor_release(ctx, &e), rb_tensor_release(ctx, &u), rb_tensor_release(ctx, &seed), rb_tensor_release(ctx, &df);
     rb_tensor_release(ctx, &Ms);
     rb_vnet_free(ctx, net);
@@ -192,6 +178,19 @@ static double loss(rb_context *ctx, rb_vnet *net, const rb_tensor *f, const rb_t
     double s = 0;
     for (size_t i = 0; i < rb_tensor_count(u); i++) s += w->data[i] * u->data[i];
     return s;
+}
+
+/* (L(x + eps) - L(x - eps)) / (2 eps) for the value *x (an input entry or a parameter). */
+static double central_difference(rb_context *ctx, rb_vnet *net, const rb_tensor *f, const rb_tensor *u0, const rb_tensor *w,
+                                 int cycles, rb_tensor *u, double *x, double eps)
+{
+    const double keep = *x;
+    *x = keep + eps;
+    const double lp = loss(ctx, net, f, u0, w, cycles, u);
+    *x = keep - eps;
+    const double lm = loss(ctx, net, f, u0, w, cycles, u);
+    *x = keep;
+    return (lp - lm) / (2 * eps);
 }
 
 static void fd_case(rb_context *ctx, rb_vnet_config c, int cycles, const char *label)
@@ -218,13 +217,8 @@ static void fd_case(rb_context *ctx, rb_vnet_config c, int cycles, const char *l
         rb_tensor *x = t % 2 ? &u0 : &f;
         const double *g = t % 2 ? du0.data : df.data;
         size_t i = (size_t)(rb_test_uniform(&r, 0, 1) * (double)N) % N;
-        double keep = x->data[i];
-        x->data[i] = keep + eps;
-        double lp = loss(ctx, net, &f, &u0, &w, cycles, &u);
-        x->data[i] = keep - eps;
-        double lm = loss(ctx, net, &f, &u0, &w, cycles, &u);
-        x->data[i] = keep;
-        double fd = (lp - lm) / (2 * eps), err = fabs(fd - g[i]) / fmax(fabs(fd), 1e-3);
+        double fd = central_difference(ctx, net, &f, &u0, &w, cycles, &u, &x->data[i], eps);
+        double err = fabs(fd - g[i]) / fmax(fabs(fd), 1e-3);
         worst = fmax(worst, err);
         if (err >= 1e-6) fail_msg("%s: d/d%s[%zu]: backprop %.10e, FD %.10e", label, t % 2 ? "u0" : "f", i, g[i], fd);
     }
@@ -236,13 +230,8 @@ static void fd_case(rb_context *ctx, rb_vnet_config c, int cycles, const char *l
             if (op == NULL || g == NULL) continue;
             for (int t = 0; t < 3; t++) {
                 size_t i = (size_t)(rb_test_uniform(&r, 0, 1) * (double)op->nparams) % op->nparams;
-                double keep = op->params[i];
-                op->params[i] = keep + eps;
-                double lp = loss(ctx, net, &f, &u0, &w, cycles, &u);
-                op->params[i] = keep - eps;
-                double lm = loss(ctx, net, &f, &u0, &w, cycles, &u);
-                op->params[i] = keep;
-                double fd = (lp - lm) / (2 * eps), err = fabs(fd - g[i]) / fmax(fabs(fd), 1e-3);
+                double fd = central_difference(ctx, net, &f, &u0, &w, cycles, &u, &op->params[i], eps);
+                double err = fabs(fd - g[i]) / fmax(fabs(fd), 1e-3);
                 worst = fmax(worst, err);
                 if (err >= 1e-6) fail_msg("%s: level %zu part %d param %zu: backprop %.10e, FD %.10e", label, l, p, i, g[i], fd);
             }
@@ -317,13 +306,9 @@ static void test_variable_coefficients(void **state)
         assert_non_null(g);
         for (int t = 0; t < 4; t++) {
             size_t i = (size_t)(rb_test_uniform(&r, 0, 1) * (double)B->nparams) % B->nparams;
-            double keep = B->params[i], h = 1e-4 * fmax(fabs(keep), 1e-6), lp, lm;
-            B->params[i] = keep + h;
-            lp = loss(ctx, net, &f, NULL, &w, 2, &u);
-            B->params[i] = keep - h;
-            lm = loss(ctx, net, &f, NULL, &w, 2, &u);
-            B->params[i] = keep;
-            double fd = (lp - lm) / (2 * h), err = fabs(fd - g[i]) / fmax(fabs(fd), 1e-8 * fabs(lp) / h);
+            const double h = 1e-4 * fmax(fabs(B->params[i]), 1e-6);
+            double fd = central_difference(ctx, net, &f, NULL, &w, 2, &u, &B->params[i], h);
+            double err = fabs(fd - g[i]) / fmax(fabs(fd), 1e-8 * fabs(loss(ctx, net, &f, NULL, &w, 2, &u)) / h);
             worst = fmax(worst, err);
             if (err > 1e-5) fail_msg("level %zu B[%zu]: backprop %.10e, FD %.10e", l, i, g[i], fd); /* FD ~1e-7 here */
         }

@@ -2,6 +2,7 @@
 #include "testkit.h"
 
 #include <dirent.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,4 +86,42 @@ void rb_test_remove_tree(const char *dir)
     }
     closedir(d);
     rmdir(dir);
+}
+
+void rb_test_vnet_cycle_matrix(rb_context *ctx, rb_vnet *net, double *M)
+{
+    const rb_shape s = rb_vnet_shape(net, 0);
+    const size_t N = rb_shape_count(s);
+    rb_tensor e, u;
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &e, s));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &u, s));
+    for (size_t j = 0; j < N; j++) {
+        memset(e.data, 0, N * sizeof(double));
+        e.data[j] = 1;
+        RB_CHECK(ctx, rb_vnet_forward(ctx, net, &e, NULL, &u, 1, false));
+        for (size_t i = 0; i < N; i++) M[i * N + j] = u.data[i];
+    }
+    rb_tensor_release(ctx, &e), rb_tensor_release(ctx, &u);
+}
+
+double rb_test_vnet_error_radius(rb_context *ctx, rb_vnet *net)
+{
+    const rb_shape s = rb_vnet_shape(net, 0);
+    const size_t N = rb_shape_count(s);
+    double *M = calloc(N * N, sizeof(double)), *A = calloc(N * N, sizeof(double)), *E = calloc(N * N, sizeof(double));
+    double *wr = calloc(N, sizeof(double)), *wi = calloc(N, sizeof(double));
+    assert_true(M && A && E && wr && wi);
+    rb_test_vnet_cycle_matrix(ctx, net, M);
+    RB_CHECK(ctx, rb_ref_assemble(ctx, rb_vnet_op(net, 0, RB_VNET_A), s, A));
+    for (size_t i = 0; i < N; i++)
+        for (size_t j = 0; j < N; j++) {
+            double ma = 0;
+            for (size_t k = 0; k < N; k++) ma += M[i * N + k] * A[k * N + j];
+            E[i * N + j] = (i == j) - ma;
+        }
+    RB_CHECK(ctx, rb_ref_eig_general(ctx, E, N, wr, wi));
+    double rho = 0;
+    for (size_t i = 0; i < N; i++) rho = fmax(rho, hypot(wr[i], wi[i]));
+    free(M), free(A), free(E), free(wr), free(wi);
+    return rho;
 }

@@ -50,4 +50,10 @@ typedef struct rb_failing_alloc {
 } rb_failing_alloc;
 rb_allocator rb_failing_allocator(rb_failing_alloc *state);
 
+/* The matrix M of one network-mode cycle from u = 0 (u = M f), assembled column by column
+ * (M[i*N + j], N grid points), and the spectral radius of its error propagation I - M A
+ * (LAPACK dgeev) for the net's finest operator A. */
+void rb_test_vnet_cycle_matrix(rb_context *ctx, rb_vnet *net, double *M);
+double rb_test_vnet_error_radius(rb_context *ctx, rb_vnet *net);
+
 #endif
