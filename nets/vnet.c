@@ -18,7 +18,7 @@
 #define VNET_MAX_STEPS 8
 
 typedef struct vnet_level {
-    rb_op *A, *B, *S, *F, *R, *P; /* S = sigma o B o sigma (a chain owning B) or B itself */
+    rb_op *A, *B, *S, *F, *R, *P, *Pi; /* S = sigma o B o sigma (a chain owning B) or B itself */
     rb_vstep pre[VNET_MAX_STEPS], post[VNET_MAX_STEPS];
 } vnet_level;
 
@@ -75,6 +75,8 @@ static rb_status check_config(rb_context *ctx, const rb_vnet_config *c)
     if (c->coarse_solve && c->channels != 1)
         return rb_fail(ctx, RB_EINVAL, "rb_vnet_create: the coarse solve needs C = 1 (C = %zu): smooth the coarsest level instead",
                        c->channels);
+    if (c->projection && c->coarse_solve)
+        return rb_fail(ctx, RB_EINVAL, "rb_vnet_create: a projection makes a network, not a solver: smooth the coarsest level");
     if (!c->coarse_solve && c->pre == 0)
         return rb_fail(ctx, RB_EINVAL, "rb_vnet_create: the coarsest level is neither solved nor smoothed (pre = 0)");
     return RB_OK;
@@ -167,10 +169,12 @@ static rb_status build(rb_context *ctx, rb_vnet *net, gsl_rng *rng)
         if (st == RB_OK && !coarsest) net->learned[net->nlearned++] = v->R;
         if (st == RB_OK && !coarsest) st = conv(ctx, c, 2, true, rng, &v->P);
         if (st == RB_OK && !coarsest) net->learned[net->nlearned++] = v->P;
+        if (st == RB_OK && !coarsest && c->projection) st = conv(ctx, c, 2, false, rng, &v->Pi);
+        if (st == RB_OK && v->Pi != NULL) net->learned[net->nlearned++] = v->Pi;
         if (st != RB_OK) break;
         for (int k = 0; k < c->pre; k++) v->pre[k] = (rb_vstep){v->F, 1.0, v->S};
         for (int k = 0; k < c->post && !coarsest; k++) v->post[k] = (rb_vstep){v->F, 1.0, v->S};
-        lv->A = v->A, lv->R = v->R, lv->P = v->P;
+        lv->A = v->A, lv->R = v->R, lv->P = v->P, lv->Pi = v->Pi;
         lv->pre = v->pre, lv->npre = (size_t)c->pre;
         lv->post = v->post, lv->npost = coarsest ? 0 : (size_t)c->post;
     }
@@ -229,7 +233,7 @@ void rb_vnet_free(rb_context *ctx, rb_vnet *net)
         rb_op_free(ctx, v->F);
         if (v->S != v->B) rb_op_free(ctx, v->S); /* the chain frees B */
         else rb_op_free(ctx, v->B);
-        rb_op_free(ctx, v->A), rb_op_free(ctx, v->R), rb_op_free(ctx, v->P);
+        rb_op_free(ctx, v->A), rb_op_free(ctx, v->R), rb_op_free(ctx, v->P), rb_op_free(ctx, v->Pi);
         rb_tensor_release(ctx, &net->level[l].u), rb_tensor_release(ctx, &net->level[l].f), rb_tensor_release(ctx, &net->level[l].r);
     }
     for (size_t i = 0; i < net->nlearned; i++) rb_free(ctx, net->grad[i]);
@@ -252,6 +256,7 @@ rb_op *rb_vnet_op(const rb_vnet *net, size_t level, rb_vnet_part part)
     case RB_VNET_B: return v->B;
     case RB_VNET_R: return v->R;
     case RB_VNET_P: return v->P;
+    case RB_VNET_PI: return v->Pi;
     default: return NULL;
     }
 }
@@ -367,25 +372,44 @@ rb_status rb_vnet_forward(rb_context *ctx, rb_vnet *net, const rb_tensor *f, con
 
 static double *grad_of(void *user, const rb_op *op) { return rb_vnet_grad(user, op); }
 
-rb_status rb_vnet_backward(rb_context *ctx, rb_vnet *net, const rb_tensor *du, rb_tensor *du0, rb_tensor *df)
+rb_status rb_vnet_backward_levels(rb_context *ctx, rb_vnet *net, const rb_tensor *const *seeds, rb_tensor *du0, rb_tensor *df)
 {
     if (ctx == NULL) return RB_ENULL;
-    if (net == NULL) return rb_fail(ctx, RB_ENULL, "rb_vnet_backward: net is NULL");
-    rb_status st = check_grid(ctx, net, du, "du", "rb_vnet_backward");
+    if (net == NULL || seeds == NULL) return rb_fail(ctx, RB_ENULL, "rb_vnet_backward: net or seeds is NULL");
+    rb_status st = RB_OK;
+    for (size_t l = 0; l < net->cfg.levels && st == RB_OK; l++)
+        if (seeds[l] != NULL) st = rb_tensor_check_same(ctx, &net->level[l].u, "the level's grid", seeds[l], "du");
     if (st == RB_OK && du0 != NULL) st = check_grid(ctx, net, du0, "du0", "rb_vnet_backward");
     if (st == RB_OK && df != NULL) st = check_grid(ctx, net, df, "df", "rb_vnet_backward");
     if (st != RB_OK) return st;
     if (net->taped_cycles < 1) return rb_fail(ctx, RB_EINVAL, "rb_vnet_backward: no taped rb_vnet_forward to go back through");
-    const size_t n = rb_tensor_count(du);
-    memcpy(net->du.data, du->data, n * sizeof(double));
+    const size_t n = rb_tensor_count(&net->du);
+    if (seeds[0] != NULL) memcpy(net->du.data, seeds[0]->data, n * sizeof(double));
+    else memset(net->du.data, 0, n * sizeof(double));
     memset(net->df.data, 0, n * sizeof(double));
-    for (; net->taped_cycles > 0 && st == RB_OK; net->taped_cycles--)
-        st = rb_vcycle_backward(ctx, &net->vc, 0, &net->tape, &net->du, &net->df, grad_of, net, &net->work);
+    /* the seeds of the other levels apply to the last cycle's outputs only */
+    for (bool last = true; net->taped_cycles > 0 && st == RB_OK; net->taped_cycles--, last = false)
+        st = rb_vcycle_backward(ctx, &net->vc, 0, &net->tape, &net->du, &net->df, last ? seeds : NULL, grad_of, net, &net->work);
     net->taped_cycles = 0;
     if (st != RB_OK) return st;
     if (du0 != NULL) memcpy(du0->data, net->du.data, n * sizeof(double));
     if (df != NULL) memcpy(df->data, net->df.data, n * sizeof(double));
     return RB_OK;
+}
+
+rb_status rb_vnet_backward(rb_context *ctx, rb_vnet *net, const rb_tensor *du, rb_tensor *du0, rb_tensor *df)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (net == NULL) return rb_fail(ctx, RB_ENULL, "rb_vnet_backward: net is NULL");
+    rb_status st = check_grid(ctx, net, du, "du", "rb_vnet_backward");
+    if (st != RB_OK) return st;
+    const rb_tensor *seeds[VNET_MAX_LEVELS] = {du};
+    return rb_vnet_backward_levels(ctx, net, seeds, du0, df);
+}
+
+const rb_tensor *rb_vnet_level_u(const rb_vnet *net, size_t level)
+{
+    return net != NULL && level < net->cfg.levels ? &net->level[level].u : NULL;
 }
 
 double *rb_vnet_grad(const rb_vnet *net, const rb_op *op)

@@ -20,7 +20,7 @@
 #include "op_internal.h"
 #include "resbridge/residual.h"
 
-static const char *const cycle_names[] = {"V", "W", "F"};
+static const char *const cycle_names[] = {"V", "W", "F", "down"};
 _Static_assert(sizeof cycle_names / sizeof *cycle_names == RB_CYCLE_COUNT, "one name per cycle");
 
 const char *rb_cycle_name(rb_cycle c) { return (unsigned)c < RB_CYCLE_COUNT ? cycle_names[c] : "unknown"; }
@@ -203,6 +203,24 @@ static void zero(rb_context *ctx, rb_tensor *t)
     for (long long i = 0; i < n; i += chunk) memset(d + i, 0, (size_t)(i + chunk <= n ? chunk : n - i) * sizeof(double));
 }
 
+/* The coarse iterate's start: u_{l+1} = 0, or with a projection u_{l+1} = Pi u and
+ * f_{l+1} += A_{l+1} u_{l+1} (then also in the restriction's record, taped). */
+static rb_status start_coarse(rb_context *ctx, rb_vlevel *lv, rb_vlevel *coarse, rb_vtape *tape, rb_arena *work)
+{
+    if (lv->Pi == NULL) {
+        zero(ctx, &coarse->u);
+        return RB_OK;
+    }
+    rb_status st = rb_op_apply(ctx, lv->Pi, &lv->u, &coarse->u, work);
+    if (st == RB_OK) st = rb_op_apply(ctx, coarse->A, &coarse->u, &coarse->r, work);
+    if (st == RB_OK) st = rb_tensor_axpy(ctx, 1.0, &coarse->r, &coarse->f);
+    if (st == RB_OK && tape != NULL) {
+        rec *r = tape->last; /* the restriction just recorded */
+        memcpy(r->b, coarse->f.data, rb_tensor_count(&coarse->f) * sizeof(double));
+    }
+    return st;
+}
+
 /* ||f - A u|| on a level: from a smoother's pass (sum of squares s2, when in range),
  * else in a pass of its own. */
 static rb_status level_norm(rb_context *ctx, rb_vlevel *lv, const double *s2, double *norm, rb_arena *work)
@@ -277,9 +295,12 @@ static rb_status cycle(rb_context *ctx, const rb_vcycle *vc, size_t l, rb_cycle 
     rb_vlevel *coarse = &vc->level[l + 1];
     /* pre-smoothing, then f_{l+1} = R (f - A u) */
     rb_status st = smooth(ctx, lv, coarse, lv->pre, lv->npre, false, true, NULL, l, tape, work);
+    if (st == RB_OK) st = start_coarse(ctx, lv, coarse, tape, work); /* u_{l+1} = 0 (or Pi u) */
     if (st != RB_OK) return st;
-    zero(ctx, &coarse->u); /* u_{l+1} = 0 */
     switch (kind) {
+    case RB_CYCLE_DOWN: /* the down-leg: nothing comes back up */
+        st = cycle(ctx, vc, l + 1, RB_CYCLE_DOWN, NULL, tape, work);
+        return st == RB_OK && norm != NULL ? level_norm(ctx, lv, NULL, norm, work) : st;
     case RB_CYCLE_V: st = cycle(ctx, vc, l + 1, RB_CYCLE_V, NULL, tape, work); break;
     case RB_CYCLE_W:
         st = cycle(ctx, vc, l + 1, RB_CYCLE_W, NULL, tape, work);
@@ -322,6 +343,12 @@ rb_status rb_vcycle_check(rb_context *ctx, const rb_vcycle *vc)
         st = rb_op_shape(ctx, lv->R, lv->u.shape, &cs);
         if (st == RB_OK && !rb_shape_equal(cs, vc->level[l + 1].u.shape))
             st = rb_fail(ctx, RB_ESHAPE, "rb_vcycle level %zu: R does not map onto level %zu's grid", l, l + 1);
+        rb_shape ps;
+        if (st == RB_OK && lv->Pi != NULL) st = rb_op_shape(ctx, lv->Pi, lv->u.shape, &ps);
+        if (st == RB_OK && lv->Pi != NULL && !rb_shape_equal(ps, cs))
+            st = rb_fail(ctx, RB_ESHAPE, "rb_vcycle level %zu: Pi does not map onto level %zu's grid", l, l + 1);
+        if (st == RB_OK && lv->Pi != NULL && vc->level[l + 1].A == NULL)
+            st = rb_fail(ctx, RB_ENULL, "rb_vcycle level %zu: a projection needs level %zu's A", l, l + 1);
         if (st == RB_OK) st = rb_op_shape(ctx, lv->P, cs, &cs);
         if (st == RB_OK && !rb_shape_equal(cs, lv->u.shape))
             st = rb_fail(ctx, RB_ESHAPE, "rb_vcycle level %zu: P does not map back onto level %zu's grid", l, l);
@@ -344,6 +371,9 @@ size_t rb_vcycle_workspace(const rb_vcycle *vc)
         size_t w = rb_op_workspace(lv->A, s);
         if (rb_transfer_restrict_residual_workspace(lv->A, lv->R, s) > w) w = rb_transfer_restrict_residual_workspace(lv->A, lv->R, s);
         if (rb_op_workspace(lv->R, s) > w) w = rb_op_workspace(lv->R, s);
+        if (lv->Pi != NULL && rb_op_workspace(lv->Pi, s) > w) w = rb_op_workspace(lv->Pi, s);
+        if (lv->Pi != NULL && rb_op_workspace(vc->level[l + 1].A, vc->level[l + 1].u.shape) > w)
+            w = rb_op_workspace(vc->level[l + 1].A, vc->level[l + 1].u.shape);
         if (rb_op_workspace(lv->P, vc->level[l + 1].u.shape) > w) w = rb_op_workspace(lv->P, vc->level[l + 1].u.shape);
         for (size_t k = 0; k < lv->npre + lv->npost; k++) {
             const rb_vstep *step = k < lv->npre ? &lv->pre[k] : &lv->post[k - lv->npre];
@@ -408,6 +438,7 @@ static size_t visit_bytes(const rb_vcycle *vc, size_t l, rb_cycle kind)
     size_t b = (lv->npre + lv->npost) * (rec_bytes() + grid) + rec_bytes() + grid + cgrid /* restrict */ +
                rec_bytes() + cgrid /* correct */;
     switch (kind) {
+    case RB_CYCLE_DOWN: return b - lv->npost * (rec_bytes() + grid) - rec_bytes() - cgrid + visit_bytes(vc, l + 1, RB_CYCLE_DOWN);
     case RB_CYCLE_V: return b + visit_bytes(vc, l + 1, RB_CYCLE_V);
     case RB_CYCLE_W: return b + visit_bytes(vc, l + 1, RB_CYCLE_W) * (l + 2 < vc->nlevels ? 2 : 1);
     default: return b + visit_bytes(vc, l + 1, RB_CYCLE_F) + (l + 2 < vc->nlevels ? visit_bytes(vc, l + 1, RB_CYCLE_V) : 0);
@@ -480,6 +511,7 @@ size_t rb_vcycle_backward_workspace(const rb_vcycle *vc, size_t from)
             if (step->S != NULL && rb_op_backward_workspace(step->S, s) > w) w = rb_op_backward_workspace(step->S, s);
         }
         if (lv->R != NULL && rb_op_backward_workspace(lv->R, s) > w) w = rb_op_backward_workspace(lv->R, s);
+        if (lv->Pi != NULL && rb_op_backward_workspace(lv->Pi, s) > w) w = rb_op_backward_workspace(lv->Pi, s);
         if (l + 1 < vc->nlevels && rb_op_backward_workspace(lv->P, vc->level[l + 1].u.shape) > w)
             w = rb_op_backward_workspace(lv->P, vc->level[l + 1].u.shape);
         if (w > ops) ops = w;
@@ -532,8 +564,20 @@ static rb_status undo(rb_context *ctx, const rb_vcycle *vc, const rec *r, adj *a
         if (st == RB_OK) st = residual_backward(ctx, lv->A, r->a, a, grad_of, user, work);
         return st;
     }
-    case REC_RESTRICT: { /* f_{l+1} = R (f - A u), u_{l+1} = 0 */
+    case REC_RESTRICT: { /* f_{l+1} = R (f - A u), u_{l+1} = 0; or u_{l+1} = Pi u, f_{l+1} += A_{l+1} u_{l+1} */
         adj *c = &ad[l + 1];
+        if (lv->Pi != NULL) {
+            const rb_vlevel *cl = &vc->level[l + 1];
+            rb_tensor ut = a->t1;
+            ut.data = r->a;
+            st = rb_op_apply(ctx, lv->Pi, &ut, &c->t1, work); /* u_{l+1} at the start, again */
+            /* d u_{l+1} (start) += A_{l+1}^T df_{l+1}, then du += Pi^T d u_{l+1} */
+            if (st == RB_OK)
+                st = rb_op_backward(ctx, cl->A, &c->t1, NULL, NULL, &c->df, 1.0, &c->du, grad_slot(grad_of, user, cl->A), work);
+            if (st == RB_OK)
+                st = rb_op_backward(ctx, lv->Pi, &ut, NULL, NULL, &c->du, 1.0, &a->du, grad_slot(grad_of, user, lv->Pi), work);
+            if (st != RB_OK) return st;
+        }
         st = residual_again(ctx, lv->A, r->a, a, work);
         if (st == RB_OK) rb_zero(ctx, a->t2.data, rb_tensor_count(&a->t2));
         if (st == RB_OK) st = rb_op_backward(ctx, lv->R, &a->t1, NULL, NULL, &c->df, 1.0, &a->t2, grad_slot(grad_of, user, lv->R), work);
@@ -543,11 +587,10 @@ static rb_status undo(rb_context *ctx, const rb_vcycle *vc, const rec *r, adj *a
         c->f = r->fprev;
         return st;
     }
-    case REC_CORRECT: { /* u += P u_{l+1} */
+    case REC_CORRECT: { /* u += P u_{l+1} (u_{l+1}'s adjoint so far: its seed as an output, if any) */
         adj *c = &ad[l + 1];
         rb_tensor ct = c->du;
         ct.data = r->a;
-        rb_zero(ctx, c->du.data, rb_tensor_count(&c->du));
         return rb_op_backward(ctx, lv->P, &ct, NULL, NULL, &a->du, 1.0, &c->du, grad_slot(grad_of, user, lv->P), work);
     }
     case REC_COARSE: { /* u = A^{-1} f: df += A^{-T} du, du = 0 */
@@ -562,7 +605,8 @@ static rb_status undo(rb_context *ctx, const rb_vcycle *vc, const rec *r, adj *a
 }
 
 rb_status rb_vcycle_backward(rb_context *ctx, const rb_vcycle *vc, size_t from, rb_vtape *tape, rb_tensor *du,
-                             rb_tensor *df, rb_vgrad_fn grad_of, void *user, rb_arena *work)
+                             rb_tensor *df, const rb_tensor *const *seeds, rb_vgrad_fn grad_of, void *user,
+                             rb_arena *work)
 {
     if (ctx == NULL) return RB_ENULL;
     if (vc == NULL || vc->level == NULL) return rb_fail(ctx, RB_ENULL, "rb_vcycle_backward: hierarchy is NULL");
@@ -578,6 +622,9 @@ rb_status rb_vcycle_backward(rb_context *ctx, const rb_vcycle *vc, size_t from, 
     if (st == RB_OK) st = rb_tensor_check_same(ctx, &top->u, "level u", df, "df");
     if (st != RB_OK) return st;
     if (du->data == df->data) return rb_fail(ctx, RB_EINVAL, "rb_vcycle_backward: du and df alias");
+    for (size_t l = from + 1; seeds != NULL && l < vc->nlevels && st == RB_OK; l++)
+        if (seeds[l] != NULL) st = rb_tensor_check_same(ctx, &vc->level[l].u, "level u", seeds[l], "seed");
+    if (st != RB_OK) return st;
     const size_t mark = rb_arena_mark(work);
     adj *ad = rb_arena_alloc(ctx, work, vc->nlevels * sizeof(adj));
     if (ad == NULL) return rb_fail(ctx, RB_ENOMEM, "rb_vcycle_backward: work arena too small (%zu bytes needed)",
@@ -593,7 +640,8 @@ rb_status rb_vcycle_backward(rb_context *ctx, const rb_vcycle *vc, size_t from, 
         if (st == RB_OK) st = rb_arena_tensor(ctx, work, &a->t2, s);
         if (st == RB_OK && a->t2.data == NULL) st = rb_fail(ctx, RB_ENOMEM, "rb_vcycle_backward: work arena too small");
         if (st == RB_OK && l != from) {
-            rb_zero(ctx, a->du.data, rb_tensor_count(&a->du));
+            if (seeds != NULL && seeds[l] != NULL) memcpy(a->du.data, seeds[l]->data, rb_tensor_count(&a->du) * sizeof(double));
+            else rb_zero(ctx, a->du.data, rb_tensor_count(&a->du));
             rb_zero(ctx, a->df.data, rb_tensor_count(&a->df));
         }
     }

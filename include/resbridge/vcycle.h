@@ -6,7 +6,8 @@
  *
  *     smooth:     u <- u + h F(u)         for each pre-smoothing step (rb_residual_step)
  *     residual:   r = f - A u
- *     restrict:   f_{l+1} = R r,  u_{l+1} = 0
+ *     restrict:   f_{l+1} = R r,  u_{l+1} = 0   (with a projection Pi: u_{l+1} = Pi u,
+ *                 f_{l+1} = R r + A_{l+1} u_{l+1}, MgNet's form)
  *     recurse:    once (V), twice (W), or an F-cycle then a V-cycle (F)
  *     correct:    u <- u + P u_{l+1}      (the U-Net's long skip connection)
  *     smooth:     each post-smoothing step
@@ -26,7 +27,9 @@
 extern "C" {
 #endif
 
-typedef enum rb_cycle { RB_CYCLE_V, RB_CYCLE_W, RB_CYCLE_F, RB_CYCLE_COUNT } rb_cycle;
+/* V, W, F; DOWN: the down-leg only (pre-smoothing and restriction on every level, then the
+ * coarsest level; no correction, no post-smoothing): MgNet's feature extractor. */
+typedef enum rb_cycle { RB_CYCLE_V, RB_CYCLE_W, RB_CYCLE_F, RB_CYCLE_DOWN, RB_CYCLE_COUNT } rb_cycle;
 
 const char *rb_cycle_name(rb_cycle c);
 
@@ -51,6 +54,8 @@ typedef struct rb_vlevel {
     size_t npost;
     const rb_op *R;        /* r_l -> f_{l+1} (NULL on the coarsest level) */
     const rb_op *P;        /* u_{l+1} -> correction on level l (NULL on the coarsest level) */
+    const rb_op *Pi;       /* optional feature projection (MgNet): the coarse iterate starts at
+                            * u_{l+1} = Pi u and f_{l+1} = R (f - A u) + A_{l+1} u_{l+1}; NULL: u_{l+1} = 0 */
 } rb_vlevel;
 
 /* Solve (approximately or exactly) on the coarsest level: u = A^{-1} f. */
@@ -120,9 +125,12 @@ typedef double *(*rb_vgrad_fn)(void *user, const rb_op *op);
 
 /* Backward of the newest taped cycle (which it removes from the tape): on entry du holds
  * dL/du after the cycle, on return dL/du before it; df += dL/df (level `from`'s f);
- * grad_of(user, op) += dL/dtheta for A, S, R and P of every level (grad_of may be NULL). */
+ * grad_of(user, op) += dL/dtheta for A, S, R, P and Pi of every level (grad_of may be NULL).
+ * seeds (may be NULL; else nlevels entries, each NULL or of its level's shape): dL/du_l of
+ * the other levels' iterates after the cycle (a DOWN cycle's output is the coarsest u). */
 rb_status rb_vcycle_backward(rb_context *ctx, const rb_vcycle *vc, size_t from, rb_vtape *tape, rb_tensor *du,
-                             rb_tensor *df, rb_vgrad_fn grad_of, void *user, rb_arena *work);
+                             rb_tensor *df, const rb_tensor *const *seeds, rb_vgrad_fn grad_of, void *user,
+                             rb_arena *work);
 
 /* The smoothing operator in residual-correction form, F(u) = S(f - A u): A and S
  * (shape-keeping) and f are referenced, not owned; f's data may change between calls.

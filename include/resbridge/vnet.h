@@ -40,13 +40,15 @@ typedef struct rb_vnet_config {
     rb_activation act;   /* sigma */
     rb_cycle cycle;
     bool coarse_solve;   /* coarsest level solved (LU of A; needs C = 1, sigma-free linear A) */
+    bool projection;     /* MgNet's feature projection Pi_l (stride-2 conv C -> C): the coarse iterate
+                          * starts at Pi u and f_{l+1} = R (f - A u) + A_{l+1} Pi u (a network, not a solver) */
     unsigned long seed;  /* weight initialisation (uniform, +-1/sqrt(fan-in)) */
 } rb_vnet_config;
 
 /* 2D, n = 31, 3 levels, C = 1, N = 1, V(1,1), identity, coarse solve, seed 1. */
 rb_vnet_config rb_vnet_config_default(void);
 
-typedef enum rb_vnet_part { RB_VNET_A, RB_VNET_B, RB_VNET_R, RB_VNET_P, RB_VNET_PART_COUNT } rb_vnet_part;
+typedef enum rb_vnet_part { RB_VNET_A, RB_VNET_B, RB_VNET_R, RB_VNET_P, RB_VNET_PI, RB_VNET_PART_COUNT } rb_vnet_part;
 
 typedef struct rb_vnet rb_vnet;
 
@@ -78,6 +80,10 @@ rb_status rb_vnet_forward(rb_context *ctx, rb_vnet *net, const rb_tensor *f, con
 rb_status rb_vnet_backward(rb_context *ctx, rb_vnet *net, const rb_tensor *du, rb_tensor *du0, rb_tensor *df);
 /* The gradient accumulator of a level operator's parameters (nparams values). */
 double *rb_vnet_grad(const rb_vnet *net, const rb_op *op);
+/* Level l's iterate after the last rb_vnet_forward (the coarsest for a DOWN cycle: MgNet's features). */
+const rb_tensor *rb_vnet_level_u(const rb_vnet *net, size_t level);
+/* rb_vnet_backward with seeds dL/du_l on every level (seeds[l] NULL: 0; seeds[0] the top level's). */
+rb_status rb_vnet_backward_levels(rb_context *ctx, rb_vnet *net, const rb_tensor *const *seeds, rb_tensor *du0, rb_tensor *df);
 void rb_vnet_zero_grad(rb_vnet *net);
 
 /* Cycles (N = 1) from u until |f - A_0 u| <= tol |f| or max_cycles; the report as

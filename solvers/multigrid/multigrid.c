@@ -67,7 +67,7 @@ rb_status rb_cycle_parse(rb_context *ctx, const char *name, rb_cycle *c)
             *c = (rb_cycle)i;
             return RB_OK;
         }
-    return rb_fail(ctx, RB_EINVAL, "unknown cycle '%s' (V, W, F)", name);
+    return rb_fail(ctx, RB_EINVAL, "unknown cycle '%s' (V, W, F, down)", name);
 }
 
 rb_mg_options rb_mg_options_default(int dim)
@@ -428,6 +428,8 @@ static rb_status check_problem(rb_context *ctx, const rb_mg_problem *pb, const r
     }
     if ((unsigned)o->smoother >= RB_SMOOTHER_COUNT) return rb_fail(ctx, RB_EINVAL, "rb_mg_create: smoother = %d", (int)o->smoother);
     if ((unsigned)o->cycle >= RB_CYCLE_COUNT) return rb_fail(ctx, RB_EINVAL, "rb_mg_create: cycle = %d", (int)o->cycle);
+    if (o->cycle == RB_CYCLE_DOWN)
+        return rb_fail(ctx, RB_EINVAL, "rb_mg_create: the down-leg (MgNet's) corrects nothing: a solver needs V, W or F");
     if (o->pre < 0 || o->post < 0 || o->pre + o->post < 1 || o->pre > 16 || o->post > 16)
         return rb_fail(ctx, RB_EINVAL, "rb_mg_create: pre = %d, post = %d smoothing steps (0..16 each, at least one)",
                        o->pre, o->post);
