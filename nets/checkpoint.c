@@ -12,10 +12,7 @@
 #include "resbridge/trainer.h"
 #include "io_internal.h"
 
-#include <errno.h>
-#include <stdio.h>
 #include <string.h>
-#include <zlib.h>
 
 #define CKPT_MAGIC "RBCKPT\r\n"
 #define CKPT_VERSION 1u
@@ -26,13 +23,6 @@ enum ckpt_field {
     RB_CKPT_FIELDS
 };
 
-static uint64_t dbits(double v) { uint64_t u; memcpy(&u, &v, 8); return u; }
-static double bitsd(uint64_t u) { double v; memcpy(&v, &u, 8); return v; }
-
-static void put_u32(unsigned char *b, uint32_t v) { for (int i = 0; i < 4; i++) b[i] = (unsigned char)(v >> (8 * i)); }
-static uint32_t get_u32(const unsigned char *b) { uint32_t v = 0; for (int i = 0; i < 4; i++) v |= (uint32_t)b[i] << (8 * i); return v; }
-static void put_u64(unsigned char *b, uint64_t v) { for (int i = 0; i < 8; i++) b[i] = (unsigned char)(v >> (8 * i)); }
-static uint64_t get_u64(const unsigned char *b) { uint64_t v = 0; for (int i = 0; i < 8; i++) v |= (uint64_t)b[i] << (8 * i); return v; }
 
 static size_t nstats_of(const rb_model *m)
 {
@@ -49,7 +39,7 @@ typedef struct ckpt_buf {
 
 static void put_doubles(unsigned char **p, const double *v, size_t n)
 {
-    for (size_t i = 0; i < n; i++, *p += 8) put_u64(*p, dbits(v[i]));
+    for (size_t i = 0; i < n; i++, *p += 8) rb_io_put_u64(*p, rb_io_dbits(v[i]));
 }
 
 static int emit(int fd, void *user)
@@ -70,10 +60,10 @@ rb_status rb_checkpoint_save(rb_context *ctx, const char *path, const rb_trainer
     size_t np = m->net->nparams, ns = nstats_of(m), nm = tr->opt.m ? (tr->opt.v ? 2 : 1) : 0;
     uint64_t f[RB_CKPT_FIELDS] = {
         [F_KIND] = d->kind, [F_BLOCK] = d->block, [F_DEPTH] = d->depth, [F_WIDTH] = d->width, [F_IN_C] = d->in_channels,
-        [F_IN_H] = d->in_h, [F_IN_W] = d->in_w, [F_OUTPUTS] = d->outputs, [F_H] = dbits(d->h), [F_SEED] = d->seed,
-        [F_OPT_KIND] = c->opt.kind, [F_MOMENTUM] = dbits(c->opt.momentum), [F_WD] = dbits(c->opt.weight_decay),
-        [F_BETA1] = dbits(c->opt.beta1), [F_BETA2] = dbits(c->opt.beta2), [F_EPS] = dbits(c->opt.eps), [F_LR] = dbits(c->lr),
-        [F_SCHEDULE] = c->schedule, [F_EPOCHS] = c->epochs, [F_STEP_EPOCHS] = c->step_epochs, [F_GAMMA] = dbits(c->gamma),
+        [F_IN_H] = d->in_h, [F_IN_W] = d->in_w, [F_OUTPUTS] = d->outputs, [F_H] = rb_io_dbits(d->h), [F_SEED] = d->seed,
+        [F_OPT_KIND] = c->opt.kind, [F_MOMENTUM] = rb_io_dbits(c->opt.momentum), [F_WD] = rb_io_dbits(c->opt.weight_decay),
+        [F_BETA1] = rb_io_dbits(c->opt.beta1), [F_BETA2] = rb_io_dbits(c->opt.beta2), [F_EPS] = rb_io_dbits(c->opt.eps), [F_LR] = rb_io_dbits(c->lr),
+        [F_SCHEDULE] = c->schedule, [F_EPOCHS] = c->epochs, [F_STEP_EPOCHS] = c->step_epochs, [F_GAMMA] = rb_io_dbits(c->gamma),
         [F_BATCH] = c->batch, [F_DATA_SEED] = c->seed, [F_STEP] = tr->step, [F_EPOCH] = tr->epoch,
         [F_OPT_STEPS] = tr->opt.steps, [F_NPARAMS] = np, [F_NSTATS] = ns, [F_NMOMENTS] = nm};
     ckpt_buf b;
@@ -82,13 +72,13 @@ rb_status rb_checkpoint_save(rb_context *ctx, const char *path, const rb_trainer
     if (b.data == NULL) return rb_fail(ctx, RB_ENOMEM, "%s: no memory for %zu bytes", fn, b.len);
     unsigned char *p = b.data;
     memcpy(p, CKPT_MAGIC, 8), p += 8;
-    put_u32(p, CKPT_VERSION), put_u32(p + 4, RB_CKPT_FIELDS), p += 8;
-    for (int i = 0; i < RB_CKPT_FIELDS; i++, p += 8) put_u64(p, f[i]);
+    rb_io_put_u32(p, CKPT_VERSION), rb_io_put_u32(p + 4, RB_CKPT_FIELDS), p += 8;
+    for (int i = 0; i < RB_CKPT_FIELDS; i++, p += 8) rb_io_put_u64(p, f[i]);
     put_doubles(&p, m->net->params, np);
     for (size_t i = 0; i < m->nbn; i++) put_doubles(&p, rb_op_batchnorm_running_mean(m->bn[i]), m->bn[i]->nparams);
     if (nm >= 1) put_doubles(&p, tr->opt.m, np);
     if (nm == 2) put_doubles(&p, tr->opt.v, np);
-    put_u32(p, (uint32_t)crc32(0L, b.data, (uInt)(b.len - 4)));
+    rb_io_put_u32(p, rb_io_crc32(b.data, b.len - 4));
     rb_status st = rb_io_write_atomic(ctx, fn, path, emit, &b);
     rb_free(ctx, b.data);
     return st;
@@ -97,40 +87,30 @@ rb_status rb_checkpoint_save(rb_context *ctx, const char *path, const rb_trainer
 /* Read and verify a whole checkpoint: magic, version, length, checksum. */
 static rb_status read_verified(rb_context *ctx, const char *fn, const char *path, ckpt_buf *out, uint64_t *f)
 {
-    FILE *fp = fopen(path, "rb");
-    if (fp == NULL) {
-        char eb[128];
-        int err = errno;
-        return rb_fail(ctx, err == ENOENT ? RB_ENOTFOUND : RB_EIO, "%s: cannot open '%s': %s", fn, path,
-                       rb_io_strerror(err, eb, sizeof eb));
-    }
-    rb_status st = RB_OK;
-    long size = -1;
-    if (fseek(fp, 0, SEEK_END) == 0) size = ftell(fp);
-    if (size < 0 || fseek(fp, 0, SEEK_SET) != 0) st = rb_io_fail(ctx, fn, "cannot read", path, errno);
-    const size_t head = 16 + 8 * RB_CKPT_FIELDS;
-    if (st == RB_OK && (size_t)size < head + 4)
-        st = rb_fail(ctx, RB_EFORMAT, "%s: '%s' is %ld bytes, too short for a checkpoint", fn, path, size);
     unsigned char *data = NULL;
-    if (st == RB_OK && (data = rb_malloc(ctx, (size_t)size)) == NULL) st = RB_ENOMEM;
-    if (st == RB_OK && fread(data, 1, (size_t)size, fp) != (size_t)size) st = rb_io_fail(ctx, fn, "cannot read", path, EIO);
-    fclose(fp);
+    size_t usize = 0;
+    rb_status st = rb_io_read_file(ctx, fn, path, &data, &usize);
+    if (st != RB_OK) return st;
+    const long size = (long)usize;
+    const size_t head = 16 + 8 * RB_CKPT_FIELDS;
+    if ((size_t)size < head + 4)
+        st = rb_fail(ctx, RB_EFORMAT, "%s: '%s' is %ld bytes, too short for a checkpoint", fn, path, size);
     if (st == RB_OK && memcmp(data, CKPT_MAGIC, 8) != 0)
         st = rb_fail(ctx, RB_EFORMAT, "%s: '%s' is not a resbridge checkpoint (bad magic)", fn, path);
-    if (st == RB_OK && get_u32(data + 8) != CKPT_VERSION)
+    if (st == RB_OK && rb_io_get_u32(data + 8) != CKPT_VERSION)
         st = rb_fail(ctx, RB_EFORMAT, "%s: '%s' has format version %u; this resbridge reads version %u", fn, path,
-                     get_u32(data + 8), CKPT_VERSION);
-    if (st == RB_OK && get_u32(data + 12) != RB_CKPT_FIELDS)
-        st = rb_fail(ctx, RB_EFORMAT, "%s: '%s': header has %u fields, expected %d", fn, path, get_u32(data + 12), RB_CKPT_FIELDS);
+                     rb_io_get_u32(data + 8), CKPT_VERSION);
+    if (st == RB_OK && rb_io_get_u32(data + 12) != RB_CKPT_FIELDS)
+        st = rb_fail(ctx, RB_EFORMAT, "%s: '%s': header has %u fields, expected %d", fn, path, rb_io_get_u32(data + 12), RB_CKPT_FIELDS);
     if (st == RB_OK) {
-        for (int i = 0; i < RB_CKPT_FIELDS; i++) f[i] = get_u64(data + 16 + 8 * i);
+        for (int i = 0; i < RB_CKPT_FIELDS; i++) f[i] = rb_io_get_u64(data + 16 + 8 * i);
         uint64_t np = f[F_NPARAMS], ns = f[F_NSTATS], nm = f[F_NMOMENTS];
         if (np > ((uint64_t)1 << 32) || ns > ((uint64_t)1 << 32) || nm > 2 || (uint64_t)size != head + 8 * (np + ns + nm * np) + 4)
             st = rb_fail(ctx, RB_EFORMAT, "%s: '%s' is %ld bytes but its header describes %llu parameters, %llu statistics "
                                           "and %llu moments (truncated or corrupt)",
                          fn, path, size, (unsigned long long)np, (unsigned long long)ns, (unsigned long long)nm);
     }
-    if (st == RB_OK && get_u32(data + size - 4) != (uint32_t)crc32(0L, data, (uInt)(size - 4)))
+    if (st == RB_OK && rb_io_get_u32(data + size - 4) != rb_io_crc32(data, (size_t)size - 4))
         st = rb_fail(ctx, RB_EFORMAT, "%s: '%s': checksum mismatch (the file is corrupt)", fn, path);
     if (st != RB_OK) {
         rb_free(ctx, data);
@@ -144,17 +124,17 @@ static rb_model_desc desc_of(const uint64_t *f)
 {
     return (rb_model_desc){.kind = (rb_model_kind)f[F_KIND], .block = (rb_block_kind)f[F_BLOCK], .depth = f[F_DEPTH],
                            .width = f[F_WIDTH], .in_channels = f[F_IN_C], .in_h = f[F_IN_H], .in_w = f[F_IN_W],
-                           .outputs = f[F_OUTPUTS], .h = bitsd(f[F_H]), .seed = f[F_SEED]};
+                           .outputs = f[F_OUTPUTS], .h = rb_io_bitsd(f[F_H]), .seed = f[F_SEED]};
 }
 
 static rb_trainer_config config_of(const uint64_t *f)
 {
-    rb_trainer_config c = {.lr = bitsd(f[F_LR]), .schedule = (rb_lr_kind)f[F_SCHEDULE], .epochs = f[F_EPOCHS],
-                           .step_epochs = f[F_STEP_EPOCHS], .gamma = bitsd(f[F_GAMMA]), .batch = f[F_BATCH],
+    rb_trainer_config c = {.lr = rb_io_bitsd(f[F_LR]), .schedule = (rb_lr_kind)f[F_SCHEDULE], .epochs = f[F_EPOCHS],
+                           .step_epochs = f[F_STEP_EPOCHS], .gamma = rb_io_bitsd(f[F_GAMMA]), .batch = f[F_BATCH],
                            .seed = f[F_DATA_SEED]};
-    c.opt = (rb_optimizer_config){.kind = (rb_optimizer_kind)f[F_OPT_KIND], .momentum = bitsd(f[F_MOMENTUM]),
-                                  .weight_decay = bitsd(f[F_WD]), .beta1 = bitsd(f[F_BETA1]), .beta2 = bitsd(f[F_BETA2]),
-                                  .eps = bitsd(f[F_EPS])};
+    c.opt = (rb_optimizer_config){.kind = (rb_optimizer_kind)f[F_OPT_KIND], .momentum = rb_io_bitsd(f[F_MOMENTUM]),
+                                  .weight_decay = rb_io_bitsd(f[F_WD]), .beta1 = rb_io_bitsd(f[F_BETA1]), .beta2 = rb_io_bitsd(f[F_BETA2]),
+                                  .eps = rb_io_bitsd(f[F_EPS])};
     return c;
 }
 
@@ -174,7 +154,7 @@ rb_status rb_checkpoint_peek(rb_context *ctx, const char *path, rb_model_desc *d
 
 static void get_doubles(const unsigned char **p, double *v, size_t n)
 {
-    for (size_t i = 0; i < n; i++, *p += 8) v[i] = bitsd(get_u64(*p));
+    for (size_t i = 0; i < n; i++, *p += 8) v[i] = rb_io_bitsd(rb_io_get_u64(*p));
 }
 
 rb_status rb_checkpoint_load(rb_context *ctx, const char *path, rb_model *m, rb_trainer *tr)

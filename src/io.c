@@ -1,4 +1,4 @@
-/* io.c — atomic file writes (see io_internal.h). */
+/* io.c — atomic file writes, whole-file reads, CRC-32 (see io_internal.h). */
 #include "io_internal.h"
 
 #include <errno.h>
@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 /* Thread-safe strerror (XSI strerror_r, which _POSIX_C_SOURCE=200809L selects). */
 const char *rb_io_strerror(int err, char *buf, size_t len)
@@ -89,5 +90,43 @@ rb_status rb_io_write_atomic(rb_context *ctx, const char *fn, const char *path, 
     } else {
         rb_context_clear_error(ctx); /* the file is written; the directory sync is only a courtesy */
     }
+    return RB_OK;
+}
+
+uint32_t rb_io_crc32(const void *data, size_t len)
+{
+    uLong crc = crc32(0L, Z_NULL, 0);
+    const Bytef *p = data;
+    while (len > 0) { /* zlib takes uInt lengths */
+        uInt k = len > (1u << 30) ? (1u << 30) : (uInt)len;
+        crc = crc32(crc, p, k);
+        p += k, len -= k;
+    }
+    return (uint32_t)crc;
+}
+
+rb_status rb_io_read_file(rb_context *ctx, const char *fn, const char *path, unsigned char **data, size_t *size)
+{
+    FILE *fp = fopen(path, "rb");
+    if (fp == NULL) {
+        char eb[128];
+        int err = errno;
+        return rb_fail(ctx, err == ENOENT ? RB_ENOTFOUND : RB_EIO, "%s: cannot open '%s': %s", fn, path,
+                       rb_io_strerror(err, eb, sizeof eb));
+    }
+    rb_status st = RB_OK;
+    long len = -1;
+    if (fseek(fp, 0, SEEK_END) == 0) len = ftell(fp);
+    if (len < 0 || fseek(fp, 0, SEEK_SET) != 0) st = rb_io_fail(ctx, fn, "cannot read", path, errno);
+    unsigned char *buf = NULL;
+    if (st == RB_OK && (buf = rb_malloc(ctx, len > 0 ? (size_t)len : 1)) == NULL)
+        st = rb_fail(ctx, RB_ENOMEM, "%s: '%s': no memory for %ld bytes", fn, path, len);
+    if (st == RB_OK && fread(buf, 1, (size_t)len, fp) != (size_t)len) st = rb_io_fail(ctx, fn, "cannot read", path, EIO);
+    fclose(fp);
+    if (st != RB_OK) {
+        rb_free(ctx, buf);
+        return st;
+    }
+    *data = buf, *size = (size_t)len;
     return RB_OK;
 }
