@@ -5,6 +5,7 @@
 #include <gsl/gsl_rng.h>
 #include <lapacke.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,6 +14,8 @@
 #include "resbridge/reference.h"
 #include "resbridge/residual.h"
 #include "resbridge/varstencil.h"
+
+#include "io_internal.h"
 
 #define VNET_MAX_LEVELS 16
 #define VNET_MAX_STEPS 8
@@ -586,4 +589,278 @@ rb_status rb_vnet_diagonal(rb_context *ctx, const rb_vnet *net, size_t level, do
         return rb_fail(ctx, RB_EINVAL, "rb_vnet_diagonal: level %zu's A is neither a single-channel stencil nor a varstencil", level);
     for (size_t p = 0; p < points; p++) diag[p] = A->params[rb_conv_ntaps(d) / 2];
     return RB_OK;
+}
+
+/* ---- weights files (vnet.h) -------------------------------------------------------------------- */
+
+#define VNET_MAGIC "RBVNET\r\n"
+#define VNET_VERSION 1u
+enum vnet_field { W_DIM, W_N, W_LEVELS, W_CHANNELS, W_ACT, W_PRE, W_POST, W_CYCLE, W_COARSE_SOLVE, W_H, VNET_FIELDS };
+enum vnet_level_field { WL_A, WL_B, WL_R, WL_P, WL_NPRE, WL_NPOST, WL_CENTRE, VNET_LEVEL_FIELDS };
+#define VNET_HEAD (16 + 8 * VNET_FIELDS)
+
+/* A verified weights file: its configuration, per-level counts and where each part starts. */
+typedef struct vnet_file {
+    unsigned char *data;
+    size_t size;
+    rb_vnet_config cfg;
+    uint64_t count[VNET_MAX_LEVELS][VNET_LEVEL_FIELDS - 1];
+    double centre[VNET_MAX_LEVELS];
+    const unsigned char *part[VNET_MAX_LEVELS][VNET_LEVEL_FIELDS - 1]; /* A, B, R, P, pre h, post h */
+} vnet_file;
+
+static const rb_op *level_part(const rb_vnet *net, size_t l, int p)
+{
+    const vnet_level *v = &net->lv[l];
+    const rb_op *ops[4] = {v->A, v->B, v->R, v->P};
+    return ops[p];
+}
+
+static size_t level_count(const rb_vnet *net, size_t l, int f)
+{
+    if (f <= WL_P) return level_part(net, l, f) ? level_part(net, l, f)->nparams : 0;
+    return f == WL_NPRE ? net->level[l].npre : net->level[l].npost;
+}
+
+/* D_l: the mean of A_l's diagonal centre taps (the centre of the stencil for C = 1). */
+static double centre_of(const rb_vnet *net, size_t l)
+{
+    const rb_op *A = net->lv[l].A;
+    const size_t C = net->cfg.channels, ntaps = A->nparams / (C * C);
+    double s = 0;
+    for (size_t c = 0; c < C; c++) s += A->params[(c * C + c) * ntaps + ntaps / 2];
+    return s / (double)C;
+}
+
+static int emit_buffer(int fd, void *user)
+{
+    const vnet_file *b = user;
+    return rb_io_write_all(fd, b->data, b->size);
+}
+
+/* The file's bytes for net (CRC included) in a new buffer. */
+static rb_status encode(rb_context *ctx, const rb_vnet *net, vnet_file *out)
+{
+    const rb_vnet_config *c = &net->cfg;
+    size_t ndoubles = 0;
+    for (size_t l = 0; l < c->levels; l++)
+        for (int f = 0; f < WL_CENTRE; f++) ndoubles += level_count(net, l, f);
+    out->size = VNET_HEAD + 8 * VNET_LEVEL_FIELDS * c->levels + 8 * ndoubles + 4;
+    out->data = rb_malloc(ctx, out->size);
+    if (out->data == NULL) return rb_fail(ctx, RB_ENOMEM, "rb_vnet_save: no memory for %zu bytes", out->size);
+    const rb_vlevel *top = &net->level[0];
+    const double h = top->npre ? top->pre[0].h : top->npost ? top->post[0].h : 1.0;
+    const uint64_t head[VNET_FIELDS] = {[W_DIM] = (uint64_t)c->dim, [W_N] = c->n, [W_LEVELS] = c->levels,
+                                        [W_CHANNELS] = c->channels, [W_ACT] = (uint64_t)c->act, [W_PRE] = (uint64_t)c->pre,
+                                        [W_POST] = (uint64_t)c->post, [W_CYCLE] = (uint64_t)c->cycle,
+                                        [W_COARSE_SOLVE] = c->coarse_solve, [W_H] = rb_io_dbits(h)};
+    unsigned char *p = out->data;
+    memcpy(p, VNET_MAGIC, 8), p += 8;
+    rb_io_put_u32(p, VNET_VERSION), rb_io_put_u32(p + 4, VNET_FIELDS), p += 8;
+    for (int i = 0; i < VNET_FIELDS; i++, p += 8) rb_io_put_u64(p, head[i]);
+    for (size_t l = 0; l < c->levels; l++) {
+        for (int f = 0; f < WL_CENTRE; f++, p += 8) rb_io_put_u64(p, level_count(net, l, f));
+        rb_io_put_u64(p, rb_io_dbits(centre_of(net, l))), p += 8;
+    }
+    for (size_t l = 0; l < c->levels; l++) {
+        for (int f = WL_A; f <= WL_P; f++)
+            for (size_t i = 0; i < level_count(net, l, f); i++, p += 8) rb_io_put_u64(p, rb_io_dbits(level_part(net, l, f)->params[i]));
+        for (size_t k = 0; k < net->level[l].npre; k++, p += 8) rb_io_put_u64(p, rb_io_dbits(net->level[l].pre[k].h));
+        for (size_t k = 0; k < net->level[l].npost; k++, p += 8) rb_io_put_u64(p, rb_io_dbits(net->level[l].post[k].h));
+    }
+    rb_io_put_u32(p, rb_io_crc32(out->data, out->size - 4));
+    return RB_OK;
+}
+
+rb_status rb_vnet_save(rb_context *ctx, const rb_vnet *net, const char *path)
+{
+    static const char fn[] = "rb_vnet_save";
+    if (ctx == NULL) return RB_ENULL;
+    if (net == NULL || path == NULL) return rb_fail(ctx, RB_ENULL, "%s: net or path is NULL", fn);
+    if (path[0] == '\0') return rb_fail(ctx, RB_EINVAL, "%s: path is empty", fn);
+    vnet_file b;
+    rb_status st = encode(ctx, net, &b);
+    if (st != RB_OK) return st;
+    st = rb_io_write_atomic(ctx, fn, path, emit_buffer, &b);
+    rb_free(ctx, b.data);
+    return st;
+}
+
+/* Verify magic, version, header, level records, size and checksum of data[0..size) (taken
+ * over: freed on failure) and map its parts. */
+static rb_status decode(rb_context *ctx, const char *fn, const char *path, unsigned char *data, size_t size, vnet_file *out)
+{
+    rb_status st = RB_OK;
+    uint64_t h[VNET_FIELDS] = {0};
+    if (size < VNET_HEAD + 4)
+        st = rb_fail(ctx, RB_EFORMAT, "%s: '%s' is %zu bytes, too short for a weights file (truncated?)", fn, path, size);
+    else if (memcmp(data, VNET_MAGIC, 8) != 0)
+        st = rb_fail(ctx, RB_EFORMAT, "%s: '%s' is not a resbridge network weights file (bad magic)", fn, path);
+    else if (rb_io_get_u32(data + 8) != VNET_VERSION)
+        st = rb_fail(ctx, RB_EFORMAT, "%s: '%s' has format version %u; this resbridge reads version %u", fn, path,
+                     rb_io_get_u32(data + 8), VNET_VERSION);
+    else if (rb_io_get_u32(data + 12) != VNET_FIELDS)
+        st = rb_fail(ctx, RB_EFORMAT, "%s: '%s': header has %u words, expected %d", fn, path, rb_io_get_u32(data + 12), VNET_FIELDS);
+    if (st == RB_OK) {
+        for (int i = 0; i < VNET_FIELDS; i++) h[i] = rb_io_get_u64(data + 16 + 8 * i);
+        if (h[W_LEVELS] < 1 || h[W_LEVELS] > VNET_MAX_LEVELS || h[W_DIM] < 1 || h[W_DIM] > 3 || h[W_ACT] >= RB_ACT_COUNT ||
+            h[W_CYCLE] >= RB_CYCLE_COUNT || h[W_PRE] > VNET_MAX_STEPS || h[W_POST] > VNET_MAX_STEPS || h[W_COARSE_SOLVE] > 1 ||
+            h[W_CHANNELS] < 1 || h[W_CHANNELS] > 4096 || h[W_N] < 1 || h[W_N] > ((uint64_t)1 << 32))
+            st = rb_fail(ctx, RB_EFORMAT, "%s: '%s': the header holds impossible values (dim %llu, n %llu, %llu levels, "
+                                          "C %llu): corrupt",
+                         fn, path, (unsigned long long)h[W_DIM], (unsigned long long)h[W_N], (unsigned long long)h[W_LEVELS],
+                         (unsigned long long)h[W_CHANNELS]);
+    }
+    const size_t L = st == RB_OK ? (size_t)h[W_LEVELS] : 0;
+    uint64_t ndoubles = 0;
+    if (st == RB_OK && size < VNET_HEAD + 8 * VNET_LEVEL_FIELDS * L + 4)
+        st = rb_fail(ctx, RB_EFORMAT, "%s: '%s' is %zu bytes, too short for the %zu level records its header announces "
+                                      "(truncated or corrupt)", fn, path, size, L);
+    for (size_t l = 0; l < L && st == RB_OK; l++) {
+        const unsigned char *r = data + VNET_HEAD + 8 * VNET_LEVEL_FIELDS * l;
+        for (int f = 0; f < WL_CENTRE; f++) {
+            out->count[l][f] = rb_io_get_u64(r + 8 * f);
+            if (out->count[l][f] > ((uint64_t)1 << 32)) out->count[l][f] = (uint64_t)1 << 33; /* impossible: fails the size check */
+            ndoubles += out->count[l][f];
+        }
+        out->centre[l] = rb_io_bitsd(rb_io_get_u64(r + 8 * WL_CENTRE));
+    }
+    if (st == RB_OK && (uint64_t)size != VNET_HEAD + 8 * VNET_LEVEL_FIELDS * L + 8 * ndoubles + 4)
+        st = rb_fail(ctx, RB_EFORMAT, "%s: '%s' is %zu bytes but its header describes %llu weights in %zu levels "
+                                      "(truncated or corrupt)", fn, path, size, (unsigned long long)ndoubles, L);
+    if (st == RB_OK && rb_io_get_u32(data + size - 4) != rb_io_crc32(data, size - 4))
+        st = rb_fail(ctx, RB_EFORMAT, "%s: '%s': checksum mismatch (the file is corrupt)", fn, path);
+    if (st != RB_OK) {
+        rb_free(ctx, data);
+        return st;
+    }
+    out->data = data, out->size = size;
+    out->cfg = (rb_vnet_config){.dim = (int)h[W_DIM], .n = (size_t)h[W_N], .levels = L, .channels = (size_t)h[W_CHANNELS],
+                                .batch = 1, .pre = (int)h[W_PRE], .post = (int)h[W_POST], .act = (rb_activation)h[W_ACT],
+                                .cycle = (rb_cycle)h[W_CYCLE], .coarse_solve = h[W_COARSE_SOLVE] != 0, .seed = 0};
+    const unsigned char *p = data + VNET_HEAD + 8 * VNET_LEVEL_FIELDS * L;
+    for (size_t l = 0; l < L; l++)
+        for (int f = 0; f < WL_CENTRE; f++) out->part[l][f] = p, p += 8 * out->count[l][f];
+    return RB_OK;
+}
+
+static rb_status read_file(rb_context *ctx, const char *fn, const char *path, vnet_file *out)
+{
+    unsigned char *data;
+    size_t size;
+    rb_status st = rb_io_read_file(ctx, fn, path, &data, &size);
+    return st == RB_OK ? decode(ctx, fn, path, data, size, out) : st;
+}
+
+rb_status rb_vnet_peek(rb_context *ctx, const char *path, rb_vnet_config *cfg)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (path == NULL || cfg == NULL) return rb_fail(ctx, RB_ENULL, "rb_vnet_peek: path or cfg is NULL");
+    vnet_file w;
+    rb_status st = read_file(ctx, "rb_vnet_peek", path, &w);
+    if (st != RB_OK) return st;
+    *cfg = w.cfg;
+    rb_free(ctx, w.data);
+    return RB_OK;
+}
+
+/* "2D, n = 127, 5 levels, C = 1, identity, V(1,1), coarse solve" */
+static const char *describe(const rb_vnet_config *c, char *buf, size_t len)
+{
+    snprintf(buf, len, "%dD, n = %zu with %zu levels, C = %zu, %s, %s(%d,%d), coarsest level %s", c->dim, c->n, c->levels,
+             c->channels, rb_activation_name(c->act), rb_cycle_name(c->cycle), c->pre, c->post,
+             c->coarse_solve ? "solved" : "smoothed");
+    return buf;
+}
+
+/* The file's level for net level l (vnet.h): l itself, or with any_size min(l, L_file - 2) and
+ * the coarsest for the coarsest. */
+static size_t source_level(const rb_vnet *net, const vnet_file *w, size_t l, bool any_size)
+{
+    if (!any_size) return l;
+    if (l + 1 == net->cfg.levels) return w->cfg.levels - 1;
+    return l < w->cfg.levels - 2 ? l : w->cfg.levels - 2;
+}
+
+/* Does the file fit the net? (no change to the net) */
+static rb_status check_fit(rb_context *ctx, const char *fn, const char *path, const rb_vnet *net, const vnet_file *w, bool any_size)
+{
+    const rb_vnet_config *a = &w->cfg, *b = &net->cfg;
+    char da[160], db[160];
+    bool same = a->dim == b->dim && a->channels == b->channels && a->act == b->act && a->pre == b->pre && a->post == b->post &&
+                a->cycle == b->cycle && a->coarse_solve == b->coarse_solve;
+    if (!same || (!any_size && (a->n != b->n || a->levels != b->levels)))
+        return rb_fail(ctx, RB_EINVAL, "%s: '%s': the weights are for %s, the net has %s%s", fn, path, describe(a, da, sizeof da),
+                       describe(b, db, sizeof db), same ? " (load with any_size to reuse them on another grid)" : "");
+    if (any_size && b->levels > 1 && a->levels < 2)
+        return rb_fail(ctx, RB_EINVAL, "%s: '%s': the weights are for n = %zu with 1 level, the net has n = %zu with %zu levels: "
+                                       "a single level has no smoother, restriction and prolongation to reuse on the finer levels",
+                       fn, path, a->n, b->n, b->levels);
+    for (size_t l = 0; l < b->levels; l++) {
+        const size_t s = source_level(net, w, l, any_size);
+        for (int f = any_size ? WL_B : WL_A; f < WL_CENTRE; f++)
+            if (w->count[s][f] != level_count(net, l, f))
+                return rb_fail(ctx, RB_EFORMAT, "%s: '%s': level %zu of the file has %llu %s values, level %zu of the net %zu "
+                                                "(the weights are for %s, the net has %s)",
+                               fn, path, s, (unsigned long long)w->count[s][f],
+                               f <= WL_P ? (const char *[]){"A", "B", "R", "P"}[f] : f == WL_NPRE ? "pre-step" : "post-step", l,
+                               level_count(net, l, f), describe(a, da, sizeof da), describe(b, db, sizeof db));
+        if (any_size && level_count(net, l, WL_B) > 0) {
+            const double ds = w->centre[s], dl = centre_of(net, l);
+            if (!isfinite(ds) || !isfinite(dl) || ds == 0 || dl == 0)
+                return rb_fail(ctx, RB_EINVAL, "%s: '%s': cannot rescale the smoother of level %zu: the centre of A is %g in the "
+                                               "file (level %zu) and %g in the net", fn, path, l, ds, s, dl);
+        }
+    }
+    return RB_OK;
+}
+
+static void get_doubles(const unsigned char *p, double *v, size_t n, double scale)
+{
+    for (size_t i = 0; i < n; i++, p += 8) v[i] = scale == 1.0 ? rb_io_bitsd(rb_io_get_u64(p)) : rb_io_bitsd(rb_io_get_u64(p)) * scale;
+}
+
+/* Copy the (checked) file into the net. */
+static void apply(rb_vnet *net, const vnet_file *w, bool any_size)
+{
+    for (size_t l = 0; l < net->cfg.levels; l++) {
+        const size_t s = source_level(net, w, l, any_size);
+        const double scale = any_size ? w->centre[s] / centre_of(net, l) : 1.0;
+        for (int f = any_size ? WL_B : WL_A; f <= WL_P; f++) {
+            rb_op *op = (rb_op *)level_part(net, l, f);
+            if (op != NULL) get_doubles(w->part[s][f], op->params, op->nparams, f == WL_B ? scale : 1.0);
+        }
+        for (size_t k = 0; k < net->level[l].npre; k++) get_doubles(w->part[s][WL_NPRE] + 8 * k, &net->lv[l].pre[k].h, 1, 1.0);
+        for (size_t k = 0; k < net->level[l].npost; k++) get_doubles(w->part[s][WL_NPOST] + 8 * k, &net->lv[l].post[k].h, 1, 1.0);
+    }
+}
+
+rb_status rb_vnet_load(rb_context *ctx, rb_vnet *net, const char *path, bool any_size)
+{
+    static const char fn[] = "rb_vnet_load";
+    if (ctx == NULL) return RB_ENULL;
+    if (net == NULL || path == NULL) return rb_fail(ctx, RB_ENULL, "%s: net or path is NULL", fn);
+    vnet_file w, old;
+    rb_status st = read_file(ctx, fn, path, &w);
+    if (st != RB_OK) return st;
+    st = check_fit(ctx, fn, path, net, &w, any_size);
+    /* the net as it is, to put back if the new coarsest A cannot be factorised */
+    if (st == RB_OK && (st = encode(ctx, net, &old)) == RB_OK) st = decode(ctx, fn, "(the net before loading)", old.data, old.size, &old);
+    if (st != RB_OK) {
+        rb_free(ctx, w.data);
+        return st;
+    }
+    apply(net, &w, any_size);
+    rb_free(ctx, w.data);
+    st = rb_vnet_refresh(ctx, net);
+    if (st != RB_OK) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", rb_context_message(ctx));
+        apply(net, &old, false);
+        rb_status back = rb_vnet_refresh(ctx, net);
+        (void)back; /* the net's own coarsest A factorised before; it does again */
+        st = rb_fail(ctx, st, "%s: '%s': the loaded weights were refused, the net is unchanged: %s", fn, path, msg);
+    }
+    rb_free(ctx, old.data);
+    return st;
 }

@@ -38,43 +38,6 @@ static const char *path_in(char *buf, size_t len, const char *name)
     return buf;
 }
 
-static void write_file(const char *path, const void *bytes, size_t len)
-{
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    if (len > 0) assert_int_equal(fwrite(bytes, 1, len, f), len);
-    assert_int_equal(fclose(f), 0);
-}
-
-static unsigned char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    assert_int_equal(fseek(f, 0, SEEK_END), 0);
-    long n = ftell(f);
-    assert_true(n >= 0);
-    rewind(f);
-    unsigned char *b = malloc((size_t)n + 1);
-    assert_non_null(b);
-    assert_int_equal(fread(b, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    *len = (size_t)n;
-    return b;
-}
-
-/* Files in dir whose name contains ".tmp." (leftovers of an atomic write). */
-static int count_tmp_files(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (d == NULL) return 0;
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL)
-        if (strstr(e->d_name, ".tmp.") != NULL) n++;
-    closedir(d);
-    return n;
-}
-
 static void put_le_f64(unsigned char *p, double v)
 {
     uint64_t u;
@@ -110,7 +73,7 @@ static void write_npy(const char *path, int major, const char *dict, size_t ndat
 {
     size_t len;
     unsigned char *b = build_npy(major, dict, ndata, extra, &len);
-    write_file(path, b, len);
+    rb_test_write_file(path, b, len);
     free(b);
 }
 
@@ -145,7 +108,7 @@ static void test_round_trip(void **state)
         rb_tensor_release(ctx, &x);
         rb_tensor_release(ctx, &y);
     }
-    assert_int_equal(count_tmp_files(g_dir), 0);
+    assert_int_equal(rb_test_count_tmp_files(g_dir), 0);
 }
 
 /* The written bytes: format 1.0, the header NumPy writes, data at a multiple of 64. */
@@ -159,7 +122,7 @@ static void test_written_layout(void **state)
     path_in(p, sizeof p, "layout.npy");
     RB_CHECK(ctx, rb_npy_write(ctx, p, &x));
     size_t len;
-    unsigned char *b = slurp(p, &len);
+    unsigned char *b = rb_test_slurp(p, &len);
     assert_memory_equal(b, "\x93NUMPY\x01\x00", 8);
     size_t hlen = (size_t)b[8] | (size_t)b[9] << 8;
     size_t off = 10 + hlen;
@@ -198,11 +161,11 @@ static void write_hand_files(void)
 {
     unsigned char b[512];
     char p[8192];
-    write_file(path_in(p, sizeof p, "hw_2d.npy"), b,
+    rb_test_write_file(path_in(p, sizeof p, "hw_2d.npy"), b,
                numpy_file(b, "{'descr': '<f8', 'fortran_order': False, 'shape': (3, 4), }", hw_2d, 12));
-    write_file(path_in(p, sizeof p, "hw_1d.npy"), b,
+    rb_test_write_file(path_in(p, sizeof p, "hw_1d.npy"), b,
                numpy_file(b, "{'descr': '<f8', 'fortran_order': False, 'shape': (3,), }", hw_1d, 3));
-    write_file(path_in(p, sizeof p, "hw_0d.npy"), b,
+    rb_test_write_file(path_in(p, sizeof p, "hw_0d.npy"), b,
                numpy_file(b, "{'descr': '<f8', 'fortran_order': False, 'shape': (), }", hw_0d, 1));
 }
 
@@ -356,7 +319,7 @@ static void test_refuse_headers(void **state)
     size_t len;
     unsigned char *b = build_npy(1, "{'descr': '<f8', 'fortran_order': False, 'shape': (3, 4), }", 12, 0, &len);
     b[20] = '\0';
-    write_file(p, b, len);
+    rb_test_write_file(p, b, len);
     expect_refusal(ctx, p, RB_EFORMAT, "bad header");
     free(b);
 }
@@ -369,48 +332,48 @@ static void test_refuse_framing(void **state)
     size_t len;
     unsigned char *b = build_npy(1, "{'descr': '<f8', 'fortran_order': False, 'shape': (3, 4), }", 12, 0, &len);
 
-    write_file(p, b, 0);
+    rb_test_write_file(p, b, 0);
     expect_refusal(ctx, p, RB_EFORMAT, "bad magic");
-    write_file(p, b, 5);
+    rb_test_write_file(p, b, 5);
     expect_refusal(ctx, p, RB_EFORMAT, "too short");
     static const char zip[] = "PK\x03\x04 this is a zip file, not npy";
-    write_file(p, zip, sizeof zip - 1);
+    rb_test_write_file(p, zip, sizeof zip - 1);
     expect_refusal(ctx, p, RB_EFORMAT, "bad magic");
     b[1] = 'M';
-    write_file(p, b, len);
+    rb_test_write_file(p, b, len);
     expect_refusal(ctx, p, RB_EFORMAT, "bad magic");
     b[1] = 'N';
 
     b[6] = 4;
-    write_file(p, b, len);
+    rb_test_write_file(p, b, len);
     expect_refusal(ctx, p, RB_EFORMAT, "version 4.0");
     b[6] = 1, b[7] = 1;
-    write_file(p, b, len);
+    rb_test_write_file(p, b, len);
     expect_refusal(ctx, p, RB_EFORMAT, "version 1.1");
     b[6] = 0, b[7] = 0;
-    write_file(p, b, len);
+    rb_test_write_file(p, b, len);
     expect_refusal(ctx, p, RB_EFORMAT, "version 0.0");
     b[6] = 1, b[7] = 0;
 
-    write_file(p, b, 9);
+    rb_test_write_file(p, b, 9);
     expect_refusal(ctx, p, RB_EFORMAT, "header length field");
     b[8] = 0xe8, b[9] = 0x03; /* 1000 bytes of header in a 200-byte file */
-    write_file(p, b, len);
+    rb_test_write_file(p, b, len);
     expect_refusal(ctx, p, RB_EFORMAT, "beyond the end of the file");
     b[8] = 0xff, b[9] = 0xff;
-    write_file(p, b, len);
+    rb_test_write_file(p, b, len);
     expect_refusal(ctx, p, RB_EFORMAT, "header length 65535 goes beyond");
     free(b);
 
     /* Version 2.0 with a 4-byte header length: beyond the 1 MiB limit, and beyond the file. */
     b = build_npy(2, "{'descr': '<f8', 'fortran_order': False, 'shape': (3, 4), }", 12, 0, &len);
     b[8] = 0xff, b[9] = 0xff, b[10] = 0xff, b[11] = 0x7f;
-    write_file(p, b, len);
+    rb_test_write_file(p, b, len);
     expect_refusal(ctx, p, RB_EFORMAT, "1 MiB");
     b[8] = 0x00, b[9] = 0x00, b[10] = 0x01, b[11] = 0x00;
-    write_file(p, b, len);
+    rb_test_write_file(p, b, len);
     expect_refusal(ctx, p, RB_EFORMAT, "beyond the end of the file");
-    write_file(p, b, 11);
+    rb_test_write_file(p, b, 11);
     expect_refusal(ctx, p, RB_EFORMAT, "header length field");
     free(b);
 
@@ -437,7 +400,7 @@ static void test_hostile_input(void **state)
     size_t len;
     unsigned char *b = build_npy(1, "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }", 6, 0, &len);
     for (size_t cut = 0; cut < len; cut++) {
-        write_file(p, b, cut);
+        rb_test_write_file(p, b, cut);
         rb_tensor out = sentinel();
         rb_status st = rb_npy_read(ctx, p, &out);
         assert_int_equal(st, RB_EFORMAT);
@@ -457,7 +420,7 @@ static void test_hostile_input(void **state)
             c[pos] = trial % 2 ? (unsigned char)rb_test_uniform(&r, 0.0, 256.0)
                                : (unsigned char)alphabet[(size_t)rb_test_uniform(&r, 0.0, sizeof alphabet - 1)];
         }
-        write_file(p, c, len);
+        rb_test_write_file(p, c, len);
         rb_tensor out = sentinel();
         rb_status st = rb_npy_read(ctx, p, &out);
         if (st == RB_OK) {
@@ -514,7 +477,7 @@ static void test_allocation_failures(void **state)
     RB_CHECK(ctx, rb_npy_read(ctx, p, &y));
     assert_true(rb_shape_equal(y.shape, x.shape));
     assert_memory_equal(y.data, x.data, rb_tensor_count(&x) * sizeof(double));
-    assert_int_equal(count_tmp_files(g_dir), 0);
+    assert_int_equal(rb_test_count_tmp_files(g_dir), 0);
     rb_tensor_release(ctx, &x);
     rb_tensor_release(ctx, &y);
     rb_tensor_release(ctx, &z);
@@ -536,7 +499,7 @@ static void test_write_errors(void **state)
     path_in(p, sizeof p, "no-such-dir/x.npy");
     RB_EXPECT(ctx, RB_EIO, "No such file or directory", rb_npy_write(ctx, p, &x));
     assert_non_null(strstr(rb_context_message(ctx), p));
-    assert_int_equal(count_tmp_files(g_dir), 0);
+    assert_int_equal(rb_test_count_tmp_files(g_dir), 0);
     struct stat sb;
     assert_int_not_equal(stat(path_in(sub, sizeof sub, "no-such-dir"), &sb), 0);
 
@@ -544,10 +507,10 @@ static void test_write_errors(void **state)
     path_in(p, sizeof p, "occupied.npy");
     assert_int_equal(mkdir(p, 0755), 0);
     snprintf(sub, sizeof sub, "%s/keep", p);
-    write_file(sub, "x", 1);
+    rb_test_write_file(sub, "x", 1);
     RB_EXPECT(ctx, RB_EIO, "cannot rename", rb_npy_write(ctx, p, &x));
     assert_non_null(strstr(rb_context_message(ctx), p));
-    assert_int_equal(count_tmp_files(g_dir), 0);
+    assert_int_equal(rb_test_count_tmp_files(g_dir), 0);
     assert_int_equal(stat(sub, &sb), 0);
 
     /* Bad arguments. */
@@ -584,7 +547,7 @@ static void test_overwrite(void **state)
     for (int k = 0; k < 5; k++) {
         const rb_tensor *w = k % 2 ? &a : &b;
         RB_CHECK(ctx, rb_npy_write(ctx, p, w));
-        assert_int_equal(count_tmp_files(g_dir), 0);
+        assert_int_equal(rb_test_count_tmp_files(g_dir), 0);
         RB_CHECK(ctx, rb_npy_read(ctx, p, &r));
         assert_true(rb_shape_equal(r.shape, w->shape));
         assert_memory_equal(r.data, w->data, rb_tensor_count(w) * sizeof(double));
@@ -647,7 +610,7 @@ static void test_numpy_oracle(void **state)
     RB_CHECK(ctx, rb_tensor_alloc(ctx, &x, rb_shape_3d(2, 3, 1, 4, 5)));
     fill_with_specials(&x, 31);
     RB_CHECK(ctx, rb_npy_write(ctx, path_in(p, sizeof p, "c.npy"), &x));
-    write_file(path_in(p, sizeof p, "oracle.py"), oracle_py, sizeof oracle_py - 1);
+    rb_test_write_file(path_in(p, sizeof p, "oracle.py"), oracle_py, sizeof oracle_py - 1);
     snprintf(cmd, sizeof cmd, "/usr/bin/python3 '%s/oracle.py' '%s' 1>&2", g_dir, g_dir);
     int rc = system(cmd);
     assert_true(rc != -1 && WIFEXITED(rc));

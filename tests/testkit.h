@@ -42,6 +42,11 @@ void rb_test_fill(rb_test_rng *r, rb_tensor *t, double lo, double hi);
  * and removing a directory tree (files and subdirectories). */
 int rb_test_scratch_dir(char *buf, size_t len, const char *prefix);
 void rb_test_remove_tree(const char *dir);
+/* Whole files for format tests (assert on failure): write len bytes; read all (*len bytes,
+ * free() it); count the files in dir whose name contains ".tmp." (atomic-write leftovers). */
+void rb_test_write_file(const char *path, const void *bytes, size_t len);
+unsigned char *rb_test_slurp(const char *path, size_t *len);
+int rb_test_count_tmp_files(const char *dir);
 
 /* An allocator that fails after `budget` successful allocations, counting live blocks. */
 typedef struct rb_failing_alloc {

@@ -103,6 +103,38 @@ rb_status rb_vnet_pcg(rb_context *ctx, rb_vnet *net, const rb_tensor *f, rb_tens
 rb_status rb_vnet_use_mg_operators(rb_context *ctx, rb_vnet *net, const rb_mg *mg, double omega);
 /* The diagonal (centre weights) of level l's A, one value per grid point. */
 rb_status rb_vnet_diagonal(rb_context *ctx, const rb_vnet *net, size_t level, double *diag);
+/* ---- weights files ----------------------------------------------------------------------------
+ * A versioned, checksummed binary file of a net's weights (little-endian):
+ *   "RBVNET\r\n" magic, u32 version (1), u32 header words (10)
+ *   header (u64 words): dim, n, levels, channels, act, pre, post, cycle, coarse_solve,
+ *     h (the bits of the double: the first smoothing step's size)
+ *   per level l (7 u64 words): parameter counts of A_l, B_l, R_l, P_l (0 where the level has
+ *     none), its pre- and post-smoothing step counts, and D_l (the bits of the double: the
+ *     centre of A_l, the mean of its C diagonal centre taps)
+ *   per level l (doubles): A_l, B_l, R_l, P_l parameters, the pre steps' sizes h, the post steps'
+ *   u32 CRC-32 (zlib) of every byte before it
+ * Written to a temporary file and renamed (a reader sees the old file or the new one).
+ *
+ * rb_vnet_load reads the whole file and verifies magic, version, size and checksum and that it
+ * fits the net, and only then changes the net (then rb_vnet_refresh); on any error the net is
+ * left as it was, and the message names the file's shape and the net's.
+ *   any_size = false: the file must be of the same configuration (dim, n, levels, channels, act,
+ *     pre, post, cycle, coarse_solve); every weight and step size is restored bit for bit.
+ *   any_size = true: learned weights reused on another grid. dim, channels, act, pre, post,
+ *     cycle and coarse_solve must match; n and levels may differ. The net keeps its own A_l
+ *     (e.g. the Poisson stencils of rb_vnet_set_poisson); level l of the net takes the file's
+ *     level s(l) = min(l, L_file - 2), and the net's coarsest level the file's coarsest
+ *     (so extra coarser levels reuse the file's coarsest smoothing level below the coarsest):
+ *         B_l = B_file[s] * D_file[s] / D_l      (smoother weights kept relative to D^{-1}),
+ *         R_l = R_file[s], P_l = P_file[s], step sizes h = those of the file's level s.
+ *     With the Poisson stencils, D_l = 2 dim (n_l + 1)^2, so a file of the damped-Jacobi
+ *     weights (B = D^{-1}) loads as the damped-Jacobi weights of any n. Needs L_file >= 2 when
+ *     the net has more than one level, and D_file[s], D_l finite and non-zero. */
+rb_status rb_vnet_save(rb_context *ctx, const rb_vnet *net, const char *path);
+rb_status rb_vnet_load(rb_context *ctx, rb_vnet *net, const char *path, bool any_size);
+/* The configuration a weights file was written by (batch = 1, seed = 0), after the same checks
+ * as rb_vnet_load: the net to create for it (or, with any_size, a template to change n, levels). */
+rb_status rb_vnet_peek(rb_context *ctx, const char *path, rb_vnet_config *cfg);
 
 #ifdef __cplusplus
 }
