@@ -790,7 +790,7 @@ static rb_status check_fit(rb_context *ctx, const char *fn, const char *path, co
     bool same = a->dim == b->dim && a->channels == b->channels && a->act == b->act && a->pre == b->pre && a->post == b->post &&
                 a->cycle == b->cycle && a->coarse_solve == b->coarse_solve;
     if (!same || (!any_size && (a->n != b->n || a->levels != b->levels)))
-        return rb_fail(ctx, RB_EINVAL, "%s: '%s': the weights are for %s, the net has %s%s", fn, path, describe(a, da, sizeof da),
+        return rb_fail(ctx, RB_EINVAL, "%s: '%s': the weights are for %s; the net has %s%s", fn, path, describe(a, da, sizeof da),
                        describe(b, db, sizeof db), same ? " (load with any_size to reuse them on another grid)" : "");
     if (any_size && b->levels > 1 && a->levels < 2)
         return rb_fail(ctx, RB_EINVAL, "%s: '%s': the weights are for n = %zu with 1 level, the net has n = %zu with %zu levels: "
