@@ -16,5 +16,6 @@ int rb_cli_ode(int argc, char **argv);
 int rb_cli_train(int argc, char **argv);
 int rb_cli_eval(int argc, char **argv);
 int rb_cli_learn_smoother(int argc, char **argv);
+int rb_cli_vcycle(int argc, char **argv);
 
 #endif

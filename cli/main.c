@@ -10,6 +10,7 @@ static const rb_cli_command commands[] = {
     {"demo", "the bridge end to end on small problems, each checked against its oracle", rb_cli_demo},
     {"ode", "a ResNet as a discretised ODE: integrators, gradients, checked against CVODE/CVODES", rb_cli_ode},
     {"poisson", "solve -div(a grad u) = f by multigrid (1D/2D/3D), checked against exact solutions or LAPACK", rb_cli_poisson},
+    {"vcycle", "one V-cycle, two readings: the multigrid solver or the network (Poisson or saved weights)", rb_cli_vcycle},
     {"train", "train a ResNet, its plain twin or a residual MLP (Fashion-MNIST or synthetic data)", rb_cli_train},
     {"eval", "evaluate a trained network from its checkpoint", rb_cli_eval},
     {"learn-smoother", "train multigrid smoothers by backpropagation through the V-cycle (network mode)", rb_cli_learn_smoother},
