@@ -16,26 +16,16 @@
 
 /* ---- a scratch directory for the whole suite ---------------------------------------------- */
 
-static char g_dir[4096];
-
-
 static int group_setup(void **state)
 {
     (void)state;
-    return rb_test_scratch_dir(g_dir, sizeof g_dir, "npy");
+    return rb_test_suite_dir_setup("npy");
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    rb_test_remove_tree(g_dir);
-    return 0;
-}
-
-static const char *path_in(char *buf, size_t len, const char *name)
-{
-    snprintf(buf, len, "%s/%s", g_dir, name);
-    return buf;
+    return rb_test_suite_dir_teardown();
 }
 
 static void put_le_f64(unsigned char *p, double v)
@@ -99,7 +89,7 @@ static void test_round_trip(void **state)
         RB_CHECK(ctx, rb_tensor_alloc(ctx, &x, shapes[s]));
         fill_with_specials(&x, 100 + s);
         if (s == 1) x.data[3] = NAN;
-        path_in(p, sizeof p, "round.npy");
+        rb_test_suite_path(p, sizeof p, "round.npy");
         RB_CHECK(ctx, rb_npy_write(ctx, p, &x));
         RB_CHECK(ctx, rb_npy_read(ctx, p, &y));
         assert_true(rb_shape_equal(x.shape, y.shape));
@@ -108,7 +98,7 @@ static void test_round_trip(void **state)
         rb_tensor_release(ctx, &x);
         rb_tensor_release(ctx, &y);
     }
-    assert_int_equal(rb_test_count_tmp_files(g_dir), 0);
+    assert_int_equal(rb_test_count_tmp_files(rb_test_suite_dir()), 0);
 }
 
 /* The written bytes: format 1.0, the header NumPy writes, data at a multiple of 64. */
@@ -119,7 +109,7 @@ static void test_written_layout(void **state)
     RB_CHECK(ctx, rb_tensor_alloc(ctx, &x, rb_shape_3d(2, 3, 4, 5, 6)));
     for (size_t i = 0; i < rb_tensor_count(&x); i++) x.data[i] = (double)i - 0.25;
     char p[8192];
-    path_in(p, sizeof p, "layout.npy");
+    rb_test_suite_path(p, sizeof p, "layout.npy");
     RB_CHECK(ctx, rb_npy_write(ctx, p, &x));
     size_t len;
     unsigned char *b = rb_test_slurp(p, &len);
@@ -161,11 +151,11 @@ static void write_hand_files(void)
 {
     unsigned char b[512];
     char p[8192];
-    rb_test_write_file(path_in(p, sizeof p, "hw_2d.npy"), b,
+    rb_test_write_file(rb_test_suite_path(p, sizeof p, "hw_2d.npy"), b,
                numpy_file(b, "{'descr': '<f8', 'fortran_order': False, 'shape': (3, 4), }", hw_2d, 12));
-    rb_test_write_file(path_in(p, sizeof p, "hw_1d.npy"), b,
+    rb_test_write_file(rb_test_suite_path(p, sizeof p, "hw_1d.npy"), b,
                numpy_file(b, "{'descr': '<f8', 'fortran_order': False, 'shape': (3,), }", hw_1d, 3));
-    rb_test_write_file(path_in(p, sizeof p, "hw_0d.npy"), b,
+    rb_test_write_file(rb_test_suite_path(p, sizeof p, "hw_0d.npy"), b,
                numpy_file(b, "{'descr': '<f8', 'fortran_order': False, 'shape': (), }", hw_0d, 1));
 }
 
@@ -173,7 +163,7 @@ static void expect_file(rb_context *ctx, const char *name, rb_shape shape, const
 {
     char p[8192];
     rb_tensor t;
-    RB_CHECK(ctx, rb_npy_read(ctx, path_in(p, sizeof p, name), &t));
+    RB_CHECK(ctx, rb_npy_read(ctx, rb_test_suite_path(p, sizeof p, name), &t));
     char a[96], b[96];
     if (!rb_shape_equal(t.shape, shape))
         fail_msg("%s: shape %s, expected %s", name, rb_shape_format(t.shape, a, sizeof a),
@@ -212,7 +202,7 @@ static void test_read_variants(void **state)
         {1, "{'descr': '<f8',\t'fortran_order': False,\r\n'shape': (), }", {1, 1, 1, 1, 1}},
     };
     for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
-        path_in(p, sizeof p, "variant.npy");
+        rb_test_suite_path(p, sizeof p, "variant.npy");
         write_npy(p, cases[c].major, cases[c].dict, rb_shape_count(cases[c].shape), 0);
         rb_tensor t;
         RB_CHECK(ctx, rb_npy_read(ctx, p, &t));
@@ -307,7 +297,7 @@ static void test_refuse_headers(void **state)
         {1, "{'descr': '<f8', 'fortran_order': False, 'shape': (1000000,), }", 12, "data truncated"},
     };
     char p[8192];
-    path_in(p, sizeof p, "bad.npy");
+    rb_test_suite_path(p, sizeof p, "bad.npy");
     for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
         write_npy(p, cases[c].major, cases[c].dict, cases[c].ndata, 0);
         expect_refusal(ctx, p, RB_EFORMAT, cases[c].needle);
@@ -328,7 +318,7 @@ static void test_refuse_framing(void **state)
 {
     rb_context *ctx = *state;
     char p[8192];
-    path_in(p, sizeof p, "frame.npy");
+    rb_test_suite_path(p, sizeof p, "frame.npy");
     size_t len;
     unsigned char *b = build_npy(1, "{'descr': '<f8', 'fortran_order': False, 'shape': (3, 4), }", 12, 0, &len);
 
@@ -378,11 +368,11 @@ static void test_refuse_framing(void **state)
     free(b);
 
     /* Not there, and not a file. */
-    path_in(p, sizeof p, "does-not-exist.npy");
+    rb_test_suite_path(p, sizeof p, "does-not-exist.npy");
     expect_refusal(ctx, p, RB_ENOTFOUND, "No such file");
-    path_in(p, sizeof p, "does-not-exist/x.npy");
+    rb_test_suite_path(p, sizeof p, "does-not-exist/x.npy");
     expect_refusal(ctx, p, RB_ENOTFOUND, "No such file");
-    expect_refusal(ctx, g_dir, RB_EIO, "directory");
+    expect_refusal(ctx, rb_test_suite_dir(), RB_EIO, "directory");
 }
 
 /* Every truncation of a valid file and random corruptions of its header: a
@@ -396,7 +386,7 @@ static void test_hostile_input(void **state)
     assert_int_equal(rb_context_create(&ctx, &a), RB_OK);
     long base = fa.live;
     char p[8192];
-    path_in(p, sizeof p, "hostile.npy");
+    rb_test_suite_path(p, sizeof p, "hostile.npy");
     size_t len;
     unsigned char *b = build_npy(1, "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }", 6, 0, &len);
     for (size_t cut = 0; cut < len; cut++) {
@@ -450,7 +440,7 @@ static void test_allocation_failures(void **state)
     assert_int_equal(rb_context_create(&ctx, &a), RB_OK);
     long base = fa.live;
     char p[8192];
-    path_in(p, sizeof p, "alloc.npy");
+    rb_test_suite_path(p, sizeof p, "alloc.npy");
     rb_tensor x;
     RB_CHECK(ctx, rb_tensor_alloc(ctx, &x, rb_shape_2d(2, 1, 3, 3)));
     rb_test_rng r = {5};
@@ -477,7 +467,7 @@ static void test_allocation_failures(void **state)
     RB_CHECK(ctx, rb_npy_read(ctx, p, &y));
     assert_true(rb_shape_equal(y.shape, x.shape));
     assert_memory_equal(y.data, x.data, rb_tensor_count(&x) * sizeof(double));
-    assert_int_equal(rb_test_count_tmp_files(g_dir), 0);
+    assert_int_equal(rb_test_count_tmp_files(rb_test_suite_dir()), 0);
     rb_tensor_release(ctx, &x);
     rb_tensor_release(ctx, &y);
     rb_tensor_release(ctx, &z);
@@ -496,21 +486,21 @@ static void test_write_errors(void **state)
     char p[8192], sub[8192 + 16];
 
     /* Into a directory that does not exist. */
-    path_in(p, sizeof p, "no-such-dir/x.npy");
+    rb_test_suite_path(p, sizeof p, "no-such-dir/x.npy");
     RB_EXPECT(ctx, RB_EIO, "No such file or directory", rb_npy_write(ctx, p, &x));
     assert_non_null(strstr(rb_context_message(ctx), p));
-    assert_int_equal(rb_test_count_tmp_files(g_dir), 0);
+    assert_int_equal(rb_test_count_tmp_files(rb_test_suite_dir()), 0);
     struct stat sb;
-    assert_int_not_equal(stat(path_in(sub, sizeof sub, "no-such-dir"), &sb), 0);
+    assert_int_not_equal(stat(rb_test_suite_path(sub, sizeof sub, "no-such-dir"), &sb), 0);
 
     /* The rename fails (the destination is a non-empty directory): the temp file is removed. */
-    path_in(p, sizeof p, "occupied.npy");
+    rb_test_suite_path(p, sizeof p, "occupied.npy");
     assert_int_equal(mkdir(p, 0755), 0);
     snprintf(sub, sizeof sub, "%s/keep", p);
     rb_test_write_file(sub, "x", 1);
     RB_EXPECT(ctx, RB_EIO, "cannot rename", rb_npy_write(ctx, p, &x));
     assert_non_null(strstr(rb_context_message(ctx), p));
-    assert_int_equal(rb_test_count_tmp_files(g_dir), 0);
+    assert_int_equal(rb_test_count_tmp_files(rb_test_suite_dir()), 0);
     assert_int_equal(stat(sub, &sb), 0);
 
     /* Bad arguments. */
@@ -535,7 +525,7 @@ static void test_overwrite(void **state)
 {
     rb_context *ctx = *state;
     char p[8192];
-    path_in(p, sizeof p, "over.npy");
+    rb_test_suite_path(p, sizeof p, "over.npy");
     rb_tensor a, b, r;
     RB_CHECK(ctx, rb_tensor_alloc(ctx, &a, rb_shape_2d(1, 2, 5, 5)));
     RB_CHECK(ctx, rb_tensor_alloc(ctx, &b, rb_shape_vec(7)));
@@ -547,7 +537,7 @@ static void test_overwrite(void **state)
     for (int k = 0; k < 5; k++) {
         const rb_tensor *w = k % 2 ? &a : &b;
         RB_CHECK(ctx, rb_npy_write(ctx, p, w));
-        assert_int_equal(rb_test_count_tmp_files(g_dir), 0);
+        assert_int_equal(rb_test_count_tmp_files(rb_test_suite_dir()), 0);
         RB_CHECK(ctx, rb_npy_read(ctx, p, &r));
         assert_true(rb_shape_equal(r.shape, w->shape));
         assert_memory_equal(r.data, w->data, rb_tensor_count(w) * sizeof(double));
@@ -603,21 +593,21 @@ static void test_numpy_oracle(void **state)
         print_message("SKIP: /usr/bin/python3 with numpy is not available; NumPy cross-check not run\n");
         skip();
     }
-    assert_null(strchr(g_dir, '\''));
+    assert_null(strchr(rb_test_suite_dir(), '\''));
     char p[8192], cmd[16384];
     write_hand_files();
     rb_tensor x;
     RB_CHECK(ctx, rb_tensor_alloc(ctx, &x, rb_shape_3d(2, 3, 1, 4, 5)));
     fill_with_specials(&x, 31);
-    RB_CHECK(ctx, rb_npy_write(ctx, path_in(p, sizeof p, "c.npy"), &x));
-    rb_test_write_file(path_in(p, sizeof p, "oracle.py"), oracle_py, sizeof oracle_py - 1);
-    snprintf(cmd, sizeof cmd, "/usr/bin/python3 '%s/oracle.py' '%s' 1>&2", g_dir, g_dir);
+    RB_CHECK(ctx, rb_npy_write(ctx, rb_test_suite_path(p, sizeof p, "c.npy"), &x));
+    rb_test_write_file(rb_test_suite_path(p, sizeof p, "oracle.py"), oracle_py, sizeof oracle_py - 1);
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 '%s/oracle.py' '%s' 1>&2", rb_test_suite_dir(), rb_test_suite_dir());
     int rc = system(cmd);
     assert_true(rc != -1 && WIFEXITED(rc));
     if (WEXITSTATUS(rc) != 0) fail_msg("NumPy oracle script failed (exit %d), see stderr", WEXITSTATUS(rc));
 
     rb_tensor y;
-    RB_CHECK(ctx, rb_npy_read(ctx, path_in(p, sizeof p, "py_2x.npy"), &y));
+    RB_CHECK(ctx, rb_npy_read(ctx, rb_test_suite_path(p, sizeof p, "py_2x.npy"), &y));
     assert_true(rb_shape_equal(y.shape, x.shape));
     for (size_t i = 0; i < rb_tensor_count(&x); i++) {
         double want = 2.0 * x.data[i];
@@ -627,26 +617,26 @@ static void test_numpy_oracle(void **state)
     for (int v = 2; v <= 3; v++) {
         char name[32];
         snprintf(name, sizeof name, "py_v%d.npy", v);
-        RB_CHECK(ctx, rb_npy_read(ctx, path_in(p, sizeof p, name), &y));
+        RB_CHECK(ctx, rb_npy_read(ctx, rb_test_suite_path(p, sizeof p, name), &y));
         assert_true(rb_shape_equal(y.shape, x.shape));
         assert_memory_equal(y.data, x.data, rb_tensor_count(&x) * sizeof(double));
         rb_tensor_release(ctx, &y);
     }
-    RB_CHECK(ctx, rb_npy_read(ctx, path_in(p, sizeof p, "py_2d.npy"), &y));
+    RB_CHECK(ctx, rb_npy_read(ctx, rb_test_suite_path(p, sizeof p, "py_2d.npy"), &y));
     assert_true(rb_shape_equal(y.shape, rb_shape_2d(1, 1, 3, 4)));
     for (int i = 0; i < 12; i++) assert_true(y.data[i] == (double)i / 7.0);
     rb_tensor_release(ctx, &y);
-    RB_CHECK(ctx, rb_npy_read(ctx, path_in(p, sizeof p, "py_0d.npy"), &y));
+    RB_CHECK(ctx, rb_npy_read(ctx, rb_test_suite_path(p, sizeof p, "py_0d.npy"), &y));
     assert_true(rb_shape_equal(y.shape, rb_shape_vec(1)) && y.data[0] == 3.5);
     rb_tensor_release(ctx, &y);
 
-    expect_refusal(ctx, path_in(p, sizeof p, "py_f4.npy"), RB_EFORMAT, "dtype '<f4'");
-    expect_refusal(ctx, path_in(p, sizeof p, "py_be.npy"), RB_EFORMAT, "dtype '>f8'");
-    expect_refusal(ctx, path_in(p, sizeof p, "py_i8.npy"), RB_EFORMAT, "dtype '<i8'");
-    expect_refusal(ctx, path_in(p, sizeof p, "py_fortran.npy"), RB_EFORMAT, "fortran_order True");
-    expect_refusal(ctx, path_in(p, sizeof p, "py_empty.npy"), RB_EFORMAT, "zero-size");
-    expect_refusal(ctx, path_in(p, sizeof p, "py_obj.npy"), RB_EFORMAT, "dtype '|O'");
-    expect_refusal(ctx, path_in(p, sizeof p, "py_rec.npy"), RB_EFORMAT, "structured");
+    expect_refusal(ctx, rb_test_suite_path(p, sizeof p, "py_f4.npy"), RB_EFORMAT, "dtype '<f4'");
+    expect_refusal(ctx, rb_test_suite_path(p, sizeof p, "py_be.npy"), RB_EFORMAT, "dtype '>f8'");
+    expect_refusal(ctx, rb_test_suite_path(p, sizeof p, "py_i8.npy"), RB_EFORMAT, "dtype '<i8'");
+    expect_refusal(ctx, rb_test_suite_path(p, sizeof p, "py_fortran.npy"), RB_EFORMAT, "fortran_order True");
+    expect_refusal(ctx, rb_test_suite_path(p, sizeof p, "py_empty.npy"), RB_EFORMAT, "zero-size");
+    expect_refusal(ctx, rb_test_suite_path(p, sizeof p, "py_obj.npy"), RB_EFORMAT, "dtype '|O'");
+    expect_refusal(ctx, rb_test_suite_path(p, sizeof p, "py_rec.npy"), RB_EFORMAT, "structured");
     rb_tensor_release(ctx, &x);
 }
 

@@ -46,30 +46,11 @@ static void equivalence_case(rb_context *ctx, size_t n, int pre, int post, rb_cy
     RB_CHECK(ctx, rb_mg_create(ctx, &pb, &o, &mg));
     const size_t L = rb_mg_levels(mg);
     rb_vnet *net = poisson_net(ctx, n, L, 0.8, pre, post, cycle);
-    const rb_vcycle *vc = rb_mg_vcycle(mg);
-    rb_arena work = {0};
-    RB_CHECK(ctx, rb_arena_reserve(ctx, &work, rb_vcycle_workspace(vc) + 4096));
-    rb_tensor f, u;
-    RB_CHECK(ctx, rb_tensor_alloc(ctx, &f, rb_mg_shape(mg)));
-    RB_CHECK(ctx, rb_tensor_alloc(ctx, &u, rb_mg_shape(mg)));
-    rb_test_rng r = {n * 7 + (uint64_t)cycle};
-    rb_test_fill(&r, &f, -1, 1);
-    const size_t N = rb_tensor_count(&f);
-    memcpy(vc->level[0].f.data, f.data, N * sizeof(double));
-    memset(vc->level[0].u.data, 0, N * sizeof(double));
-    double worst = 0;
-    for (int k = 1; k <= cycles; k++) {
-        RB_CHECK(ctx, rb_vcycle_run(ctx, vc, 0, &work));             /* MG mode: k cycles */
-        RB_CHECK(ctx, rb_vnet_forward(ctx, net, &f, NULL, &u, k, k == cycles)); /* network mode, from 0 */
-        double d = rel_diff(u.data, vc->level[0].u.data, N);
-        worst = fmax(worst, d);
-        assert_true(d <= 1e-13);
-    }
+    const double worst = rb_test_vnet_vs_mg(ctx, net, mg, cycles, n * 7 + (uint64_t)cycle, true);
+    assert_true(worst <= 1e-13);
     print_message("net = mg: n %zu, %zu levels, %s(%d,%d), %d cycles: max rel diff %.2e\n", n, L, rb_cycle_name(cycle), pre,
                   post, cycles, worst);
     /* the iterates improve: the net is a solver here, not just equal to one */
-    rb_tensor_release(ctx, &f), rb_tensor_release(ctx, &u);
-    rb_arena_release(ctx, &work);
     rb_vnet_free(ctx, net);
     rb_mg_free(ctx, mg);
 }

@@ -18,25 +18,16 @@
 #include <unistd.h>
 #include <zlib.h>
 
-static char g_dir[4096];
-
 static int group_setup(void **state)
 {
     (void)state;
-    return rb_test_scratch_dir(g_dir, sizeof g_dir, "vnet_io");
+    return rb_test_suite_dir_setup("vnet_io");
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    rb_test_remove_tree(g_dir);
-    return 0;
-}
-
-static const char *path_in(char *buf, size_t len, const char *name)
-{
-    snprintf(buf, len, "%s/%s", g_dir, name);
-    return buf;
+    return rb_test_suite_dir_teardown();
 }
 
 static rb_vnet *make_net(rb_context *ctx, rb_vnet_config c)
@@ -113,13 +104,13 @@ static void release_state(rb_context *ctx, net_state *s)
 static void round_trip_case(rb_context *ctx, rb_vnet_config c, const char *name)
 {
     char p[8192];
-    path_in(p, sizeof p, name);
+    rb_test_suite_path(p, sizeof p, name);
     rb_vnet *a = make_net(ctx, c);
     RB_CHECK(ctx, rb_vnet_set_step(ctx, a, 0.7));
     c.seed += 100; /* other weights to overwrite */
     rb_vnet *b = make_net(ctx, c);
     RB_CHECK(ctx, rb_vnet_save(ctx, a, p));
-    assert_int_equal(rb_test_count_tmp_files(g_dir), 0);
+    assert_int_equal(rb_test_count_tmp_files(rb_test_suite_dir()), 0);
     RB_CHECK(ctx, rb_vnet_load(ctx, b, p, false));
     net_state sa = state_of(ctx, a);
     assert_same_state(ctx, b, &sa); /* weights, step sizes and the coarse factorisation: the same cycles */
@@ -192,30 +183,10 @@ static void poisson_any_size_case(rb_context *ctx, const char *file, size_t n)
     scramble(net, n);                                   /* B, R, P: anything */
     RB_CHECK(ctx, rb_vnet_load(ctx, net, file, true));
     /* oracle: the multigrid solver with damped Jacobi, omega = 0.8 */
-    const rb_vcycle *vc = rb_mg_vcycle(mg);
-    rb_arena work = {0};
-    RB_CHECK(ctx, rb_arena_reserve(ctx, &work, rb_vcycle_workspace(vc) + 4096));
-    rb_tensor f, u;
-    RB_CHECK(ctx, rb_tensor_alloc(ctx, &f, rb_mg_shape(mg)));
-    RB_CHECK(ctx, rb_tensor_alloc(ctx, &u, rb_mg_shape(mg)));
-    rb_test_rng r = {n};
-    rb_test_fill(&r, &f, -1, 1);
-    const size_t N = rb_tensor_count(&f);
-    memcpy(vc->level[0].f.data, f.data, N * sizeof(double));
-    memset(vc->level[0].u.data, 0, N * sizeof(double));
-    double worst = 0;
-    for (int k = 1; k <= 3; k++) {
-        RB_CHECK(ctx, rb_vcycle_run(ctx, vc, 0, &work));
-        RB_CHECK(ctx, rb_vnet_forward(ctx, net, &f, NULL, &u, k, false));
-        double d = 0, m = 0;
-        for (size_t i = 0; i < N; i++) d = fmax(d, fabs(u.data[i] - vc->level[0].u.data[i])), m = fmax(m, fabs(vc->level[0].u.data[i]));
-        worst = fmax(worst, d / m);
-    }
+    const double worst = rb_test_vnet_vs_mg(ctx, net, mg, 3, n, false);
     print_message("any_size: n = 31, 3 levels -> n = %zu, %zu levels: loaded net vs multigrid max rel diff %.2e\n", n,
                   rb_mg_levels(mg), worst);
     assert_true(worst <= 1e-13);
-    rb_tensor_release(ctx, &f), rb_tensor_release(ctx, &u);
-    rb_arena_release(ctx, &work);
     rb_vnet_free(ctx, net);
     rb_mg_free(ctx, mg);
 }
@@ -224,7 +195,7 @@ static void test_any_size_poisson(void **state)
 {
     rb_context *ctx = *state;
     char p[8192];
-    path_in(p, sizeof p, "poisson31.rbw");
+    rb_test_suite_path(p, sizeof p, "poisson31.rbw");
     rb_vnet_config c = rb_vnet_config_default(); /* n = 31, 3 levels */
     rb_vnet *net = make_net(ctx, c);
     RB_CHECK(ctx, rb_vnet_set_poisson(ctx, net, 0.8));
@@ -240,7 +211,7 @@ static void test_any_size_mapping(void **state)
 {
     rb_context *ctx = *state;
     char p[8192];
-    path_in(p, sizeof p, "learned.rbw");
+    rb_test_suite_path(p, sizeof p, "learned.rbw");
     rb_vnet_config c = rb_vnet_config_default(); /* n = 31, 3 levels, random weights */
     rb_vnet *src = make_net(ctx, c);
     RB_CHECK(ctx, rb_vnet_set_step(ctx, src, 0.6));
@@ -287,8 +258,8 @@ static void test_refused(void **state)
 {
     rb_context *ctx = *state;
     char good[8192], bad[8192];
-    path_in(good, sizeof good, "good.rbw");
-    path_in(bad, sizeof bad, "bad.rbw");
+    rb_test_suite_path(good, sizeof good, "good.rbw");
+    rb_test_suite_path(bad, sizeof bad, "bad.rbw");
     rb_vnet_config c = rb_vnet_config_default(); /* n = 31, 3 levels */
     rb_vnet *a = make_net(ctx, c);
     RB_CHECK(ctx, rb_vnet_save(ctx, a, good));
@@ -324,7 +295,7 @@ static void test_refused(void **state)
     expect_refused(ctx, net, bad, false, RB_EFORMAT, "format version 7", NULL);
     free(bytes);
     /* no such file */
-    path_in(bad, sizeof bad, "missing.rbw");
+    rb_test_suite_path(bad, sizeof bad, "missing.rbw");
     expect_refused(ctx, net, bad, false, RB_ENOTFOUND, "missing.rbw", NULL);
 
     /* other n and levels: both shapes named; with any_size the same file loads */
@@ -341,7 +312,7 @@ static void test_refused(void **state)
     rb_vnet_config c1 = rb_vnet_config_default();
     c1.n = 7, c1.levels = 1;
     rb_vnet *one = make_net(ctx, c1);
-    path_in(bad, sizeof bad, "one.rbw");
+    rb_test_suite_path(bad, sizeof bad, "one.rbw");
     RB_CHECK(ctx, rb_vnet_save(ctx, one, bad));
     expect_refused(ctx, net, bad, true, RB_EINVAL, "n = 7 with 1 level", "n = 31 with 3 levels");
 
@@ -349,7 +320,7 @@ static void test_refused(void **state)
      * as before (weights and its own coarse LU) */
     rb_op *Ac = rb_vnet_op(a, 2, RB_VNET_A);
     memset(Ac->params, 0, Ac->nparams * sizeof(double));
-    path_in(bad, sizeof bad, "singular.rbw");
+    rb_test_suite_path(bad, sizeof bad, "singular.rbw");
     RB_CHECK(ctx, rb_vnet_save(ctx, a, bad));
     expect_refused(ctx, net, bad, false, RB_ELAPACK, "singular", "unchanged");
 
@@ -359,7 +330,7 @@ static void test_refused(void **state)
     assert_int_equal(rb_vnet_load(NULL, net, good, false), RB_ENULL);
     rb_vnet_config pc;
     RB_EXPECT(ctx, RB_ENULL, "NULL", rb_vnet_peek(ctx, good, NULL));
-    path_in(bad, sizeof bad, "missing.rbw");
+    rb_test_suite_path(bad, sizeof bad, "missing.rbw");
     RB_EXPECT(ctx, RB_ENOTFOUND, "missing.rbw", rb_vnet_peek(ctx, bad, &pc));
     rb_vnet_free(ctx, a), rb_vnet_free(ctx, net), rb_vnet_free(ctx, big), rb_vnet_free(ctx, tanh_net), rb_vnet_free(ctx, one);
 }
@@ -374,21 +345,21 @@ static void test_save_errors(void **state)
     char p[8192], sub[8300];
     struct stat sb;
     /* into a directory that does not exist: nothing is created */
-    path_in(p, sizeof p, "no-such-dir/w.rbw");
+    rb_test_suite_path(p, sizeof p, "no-such-dir/w.rbw");
     RB_EXPECT(ctx, RB_EIO, "No such file or directory", rb_vnet_save(ctx, net, p));
     assert_non_null(strstr(rb_context_message(ctx), p));
     assert_int_not_equal(stat(p, &sb), 0);
-    assert_int_equal(rb_test_count_tmp_files(g_dir), 0);
+    assert_int_equal(rb_test_count_tmp_files(rb_test_suite_dir()), 0);
     /* the rename fails (the destination is a non-empty directory): the temporary file is removed */
-    path_in(p, sizeof p, "occupied.rbw");
+    rb_test_suite_path(p, sizeof p, "occupied.rbw");
     assert_int_equal(mkdir(p, 0755), 0);
     snprintf(sub, sizeof sub, "%s/keep", p);
     rb_test_write_file(sub, "x", 1);
     RB_EXPECT(ctx, RB_EIO, "cannot rename", rb_vnet_save(ctx, net, p));
-    assert_int_equal(rb_test_count_tmp_files(g_dir), 0);
+    assert_int_equal(rb_test_count_tmp_files(rb_test_suite_dir()), 0);
     assert_int_equal(stat(sub, &sb), 0);
     /* an existing file is replaced whole: a net of another shape over it reads back as that net */
-    path_in(p, sizeof p, "replaced.rbw");
+    rb_test_suite_path(p, sizeof p, "replaced.rbw");
     RB_CHECK(ctx, rb_vnet_save(ctx, net, p));
     c.n = 15, c.levels = 2;
     rb_vnet *small = make_net(ctx, c);
@@ -396,7 +367,7 @@ static void test_save_errors(void **state)
     rb_vnet_config pc;
     RB_CHECK(ctx, rb_vnet_peek(ctx, p, &pc));
     assert_int_equal(pc.n, 15), assert_int_equal(pc.levels, 2);
-    assert_int_equal(rb_test_count_tmp_files(g_dir), 0);
+    assert_int_equal(rb_test_count_tmp_files(rb_test_suite_dir()), 0);
     /* bad arguments */
     RB_EXPECT(ctx, RB_ENULL, "NULL", rb_vnet_save(ctx, NULL, p));
     RB_EXPECT(ctx, RB_ENULL, "NULL", rb_vnet_save(ctx, net, NULL));

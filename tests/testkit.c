@@ -161,3 +161,50 @@ int rb_test_count_tmp_files(const char *dir)
     closedir(d);
     return n;
 }
+
+static char suite_dir[4096];
+
+int rb_test_suite_dir_setup(const char *prefix) { return rb_test_scratch_dir(suite_dir, sizeof suite_dir, prefix); }
+
+int rb_test_suite_dir_teardown(void)
+{
+    rb_test_remove_tree(suite_dir);
+    return 0;
+}
+
+const char *rb_test_suite_dir(void) { return suite_dir; }
+
+const char *rb_test_suite_path(char *buf, size_t len, const char *name)
+{
+    snprintf(buf, len, "%s/%s", suite_dir, name);
+    return buf;
+}
+
+double rb_test_vnet_vs_mg(rb_context *ctx, rb_vnet *net, const rb_mg *mg, int cycles, uint64_t seed, bool taped_last)
+{
+    const rb_vcycle *vc = rb_mg_vcycle(mg);
+    rb_arena work = {0};
+    RB_CHECK(ctx, rb_arena_reserve(ctx, &work, rb_vcycle_workspace(vc) + 4096));
+    rb_tensor f, u;
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &f, rb_mg_shape(mg)));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &u, rb_mg_shape(mg)));
+    rb_test_rng r = {seed};
+    rb_test_fill(&r, &f, -1, 1);
+    const size_t N = rb_tensor_count(&f);
+    memcpy(vc->level[0].f.data, f.data, N * sizeof(double));
+    memset(vc->level[0].u.data, 0, N * sizeof(double));
+    double worst = 0;
+    for (int k = 1; k <= cycles; k++) {
+        RB_CHECK(ctx, rb_vcycle_run(ctx, vc, 0, &work));                                   /* MG mode: k cycles */
+        RB_CHECK(ctx, rb_vnet_forward(ctx, net, &f, NULL, &u, k, taped_last && k == cycles)); /* network mode, from 0 */
+        double d = 0, m = 0;
+        for (size_t i = 0; i < N; i++) {
+            d = fmax(d, fabs(u.data[i] - vc->level[0].u.data[i]));
+            m = fmax(m, fabs(vc->level[0].u.data[i]));
+        }
+        worst = fmax(worst, m > 0 ? d / m : d);
+    }
+    rb_tensor_release(ctx, &f), rb_tensor_release(ctx, &u);
+    rb_arena_release(ctx, &work);
+    return worst;
+}

@@ -48,6 +48,18 @@ void rb_test_write_file(const char *path, const void *bytes, size_t len);
 unsigned char *rb_test_slurp(const char *path, size_t *len);
 int rb_test_count_tmp_files(const char *dir);
 
+/* A suite's scratch directory: create it in the cmocka group setup (prefix names it), remove it
+ * in the group teardown; rb_test_suite_path gives "<dir>/<name>" in buf. */
+int rb_test_suite_dir_setup(const char *prefix);
+int rb_test_suite_dir_teardown(void);
+const char *rb_test_suite_dir(void);
+const char *rb_test_suite_path(char *buf, size_t len, const char *name);
+
+/* Network mode against MG mode: the largest relative difference (max norm) between the iterates
+ * of 1..cycles cycles of net (each from u = 0 by rb_vnet_forward; the last one taped when
+ * taped_last) and of the multigrid solver's cycle (rb_mg_vcycle), for f uniform in [-1,1] from seed. */
+double rb_test_vnet_vs_mg(rb_context *ctx, rb_vnet *net, const rb_mg *mg, int cycles, uint64_t seed, bool taped_last);
+
 /* An allocator that fails after `budget` successful allocations, counting live blocks. */
 typedef struct rb_failing_alloc {
     long budget;   /* allocations left before failing; < 0: never fail */
