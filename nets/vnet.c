@@ -638,6 +638,18 @@ static int emit_buffer(int fd, void *user)
     return rb_io_write_all(fd, b->data, b->size);
 }
 
+/* Version 1 holds the net's own single-grid operators: not MgNet projections, not a solver's
+ * operators with point-dependent smoothers. */
+static rb_status check_storable(rb_context *ctx, const rb_vnet *net, const char *fn)
+{
+    if (net->cfg.projection)
+        return rb_fail(ctx, RB_EUNSUPPORTED, "%s: weights files (version %u) do not hold feature projections (MgNet)", fn, VNET_VERSION);
+    if (net->mg_ops)
+        return rb_fail(ctx, RB_EUNSUPPORTED, "%s: the net runs on a solver's operators (point-dependent smoothers): "
+                       "weights files (version %u) hold nets on their own stencils", fn, VNET_VERSION);
+    return RB_OK;
+}
+
 /* The file's bytes for net (CRC included) in a new buffer. */
 static rb_status encode(rb_context *ctx, const rb_vnet *net, vnet_file *out)
 {
@@ -678,6 +690,7 @@ rb_status rb_vnet_save(rb_context *ctx, const rb_vnet *net, const char *path)
     if (ctx == NULL) return RB_ENULL;
     if (net == NULL || path == NULL) return rb_fail(ctx, RB_ENULL, "%s: net or path is NULL", fn);
     if (path[0] == '\0') return rb_fail(ctx, RB_EINVAL, "%s: path is empty", fn);
+    if (check_storable(ctx, net, fn) != RB_OK) return rb_context_last_status(ctx);
     vnet_file b;
     rb_status st = encode(ctx, net, &b);
     if (st != RB_OK) return st;
@@ -773,13 +786,17 @@ static const char *describe(const rb_vnet_config *c, char *buf, size_t len)
     return buf;
 }
 
-/* The file's level for net level l (vnet.h): l itself, or with any_size min(l, L_file - 2) and
- * the coarsest for the coarsest. */
+/* The file's level for net level l (vnet.h): l itself, or with any_size the file's smoothed
+ * level of the same grid size (its finest for finer grids, its coarsest smoothed level for
+ * coarser ones; rb_vnet_copy_smoothers' rule), and the coarsest for the coarsest. */
 static size_t source_level(const rb_vnet *net, const vnet_file *w, size_t l, bool any_size)
 {
     if (!any_size) return l;
     if (l + 1 == net->cfg.levels) return w->cfg.levels - 1;
-    return l < w->cfg.levels - 2 ? l : w->cfg.levels - 2;
+    const size_t n = rb_vnet_shape(net, l).w;
+    size_t s = 0, ns = w->cfg.n;
+    while (s + 2 < w->cfg.levels && ns > n) s++, ns = (ns - 1) / 2;
+    return s;
 }
 
 /* Does the file fit the net? (no change to the net) */
@@ -840,6 +857,7 @@ rb_status rb_vnet_load(rb_context *ctx, rb_vnet *net, const char *path, bool any
     static const char fn[] = "rb_vnet_load";
     if (ctx == NULL) return RB_ENULL;
     if (net == NULL || path == NULL) return rb_fail(ctx, RB_ENULL, "%s: net or path is NULL", fn);
+    if (check_storable(ctx, net, fn) != RB_OK) return rb_context_last_status(ctx);
     vnet_file w, old;
     rb_status st = read_file(ctx, fn, path, &w);
     if (st != RB_OK) return st;

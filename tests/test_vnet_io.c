@@ -221,7 +221,7 @@ static void test_any_size_mapping(void **state)
     RB_CHECK(ctx, rb_vnet_set_poisson(ctx, net, 1.0));
     RB_CHECK(ctx, rb_vnet_load(ctx, net, p, true));
     for (size_t l = 0; l + 1 < c.levels; l++) {
-        size_t s = l < 1 ? l : 1; /* min(l, L_file - 2) */
+        size_t s = l < 2 ? 0 : l - 2; /* the same grid size: 127, 63, 31 -> 31 (level 0), 15 -> 15 (level 1) */
         const rb_op *As = rb_vnet_op(src, s, RB_VNET_A), *Al = rb_vnet_op(net, l, RB_VNET_A);
         double scale = As->params[4] / Al->params[4]; /* the centre taps; Al is the Poisson stencil */
         assert_true(fabs(Al->params[4] - 4.0 * pow((double)((c.n + 1) >> l), 2)) <= 1e-9 * Al->params[4]);
@@ -344,6 +344,15 @@ static void test_save_errors(void **state)
     rb_vnet *net = make_net(ctx, c);
     char p[8192], sub[8300];
     struct stat sb;
+    /* nets the format does not hold: MgNet projections, a solver's operators */
+    rb_test_suite_path(p, sizeof p, "unsupported.rbw");
+    rb_vnet_config mc = rb_vnet_config_default();
+    mc.coarse_solve = false, mc.projection = true, mc.cycle = RB_CYCLE_DOWN;
+    rb_vnet *mgnet = make_net(ctx, mc);
+    RB_EXPECT(ctx, RB_EUNSUPPORTED, "do not hold feature projections", rb_vnet_save(ctx, mgnet, p));
+    RB_EXPECT(ctx, RB_EUNSUPPORTED, "do not hold feature projections", rb_vnet_load(ctx, mgnet, p, false));
+    assert_int_not_equal(stat(p, &sb), 0);
+    rb_vnet_free(ctx, mgnet);
     /* into a directory that does not exist: nothing is created */
     rb_test_suite_path(p, sizeof p, "no-such-dir/w.rbw");
     RB_EXPECT(ctx, RB_EIO, "No such file or directory", rb_vnet_save(ctx, net, p));

@@ -123,8 +123,9 @@ rb_status rb_vnet_diagonal(rb_context *ctx, const rb_vnet *net, size_t level, do
  *   any_size = true: learned weights reused on another grid. dim, channels, act, pre, post,
  *     cycle and coarse_solve must match; n and levels may differ. The net keeps its own A_l
  *     (e.g. the Poisson stencils of rb_vnet_set_poisson); level l of the net takes the file's
- *     level s(l) = min(l, L_file - 2), and the net's coarsest level the file's coarsest
- *     (so extra coarser levels reuse the file's coarsest smoothing level below the coarsest):
+ *     smoothed level s(l) of the same grid size -- the file's finest for finer grids, its
+ *     coarsest smoothed level for coarser ones (the rule of rb_vnet_copy_smoothers, learn.h) --
+ *     and the net's coarsest level the file's coarsest:
  *         B_l = B_file[s] * D_file[s] / D_l      (smoother weights kept relative to D^{-1}),
  *         R_l = R_file[s], P_l = P_file[s], step sizes h = those of the file's level s.
  *     With the Poisson stencils, D_l = 2 dim (n_l + 1)^2, so a file of the damped-Jacobi
