@@ -13,12 +13,15 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: resbridge learn-smoother [--n N] [--levels L] [--cycles K] [--steps S] [--batch B] [--lr X]\n"
-            "         [--omega W] [--coef const|jump|smooth] [--eval-n N1,N2,...] [--seed S] [--threads T] [--json]\n\n"
+            "         [--omega W] [--coef const|jump|smooth] [--eval-n N1,N2,...] [--save FILE] [--seed S] [--threads T]\n"
+            "         [--json]\n\n"
             "Trains the 3x3 smoother of every level of the 2D Poisson V(1,1)-cycle (u <- u + B (f - A u),\n"
             "B point-symmetric, in units of D^{-1}) by Adam through K cycles from u = 0 on B random right-hand\n"
             "sides per step, starting from damped Jacobi (omega). Reports the asymptotic convergence factor of\n"
             "the learned cycle and of the damped-Jacobi cycle, measured the same way in the same run, on n and\n"
             "on the --eval-n grids (same coarsest grid, more levels) with the weights reused as they are.\n"
+            "  --save  write the learned weights (rb_vnet_save; const only): `resbridge vcycle --mode net --weights FILE\n"
+            "          --any-size` runs them on any grid\n"
             "  --coef  const: -Laplace; jump: -div(a grad u) with a = 1e4 on the quadrant x, y > 1/2 and 1 elsewhere;\n"
             "          smooth: a = 1 + 0.5 sin(2 pi x) sin(2 pi y). Variable coefficients run the cycle on the\n"
             "          multigrid solver's operators (Galerkin coarse levels) with point-dependent smoother stencils\n"
@@ -36,6 +39,7 @@ typedef struct opts {
     long n, levels, cycles, steps, batch, seed, threads;
     double lr, omega;
     int json, neval, coef;
+    const char *save;
     long eval_n[MAX_EVAL];
 } opts;
 
@@ -84,6 +88,8 @@ static int parse(int argc, char **argv, opts *o)
             rb_args_double(&a, opt, 1e-6, 2, &o->omega);
         } else if (!strcmp(opt, "--eval-n")) {
             parse_list(&a, opt, o);
+        } else if (!strcmp(opt, "--save")) {
+            o->save = rb_args_value(&a, opt);
         } else if (!strcmp(opt, "--coef")) {
             rb_args_choice(&a, opt, coef_names, &o->coef);
         } else if (!strcmp(opt, "--seed")) {
@@ -95,6 +101,10 @@ static int parse(int argc, char **argv, opts *o)
         } else {
             rb_args_unknown(&a, opt);
         }
+    }
+    if (!a.failed && o->save != NULL && o->coef != 0) {
+        fprintf(stderr, "resbridge learn-smoother: --save holds nets on their own stencils: use it with --coef const\n");
+        return 2;
     }
     return a.failed ? 2 : -1;
 }
@@ -172,6 +182,7 @@ int rb_cli_learn_smoother(int argc, char **argv)
     lc.cycles = (int)o.cycles, lc.steps = (int)o.steps, lc.lr = o.lr, lc.seed = (unsigned long)o.seed;
     rb_learn_report rep = {0};
     if (st == RB_OK) st = rb_learn_smoother(ctx, net, &lc, &rep);
+    if (st == RB_OK && o.save != NULL) st = rb_vnet_save(ctx, net, o.save);
     if (st != RB_OK) {
         rc = fail(ctx, st);
         rb_vnet_free(ctx, net);
