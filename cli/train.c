@@ -10,7 +10,7 @@
 #include "args.h"
 #include "cli.h"
 
-static const char *const model_choices[] = {"resnet", "plain", "mlp", NULL};
+static const char *const model_choices[] = {"resnet", "plain", "mlp", "mgnet", NULL};
 static const char *const block_choices[] = {"v1", "v2", "highway", "dense", "plain", NULL};
 static const char *const data_choices[] = {"fashion-mnist", "synthetic", NULL};
 static const char *const opt_choices[] = {"sgd", "adam", NULL};
@@ -29,7 +29,7 @@ static void usage(FILE *f, int eval)
         return;
     }
     fprintf(f,
-            "usage: resbridge train [--model resnet|plain|mlp] [--depth D] [--width W] [--block v1|v2|highway|dense|plain]\n"
+            "usage: resbridge train [--model resnet|plain|mlp|mgnet] [--depth D] [--width W] [--block v1|v2|highway|dense|plain]\n"
             "         [--data fashion-mnist|synthetic] [--epochs E] [--batch B] [--optimizer sgd|adam] [--lr X]\n"
             "         [--schedule constant|step|cosine] [--momentum M] [--weight-decay L] [--h H] [--seed S]\n"
             "         [--threads T] [--limit N] [--test-limit N] [--data-dir DIR] [--checkpoint FILE] [--resume FILE] [--stop-after K]\n         [--export PREFIX] [--json]\n\n"
@@ -39,6 +39,9 @@ static void usage(FILE *f, int eval)
             "batch 128, 2 threads if the machine has them.\n"
             "  --depth     conv nets: 6n+2 (three stages of n blocks, widths W, 2W, 4W); 0 = the reference; mlp: blocks\n"
             "  --plain     = --model plain: the same layers without the skips (the plain twin)\n"
+            "  --model mgnet  MgNet: the down-leg of the network-mode V-cycle (3x3 data-feature conv to W channels,\n"
+            "              D smoothing steps u += relu(B * relu(f - A * u)) per level on 31, 15, 7, 3, projections,\n"
+            "              pooling, linear 10); --width W (16), --depth D (0: 2)\n"
             "  --limit N   train on the first N training samples only; --test-limit N: test on the first N (quick runs)\n"
             "  --checkpoint FILE  save after every epoch (atomically);  --resume FILE  continue a saved run exactly\n"
             "  --stop-after K     stop after epoch K of the schedule (resume later with --resume)\n"

@@ -1,6 +1,7 @@
 /* model.c — ResNets, their plain twins and residual MLPs from layers and
  * blocks (see model.h). */
 #include "resbridge/model.h"
+#include "resbridge/mgnet.h"
 
 #include <math.h>
 #include <string.h>
@@ -15,7 +16,7 @@
 #include "resbridge/residual.h"
 #include "op_internal.h"
 
-static const char *const model_names[RB_MODEL_KIND_COUNT] = {"resnet", "plain", "mlp"};
+static const char *const model_names[RB_MODEL_KIND_COUNT] = {"resnet", "plain", "mlp", "mgnet"};
 static const char *const block_names[RB_BLOCK_KIND_COUNT] = {"v1", "v2", "highway", "dense", "plain"};
 
 const char *rb_model_kind_name(rb_model_kind k) { return (unsigned)k < RB_MODEL_KIND_COUNT ? model_names[k] : "unknown"; }
@@ -37,7 +38,7 @@ static rb_status parse(rb_context *ctx, const char *what, const char *const *nam
 rb_status rb_model_kind_parse(rb_context *ctx, const char *name, rb_model_kind *kind)
 {
     int k = 0;
-    rb_status st = parse(ctx, "model", model_names, RB_MODEL_KIND_COUNT, "resnet, plain, mlp", name, &k);
+    rb_status st = parse(ctx, "model", model_names, RB_MODEL_KIND_COUNT, "resnet, plain, mlp, mgnet", name, &k);
     if (st == RB_OK) *kind = (rb_model_kind)k;
     return st;
 }
@@ -282,7 +283,9 @@ static rb_status check_desc(rb_context *ctx, const rb_model_desc *d)
     if (d->in_channels == 0 || d->in_h == 0 || d->in_w == 0)
         return rb_fail(ctx, RB_EINVAL, "%s: input shape (%zu,%zu,%zu) has a zero extent", fn, d->in_channels, d->in_h, d->in_w);
     if (!isfinite(d->h)) return rb_fail(ctx, RB_EINVAL, "%s: residual step h = %g is not finite", fn, d->h);
-    if (d->kind != RB_MODEL_MLP && d->depth != 0 && (d->depth < 8 || (d->depth - 2) % 6 != 0))
+    if (d->kind == RB_MODEL_MGNET && d->depth > 8)
+        return rb_fail(ctx, RB_EINVAL, "%s: depth = %zu; MgNet's depth is its smoothing steps per level, 1..8 (0: 2)", fn, d->depth);
+    if (d->kind != RB_MODEL_MLP && d->kind != RB_MODEL_MGNET && d->depth != 0 && (d->depth < 8 || (d->depth - 2) % 6 != 0))
         return rb_fail(ctx, RB_EINVAL, "%s: depth = %zu; conv nets have depth 6n+2 (8, 14, 20, ..., 56) or 0 for the reference", fn,
                        d->depth);
     if (d->kind != RB_MODEL_MLP && d->block == RB_BLOCK_DENSE && d->width < 2)
@@ -305,7 +308,12 @@ rb_status rb_model_create(rb_context *ctx, const rb_model_desc *desc, rb_model *
         return rb_fail(ctx, RB_ENOMEM, "rb_model_create: cannot allocate a GSL generator");
     }
     gsl_rng_set(b.rng, desc->seed);
-    m->net = desc->kind == RB_MODEL_MLP ? mlp(&b) : conv_net(&b);
+    if (desc->kind == RB_MODEL_MGNET) {
+        b.st = rb_op_mgnet_create(ctx, desc->in_channels, desc->in_h, desc->in_w, desc->width, desc->depth ? (int)desc->depth : 2,
+                                  desc->outputs, desc->seed, &m->net);
+    } else {
+        m->net = desc->kind == RB_MODEL_MLP ? mlp(&b) : conv_net(&b);
+    }
     gsl_rng_free(b.rng);
     if (b.st != RB_OK || m->net == NULL) {
         rb_free(ctx, m);

@@ -170,8 +170,9 @@ static rb_status build(rb_context *ctx, rb_vnet *net, gsl_rng *rng)
         st = rb_op_smoother_create(ctx, v->A, v->S, &lv->f, &v->F);
         if (st == RB_OK && !coarsest) st = conv(ctx, c, 2, false, rng, &v->R);
         if (st == RB_OK && !coarsest) net->learned[net->nlearned++] = v->R;
-        if (st == RB_OK && !coarsest) st = conv(ctx, c, 2, true, rng, &v->P);
-        if (st == RB_OK && !coarsest) net->learned[net->nlearned++] = v->P;
+        const bool prolong = !coarsest && c->cycle != RB_CYCLE_DOWN; /* the down-leg prolongs nothing */
+        if (st == RB_OK && prolong) st = conv(ctx, c, 2, true, rng, &v->P);
+        if (st == RB_OK && prolong) net->learned[net->nlearned++] = v->P;
         if (st == RB_OK && !coarsest && c->projection) st = conv(ctx, c, 2, false, rng, &v->Pi);
         if (st == RB_OK && v->Pi != NULL) net->learned[net->nlearned++] = v->Pi;
         if (st != RB_OK) break;
@@ -424,6 +425,10 @@ double *rb_vnet_grad(const rb_vnet *net, const rb_op *op)
     }
     return NULL;
 }
+
+size_t rb_vnet_nlearned(const rb_vnet *net) { return net ? net->nlearned : 0; }
+
+rb_op *rb_vnet_learned(const rb_vnet *net, size_t i) { return net && i < net->nlearned ? net->learned[i] : NULL; }
 
 void rb_vnet_zero_grad(rb_vnet *net)
 {

@@ -241,13 +241,12 @@ rb_status rb_parts_check(rb_context *ctx, const char *fn, rb_op *const *parts, s
     return RB_OK;
 }
 
-/* Point op's parameters (and, for composites, every descendant's) at `to`, keeping offsets. */
-static void rebase(rb_op *op, double *to)
+void rb_op_rebase(rb_op *op, double *to)
 {
     if (op->type->flags & RB_OP_COMPOSITE) {
         rb_parts *p = op->state;
         for (size_t i = 0; i < p->count; i++)
-            if (p->part[i]->nparams > 0) rebase(p->part[i], to + (p->part[i]->params - op->params));
+            if (p->part[i]->nparams > 0) rb_op_rebase(p->part[i], to + (p->part[i]->params - op->params));
     }
     op->params = to;
 }
@@ -262,7 +261,7 @@ void rb_parts_adopt(rb_parts *p, rb_op *op, rb_op *const *parts, size_t count)
         p->own_params[i] = q->params;
         if (q->nparams > 0) {
             memcpy(op->params + off, q->params, q->nparams * sizeof(double));
-            rebase(q, op->params + off);
+            rb_op_rebase(q, op->params + off);
         }
         off += q->nparams;
     }
@@ -274,7 +273,7 @@ void rb_parts_release(rb_context *ctx, rb_parts *p)
         rb_op *q = p->part[i];
         if (q->nparams > 0) {
             memcpy(p->own_params[i], q->params, q->nparams * sizeof(double));
-            rebase(q, p->own_params[i]);
+            rb_op_rebase(q, p->own_params[i]);
         }
         rb_op_free(ctx, q);
     }

@@ -25,6 +25,10 @@ typedef struct rb_parts {
     double *own_params[RB_PARTS_MAX]; /* each part's original params array, restored on release */
 } rb_parts;
 
+/* Point op's parameters (and, for composites, every descendant's) at `to`, keeping offsets
+ * (the values are not moved). */
+void rb_op_rebase(rb_op *op, double *to);
+
 /* Check parts (non-NULL, distinct, with a vjp); *nparams = their total, *linear = all linear. */
 rb_status rb_parts_check(rb_context *ctx, const char *fn, rb_op *const *parts, size_t count, size_t *nparams,
                          int *linear);

@@ -333,7 +333,8 @@ rb_status rb_vcycle_check(rb_context *ctx, const rb_vcycle *vc)
                 if (lv->pre[s].F == NULL) return rb_fail(ctx, RB_ENULL, "rb_vcycle level %zu: smoothing step %zu has no F", l, s);
             break;
         }
-        if (lv->A == NULL || lv->R == NULL || lv->P == NULL)
+        const bool down = vc->cycle == RB_CYCLE_DOWN; /* nothing is prolonged */
+        if (lv->A == NULL || lv->R == NULL || (lv->P == NULL && !down))
             return rb_fail(ctx, RB_ENULL, "rb_vcycle level %zu: A, R and P are required above the coarsest level", l);
         for (size_t s = 0; s < lv->npre + lv->npost; s++) {
             const rb_vstep *step = s < lv->npre ? &lv->pre[s] : &lv->post[s - lv->npre];
@@ -349,6 +350,7 @@ rb_status rb_vcycle_check(rb_context *ctx, const rb_vcycle *vc)
             st = rb_fail(ctx, RB_ESHAPE, "rb_vcycle level %zu: Pi does not map onto level %zu's grid", l, l + 1);
         if (st == RB_OK && lv->Pi != NULL && vc->level[l + 1].A == NULL)
             st = rb_fail(ctx, RB_ENULL, "rb_vcycle level %zu: a projection needs level %zu's A", l, l + 1);
+        if (down && lv->P == NULL) continue;
         if (st == RB_OK) st = rb_op_shape(ctx, lv->P, cs, &cs);
         if (st == RB_OK && !rb_shape_equal(cs, lv->u.shape))
             st = rb_fail(ctx, RB_ESHAPE, "rb_vcycle level %zu: P does not map back onto level %zu's grid", l, l);
@@ -374,7 +376,7 @@ size_t rb_vcycle_workspace(const rb_vcycle *vc)
         if (lv->Pi != NULL && rb_op_workspace(lv->Pi, s) > w) w = rb_op_workspace(lv->Pi, s);
         if (lv->Pi != NULL && rb_op_workspace(vc->level[l + 1].A, vc->level[l + 1].u.shape) > w)
             w = rb_op_workspace(vc->level[l + 1].A, vc->level[l + 1].u.shape);
-        if (rb_op_workspace(lv->P, vc->level[l + 1].u.shape) > w) w = rb_op_workspace(lv->P, vc->level[l + 1].u.shape);
+        if (lv->P != NULL && rb_op_workspace(lv->P, vc->level[l + 1].u.shape) > w) w = rb_op_workspace(lv->P, vc->level[l + 1].u.shape);
         for (size_t k = 0; k < lv->npre + lv->npost; k++) {
             const rb_vstep *step = k < lv->npre ? &lv->pre[k] : &lv->post[k - lv->npre];
             size_t ws = rb_residual_workspace(step->F, s);
@@ -512,7 +514,7 @@ size_t rb_vcycle_backward_workspace(const rb_vcycle *vc, size_t from)
         }
         if (lv->R != NULL && rb_op_backward_workspace(lv->R, s) > w) w = rb_op_backward_workspace(lv->R, s);
         if (lv->Pi != NULL && rb_op_backward_workspace(lv->Pi, s) > w) w = rb_op_backward_workspace(lv->Pi, s);
-        if (l + 1 < vc->nlevels && rb_op_backward_workspace(lv->P, vc->level[l + 1].u.shape) > w)
+        if (l + 1 < vc->nlevels && lv->P != NULL && rb_op_backward_workspace(lv->P, vc->level[l + 1].u.shape) > w)
             w = rb_op_backward_workspace(lv->P, vc->level[l + 1].u.shape);
         if (w > ops) ops = w;
     }

@@ -18,7 +18,8 @@
 extern "C" {
 #endif
 
-typedef enum rb_model_kind { RB_MODEL_RESNET, RB_MODEL_PLAIN, RB_MODEL_MLP, RB_MODEL_KIND_COUNT } rb_model_kind;
+typedef enum rb_model_kind { RB_MODEL_RESNET, RB_MODEL_PLAIN, RB_MODEL_MLP, RB_MODEL_MGNET, RB_MODEL_KIND_COUNT } rb_model_kind;
+/* MGNET: the MgNet classifier of mgnet.h (width = channels C, depth = smoothing steps per level, 0: 2). */
 /* PLAIN: the same layers without skips (the plain twin; --model plain is a ResNet with plain blocks). */
 typedef enum rb_block_kind { RB_BLOCK_V1, RB_BLOCK_V2, RB_BLOCK_HIGHWAY, RB_BLOCK_DENSE, RB_BLOCK_PLAIN, RB_BLOCK_KIND_COUNT } rb_block_kind;
 
@@ -39,7 +40,7 @@ typedef struct rb_model_desc {
  * with a 1x1 projection shortcut, global average pooling, linear 10. MLP: 8
  * inputs, width 32, depth 4, 1 output. */
 rb_model_desc rb_model_desc_default(rb_model_kind kind);
-rb_status rb_model_kind_parse(rb_context *ctx, const char *name, rb_model_kind *kind);   /* resnet, plain, mlp */
+rb_status rb_model_kind_parse(rb_context *ctx, const char *name, rb_model_kind *kind);   /* resnet, plain, mlp, mgnet */
 rb_status rb_block_kind_parse(rb_context *ctx, const char *name, rb_block_kind *kind);   /* v1, v2, highway, dense, plain */
 const char *rb_model_kind_name(rb_model_kind kind);
 const char *rb_block_kind_name(rb_block_kind kind);

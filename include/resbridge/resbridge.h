@@ -28,6 +28,7 @@
 #include "resbridge/multigrid.h"
 #include "resbridge/vnet.h"
 #include "resbridge/learn.h"
+#include "resbridge/mgnet.h"
 #include "resbridge/data.h"
 #include "resbridge/train.h"
 #include "resbridge/layers.h"

@@ -85,6 +85,10 @@ const rb_tensor *rb_vnet_level_u(const rb_vnet *net, size_t level);
 /* rb_vnet_backward with seeds dL/du_l on every level (seeds[l] NULL: 0; seeds[0] the top level's). */
 rb_status rb_vnet_backward_levels(rb_context *ctx, rb_vnet *net, const rb_tensor *const *seeds, rb_tensor *du0, rb_tensor *df);
 void rb_vnet_zero_grad(rb_vnet *net);
+/* The learned operators, level by level (A, S = sigma o B o sigma, R, P, Pi where present):
+ * i < rb_vnet_nlearned(net); NULL past the end. */
+size_t rb_vnet_nlearned(const rb_vnet *net);
+rb_op *rb_vnet_learned(const rb_vnet *net, size_t i);
 
 /* Cycles (N = 1) from u until |f - A_0 u| <= tol |f| or max_cycles; the report as
  * rb_mg_solve's (RB_EMAXITER, RB_EDIVERGED with the history). */
