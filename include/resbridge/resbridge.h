@@ -29,6 +29,7 @@
 #include "resbridge/vnet.h"
 #include "resbridge/learn.h"
 #include "resbridge/mgnet.h"
+#include "resbridge/unet.h"
 #include "resbridge/data.h"
 #include "resbridge/train.h"
 #include "resbridge/layers.h"
