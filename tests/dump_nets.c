@@ -15,18 +15,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "resbridge/resbridge.h"
+#include "testkit.h"
 
 static int save(rb_context *ctx, const char *dir, const char *v, const char *what, const double *data, rb_shape s)
 {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s_%s.npy", dir, v, what);
-    rb_tensor t;
-    if (rb_tensor_view(ctx, &t, (double *)data, s) != RB_OK || rb_npy_write(ctx, path, &t) != RB_OK) {
-        fprintf(stderr, "dump_nets: %s\n", rb_context_message(ctx));
-        return 1;
-    }
-    return 0;
+    return rb_test_dump_npy(ctx, "dump_nets", dir, v, what, data, s);
 }
 
 static int dump(rb_context *ctx, const char *dir, FILE *manifest, const char *v, rb_model_kind kind, rb_block_kind block)
@@ -101,11 +94,8 @@ int main(int argc, char **argv)
     }
     rb_context *ctx;
     if (rb_context_create(&ctx, NULL) != RB_OK) return 1;
-    char path[4096];
-    snprintf(path, sizeof path, "%s/manifest.txt", argv[1]);
-    FILE *manifest = fopen(path, "w");
+    FILE *manifest = rb_test_dump_manifest(argv[1]);
     if (manifest == NULL) {
-        perror(path);
         return 1;
     }
     int err = dump(ctx, argv[1], manifest, "v1", RB_MODEL_RESNET, RB_BLOCK_V1) |

@@ -11,18 +11,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "resbridge/resbridge.h"
+#include "testkit.h"
 
 static int save(rb_context *ctx, const char *dir, const char *v, const char *what, const double *data, rb_shape s)
 {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s_%s.npy", dir, v, what);
-    rb_tensor t;
-    if (rb_tensor_view(ctx, &t, (double *)data, s) != RB_OK || rb_npy_write(ctx, path, &t) != RB_OK) {
-        fprintf(stderr, "dump_unet: %s\n", rb_context_message(ctx));
-        return 1;
-    }
-    return 0;
+    return rb_test_dump_npy(ctx, "dump_unet", dir, v, what, data, s);
 }
 
 static void fill(rb_tensor *t, uint64_t *s)
@@ -77,11 +70,8 @@ int main(int argc, char **argv)
     }
     rb_context *ctx;
     if (rb_context_create(&ctx, NULL) != RB_OK) return 1;
-    char path[4096];
-    snprintf(path, sizeof path, "%s/manifest.txt", argv[1]);
-    FILE *manifest = fopen(path, "w");
+    FILE *manifest = rb_test_dump_manifest(argv[1]);
     if (manifest == NULL) {
-        perror(path);
         rb_context_free(ctx);
         return 1;
     }

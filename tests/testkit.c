@@ -208,3 +208,25 @@ double rb_test_vnet_vs_mg(rb_context *ctx, rb_vnet *net, const rb_mg *mg, int cy
     rb_arena_release(ctx, &work);
     return worst;
 }
+
+int rb_test_dump_npy(rb_context *ctx, const char *prog, const char *dir, const char *v, const char *what, const double *data,
+                     rb_shape s)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s_%s.npy", dir, v, what);
+    rb_tensor t;
+    if (rb_tensor_view(ctx, &t, (double *)data, s) != RB_OK || rb_npy_write(ctx, path, &t) != RB_OK) {
+        fprintf(stderr, "%s: %s\n", prog, rb_context_message(ctx));
+        return 1;
+    }
+    return 0;
+}
+
+FILE *rb_test_dump_manifest(const char *dir)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/manifest.txt", dir);
+    FILE *f = fopen(path, "w");
+    if (f == NULL) perror(path);
+    return f;
+}

@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <string.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <cmocka.h>
 
 #include "resbridge/resbridge.h"
@@ -59,6 +60,13 @@ const char *rb_test_suite_path(char *buf, size_t len, const char *name);
  * of 1..cycles cycles of net (each from u = 0 by rb_vnet_forward; the last one taped when
  * taped_last) and of the multigrid solver's cycle (rb_mg_vcycle), for f uniform in [-1,1] from seed. */
 double rb_test_vnet_vs_mg(rb_context *ctx, rb_vnet *net, const rb_mg *mg, int cycles, uint64_t seed, bool taped_last);
+
+/* For the dump programs (tests/dump_*.c): write data of shape s to <dir>/<v>_<what>.npy (0 on
+ * success; 1 with "prog: message" on stderr), and open <dir>/manifest.txt for writing (NULL
+ * after perror). */
+int rb_test_dump_npy(rb_context *ctx, const char *prog, const char *dir, const char *v, const char *what, const double *data,
+                     rb_shape s);
+FILE *rb_test_dump_manifest(const char *dir);
 
 /* An allocator that fails after `budget` successful allocations, counting live blocks. */
 typedef struct rb_failing_alloc {
