@@ -13,23 +13,13 @@
 #     bench/run_conv.sh --json runs.jsonl    # also keep every JSON line
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BUILD=${BUILD:-$ROOT/build-bench}
-ROUNDS=${ROUNDS:-3}
-REPS=${REPS:-5}
-MIN_TIME=${MIN_TIME:-1}
-THREADS=${THREADS:-"1 2"}
+source "$(dirname "$0")/benchkit.sh" # ROOT BUILD ROUNDS REPS MIN_TIME THREADS PYTHON RUNS
 SHAPES=${SHAPES:-"16,64,64,64,64 64,16,32,32,16 128,32,28,28,32 128,1,28,28,16"}
-PYTHON=${PYTHON:-/usr/bin/python3}
 JSON=""
 if [ "${1:-}" = "--json" ]; then JSON=${2:?--json needs a file name}; fi
 
-cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build "$BUILD" --target bench_conv -j2 >/dev/null
-
-RUNS=$(mktemp)
-trap 'rm -f "$RUNS"' EXIT
-LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo "?")
+bench_build bench_conv
+LOAD_BEFORE=$(bench_load)
 for T in $THREADS; do
   for r in $(seq "$ROUNDS"); do
     for S in $SHAPES; do
@@ -40,7 +30,7 @@ for T in $THREADS; do
   done
 done
 if [ -n "$JSON" ]; then cp "$RUNS" "$JSON"; fi
-LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo "?")
+LOAD_AFTER=$(bench_load)
 
 "$PYTHON" - "$RUNS" "$ROUNDS" "$REPS" "$MIN_TIME" "$LOAD_BEFORE" "$LOAD_AFTER" <<'PY'
 import collections, json, sys

@@ -11,21 +11,11 @@
 #     ROUNDS=5 CONFIG="--n 31 --levels 4 --channels 8 --batch 16" bench/run_unet.sh
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BUILD=${BUILD:-$ROOT/build-bench}
-ROUNDS=${ROUNDS:-3}
-REPS=${REPS:-5}
-MIN_TIME=${MIN_TIME:-1}
-THREADS=${THREADS:-"1 2"}
+source "$(dirname "$0")/benchkit.sh" # ROOT BUILD ROUNDS REPS MIN_TIME THREADS PYTHON RUNS
 CONFIG=${CONFIG:-"--n 63 --levels 5 --in 2 --channels 16 --out 1 --batch 8 --cycles 2"}
-PYTHON=${PYTHON:-/usr/bin/python3}
 
-cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build "$BUILD" --target bench_unet -j2 >/dev/null
-
-RUNS=$(mktemp)
-trap 'rm -f "$RUNS"' EXIT
-LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo "?")
+bench_build bench_unet
+LOAD_BEFORE=$(bench_load)
 for T in $THREADS; do
   for r in $(seq "$ROUNDS"); do
     # shellcheck disable=SC2086
@@ -34,7 +24,7 @@ for T in $THREADS; do
     OPENBLAS_NUM_THREADS=1 "$PYTHON" "$ROOT/bench/unet_torch.py" --threads "$T" $CONFIG --reps "$REPS" --min-time "$MIN_TIME" >>"$RUNS"
   done
 done
-LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo "?")
+LOAD_AFTER=$(bench_load)
 
 "$PYTHON" - "$RUNS" "$ROUNDS" "$REPS" "$MIN_TIME" "$LOAD_BEFORE" "$LOAD_AFTER" <<'PY'
 import collections, json, sys

@@ -37,15 +37,21 @@ static double fd_check(rb_context *ctx, rb_unet *net, rb_tensor *x, const rb_ten
     return err;
 }
 
+/* a, b of the net's input shape (b may be NULL), c, d of its output shape */
+static void alloc_io(rb_context *ctx, const rb_unet *net, rb_tensor *a, rb_tensor *b, rb_tensor *c, rb_tensor *d)
+{
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, a, rb_unet_in_shape(net)));
+    if (b != NULL) RB_CHECK(ctx, rb_tensor_alloc(ctx, b, rb_unet_in_shape(net)));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, c, rb_unet_out_shape(net)));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, d, rb_unet_out_shape(net)));
+}
+
 static void fd_case(rb_context *ctx, rb_unet_config c, const char *label)
 {
     rb_unet *net = NULL;
     RB_CHECK(ctx, rb_unet_create(ctx, &c, &net));
     rb_tensor x, dx, y, w;
-    RB_CHECK(ctx, rb_tensor_alloc(ctx, &x, rb_unet_in_shape(net)));
-    RB_CHECK(ctx, rb_tensor_alloc(ctx, &dx, rb_unet_in_shape(net)));
-    RB_CHECK(ctx, rb_tensor_alloc(ctx, &y, rb_unet_out_shape(net)));
-    RB_CHECK(ctx, rb_tensor_alloc(ctx, &w, rb_unet_out_shape(net)));
+    alloc_io(ctx, net, &x, &dx, &y, &w);
     rb_test_rng r = {c.seed + 77};
     rb_test_fill(&r, &x, -1, 1);
     rb_test_fill(&r, &w, -1, 1);
@@ -117,9 +123,7 @@ static void test_optimizer_steps_flat_vector(void **state)
     c.seed = 99;
     RB_CHECK(ctx, rb_unet_create(ctx, &c, &student));
     rb_tensor x, t, y, dy;
-    RB_CHECK(ctx, rb_tensor_alloc(ctx, &x, rb_unet_in_shape(student)));
-    RB_CHECK(ctx, rb_tensor_alloc(ctx, &t, rb_unet_out_shape(student)));
-    RB_CHECK(ctx, rb_tensor_alloc(ctx, &y, rb_unet_out_shape(student)));
+    alloc_io(ctx, student, &x, NULL, &t, &y);
     RB_CHECK(ctx, rb_tensor_alloc(ctx, &dy, rb_unet_out_shape(student)));
     rb_test_rng r = {21};
     rb_test_fill(&r, &x, -1, 1);
