@@ -186,6 +186,7 @@ rb_status rb_op_global_avg_pool_create(rb_context *ctx, rb_op **out)
 typedef struct norm_layout {
     size_t nO, nG, nI;
     bool affine_per_group;
+    bool relu; /* batch norm + ReLU: y = max(0, gamma xhat + beta) */
 } norm_layout;
 
 /* Threads for a pass over all groups: one below 32k values; one when the groups would add
@@ -254,6 +255,37 @@ static void run_dsums(const double *d, const double *r, const double *w, double 
     *a += sa, *b += sb;
 }
 
+/* run_dsums with w = NULL for batch norm + ReLU: d[i] counts only where the ReLU passed its
+ * input, sc (r[i] - c) + sh > 0, the forward pass's expression (the same value, bit for
+ * bit: no contraction in ISO C), so the mask is recomputed rather than stored. */
+static inline double relu_pass(double d, double r, double c, double sc, double sh)
+{
+    return (r - c) * sc + sh > 0.0 ? d : 0.0;
+}
+
+static void run_dsums_relu(const double *d, const double *r, double c, double sc, double sh, size_t n, double *a,
+                           double *b)
+{
+    const size_t m = n / 4;
+    double a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
+#pragma omp simd reduction(+ : a0, a1, a2, a3, b0, b1, b2, b3)
+    for (size_t i = 0; i < m; i++) {
+        const double e0 = relu_pass(d[i], r[i], c, sc, sh), e1 = relu_pass(d[m + i], r[m + i], c, sc, sh),
+                     e2 = relu_pass(d[2 * m + i], r[2 * m + i], c, sc, sh),
+                     e3 = relu_pass(d[3 * m + i], r[3 * m + i], c, sc, sh);
+        a0 += e0, b0 += e0 * (r[i] - c);
+        a1 += e1, b1 += e1 * (r[m + i] - c);
+        a2 += e2, b2 += e2 * (r[2 * m + i] - c);
+        a3 += e3, b3 += e3 * (r[3 * m + i] - c);
+    }
+    double sa = (a0 + a1) + (a2 + a3), sb = (b0 + b1) + (b2 + b3);
+    for (size_t i = 4 * m; i < n; i++) {
+        const double e = relu_pass(d[i], r[i], c, sc, sh);
+        sa += e, sb += e * (r[i] - c);
+    }
+    *a += sa, *b += sb;
+}
+
 /* Mean and biased variance (two passes) of group g. */
 static void group_stats(const double *x, norm_layout L, size_t g, double *mean, double *var)
 {
@@ -272,7 +304,14 @@ static void group_forward(const double *x, double *y, norm_layout L, size_t g, d
     for (size_t o = 0; o < L.nO; o++) {
         const double *r = run_of(x, L, o, g);
         double *out = y + (o * L.nG + g) * L.nI;
-        if (L.affine_per_group) {
+        if (L.affine_per_group && L.relu) {
+            const double sc = gamma[g] * rstd, b = beta[g];
+#pragma omp simd
+            for (size_t i = 0; i < L.nI; i++) {
+                const double v = (r[i] - mean) * sc + b;
+                out[i] = v > 0.0 ? v : 0.0;
+            }
+        } else if (L.affine_per_group) {
             const double sc = gamma[g] * rstd, b = beta[g];
 #pragma omp simd
             for (size_t i = 0; i < L.nI; i++) out[i] = (r[i] - mean) * sc + b;
@@ -286,16 +325,19 @@ static void group_forward(const double *x, double *y, norm_layout L, size_t g, d
 /* Group g of the backward pass. With batch statistics (dxhat = gamma dy):
  *   dx += alpha rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat));
  * with fixed (running) statistics the map is affine: dx += alpha rstd dxhat. Parameters
- * (when dgamma): dgamma += alpha sum dy xhat, dbeta += alpha sum dy. */
+ * (when dgamma): dgamma += alpha sum dy xhat, dbeta += alpha sum dy. With the ReLU fused
+ * (L.relu), dy counts only where the ReLU passed (relu_pass), everywhere above. */
 static void group_backward(const double *x, const double *dy, norm_layout L, size_t g, double mean, double rstd,
-                           bool batch_stats, const double *gamma, double alpha, double *dx, double *dgamma,
-                           double *dbeta)
+                           bool batch_stats, const double *gamma, const double *beta, double alpha, double *dx,
+                           double *dgamma, double *dbeta)
 {
     const double M = (double)(L.nO * L.nI);
+    const double sc = L.relu ? gamma[g] * rstd : 0.0, sh = L.relu ? beta[g] : 0.0; /* the forward's affine map */
     double a = 0, b = 0; /* sums of dxhat and dxhat (x - mean) over the group */
     for (size_t o = 0; o < L.nO; o++) {
         const double *r = run_of(x, L, o, g), *d = run_of(dy, L, o, g);
-        run_dsums(d, r, L.affine_per_group ? NULL : gamma, mean, L.nI, &a, &b);
+        if (L.relu) run_dsums_relu(d, r, mean, sc, sh, L.nI, &a, &b);
+        else run_dsums(d, r, L.affine_per_group ? NULL : gamma, mean, L.nI, &a, &b);
         if (!L.affine_per_group) {
             if (dgamma) {
 #pragma omp simd
@@ -315,7 +357,16 @@ static void group_backward(const double *x, const double *dy, norm_layout L, siz
     for (size_t o = 0; o < L.nO; o++) {
         const double *r = run_of(x, L, o, g), *d = run_of(dy, L, o, g);
         double *out = dx + (o * L.nG + g) * L.nI;
-        if (L.affine_per_group && !batch_stats) {
+        if (L.relu && !batch_stats) {
+            const double kg = k * gamma[g];
+#pragma omp simd
+            for (size_t i = 0; i < L.nI; i++) out[i] += kg * relu_pass(d[i], r[i], mean, sc, sh);
+        } else if (L.relu) {
+            const double kg = k * gamma[g];
+#pragma omp simd
+            for (size_t i = 0; i < L.nI; i++)
+                out[i] += kg * relu_pass(d[i], r[i], mean, sc, sh) - k * (c0 + (r[i] - mean) * c1);
+        } else if (L.affine_per_group && !batch_stats) {
             const double kg = k * gamma[g];
 #pragma omp simd
             for (size_t i = 0; i < L.nI; i++) out[i] += kg * d[i];
@@ -332,6 +383,7 @@ static void group_backward(const double *x, const double *dy, norm_layout L, siz
 
 typedef struct norm_state {
     bool batch;          /* batch norm (per channel) or layer norm (per sample) */
+    bool relu;           /* batch norm only: followed by a ReLU, fused */
     size_t size;         /* channels (batch norm) or values per sample (layer norm) */
     double eps, momentum;
     rb_bn_mode mode;     /* batch norm only */
@@ -341,8 +393,8 @@ typedef struct norm_state {
 static norm_layout layout_of(const norm_state *s, rb_shape in)
 {
     size_t S = in.d * in.h * in.w;
-    if (s->batch) return (norm_layout){in.n, in.c, S, true};
-    return (norm_layout){1, in.n, in.c * S, false};
+    if (s->batch) return (norm_layout){in.n, in.c, S, true, s->relu};
+    return (norm_layout){1, in.n, in.c * S, false, false};
 }
 
 static rb_status norm_shape(rb_context *ctx, const rb_op *op, rb_shape in, rb_shape *out)
@@ -436,8 +488,8 @@ static rb_status norm_backward_taped(rb_context *ctx, const rb_op *op, const rb_
     const int T = norm_threads(ctx, L, dparams != NULL && !L.affine_per_group);
 #pragma omp parallel for num_threads(T) schedule(static) if (T > 1)
     for (size_t g = 0; g < L.nG; g++)
-        group_backward(x->data, dy->data, L, g, t.mean[g], t.rstd[g], batch_stats, op->params, alpha, dxd, dgamma,
-                       dbeta);
+        group_backward(x->data, dy->data, L, g, t.mean[g], t.rstd[g], batch_stats, op->params, op->params + s->size,
+                       alpha, dxd, dgamma, dbeta);
     return RB_OK;
 }
 
@@ -491,6 +543,7 @@ static void norm_destroy(rb_context *ctx, rb_op *op)
                                      .tape_bytes = norm_tape_bytes, .forward_taped = norm_forward_taped,       \
                                      .backward_taped = norm_backward_taped}
 NORM_TYPE(batchnorm_type, "batch norm");
+NORM_TYPE(batchnorm_relu_type, "batch norm + relu");
 NORM_TYPE(layernorm_type, "layer norm");
 #undef NORM_TYPE
 
@@ -502,10 +555,11 @@ static rb_status norm_create(rb_context *ctx, const char *fn, const rb_op_type *
     if (size == 0 || size > ((size_t)1 << 30)) return rb_fail(ctx, RB_EINVAL, "%s: size = %zu, must be 1..2^30", fn, size);
     if (!(eps > 0) || !isfinite(eps)) return rb_fail(ctx, RB_EINVAL, "%s: eps = %g, must be finite and > 0", fn, eps);
     if (!(momentum >= 0 && momentum <= 1)) return rb_fail(ctx, RB_EINVAL, "%s: momentum = %g, must be in [0, 1]", fn, momentum);
-    bool batch = type == &batchnorm_type;
+    bool batch = type != &layernorm_type;
     norm_state *s = rb_calloc(ctx, 1, sizeof *s);
     if (s == NULL) return RB_ENOMEM;
-    *s = (norm_state){.batch = batch, .size = size, .eps = eps, .momentum = momentum, .mode = RB_BN_TRAIN};
+    *s = (norm_state){.batch = batch, .relu = type == &batchnorm_relu_type, .size = size, .eps = eps,
+                      .momentum = momentum, .mode = RB_BN_TRAIN};
     if (batch && (s->running = rb_calloc(ctx, 2 * size, sizeof(double))) == NULL) {
         rb_free(ctx, s);
         return RB_ENOMEM;
@@ -528,12 +582,20 @@ rb_status rb_op_batchnorm_create(rb_context *ctx, size_t channels, double eps, d
     return norm_create(ctx, "rb_op_batchnorm_create", &batchnorm_type, channels, eps, momentum, out);
 }
 
+rb_status rb_op_batchnorm_relu_create(rb_context *ctx, size_t channels, double eps, double momentum, rb_op **out)
+{
+    return norm_create(ctx, "rb_op_batchnorm_relu_create", &batchnorm_relu_type, channels, eps, momentum, out);
+}
+
 rb_status rb_op_layernorm_create(rb_context *ctx, size_t size, double eps, rb_op **out)
 {
     return norm_create(ctx, "rb_op_layernorm_create", &layernorm_type, size, eps, 0.0, out);
 }
 
-int rb_op_is_batchnorm(const rb_op *op) { return op != NULL && op->type == &batchnorm_type; }
+int rb_op_is_batchnorm(const rb_op *op)
+{
+    return op != NULL && (op->type == &batchnorm_type || op->type == &batchnorm_relu_type);
+}
 
 rb_status rb_op_batchnorm_set_mode(rb_context *ctx, rb_op *bn, rb_bn_mode mode)
 {

@@ -117,6 +117,14 @@ static rb_op *bn(builder *b, size_t c)
     return op;
 }
 
+/* BN followed by ReLU, fused into one op (the same numbers as bn() then act(RB_ACT_RELU)). */
+static rb_op *bn_relu(builder *b, size_t c)
+{
+    rb_op *op = NULL;
+    if (b->st == RB_OK) b->st = rb_op_batchnorm_relu_create(b->ctx, c, 1e-5, 0.1, &op);
+    return op;
+}
+
 /* k x k conv (k = 1 or 3), padding k/2, CNN stride convention; He-normal (fan-out) weights, optional bias. */
 static rb_op *conv(builder *b, size_t cin, size_t cout, int k, int stride, double bias)
 {
@@ -146,8 +154,8 @@ static rb_op *dense(builder *b, size_t in, size_t out)
 /* conv3-BN-ReLU-conv3-BN: the basic block's branch (v1, plain, highway). */
 static rb_op *basic_branch(builder *b, size_t cin, size_t cout, int stride)
 {
-    rb_op *p[5] = {conv(b, cin, cout, 3, stride, 0), bn(b, cout), act(b, RB_ACT_RELU), conv(b, cout, cout, 3, 1, 0), bn(b, cout)};
-    return chain(b, p, 5);
+    rb_op *p[4] = {conv(b, cin, cout, 3, stride, 0), bn_relu(b, cout), conv(b, cout, cout, 3, 1, 0), bn(b, cout)};
+    return chain(b, p, 4);
 }
 
 /* One block from cin to cout channels, stride 1 or 2; *cout_actual for the dense block. */
@@ -160,9 +168,8 @@ static rb_op *block(builder *b, rb_block_kind kind, int plain, size_t cin, size_
         return chain(b, p, 2);
     }
     if (kind == RB_BLOCK_V2) {
-        rb_op *p[6] = {bn(b, cin), act(b, RB_ACT_RELU), conv(b, cin, cout, 3, stride, 0), bn(b, cout), act(b, RB_ACT_RELU),
-                       conv(b, cout, cout, 3, 1, 0)};
-        rb_op *F = chain(b, p, 6);
+        rb_op *p[4] = {bn_relu(b, cin), conv(b, cin, cout, 3, stride, 0), bn_relu(b, cout), conv(b, cout, cout, 3, 1, 0)};
+        rb_op *F = chain(b, p, 4);
         return identity ? residual(b, F, h) : sum(b, conv(b, cin, cout, 1, stride, 0), F, h);
     }
     if (kind == RB_BLOCK_HIGHWAY && identity) {
@@ -188,8 +195,8 @@ static rb_op *block(builder *b, rb_block_kind kind, int plain, size_t cin, size_
 /* DenseNet layer: [x, conv3(ReLU(BN(x)))] adds `growth` channels. */
 static rb_op *dense_layer(builder *b, size_t cin, size_t growth)
 {
-    rb_op *p[3] = {bn(b, cin), act(b, RB_ACT_RELU), conv(b, cin, growth, 3, 1, 0)};
-    rb_op *F = chain(b, p, 3), *op = NULL;
+    rb_op *p[2] = {bn_relu(b, cin), conv(b, cin, growth, 3, 1, 0)};
+    rb_op *F = chain(b, p, 2), *op = NULL;
     if (ok_parts(b, &F, 1) && (b->st = rb_op_concat_create(b->ctx, F, &op)) != RB_OK) rb_op_free(b->ctx, F);
     return op;
 }
@@ -208,7 +215,7 @@ static rb_op *conv_net(builder *b)
     if (d->depth == 0) per[0] = 3, per[1] = 1, width[0] = d->width, width[1] = 2 * d->width;
     else
         for (size_t s = 0; s < 3; s++) per[s] = (d->depth - 2) / 6, width[s] = d->width << s;
-    size_t total = 3 + 3; /* stem, pooling, head (+ v2's final BN-ReLU) */
+    size_t total = 2 + 3; /* stem, pooling, head (+ v2's final BN-ReLU) */
     for (size_t s = 0; s < stages; s++) total += per[s] + (d->block == RB_BLOCK_DENSE ? 1 : 0);
     if (total > RB_PARTS_MAX) {
         fail_parts(b, total);
@@ -217,15 +224,14 @@ static rb_op *conv_net(builder *b)
     rb_op *ops[RB_PARTS_MAX] = {0};
     size_t n = 0, c = d->width;
     ops[n++] = conv(b, d->in_channels, c, 3, 1, 0);
-    ops[n++] = bn(b, c);
-    ops[n++] = act(b, RB_ACT_RELU);
+    ops[n++] = bn_relu(b, c);
     for (size_t s = 0; s < stages; s++)
         for (size_t k = 0; k < per[s]; k++) {
             int stride = s > 0 && k == 0 ? 2 : 1;
             if (d->block == RB_BLOCK_DENSE && !plain) {
                 if (k == 0) { /* transition: BN-ReLU-conv1x1 to the stage width (stride 2 after the first stage) */
-                    rb_op *t[3] = {bn(b, c), act(b, RB_ACT_RELU), conv(b, c, width[s], 1, stride, 0)};
-                    ops[n++] = chain(b, t, 3);
+                    rb_op *t[2] = {bn_relu(b, c), conv(b, c, width[s], 1, stride, 0)};
+                    ops[n++] = chain(b, t, 2);
                     c = width[s];
                 }
                 ops[n++] = dense_layer(b, c, width[s] / 2);
@@ -235,10 +241,7 @@ static rb_op *conv_net(builder *b)
                 c = width[s];
             }
         }
-    if (d->block == RB_BLOCK_V2 && !plain) {
-        rb_op *t[2] = {bn(b, c), act(b, RB_ACT_RELU)};
-        ops[n++] = chain(b, t, 2);
-    }
+    if (d->block == RB_BLOCK_V2 && !plain) ops[n++] = bn_relu(b, c);
     rb_op *pool = NULL;
     if (b->st == RB_OK) b->st = rb_op_global_avg_pool_create(b->ctx, &pool);
     ops[n++] = pool;

@@ -6,6 +6,7 @@
 #include "conformance.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <gsl/gsl_statistics_double.h>
 
 static void conformance_all(void **state)
@@ -50,6 +51,93 @@ static void conformance_all(void **state)
     c = rb_conformance_default(op, rb_shape_2d(3, 2, 3, 3), "layer norm");
     rb_conformance_run(ctx, &c);
     rb_op_free(ctx, op);
+}
+
+/* Batch norm + ReLU fused in one op against its oracle, the unfused chain (batch norm, then
+ * ReLU) with the same parameters and running statistics, in every mode: outputs, input and
+ * parameter gradients (taped and untaped) and the running statistics, to rounding; then the
+ * conformance suite (finite differences) on the fused op. */
+static void batchnorm_relu_fused(void **state)
+{
+    rb_context *ctx = *state;
+    const size_t C = 3;
+    const rb_shape in = rb_shape_2d(5, C, 4, 7);
+    rb_test_rng r = {11};
+    rb_tensor x, dy, y[2], dx[2];
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &x, in));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &dy, in));
+    for (int k = 0; k < 2; k++) {
+        RB_CHECK(ctx, rb_tensor_alloc(ctx, &y[k], in));
+        RB_CHECK(ctx, rb_tensor_alloc(ctx, &dx[k], in));
+    }
+    rb_test_fill(&r, &x, -2, 3);
+    rb_test_fill(&r, &dy, -1, 1);
+    for (int mode = 0; mode < RB_BN_MODE_COUNT; mode++) {
+        rb_op *fused, *bn, *relu, *chain;
+        RB_CHECK(ctx, rb_op_batchnorm_relu_create(ctx, C, 1e-5, 0.1, &fused));
+        RB_CHECK(ctx, rb_op_batchnorm_create(ctx, C, 1e-5, 0.1, &bn));
+        RB_CHECK(ctx, rb_op_activation_create(ctx, RB_ACT_RELU, &relu));
+        assert_true(rb_op_is_batchnorm(fused) && fused->nparams == 2 * C);
+        rb_op *ops[2] = {bn, relu};
+        RB_CHECK(ctx, rb_op_chain_create(ctx, ops, 2, &chain));
+        for (size_t i = 0; i < 2 * C; i++) /* gamma of both signs; beta so that about half is cut */
+            fused->params[i] = chain->params[i] = i < C ? rb_test_uniform(&r, 0.5, 1.5) * (i == 1 ? -1 : 1)
+                                                        : rb_test_uniform(&r, -0.5, 0.5);
+        for (size_t g = 0; g < 2 * C; g++)
+            rb_op_batchnorm_running_mean(fused)[g] = rb_op_batchnorm_running_mean(bn)[g] = 0.2 * (double)g + 0.3;
+        RB_CHECK(ctx, rb_op_batchnorm_set_mode(ctx, fused, (rb_bn_mode)mode));
+        RB_CHECK(ctx, rb_op_batchnorm_set_mode(ctx, bn, (rb_bn_mode)mode));
+        const rb_op *op[2] = {fused, chain};
+        double *dp[2];
+        size_t cut = 0;
+        for (int k = 0; k < 2; k++) {
+            rb_arena work = {0};
+            size_t tb = rb_op_tape_bytes(op[k], in), ws = rb_op_workspace(op[k], in) + rb_op_backward_workspace(op[k], in);
+            RB_CHECK(ctx, rb_arena_reserve(ctx, &work, rb_arena_bytes(tb) + ws));
+            void *tape = rb_arena_alloc(ctx, &work, tb);
+            assert_non_null(tape);
+            dp[k] = calloc(2 * C, sizeof(double));
+            memset(dx[k].data, 0, rb_tensor_count(&dx[k]) * sizeof(double));
+            RB_CHECK(ctx, rb_op_forward(ctx, op[k], &x, &y[k], tape, &work));
+            RB_CHECK(ctx, rb_op_backward(ctx, op[k], &x, &y[k], tape, &dy, 0.7, &dx[k], dp[k], &work));
+            /* the untaped calls give the taped ones' numbers (apply: bit for bit) */
+            rb_tensor y2, dx2;
+            RB_CHECK(ctx, rb_tensor_alloc(ctx, &y2, in));
+            RB_CHECK(ctx, rb_tensor_alloc(ctx, &dx2, in));
+            double dp2[6] = {0};
+            if (mode == RB_BN_TRAIN_TRACK) /* a second tracked forward would move the statistics again */
+                RB_CHECK(ctx, rb_op_batchnorm_set_mode(ctx, k == 0 ? fused : bn, RB_BN_TRAIN));
+            RB_CHECK(ctx, rb_op_apply(ctx, op[k], &x, &y2, &work));
+            RB_CHECK(ctx, rb_op_vjp(ctx, op[k], &x, &dy, 0.7, &dx2, &work));
+            RB_CHECK(ctx, rb_op_param_grad(ctx, op[k], &x, &dy, 0.7, dp2, &work));
+            assert_true(memcmp(y2.data, y[k].data, rb_tensor_count(&y2) * sizeof(double)) == 0);
+            assert_true(rb_tensor_max_rel_diff(&dx2, &dx[k]) < 1e-14);
+            for (size_t i = 0; i < 2 * C; i++) assert_true(fabs(dp2[i] - dp[k][i]) <= 1e-14 * (1 + fabs(dp[k][i])));
+            rb_tensor_release(ctx, &y2);
+            rb_tensor_release(ctx, &dx2);
+            rb_arena_release(ctx, &work);
+        }
+        for (size_t i = 0; i < rb_tensor_count(&x); i++) cut += y[1].data[i] == 0.0;
+        assert_true(cut > rb_tensor_count(&x) / 5 && cut < rb_tensor_count(&x) * 4 / 5); /* the ReLU is exercised */
+        assert_true(rb_tensor_max_rel_diff(&y[0], &y[1]) < 1e-15);
+        assert_true(rb_tensor_max_rel_diff(&dx[0], &dx[1]) < 1e-13);
+        for (size_t i = 0; i < 2 * C; i++) assert_true(fabs(dp[0][i] - dp[1][i]) <= 1e-13 * (1 + fabs(dp[1][i])));
+        for (size_t g = 0; g < 2 * C; g++)
+            assert_true(fabs(rb_op_batchnorm_running_mean(fused)[g] - rb_op_batchnorm_running_mean(bn)[g]) < 1e-15);
+        RB_CHECK(ctx, rb_op_batchnorm_set_mode(ctx, fused, (rb_bn_mode)mode));
+        rb_conformance_case c = rb_conformance_default(fused, rb_shape_2d(4, C, 3, 3), "batch norm + relu");
+        rb_conformance_run(ctx, &c);
+        free(dp[0]);
+        free(dp[1]);
+        rb_op_free(ctx, fused);
+        rb_op_free(ctx, chain);
+    }
+    rb_tensor_release(ctx, &x);
+    rb_tensor_release(ctx, &dy);
+    for (int k = 0; k < 2; k++) {
+        rb_tensor_release(ctx, &y[k]);
+        rb_tensor_release(ctx, &dx[k]);
+    }
 }
 
 static void dense_closed_form(void **state)
@@ -190,6 +278,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(conformance_all, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(batchnorm_relu_fused, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(dense_closed_form, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(pooling_closed_form, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(batchnorm_statistics, rb_test_setup, rb_test_teardown),

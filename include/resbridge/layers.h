@@ -42,10 +42,15 @@ rb_status rb_op_global_avg_pool_create(rb_context *ctx, rb_op **out);
 typedef enum rb_bn_mode { RB_BN_TRAIN, RB_BN_TRAIN_TRACK, RB_BN_EVAL, RB_BN_MODE_COUNT } rb_bn_mode;
 rb_status rb_op_batchnorm_create(rb_context *ctx, size_t channels, double eps, double momentum, rb_op **out);
 rb_status rb_op_batchnorm_set_mode(rb_context *ctx, rb_op *bn, rb_bn_mode mode);
+/* Batch normalisation followed by a ReLU, in one pass each way: y = max(0, BN(x)), the same
+ * parameters, running statistics and modes as rb_op_batchnorm_create's op (and the same
+ * numbers as that op chained with a ReLU, to rounding); the backward pass recomputes where
+ * the ReLU passed from x and the statistics, so nothing more is stored. */
+rb_status rb_op_batchnorm_relu_create(rb_context *ctx, size_t channels, double eps, double momentum, rb_op **out);
 /* The running statistics (channels values each), for checkpoints and export; NULL if bn is not one. */
 double *rb_op_batchnorm_running_mean(rb_op *bn);
 double *rb_op_batchnorm_running_var(rb_op *bn);
-/* 1 if op is a batch-normalisation op. */
+/* 1 if op is a batch-normalisation op (with or without the fused ReLU). */
 int rb_op_is_batchnorm(const rb_op *op);
 
 /* Layer normalisation over each sample's `size` values (C*D*H*W), with an
