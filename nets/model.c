@@ -96,6 +96,14 @@ static rb_op *residual(builder *b, rb_op *F, double h)
     return op;
 }
 
+/* act(x + h F(x)): the residual layer with its post-activation fused (ResNet v1) */
+static rb_op *residual_act(builder *b, rb_op *F, double h, rb_activation a)
+{
+    rb_op *op = NULL;
+    if (ok_parts(b, &F, 1) && (b->st = rb_op_residual_act_create(b->ctx, F, h, a, &op)) != RB_OK) rb_op_free(b->ctx, F);
+    return op;
+}
+
 static rb_op *sum(builder *b, rb_op *P, rb_op *F, double h)
 {
     rb_op *op = NULL, *ops[2] = {P, F};
@@ -177,18 +185,13 @@ static rb_op *block(builder *b, rb_block_kind kind, int plain, size_t cin, size_
         rb_op *T = chain(b, t, 2), *F = basic_branch(b, cin, cout, 1), *G = NULL;
         rb_op *gp[2] = {F, T};
         if (ok_parts(b, gp, 2) && (b->st = rb_op_highway_gate_create(b->ctx, F, T, &G)) != RB_OK) free_all(b, gp, 2);
-        rb_op *p[2] = {residual(b, G, 1.0), act(b, RB_ACT_RELU)};
-        return chain(b, p, 2);
+        return residual_act(b, G, 1.0, RB_ACT_RELU);
     }
     /* v1 (and the transitions of highway nets) */
-    rb_op *F = basic_branch(b, cin, cout, stride), *skip;
-    if (identity) {
-        skip = residual(b, F, h);
-    } else {
-        rb_op *p[2] = {conv(b, cin, cout, 1, stride, 0), bn(b, cout)};
-        skip = sum(b, chain(b, p, 2), F, h);
-    }
-    rb_op *p[2] = {skip, act(b, RB_ACT_RELU)};
+    rb_op *F = basic_branch(b, cin, cout, stride);
+    if (identity) return residual_act(b, F, h, RB_ACT_RELU);
+    rb_op *s[2] = {conv(b, cin, cout, 1, stride, 0), bn(b, cout)};
+    rb_op *p[2] = {sum(b, chain(b, s, 2), F, h), act(b, RB_ACT_RELU)};
     return chain(b, p, 2);
 }
 

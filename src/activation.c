@@ -70,7 +70,7 @@ static double act_df(rb_activation a, double x)
 static rb_activation kind(const rb_op *op) { return (rb_activation)(size_t)op->state; }
 
 /* ReLU and identity get their own vector loops; the others call libm per value. */
-static void act_apply_range(rb_activation a, const double *restrict x, double *restrict y, size_t n)
+void rb_act_apply_range(rb_activation a, const double *restrict x, double *restrict y, size_t n)
 {
     if (a == RB_ACT_RELU) {
 #pragma omp simd
@@ -84,7 +84,7 @@ static void act_apply_range(rb_activation a, const double *restrict x, double *r
     }
 }
 
-static void act_vjp_range(rb_activation a, const double *restrict x, const double *restrict dy, double alpha,
+void rb_act_vjp_range(rb_activation a, const double *restrict x, const double *restrict dy, double alpha,
                           double *restrict dx, size_t n)
 {
     if (a == RB_ACT_RELU) {
@@ -112,8 +112,8 @@ static void act_run(rb_context *ctx, rb_activation a, const double *x, const dou
     {
         const size_t t = (size_t)omp_get_thread_num(), nt = (size_t)omp_get_num_threads();
         const size_t lo = n * t / nt, hi = n * (t + 1) / nt;
-        if (dy) act_vjp_range(a, x + lo, dy + lo, alpha, out + lo, hi - lo);
-        else act_apply_range(a, x + lo, out + lo, hi - lo);
+        if (dy) rb_act_vjp_range(a, x + lo, dy + lo, alpha, out + lo, hi - lo);
+        else rb_act_apply_range(a, x + lo, out + lo, hi - lo);
     }
 }
 

@@ -3,6 +3,7 @@
 #ifndef RB_OP_INTERNAL_H
 #define RB_OP_INTERNAL_H
 
+#include "resbridge/activation.h"
 #include "resbridge/op.h"
 
 /* y = F(x), filling tape when the type keeps one (tape may be NULL only when rb_op_tape_bytes is 0). */
@@ -63,6 +64,12 @@ static inline int rb_parallel_threads(rb_context *ctx, size_t n)
 }
 /* p[0..n) = 0, on those threads. */
 void rb_zero(rb_context *ctx, double *p, size_t n);
+
+/* The activations' loops over one range (activation.c), for fused kernels: y = act(x) and
+ * dx += alpha act'(x) dy, elementwise; x, y (dx) must not overlap. */
+void rb_act_apply_range(rb_activation a, const double *restrict x, double *restrict y, size_t n);
+void rb_act_vjp_range(rb_activation a, const double *restrict x, const double *restrict dy, double alpha,
+                      double *restrict dx, size_t n);
 
 /* Byte offsets in tapes: every block starts 64-byte aligned. */
 static inline char *rb_tape_at(void *tape, size_t offset) { return tape ? (char *)tape + offset : NULL; }

@@ -8,6 +8,8 @@
 #include "op_internal.h"
 
 #include <math.h>
+#include <omp.h>
+#include <string.h>
 
 static rb_status check_step(rb_context *ctx, const rb_op *F, double h, const rb_tensor *x, rb_tensor *y,
                             const char *fn)
@@ -34,14 +36,46 @@ static void add_scaled(rb_context *ctx, const double *x, double h, const double 
     for (size_t i = 0; i < n; i++) out[i] = x[i] + h * fx[i];
 }
 
-/* y = x + h F(x), with F(x) evaluated into fx (which may be y when out of place),
- * through F's taped forward when ftape is given. Every non-fused step comes here. */
-static rb_status step_core(rb_context *ctx, const rb_op *F, double h, const rb_tensor *x, rb_tensor *y, rb_tensor *fx,
-                           void *ftape, rb_arena *work)
+/* Values of x + h F(x) a post-activation pass keeps on the stack at a time. */
+#define ACT_CHUNK 256
+
+/* The post-activation residual layer's two passes, chunk by chunk on the threads, the sum
+ * formed as add_scaled forms it (the same value, bit for bit):
+ *   dy == NULL:  out = act(x + h fx)   (out may not be x or fx);
+ *   else:        out = alpha act'(x + h fx) dy, overwritten. */
+static void act_pass(rb_context *ctx, rb_activation act, const double *x, double h, const double *fx, const double *dy,
+                     double alpha, double *out, size_t n)
+{
+    const int T = rb_parallel_threads(ctx, n);
+#pragma omp parallel num_threads(T) if (T > 1)
+    {
+        const size_t t = (size_t)omp_get_thread_num(), nt = (size_t)omp_get_num_threads();
+        const size_t lo = n * t / nt, hi = n * (t + 1) / nt;
+        double pre[ACT_CHUNK];
+        for (size_t i = lo; i < hi; i += ACT_CHUNK) {
+            const size_t m = hi - i < ACT_CHUNK ? hi - i : ACT_CHUNK;
+            for (size_t j = 0; j < m; j++) pre[j] = x[i + j] + h * fx[i + j];
+            if (dy == NULL) {
+                rb_act_apply_range(act, pre, out + i, m);
+            } else {
+                memset(out + i, 0, m * sizeof *out);
+                rb_act_vjp_range(act, pre, dy + i, alpha, out + i, m);
+            }
+        }
+    }
+}
+
+/* y = act(x + h F(x)) (act: identity for the step itself), with F(x) evaluated into fx
+ * (which may be y when out of place and act is the identity), through F's taped forward
+ * when ftape is given. Every non-fused step comes here. */
+static rb_status step_core(rb_context *ctx, const rb_op *F, double h, rb_activation act, const rb_tensor *x,
+                           rb_tensor *y, rb_tensor *fx, void *ftape, rb_arena *work)
 {
     rb_status st = ftape ? rb_op_forward_unchecked(ctx, F, x, fx, ftape, work) : F->type->apply(ctx, F, x, fx, work);
-    if (st == RB_OK) add_scaled(ctx, x->data, h, fx->data, y->data, rb_tensor_count(x));
-    return st;
+    if (st != RB_OK) return st;
+    if (act == RB_ACT_IDENTITY) add_scaled(ctx, x->data, h, fx->data, y->data, rb_tensor_count(x));
+    else act_pass(ctx, act, x->data, h, fx->data, NULL, 1.0, y->data, rb_tensor_count(x));
+    return RB_OK;
 }
 
 /* dx += alpha (dy + h J_F^T dy), dtheta += alpha h (dF/dtheta)^T dy: the identity path of the
@@ -66,7 +100,7 @@ rb_status rb_residual_step_generic(rb_context *ctx, const rb_op *F, double h, co
 {
     rb_status st = check_step(ctx, F, h, x, y, "rb_residual_step");
     if (st != RB_OK) return st;
-    if (x->data != y->data) return step_core(ctx, F, h, x, y, y, NULL, work); /* F(x) straight into y: no scratch */
+    if (x->data != y->data) return step_core(ctx, F, h, RB_ACT_IDENTITY, x, y, y, NULL, work); /* F(x) straight into y */
     if (work == NULL)
         return rb_fail(ctx, RB_ENULL, "rb_residual_step: in place with %s needs a work arena of %zu bytes",
                        F->type->name, rb_residual_workspace(F, x->shape));
@@ -75,7 +109,7 @@ rb_status rb_residual_step_generic(rb_context *ctx, const rb_op *F, double h, co
     st = rb_arena_tensor(ctx, work, &fx, x->shape);
     if (st == RB_OK && fx.data == NULL)
         st = rb_fail(ctx, RB_EINVAL, "rb_residual_step: work arena is in measuring mode");
-    if (st == RB_OK) st = step_core(ctx, F, h, x, y, &fx, NULL, work);
+    if (st == RB_OK) st = step_core(ctx, F, h, RB_ACT_IDENTITY, x, y, &fx, NULL, work);
     rb_arena_reset(work, mark);
     return st;
 }
@@ -132,8 +166,9 @@ rb_status rb_residual_backward(rb_context *ctx, const rb_op *F, double h, const 
 /* ---- the residual layer as an operator ---------------------------------------------------------- */
 
 typedef struct residual_state {
-    rb_parts parts; /* the branch F; first member: see op_internal.h */
+    rb_parts parts;     /* the branch F; first member: see op_internal.h */
     double h;
+    rb_activation act;  /* after the step (post-activation layer); identity for the plain layer */
 } residual_state;
 
 static const rb_op *branch(const rb_op *op) { return ((const residual_state *)op->state)->parts.part[0]; }
@@ -174,9 +209,9 @@ static rb_status res_apply(rb_context *ctx, const rb_op *op, const rb_tensor *x,
 static rb_status res_forward_taped(rb_context *ctx, const rb_op *op, const rb_tensor *x, rb_tensor *y, void *tape,
                                    rb_arena *work)
 {
+    const residual_state *s = op->state;
     rb_tensor fx = tape_fx(tape, x->shape);
-    return step_core(ctx, branch(op), ((const residual_state *)op->state)->h, x, y, &fx, tape_branch(tape, x->shape),
-                     work);
+    return step_core(ctx, branch(op), s->h, s->act, x, y, &fx, tape_branch(tape, x->shape), work);
 }
 
 static rb_status res_backward_taped(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
@@ -187,6 +222,34 @@ static rb_status res_backward_taped(rb_context *ctx, const rb_op *op, const rb_t
     rb_tensor fx = tape_fx(tape, x->shape);
     return backward_core(ctx, branch(op), ((const residual_state *)op->state)->h, x, &fx, tape_branch(tape, x->shape),
                          dy, alpha, dx, dparams, work);
+}
+
+/* The post-activation layer: g = alpha act'(x + h F(x)) dy into work memory (overwritten, so
+ * never zeroed first), then the step's backward pass with g. */
+static rb_status res_act_backward_taped(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
+                                        const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx,
+                                        double *dparams, rb_arena *work)
+{
+    (void)y;
+    const residual_state *s = op->state;
+    if (work == NULL) return rb_fail(ctx, RB_ENULL, "%s: needs a work arena (rb_op_workspace)", op->type->name);
+    rb_tensor fx = tape_fx(tape, x->shape), g;
+    size_t mark = rb_arena_mark(work);
+    rb_status st = rb_arena_tensor(ctx, work, &g, x->shape);
+    if (st == RB_OK && g.data == NULL) st = rb_fail(ctx, RB_ENOMEM, "%s: work arena too small (rb_op_workspace)", op->type->name);
+    if (st == RB_OK) {
+        act_pass(ctx, s->act, x->data, s->h, fx.data, dy->data, alpha, g.data, rb_tensor_count(x));
+        st = backward_core(ctx, branch(op), s->h, x, &fx, tape_branch(tape, x->shape), &g, 1.0, dx, dparams, work);
+    }
+    rb_arena_reset(work, mark);
+    return st;
+}
+
+/* tape and output of a recomputing backward pass, g, and the branch's scratch */
+static size_t res_act_workspace(const rb_op *op, rb_shape in)
+{
+    return rb_arena_bytes(res_tape_bytes(op, in)) + 2 * rb_arena_bytes(rb_shape_count(in) * sizeof(double)) +
+           res_workspace(op, in);
 }
 
 static rb_status res_vjp(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy, double alpha,
@@ -219,25 +282,44 @@ RES_TYPE(residual_type, "residual layer", 0);
 RES_TYPE(residual_type_linear, "residual layer (linear)", RB_OP_LINEAR);
 #undef RES_TYPE
 
-rb_status rb_op_residual_create(rb_context *ctx, rb_op *F, double h, rb_op **out)
+/* Post-activation: apply, vjp and param_grad through the taped passes (tape in work memory). */
+static const rb_op_type residual_act_type = {
+    .name = "residual layer + activation", .flags = RB_OP_HAS_PARAMS | RB_OP_SAME_SHAPE | RB_OP_COMPOSITE,
+    .shape = res_shape, .workspace = res_act_workspace, .apply = rb_op_apply_via_tape, .vjp = rb_op_vjp_via_tape,
+    .param_grad = rb_op_param_grad_via_tape, .destroy = res_destroy, .tape_bytes = res_tape_bytes,
+    .forward_taped = res_forward_taped, .backward_taped = res_act_backward_taped};
+
+static rb_status residual_create(rb_context *ctx, const char *fn, rb_op *F, double h, rb_activation act, rb_op **out)
 {
     if (ctx == NULL) return RB_ENULL;
-    if (out == NULL) return rb_fail(ctx, RB_ENULL, "rb_op_residual_create: out is NULL");
-    if (!isfinite(h)) return rb_fail(ctx, RB_EINVAL, "rb_op_residual_create: step size h = %g is not finite", h);
+    if (out == NULL) return rb_fail(ctx, RB_ENULL, "%s: out is NULL", fn);
+    if (!isfinite(h)) return rb_fail(ctx, RB_EINVAL, "%s: step size h = %g is not finite", fn, h);
+    if ((unsigned)act >= RB_ACT_COUNT) return rb_fail(ctx, RB_EINVAL, "%s: act = %d is not an rb_activation", fn, (int)act);
     size_t np;
     int linear;
-    rb_status st = rb_parts_check(ctx, "rb_op_residual_create", &F, 1, &np, &linear);
+    rb_status st = rb_parts_check(ctx, fn, &F, 1, &np, &linear);
     if (st != RB_OK) return st;
     residual_state *s = rb_calloc(ctx, 1, sizeof *s);
     if (s == NULL) return RB_ENOMEM;
     rb_op *op;
-    st = rb_op_new(ctx, linear ? &residual_type_linear : &residual_type, s, np, &op);
+    const rb_op_type *type = act != RB_ACT_IDENTITY ? &residual_act_type : linear ? &residual_type_linear : &residual_type;
+    st = rb_op_new(ctx, type, s, np, &op);
     if (st != RB_OK) {
         rb_free(ctx, s);
         return st;
     }
-    s->h = h;
+    s->h = h, s->act = act;
     rb_parts_adopt(&s->parts, op, &F, 1);
     *out = op;
     return RB_OK;
+}
+
+rb_status rb_op_residual_create(rb_context *ctx, rb_op *F, double h, rb_op **out)
+{
+    return residual_create(ctx, "rb_op_residual_create", F, h, RB_ACT_IDENTITY, out);
+}
+
+rb_status rb_op_residual_act_create(rb_context *ctx, rb_op *F, double h, rb_activation act, rb_op **out)
+{
+    return residual_create(ctx, "rb_op_residual_act_create", F, h, act, out);
 }

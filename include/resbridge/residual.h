@@ -19,6 +19,7 @@
 #ifndef RESBRIDGE_RESIDUAL_H
 #define RESBRIDGE_RESIDUAL_H
 
+#include "resbridge/activation.h"
 #include "resbridge/op.h"
 
 #ifdef __cplusplus
@@ -74,6 +75,13 @@ rb_status rb_residual_backward(rb_context *ctx, const rb_op *F, double h, const 
  * and its taped passes keep F(x) and F's tape. It takes ownership of F and
  * gathers F's parameters as its own (on failure the caller keeps F). */
 rb_status rb_op_residual_create(rb_context *ctx, rb_op *F, double h, rb_op **out);
+
+/* The post-activation residual layer x -> act(x + h F(x)) (ResNet v1's block with act =
+ * ReLU): the residual layer above with the activation fused into the step's pass over the
+ * grid, forwards and backwards (act' is taken at x + h F(x), recomputed from the tape), so
+ * the same numbers as that layer chained with the activation, to rounding, in one pass
+ * fewer each way. act = RB_ACT_IDENTITY gives rb_op_residual_create's layer. */
+rb_status rb_op_residual_act_create(rb_context *ctx, rb_op *F, double h, rb_activation act, rb_op **out);
 
 #ifdef __cplusplus
 }
