@@ -99,13 +99,13 @@ static rb_status create(rb_context *ctx, const char *fn, const rb_op_type *type,
     return RB_OK;
 }
 
-#define BRANCH_TYPE(ident, label, prefix, extra)                                                                \
+#define BRANCH_TYPE(ident, label, prefix, extra, overwrite)                                                     \
     static const rb_op_type ident = {.name = label, .flags = RB_OP_HAS_PARAMS | RB_OP_COMPOSITE | (extra),      \
                                      .shape = prefix##_shape, .workspace = branch_workspace,                    \
                                      .apply = rb_op_apply_via_tape, .vjp = rb_op_vjp_via_tape,                  \
                                      .param_grad = rb_op_param_grad_via_tape, .destroy = destroy,               \
                                      .tape_bytes = branch_tape_bytes, .forward_taped = prefix##_forward,        \
-                                     .backward_taped = prefix##_backward}
+                                     .backward_taped = prefix##_backward, .backward_overwrite = (overwrite)}
 
 /* ---- sum: y = a A(x) + b B(x) ------------------------------------------------------------------ */
 
@@ -141,22 +141,43 @@ static rb_status sum_forward(rb_context *ctx, const rb_op *op, const rb_tensor *
     return RB_OK;
 }
 
+/* assign: the first branch overwrites dx, the second adds to it */
+static rb_status sum_backward_core(rb_context *ctx, const rb_op *op, const rb_tensor *x, const void *tape,
+                                   const rb_tensor *dy, double alpha, rb_tensor *dx, double *dparams, rb_arena *work,
+                                   bool assign)
+{
+    const branch_state *s = op->state;
+    branch_tape bt;
+    rb_status st = layout(ctx, op, x->shape, (void *)tape, &bt);
+    const double coef[2] = {s->a, s->b};
+    for (size_t i = 0; st == RB_OK && i < 2; i++) {
+        double *dp = rb_parts_grad(op, part(op, i), dparams);
+        st = i == 0 && assign
+                 ? rb_op_backward_overwrite_unchecked(ctx, part(op, i), x, &bt.out[i], bt.tape[i], dy, alpha * coef[i],
+                                                      dx, dp, work)
+                 : rb_op_backward_unchecked(ctx, part(op, i), x, &bt.out[i], bt.tape[i], dy, alpha * coef[i], dx, dp,
+                                            work);
+    }
+    return st;
+}
+
 static rb_status sum_backward(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
                               const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx, double *dparams,
                               rb_arena *work)
 {
     (void)y;
-    const branch_state *s = op->state;
-    branch_tape bt;
-    rb_status st = layout(ctx, op, x->shape, (void *)tape, &bt);
-    const double coef[2] = {s->a, s->b};
-    for (size_t i = 0; st == RB_OK && i < 2; i++)
-        st = rb_op_backward_unchecked(ctx, part(op, i), x, &bt.out[i], bt.tape[i], dy, alpha * coef[i], dx,
-                                      rb_parts_grad(op, part(op, i), dparams), work);
-    return st;
+    return sum_backward_core(ctx, op, x, tape, dy, alpha, dx, dparams, work, false);
 }
 
-BRANCH_TYPE(sum_type, "sum of branches", sum, 0);
+static rb_status sum_backward_overwrite(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
+                                        const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx,
+                                        double *dparams, rb_arena *work)
+{
+    (void)y;
+    return sum_backward_core(ctx, op, x, tape, dy, alpha, dx, dparams, work, true);
+}
+
+BRANCH_TYPE(sum_type, "sum of branches", sum, 0, sum_backward_overwrite);
 
 rb_status rb_op_sum_create(rb_context *ctx, rb_op *A, rb_op *B, double a, double b, rb_op **out)
 {
@@ -224,7 +245,7 @@ static rb_status concat_backward(rb_context *ctx, const rb_op *op, const rb_tens
     return st;
 }
 
-BRANCH_TYPE(concat_type, "concat", concat, 0);
+BRANCH_TYPE(concat_type, "concat", concat, 0, NULL);
 
 rb_status rb_op_concat_create(rb_context *ctx, rb_op *F, rb_op **out)
 {
@@ -284,7 +305,7 @@ static rb_status gate_backward(rb_context *ctx, const rb_op *op, const rb_tensor
     return st;
 }
 
-BRANCH_TYPE(gate_type, "highway gate", gate, RB_OP_SAME_SHAPE);
+BRANCH_TYPE(gate_type, "highway gate", gate, RB_OP_SAME_SHAPE, NULL);
 
 rb_status rb_op_highway_gate_create(rb_context *ctx, rb_op *F, rb_op *T, rb_op **out)
 {

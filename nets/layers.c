@@ -326,10 +326,11 @@ static void group_forward(const double *x, double *y, norm_layout L, size_t g, d
  *   dx += alpha rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat));
  * with fixed (running) statistics the map is affine: dx += alpha rstd dxhat. Parameters
  * (when dgamma): dgamma += alpha sum dy xhat, dbeta += alpha sum dy. With the ReLU fused
- * (L.relu), dy counts only where the ReLU passed (relu_pass), everywhere above. */
+ * (L.relu), dy counts only where the ReLU passed (relu_pass), everywhere above. assign: dx is
+ * overwritten (dx = ...) instead. */
 static void group_backward(const double *x, const double *dy, norm_layout L, size_t g, double mean, double rstd,
                            bool batch_stats, const double *gamma, const double *beta, double alpha, double *dx,
-                           double *dgamma, double *dbeta)
+                           double *dgamma, double *dbeta, bool assign)
 {
     const double M = (double)(L.nO * L.nI);
     const double sc = L.relu ? gamma[g] * rstd : 0.0, sh = L.relu ? beta[g] : 0.0; /* the forward's affine map */
@@ -353,32 +354,26 @@ static void group_backward(const double *x, const double *dy, norm_layout L, siz
         a *= gamma[g], b *= gamma[g];
     }
     if (dx == NULL) return;
-    const double c0 = a / M, c1 = rstd * rstd * b / M, k = alpha * rstd;
+    const double c0 = a / M, c1 = rstd * rstd * b / M, k = alpha * rstd, kg = L.affine_per_group ? k * gamma[g] : 0.0;
+/* out[i] (=|+=) EXPR over the run, a vector loop either way */
+#define NORM_DX(EXPR)                                                                                        \
+    do {                                                                                                     \
+        if (assign) {                                                                                        \
+            _Pragma("omp simd") for (size_t i = 0; i < L.nI; i++) out[i] = (EXPR);                           \
+        } else {                                                                                             \
+            _Pragma("omp simd") for (size_t i = 0; i < L.nI; i++) out[i] += (EXPR);                          \
+        }                                                                                                    \
+    } while (0)
     for (size_t o = 0; o < L.nO; o++) {
         const double *r = run_of(x, L, o, g), *d = run_of(dy, L, o, g);
         double *out = dx + (o * L.nG + g) * L.nI;
-        if (L.relu && !batch_stats) {
-            const double kg = k * gamma[g];
-#pragma omp simd
-            for (size_t i = 0; i < L.nI; i++) out[i] += kg * relu_pass(d[i], r[i], mean, sc, sh);
-        } else if (L.relu) {
-            const double kg = k * gamma[g];
-#pragma omp simd
-            for (size_t i = 0; i < L.nI; i++)
-                out[i] += kg * relu_pass(d[i], r[i], mean, sc, sh) - k * (c0 + (r[i] - mean) * c1);
-        } else if (L.affine_per_group && !batch_stats) {
-            const double kg = k * gamma[g];
-#pragma omp simd
-            for (size_t i = 0; i < L.nI; i++) out[i] += kg * d[i];
-        } else if (L.affine_per_group) {
-            const double kg = k * gamma[g];
-#pragma omp simd
-            for (size_t i = 0; i < L.nI; i++) out[i] += kg * d[i] - k * (c0 + (r[i] - mean) * c1);
-        } else {
-#pragma omp simd
-            for (size_t i = 0; i < L.nI; i++) out[i] += k * (d[i] * gamma[i] - c0 - (r[i] - mean) * c1);
-        }
+        if (L.relu && !batch_stats) NORM_DX(kg * relu_pass(d[i], r[i], mean, sc, sh));
+        else if (L.relu) NORM_DX(kg * relu_pass(d[i], r[i], mean, sc, sh) - k * (c0 + (r[i] - mean) * c1));
+        else if (L.affine_per_group && !batch_stats) NORM_DX(kg * d[i]);
+        else if (L.affine_per_group) NORM_DX(kg * d[i] - k * (c0 + (r[i] - mean) * c1));
+        else NORM_DX(k * (d[i] * gamma[i] - c0 - (r[i] - mean) * c1));
     }
+#undef NORM_DX
 }
 
 typedef struct norm_state {
@@ -475,11 +470,9 @@ static rb_status norm_forward_taped(rb_context *ctx, const rb_op *op, const rb_t
     return norm_run(ctx, op, x, y, tape, true);
 }
 
-static rb_status norm_backward_taped(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
-                                     const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx,
-                                     double *dparams, rb_arena *work)
+static rb_status norm_backward(rb_context *ctx, const rb_op *op, const rb_tensor *x, const void *tape,
+                               const rb_tensor *dy, double alpha, rb_tensor *dx, double *dparams, bool assign)
 {
-    (void)y, (void)work;
     const norm_state *s = op->state;
     const norm_layout L = layout_of(s, x->shape);
     const norm_tape t = tape_of(tape, L);
@@ -489,8 +482,24 @@ static rb_status norm_backward_taped(rb_context *ctx, const rb_op *op, const rb_
 #pragma omp parallel for num_threads(T) schedule(static) if (T > 1)
     for (size_t g = 0; g < L.nG; g++)
         group_backward(x->data, dy->data, L, g, t.mean[g], t.rstd[g], batch_stats, op->params, op->params + s->size,
-                       alpha, dxd, dgamma, dbeta);
+                       alpha, dxd, dgamma, dbeta, assign);
     return RB_OK;
+}
+
+static rb_status norm_backward_taped(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
+                                     const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx,
+                                     double *dparams, rb_arena *work)
+{
+    (void)y, (void)work;
+    return norm_backward(ctx, op, x, tape, dy, alpha, dx, dparams, false);
+}
+
+static rb_status norm_backward_overwrite(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
+                                         const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx,
+                                         double *dparams, rb_arena *work)
+{
+    (void)y, (void)work;
+    return norm_backward(ctx, op, x, tape, dy, alpha, dx, dparams, true);
 }
 
 /* apply: the taped forward with its tape in the work arena (so the two agree bit for bit). */
@@ -541,7 +550,8 @@ static void norm_destroy(rb_context *ctx, rb_op *op)
                                      .shape = norm_shape, .workspace = norm_workspace, .apply = norm_apply,    \
                                      .vjp = norm_vjp, .param_grad = norm_param_grad, .destroy = norm_destroy,  \
                                      .tape_bytes = norm_tape_bytes, .forward_taped = norm_forward_taped,       \
-                                     .backward_taped = norm_backward_taped}
+                                     .backward_taped = norm_backward_taped,                                    \
+                                     .backward_overwrite = norm_backward_overwrite}
 NORM_TYPE(batchnorm_type, "batch norm");
 NORM_TYPE(batchnorm_relu_type, "batch norm + relu");
 NORM_TYPE(layernorm_type, "layer norm");

@@ -84,35 +84,41 @@ void rb_act_apply_range(rb_activation a, const double *restrict x, double *restr
     }
 }
 
-void rb_act_vjp_range(rb_activation a, const double *restrict x, const double *restrict dy, double alpha,
-                          double *restrict dx, size_t n)
-{
-    if (a == RB_ACT_RELU) {
-        /* F'(x) (alpha dy) as a product: GCC vectorises this form, not a select */
-        for (size_t i = 0; i < n; i++) dx[i] += (x[i] > 0.0 ? 1.0 : 0.0) * (alpha * dy[i]);
-    } else if (a == RB_ACT_IDENTITY) {
-#pragma omp simd
-        for (size_t i = 0; i < n; i++) dx[i] += alpha * dy[i];
-    } else if (a == RB_ACT_TANH) {
-        for (size_t i = 0; i < n; i++) {
-            double t = tanh(x[i]);
-            dx[i] += alpha * (1.0 - t * t) * dy[i];
-        }
-    } else {
-        for (size_t i = 0; i < n; i++) dx[i] += alpha * act_df(a, x[i]) * dy[i];
-    }
-}
+/* The loops of dx (=|+=) alpha F'(x) dy, one per kind; OP is = or +=. */
+#define ACT_VJP_LOOPS(OP)                                                                                      \
+    do {                                                                                                       \
+        if (a == RB_ACT_RELU) { /* F'(x) (alpha dy) as a product: GCC vectorises this form, not a select */    \
+            for (size_t i = 0; i < n; i++) dx[i] OP(x[i] > 0.0 ? 1.0 : 0.0) * (alpha * dy[i]);                   \
+        } else if (a == RB_ACT_IDENTITY) {                                                                     \
+            _Pragma("omp simd") for (size_t i = 0; i < n; i++) dx[i] OP alpha * dy[i];                          \
+        } else if (a == RB_ACT_TANH) {                                                                         \
+            for (size_t i = 0; i < n; i++) {                                                                   \
+                double t = tanh(x[i]);                                                                         \
+                dx[i] OP alpha * (1.0 - t * t) * dy[i];                                                        \
+            }                                                                                                  \
+        } else {                                                                                               \
+            for (size_t i = 0; i < n; i++) dx[i] OP alpha * act_df(a, x[i]) * dy[i];                           \
+        }                                                                                                      \
+    } while (0)
 
-/* y = F(x) (dy NULL), or dx += alpha F'(x) dy, in equal chunks over the threads. */
+void rb_act_vjp_range(rb_activation a, const double *restrict x, const double *restrict dy, double alpha,
+                      double *restrict dx, size_t n, bool assign)
+{
+    if (assign) ACT_VJP_LOOPS(=);
+    else ACT_VJP_LOOPS(+=);
+}
+#undef ACT_VJP_LOOPS
+
+/* y = F(x) (dy NULL), or dx (=|+=) alpha F'(x) dy, in equal chunks over the threads. */
 static void act_run(rb_context *ctx, rb_activation a, const double *x, const double *dy, double alpha, double *out,
-                    size_t n)
+                    size_t n, bool assign)
 {
     const int T = rb_parallel_threads(ctx, n);
 #pragma omp parallel num_threads(T) if (T > 1)
     {
         const size_t t = (size_t)omp_get_thread_num(), nt = (size_t)omp_get_num_threads();
         const size_t lo = n * t / nt, hi = n * (t + 1) / nt;
-        if (dy) rb_act_vjp_range(a, x + lo, dy + lo, alpha, out + lo, hi - lo);
+        if (dy) rb_act_vjp_range(a, x + lo, dy + lo, alpha, out + lo, hi - lo, assign);
         else rb_act_apply_range(a, x + lo, out + lo, hi - lo);
     }
 }
@@ -120,7 +126,7 @@ static void act_run(rb_context *ctx, rb_activation a, const double *x, const dou
 static rb_status act_apply(rb_context *ctx, const rb_op *op, const rb_tensor *x, rb_tensor *y, rb_arena *work)
 {
     (void)work;
-    act_run(ctx, kind(op), x->data, NULL, 1.0, y->data, rb_tensor_count(x));
+    act_run(ctx, kind(op), x->data, NULL, 1.0, y->data, rb_tensor_count(x), false);
     return RB_OK;
 }
 
@@ -128,13 +134,23 @@ static rb_status act_vjp(rb_context *ctx, const rb_op *op, const rb_tensor *x, c
                          rb_tensor *dx, rb_arena *work)
 {
     (void)work;
-    act_run(ctx, kind(op), x->data, dy->data, alpha, dx->data, rb_tensor_count(x));
+    act_run(ctx, kind(op), x->data, dy->data, alpha, dx->data, rb_tensor_count(x), false);
+    return RB_OK;
+}
+
+static rb_status act_backward_overwrite(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
+                                        const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx,
+                                        double *dparams, rb_arena *work)
+{
+    (void)y, (void)tape, (void)dparams, (void)work;
+    act_run(ctx, kind(op), x->data, dy->data, alpha, dx->data, rb_tensor_count(x), true);
     return RB_OK;
 }
 
 #define ACT_TYPE(ident, label, fl) \
     static const rb_op_type ident = { \
-        .name = label, .flags = RB_OP_SAME_SHAPE | (fl), .apply = act_apply, .vjp = act_vjp}
+        .name = label, .flags = RB_OP_SAME_SHAPE | (fl), .apply = act_apply, .vjp = act_vjp, \
+        .backward_overwrite = act_backward_overwrite}
 ACT_TYPE(type_identity, "identity", RB_OP_LINEAR);
 ACT_TYPE(type_relu, "relu", 0);
 ACT_TYPE(type_tanh, "tanh", 0);

@@ -108,9 +108,12 @@ static rb_status chain_forward_taped(rb_context *ctx, const rb_op *op, const rb_
     return st;
 }
 
-static rb_status chain_backward_taped(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
-                                      const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx,
-                                      double *dparams, rb_arena *work)
+/* The backward pass; assign: dx is overwritten (backward_overwrite), else accumulated into.
+ * Each intermediate gradient is overwritten by its part (never zeroed first where the part's
+ * type can overwrite). */
+static rb_status chain_backward(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
+                                const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx, double *dparams,
+                                rb_arena *work, bool assign)
 {
     const chain_state *cs = op->state;
     rb_tensor v[RB_PARTS_MAX + 1];
@@ -137,17 +140,31 @@ static rb_status chain_backward_taped(rb_context *ctx, const rb_op *op, const rb
         double *dp = rb_parts_grad(op, p, dparams);
         const void *t = rb_tape_at((void *)tape, off[i]);
         if (i == 0) {
-            st = rb_op_backward_unchecked(ctx, p, &v[0], &v[1], t, &g_next, a, dx, dp, work);
+            st = assign ? rb_op_backward_overwrite_unchecked(ctx, p, &v[0], &v[1], t, &g_next, a, dx, dp, work)
+                        : rb_op_backward_unchecked(ctx, p, &v[0], &v[1], t, &g_next, a, dx, dp, work);
             break;
         }
         rb_tensor g = {.shape = v[i].shape, .data = buf[i % 2], .owns = false};
-        rb_zero(ctx, g.data, rb_tensor_count(&g));
-        st = rb_op_backward_unchecked(ctx, p, &v[i], &v[i + 1], t, &g_next, a, &g, dp, work);
+        st = rb_op_backward_overwrite_unchecked(ctx, p, &v[i], &v[i + 1], t, &g_next, a, &g, dp, work);
         g_next = g;
         a = 1.0;
     }
     rb_arena_reset(work, mark);
     return st;
+}
+
+static rb_status chain_backward_taped(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
+                                      const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx,
+                                      double *dparams, rb_arena *work)
+{
+    return chain_backward(ctx, op, x, y, tape, dy, alpha, dx, dparams, work, false);
+}
+
+static rb_status chain_backward_overwrite(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
+                                          const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx,
+                                          double *dparams, rb_arena *work)
+{
+    return chain_backward(ctx, op, x, y, tape, dy, alpha, dx, dparams, work, true);
 }
 
 static void chain_destroy(rb_context *ctx, rb_op *op)
@@ -164,7 +181,8 @@ static void chain_destroy(rb_context *ctx, rb_op *op)
                                      .shape = chain_shape, .workspace = chain_workspace, .apply = rb_op_apply_via_tape,\
                                      .vjp = rb_op_vjp_via_tape, .param_grad = rb_op_param_grad_via_tape,      \
                                      .tape_bytes = chain_tape_bytes, .forward_taped = chain_forward_taped,      \
-                                     .backward_taped = chain_backward_taped, .destroy = chain_destroy}
+                                     .backward_taped = chain_backward_taped,                                    \
+                                     .backward_overwrite = chain_backward_overwrite, .destroy = chain_destroy}
 CHAIN_TYPE(chain_type, "chain", 0);
 CHAIN_TYPE(chain_type_linear, "chain (linear)", RB_OP_LINEAR);
 #undef CHAIN_TYPE

@@ -364,7 +364,7 @@ static rb_status conv_apply(rb_context *ctx, const rb_op *op, const rb_tensor *x
     if (cs->desc.transposed && rb_conv_gemm_workspace(cs, &g) > 0) {
         /* transposed forward = plain backward-data into a zeroed output, then the bias */
         memset(y->data, 0, rb_tensor_count(y) * sizeof(double));
-        if (rb_conv_gemm_backward_data(ctx, cs, &g, op->params, x->data, 1.0, y->data, work)) {
+        if (rb_conv_gemm_backward_data(ctx, cs, &g, op->params, x->data, 1.0, 1.0, y->data, work)) {
             if (conv_bias(op) != NULL) add_bias(y, conv_bias(op));
             return RB_OK;
         }
@@ -376,8 +376,9 @@ static rb_status conv_apply(rb_context *ctx, const rb_op *op, const rb_tensor *x
     return RB_OK;
 }
 
-static rb_status conv_vjp(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy, double alpha,
-                          rb_tensor *dx, rb_arena *work)
+/* dx = beta dx + alpha J^T dy, beta 0 or 1 (0: dx is not read). */
+static rb_status conv_vjp_beta(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy, double alpha,
+                               double beta, rb_tensor *dx, rb_arena *work)
 {
     const rb_conv_state *cs = op->state;
     rb_conv_geom g;
@@ -385,15 +386,22 @@ static rb_status conv_vjp(rb_context *ctx, const rb_op *op, const rb_tensor *x, 
     if (st != RB_OK) return st;
     int threads = rb_context_threads(ctx);
     if (!cs->desc.transposed &&
-        rb_conv_gemm_backward_data(ctx, cs, &g, op->params, dy->data, alpha, dx->data, work))
+        rb_conv_gemm_backward_data(ctx, cs, &g, op->params, dy->data, alpha, beta, dx->data, work))
         return RB_OK;
+    if (cs->desc.transposed && beta == 0.0) memset(dx->data, 0, rb_tensor_count(dx) * sizeof(double));
     if (cs->desc.transposed && transposed_vjp_gemm(ctx, cs, &g, op->params, dy->data, alpha, dx->data, work))
         return RB_OK;
     if (cs->desc.transposed)
         rb_conv_gather(threads, cs, &g, op->params, NULL, dy->data, alpha, 1.0, dx->data);
     else
-        rb_conv_scatter(threads, cs, &g, op->params, NULL, dy->data, alpha, 1.0, dx->data);
+        rb_conv_scatter(threads, cs, &g, op->params, NULL, dy->data, alpha, beta, dx->data);
     return RB_OK;
+}
+
+static rb_status conv_vjp(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy, double alpha,
+                          rb_tensor *dx, rb_arena *work)
+{
+    return conv_vjp_beta(ctx, op, x, dy, alpha, 1.0, dx, work);
 }
 
 static rb_status conv_param_grad(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy,
@@ -412,6 +420,16 @@ static rb_status conv_param_grad(rb_context *ctx, const rb_op *op, const rb_tens
     return RB_OK;
 }
 
+/* The backward pass with dx overwritten: the parameter gradient, then dx = alpha J^T dy. */
+static rb_status conv_backward_overwrite(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
+                                         const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx,
+                                         double *dparams, rb_arena *work)
+{
+    (void)y, (void)tape;
+    rb_status st = dparams != NULL ? conv_param_grad(ctx, op, x, dy, alpha, dparams, work) : RB_OK;
+    return st == RB_OK ? conv_vjp_beta(ctx, op, x, dy, alpha, 0.0, dx, work) : st;
+}
+
 static void conv_destroy(rb_context *ctx, rb_op *op) { rb_free(ctx, op->state); }
 
 static const rb_op_type conv_type = {
@@ -422,6 +440,7 @@ static const rb_op_type conv_type = {
     .apply = conv_apply,
     .vjp = conv_vjp,
     .param_grad = conv_param_grad,
+    .backward_overwrite = conv_backward_overwrite,
     .destroy = conv_destroy,
 };
 
@@ -433,6 +452,7 @@ static const rb_op_type conv_type_linear = {
     .apply = conv_apply,
     .vjp = conv_vjp,
     .param_grad = conv_param_grad,
+    .backward_overwrite = conv_backward_overwrite,
     .destroy = conv_destroy,
 };
 

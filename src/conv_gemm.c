@@ -6,9 +6,10 @@
  * "coarse" as in conv_internal.h), each as a gather on a copy of its input:
  *
  *   forward          coarse[n] = W * col(fine[n])  (+ bias)
- *   backward data    stride 1: fine[n] += alpha * Wflip * col(coarse[n])   (the same
- *                      gather, with the kernel mirrored and its channels swapped)
- *                    stride 2, or few fine channels: fine[n] += col2im(alpha * W^T coarse[n])
+ *   backward data    (beta 0 or 1)
+ *                    stride 1: fine[n] = beta * fine[n] + alpha * Wflip * col(coarse[n])   (the
+ *                      same gather, with the kernel mirrored and its channels swapped)
+ *                    stride 2, or few fine channels: fine[n] = beta * fine[n] + col2im(alpha * W^T coarse[n])
  *   backward weight  dW += alpha * sum_n coarse[n] * col(fine[n])^T
  *
  * col() is one of four copies, chosen per shape (measured with bench/bench_conv.c
@@ -46,6 +47,7 @@
  */
 #include "blas_internal.h"
 #include "conv_internal.h"
+#include "op_internal.h"
 
 #include <cblas.h>
 #include <limits.h>
@@ -704,7 +706,7 @@ bool rb_conv_gemm_forward(rb_context *ctx, const rb_conv_state *cs, const rb_con
 }
 
 bool rb_conv_gemm_backward_data(rb_context *ctx, const rb_conv_state *cs, const rb_conv_geom *g, const double *w,
-                                const double *dy, double alpha, double *dx, rb_arena *work)
+                                const double *dy, double alpha, double beta, double *dx, rb_arena *work)
 {
     if (!supported(cs, g) || w == NULL || dy == NULL || dx == NULL) return false;
     scratch_need nd = backward_data_need(cs, g);
@@ -716,8 +718,9 @@ bool rb_conv_gemm_backward_data(rb_context *ctx, const rb_conv_state *cs, const 
     if (backward_is_flip(cs, g)) {
         gather_plan p = flip_plan(cs, g);
         gather_weights(&p, true, w, shared);
-        gather_run(T, &p, g->n, shared, NULL, dy, alpha, 1.0, dx, bufs, stride);
+        gather_run(T, &p, g->n, shared, NULL, dy, alpha, beta, dx, bufs, stride);
     } else {
+        if (beta == 0.0) rb_zero(ctx, dx, g->n * g->cf * g->fh * g->fw); /* col2im adds into dx */
         size_t rows, bands, band;
         col2im_bands(cs, g, &rows, &bands, &band);
         const size_t nt = (size_t)cs->ntaps, fsz = g->cf * g->fh * g->fw, csz = g->cc * g->ch * g->cw;

@@ -42,8 +42,9 @@ void rb_conv_weight_grad(int threads, const rb_conv_state *cs, const rb_conv_geo
  * conv_gemm.c: multi-channel 2D convolutions through OpenBLAS GEMM. */
 bool rb_conv_gemm_forward(rb_context *ctx, const rb_conv_state *cs, const rb_conv_geom *g, const double *w,
                           const double *bias, const double *x, double *y, rb_arena *work);
+/* dx = beta dx + alpha J^T dy, beta 0 (dx not read) or 1. */
 bool rb_conv_gemm_backward_data(rb_context *ctx, const rb_conv_state *cs, const rb_conv_geom *g, const double *w,
-                                const double *dy, double alpha, double *dx, rb_arena *work);
+                                const double *dy, double alpha, double beta, double *dx, rb_arena *work);
 bool rb_conv_gemm_backward_weight(rb_context *ctx, const rb_conv_state *cs, const rb_conv_geom *g, const double *x,
                                   const double *dy, double alpha, double *dw, rb_arena *work);
 size_t rb_conv_gemm_workspace(const rb_conv_state *cs, const rb_conv_geom *g);

@@ -218,6 +218,18 @@ rb_status rb_op_backward(rb_context *ctx, const rb_op *op, const rb_tensor *x, c
     return rb_op_backward_unchecked(ctx, op, x, y, tape, dy, alpha, dx, dparams, work);
 }
 
+rb_status rb_op_backward_overwrite_unchecked(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
+                                             const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx,
+                                             double *dparams, rb_arena *work)
+{
+    const size_t bytes = rb_op_tape_bytes(op, x->shape);
+    if (op->type->backward_overwrite != NULL && (bytes == 0 || (tape != NULL && y != NULL)))
+        return op->type->backward_overwrite(ctx, op, x, y, bytes > 0 ? tape : NULL, dy, alpha, dx,
+                                            op->nparams > 0 ? dparams : NULL, work);
+    rb_zero(ctx, dx->data, rb_tensor_count(dx));
+    return rb_op_backward_unchecked(ctx, op, x, y, tape, dy, alpha, dx, dparams, work);
+}
+
 /* ---- composites' parts -------------------------------------------------------------------------- */
 
 rb_status rb_parts_check(rb_context *ctx, const char *fn, rb_op *const *parts, size_t count, size_t *nparams,

@@ -14,6 +14,12 @@ rb_status rb_op_backward_unchecked(rb_context *ctx, const rb_op *op, const rb_te
                                    const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx, double *dparams,
                                    rb_arena *work);
 
+/* The same with dx OVERWRITTEN (dx = alpha J^T dy; dx not NULL): through the type's
+ * backward_overwrite when it has one and the tape is at hand, else dx zeroed, then the above. */
+rb_status rb_op_backward_overwrite_unchecked(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
+                                             const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx,
+                                             double *dparams, rb_arena *work);
+
 /* Composite operators own their parts and gather the parts' parameters into
  * their own flat vector (op->params), each part pointing into it, recursively:
  * a composite nested in another is re-pointed with all its descendants. A
@@ -66,10 +72,10 @@ static inline int rb_parallel_threads(rb_context *ctx, size_t n)
 void rb_zero(rb_context *ctx, double *p, size_t n);
 
 /* The activations' loops over one range (activation.c), for fused kernels: y = act(x) and
- * dx += alpha act'(x) dy, elementwise; x, y (dx) must not overlap. */
+ * dx += alpha act'(x) dy (assign: dx = ...), elementwise; x, y (dx) must not overlap. */
 void rb_act_apply_range(rb_activation a, const double *restrict x, double *restrict y, size_t n);
 void rb_act_vjp_range(rb_activation a, const double *restrict x, const double *restrict dy, double alpha,
-                      double *restrict dx, size_t n);
+                      double *restrict dx, size_t n, bool assign);
 
 /* Byte offsets in tapes: every block starts 64-byte aligned. */
 static inline char *rb_tape_at(void *tape, size_t offset) { return tape ? (char *)tape + offset : NULL; }

@@ -58,8 +58,7 @@ static void act_pass(rb_context *ctx, rb_activation act, const double *x, double
             if (dy == NULL) {
                 rb_act_apply_range(act, pre, out + i, m);
             } else {
-                memset(out + i, 0, m * sizeof *out);
-                rb_act_vjp_range(act, pre, dy + i, alpha, out + i, m);
+                rb_act_vjp_range(act, pre, dy + i, alpha, out + i, m, true);
             }
         }
     }
@@ -73,18 +72,33 @@ static rb_status step_core(rb_context *ctx, const rb_op *F, double h, rb_activat
 {
     rb_status st = ftape ? rb_op_forward_unchecked(ctx, F, x, fx, ftape, work) : F->type->apply(ctx, F, x, fx, work);
     if (st != RB_OK) return st;
-    if (act == RB_ACT_IDENTITY) add_scaled(ctx, x->data, h, fx->data, y->data, rb_tensor_count(x));
-    else act_pass(ctx, act, x->data, h, fx->data, NULL, 1.0, y->data, rb_tensor_count(x));
+    const size_t n = rb_tensor_count(x);
+    if (act == RB_ACT_IDENTITY) {
+        add_scaled(ctx, x->data, h, fx->data, y->data, n);
+    } else if (act == RB_ACT_RELU) { /* one vector loop */
+        const int T = rb_parallel_threads(ctx, n);
+        const double *xd = x->data, *f = fx->data;
+        double *yd = y->data;
+#pragma omp parallel for simd num_threads(T) schedule(static) if (T > 1)
+        for (size_t i = 0; i < n; i++) {
+            const double v = xd[i] + h * f[i];
+            yd[i] = v > 0.0 ? v : 0.0;
+        }
+    } else {
+        act_pass(ctx, act, x->data, h, fx->data, NULL, 1.0, y->data, n);
+    }
     return RB_OK;
 }
 
-/* dx += alpha (dy + h J_F^T dy), dtheta += alpha h (dF/dtheta)^T dy: the identity path of the
- * skip, then the branch (from F's tape when given, recomputed otherwise). */
+/* dx += alpha (dy + h J_F^T dy) (assign: dx = ...), dtheta += alpha h (dF/dtheta)^T dy: the
+ * branch (from F's tape when given, recomputed otherwise), then the identity path of the skip. */
 static rb_status backward_core(rb_context *ctx, const rb_op *F, double h, const rb_tensor *x, const rb_tensor *fx,
                                const void *ftape, const rb_tensor *dy, double alpha, rb_tensor *dx, double *dtheta,
-                               rb_arena *work)
+                               rb_arena *work, bool assign)
 {
-    rb_status st = rb_op_backward_unchecked(ctx, F, x, fx, ftape, dy, alpha * h, dx, dtheta, work);
+    rb_status st = assign && dx != NULL
+                       ? rb_op_backward_overwrite_unchecked(ctx, F, x, fx, ftape, dy, alpha * h, dx, dtheta, work)
+                       : rb_op_backward_unchecked(ctx, F, x, fx, ftape, dy, alpha * h, dx, dtheta, work);
     if (st != RB_OK || dx == NULL) return st;
     const size_t n = rb_tensor_count(x);
     const int T = rb_parallel_threads(ctx, n);
@@ -160,7 +174,7 @@ rb_status rb_residual_backward(rb_context *ctx, const rb_op *F, double h, const 
     if (st == RB_OK) st = rb_tensor_check_same(ctx, x, "x", dx, "dx");
     if (st != RB_OK) return st;
     if (dx->data == dy->data) return rb_fail(ctx, RB_EINVAL, "rb_residual_backward: dx and dy alias");
-    return backward_core(ctx, F, h, x, NULL, NULL, dy, 1.0, dx, dtheta, work);
+    return backward_core(ctx, F, h, x, NULL, NULL, dy, 1.0, dx, dtheta, work, false);
 }
 
 /* ---- the residual layer as an operator ---------------------------------------------------------- */
@@ -221,28 +235,62 @@ static rb_status res_backward_taped(rb_context *ctx, const rb_op *op, const rb_t
     (void)y;
     rb_tensor fx = tape_fx(tape, x->shape);
     return backward_core(ctx, branch(op), ((const residual_state *)op->state)->h, x, &fx, tape_branch(tape, x->shape),
-                         dy, alpha, dx, dparams, work);
+                         dy, alpha, dx, dparams, work, false);
 }
 
-/* The post-activation layer: g = alpha act'(x + h F(x)) dy into work memory (overwritten, so
- * never zeroed first), then the step's backward pass with g. */
-static rb_status res_act_backward_taped(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
+static rb_status res_backward_overwrite(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
                                         const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx,
                                         double *dparams, rb_arena *work)
 {
     (void)y;
+    rb_tensor fx = tape_fx(tape, x->shape);
+    return backward_core(ctx, branch(op), ((const residual_state *)op->state)->h, x, &fx, tape_branch(tape, x->shape),
+                         dy, alpha, dx, dparams, work, true);
+}
+
+/* The post-activation layer: g = alpha act'(x + h F(x)) dy into work memory (overwritten, so
+ * never zeroed first; for ReLU from y = ReLU(x + h F(x)) > 0, the same mask), then the step's
+ * backward pass with g. */
+static rb_status res_act_backward(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
+                                  const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx, double *dparams,
+                                  rb_arena *work, bool assign)
+{
     const residual_state *s = op->state;
     if (work == NULL) return rb_fail(ctx, RB_ENULL, "%s: needs a work arena (rb_op_workspace)", op->type->name);
     rb_tensor fx = tape_fx(tape, x->shape), g;
     size_t mark = rb_arena_mark(work);
     rb_status st = rb_arena_tensor(ctx, work, &g, x->shape);
     if (st == RB_OK && g.data == NULL) st = rb_fail(ctx, RB_ENOMEM, "%s: work arena too small (rb_op_workspace)", op->type->name);
-    if (st == RB_OK) {
+    if (st == RB_OK && s->act == RB_ACT_RELU) { /* relu'(pre) = [y > 0]: two streams instead of three */
+        const size_t n = rb_tensor_count(x);
+        const int T = rb_parallel_threads(ctx, n);
+        const double *yd = y->data, *d = dy->data;
+        double *gd = g.data;
+#pragma omp parallel for simd num_threads(T) schedule(static) if (T > 1)
+        for (size_t i = 0; i < n; i++) gd[i] = (yd[i] > 0.0 ? 1.0 : 0.0) * (alpha * d[i]);
+    } else if (st == RB_OK) {
         act_pass(ctx, s->act, x->data, s->h, fx.data, dy->data, alpha, g.data, rb_tensor_count(x));
-        st = backward_core(ctx, branch(op), s->h, x, &fx, tape_branch(tape, x->shape), &g, 1.0, dx, dparams, work);
+    }
+    if (st == RB_OK) {
+        st = backward_core(ctx, branch(op), s->h, x, &fx, tape_branch(tape, x->shape), &g, 1.0, dx, dparams, work,
+                           assign);
     }
     rb_arena_reset(work, mark);
     return st;
+}
+
+static rb_status res_act_backward_taped(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
+                                        const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx,
+                                        double *dparams, rb_arena *work)
+{
+    return res_act_backward(ctx, op, x, y, tape, dy, alpha, dx, dparams, work, false);
+}
+
+static rb_status res_act_backward_overwrite(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
+                                            const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx,
+                                            double *dparams, rb_arena *work)
+{
+    return res_act_backward(ctx, op, x, y, tape, dy, alpha, dx, dparams, work, true);
 }
 
 /* tape and output of a recomputing backward pass, g, and the branch's scratch */
@@ -255,14 +303,15 @@ static size_t res_act_workspace(const rb_op *op, rb_shape in)
 static rb_status res_vjp(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy, double alpha,
                          rb_tensor *dx, rb_arena *work)
 {
-    return backward_core(ctx, branch(op), ((const residual_state *)op->state)->h, x, NULL, NULL, dy, alpha, dx, NULL, work);
+    return backward_core(ctx, branch(op), ((const residual_state *)op->state)->h, x, NULL, NULL, dy, alpha, dx, NULL, work,
+                         false);
 }
 
 static rb_status res_param_grad(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *dy,
                                 double alpha, double *dparams, rb_arena *work)
 {
     return backward_core(ctx, branch(op), ((const residual_state *)op->state)->h, x, NULL, NULL, dy, alpha, NULL, dparams,
-                         work);
+                         work, false);
 }
 
 static void res_destroy(rb_context *ctx, rb_op *op)
@@ -277,7 +326,8 @@ static void res_destroy(rb_context *ctx, rb_op *op)
                                      .shape = res_shape, .workspace = res_workspace, .apply = res_apply,        \
                                      .vjp = res_vjp, .param_grad = res_param_grad, .destroy = res_destroy,      \
                                      .tape_bytes = res_tape_bytes, .forward_taped = res_forward_taped,          \
-                                     .backward_taped = res_backward_taped}
+                                     .backward_taped = res_backward_taped,                                      \
+                                     .backward_overwrite = res_backward_overwrite}
 RES_TYPE(residual_type, "residual layer", 0);
 RES_TYPE(residual_type_linear, "residual layer (linear)", RB_OP_LINEAR);
 #undef RES_TYPE
@@ -287,7 +337,8 @@ static const rb_op_type residual_act_type = {
     .name = "residual layer + activation", .flags = RB_OP_HAS_PARAMS | RB_OP_SAME_SHAPE | RB_OP_COMPOSITE,
     .shape = res_shape, .workspace = res_act_workspace, .apply = rb_op_apply_via_tape, .vjp = rb_op_vjp_via_tape,
     .param_grad = rb_op_param_grad_via_tape, .destroy = res_destroy, .tape_bytes = res_tape_bytes,
-    .forward_taped = res_forward_taped, .backward_taped = res_act_backward_taped};
+    .forward_taped = res_forward_taped, .backward_taped = res_act_backward_taped,
+    .backward_overwrite = res_act_backward_overwrite};
 
 static rb_status residual_create(rb_context *ctx, const char *fn, rb_op *F, double h, rb_activation act, rb_op **out)
 {

@@ -207,7 +207,8 @@ static void check_residual(suite *s, const rb_tensor *x0)
 }
 
 /* The taped passes: forward with a tape equals apply bit for bit; backward from
- * the tape, and backward without one (recomputing), equal vjp + param_grad. */
+ * the tape, backward without one (recomputing) and, where the type has one, the
+ * backward pass that overwrites dx, equal vjp + param_grad. */
 static void check_taped(suite *s, const rb_tensor *x0)
 {
     rb_context *ctx = s->ctx;
@@ -236,6 +237,15 @@ static void check_taped(suite *s, const rb_tensor *x0)
     if (!(e1 <= 1e-13 && e2 <= 1e-13 && e3 <= 1e-13 && e4 <= 1e-13))
         fail_msg("%s: taped / recomputing backward vs vjp+param_grad differ: dx %.3g / %.3g, dtheta %.3g / %.3g",
                  s->c->label, e1, e2, e3, e4);
+    if (op->type->backward_overwrite != NULL) { /* overwrites dx (NaN before: never read), dtheta accumulates */
+        for (size_t i = 0; i < rb_tensor_count(&dx2); i++) dx2.data[i] = NAN;
+        memset(gp2, 0, np * sizeof(double));
+        RB_CHECK(ctx, op->type->backward_overwrite(ctx, op, x0, &yt, tb ? tape : NULL, &dy, 0.7, &dx2, np ? gp2 : NULL,
+                                                   &s->work));
+        double e5 = rb_tensor_max_rel_diff(&dx2, &dx_ref), e6 = np ? rel_err(gp2, gp_ref, np) : 0;
+        if (!(e5 <= 1e-13 && e6 <= 1e-13))
+            fail_msg("%s: overwriting backward vs vjp+param_grad differ: dx %.3g, dtheta %.3g", s->c->label, e5, e6);
+    }
     rb_free(ctx, gp);
     rb_free(ctx, tape);
     rb_tensor_release(ctx, &y), rb_tensor_release(ctx, &yt), rb_tensor_release(ctx, &dy);

@@ -15,7 +15,8 @@
  *   residual   for same-shape ops: rb_residual_step (fused path, if any) equals
  *              rb_residual_step_generic, out of place and in place, to 1e-13;
  *   taped      rb_op_forward with a tape equals apply bit for bit; rb_op_backward from
- *              the tape and without one equals vjp + param_grad to 1e-13.
+ *              the tape and without one, and the type's backward_overwrite (into a dx
+ *              of NaNs), equal vjp + param_grad to 1e-13.
  */
 #ifndef RB_CONFORMANCE_H
 #define RB_CONFORMANCE_H

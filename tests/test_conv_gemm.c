@@ -176,9 +176,15 @@ static void check_entries(rb_context *ctx, const conv_case *c, rb_op *op, const 
     EXPECT_CLOSE("gemm forward", coarse, ref, nc);
 
     memcpy(ref, fine, nf * sizeof(double));
-    assert_true(rb_conv_gemm_backward_data(ctx, cs, &g, w, coarse, -0.6, fine, &arena));
+    assert_true(rb_conv_gemm_backward_data(ctx, cs, &g, w, coarse, -0.6, 1.0, fine, &arena));
     rb_conv_scatter(threads, cs, &g, w, NULL, coarse, -0.6, 1.0, ref);
     EXPECT_CLOSE("gemm backward data", fine, ref, nf);
+    /* beta = 0 overwrites: what fine held (NaN here) is never read */
+    for (size_t i = 0; i < nf; i++) fine[i] = NAN;
+    assert_true(rb_conv_gemm_backward_data(ctx, cs, &g, w, coarse, 0.7, 0.0, fine, &arena));
+    rb_conv_scatter(threads, cs, &g, w, NULL, coarse, 0.7, 0.0, ref);
+    EXPECT_CLOSE("gemm backward data, beta = 0", fine, ref, nf);
+    fill(&rng, fine, nf);
 
     fill(&rng, dw, nw);
     memcpy(dwref, dw, nw * sizeof(double));
@@ -305,7 +311,7 @@ static void test_small_arena_declines(void **state)
         coarse[0] = 5.0, fine[0] = 6.0;
         assert_false(rb_conv_gemm_forward(ctx, cs, &g, op->params, NULL, fine, coarse, &small));
         assert_false(rb_conv_gemm_forward(ctx, cs, &g, op->params, NULL, fine, coarse, NULL));
-        assert_false(rb_conv_gemm_backward_data(ctx, cs, &g, op->params, coarse, 1.0, fine, &small));
+        assert_false(rb_conv_gemm_backward_data(ctx, cs, &g, op->params, coarse, 1.0, 1.0, fine, &small));
         assert_false(rb_conv_gemm_backward_weight(ctx, cs, &g, fine, coarse, 1.0, dw, &small));
         assert_true(coarse[0] == 5.0 && fine[0] == 6.0 && dw[0] == 0.0);
         assert_int_equal(small.used, 0);

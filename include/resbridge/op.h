@@ -82,6 +82,14 @@ typedef struct rb_op_type {
     rb_status (*backward_taped)(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
                                 const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx, double *dparams,
                                 rb_arena *work);
+    /* Optional: the backward pass (backward_taped's, or vjp + param_grad's for types without
+     * a tape, which get tape == NULL) with dx OVERWRITTEN: dx = alpha J^T dy (dx not NULL),
+     * dparams += alpha (dF/dtheta)^T dy as always. A caller whose dx holds nothing yet (a
+     * chain's intermediate gradients) then neither zeroes it nor has it read back. NULL:
+     * the caller zeroes dx and runs the accumulating pass. */
+    rb_status (*backward_overwrite)(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
+                                    const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx,
+                                    double *dparams, rb_arena *work);
 } rb_op_type;
 
 struct rb_op {
