@@ -136,7 +136,7 @@ static rb_status sum_forward(rb_context *ctx, const rb_op *op, const rb_tensor *
     const double a = s->a, b = s->b, *A = bt.out[0].data, *B = bt.out[1].data;
     double *out = y->data;
     const int T = rb_parallel_threads(ctx, n);
-#pragma omp parallel for simd num_threads(T) schedule(static) if (T > 1)
+#pragma omp parallel for simd num_threads(T) schedule(static) if (parallel : T > 1)
     for (size_t i = 0; i < n; i++) out[i] = a * A[i] + b * B[i];
     return RB_OK;
 }

@@ -61,8 +61,9 @@ void rb_op_visit(rb_op *op, void (*fn)(rb_op *op, void *user), void *user);
 
 /* Elementwise loops over at least RB_PARALLEL_MIN values run on the context's threads:
  *     const int T = rb_parallel_threads(ctx, n);
- *     #pragma omp parallel for simd num_threads(T) schedule(static) if (T > 1)
- * Every value is computed the same way on any thread count. */
+ *     #pragma omp parallel for simd num_threads(T) schedule(static) if (parallel : T > 1)
+ * Every value is computed the same way on any thread count. (The `parallel :` matters: a bare
+ * if clause applies to the simd part too, and on one thread the loop would not be vectorised.) */
 #define RB_PARALLEL_MIN 32768
 static inline int rb_parallel_threads(rb_context *ctx, size_t n)
 {

@@ -32,7 +32,7 @@ size_t rb_residual_workspace(const rb_op *F, rb_shape in)
 static void add_scaled(rb_context *ctx, const double *x, double h, const double *fx, double *out, size_t n)
 {
     const int T = rb_parallel_threads(ctx, n);
-#pragma omp parallel for simd num_threads(T) schedule(static) if (T > 1)
+#pragma omp parallel for simd num_threads(T) schedule(static) if (parallel : T > 1)
     for (size_t i = 0; i < n; i++) out[i] = x[i] + h * fx[i];
 }
 
@@ -79,7 +79,7 @@ static rb_status step_core(rb_context *ctx, const rb_op *F, double h, rb_activat
         const int T = rb_parallel_threads(ctx, n);
         const double *xd = x->data, *f = fx->data;
         double *yd = y->data;
-#pragma omp parallel for simd num_threads(T) schedule(static) if (T > 1)
+#pragma omp parallel for simd num_threads(T) schedule(static) if (parallel : T > 1)
         for (size_t i = 0; i < n; i++) {
             const double v = xd[i] + h * f[i];
             yd[i] = v > 0.0 ? v : 0.0;
@@ -104,7 +104,7 @@ static rb_status backward_core(rb_context *ctx, const rb_op *F, double h, const 
     const int T = rb_parallel_threads(ctx, n);
     double *d = dx->data;
     const double *g = dy->data;
-#pragma omp parallel for simd num_threads(T) schedule(static) if (T > 1)
+#pragma omp parallel for simd num_threads(T) schedule(static) if (parallel : T > 1)
     for (size_t i = 0; i < n; i++) d[i] += alpha * g[i];
     return RB_OK;
 }
@@ -266,7 +266,7 @@ static rb_status res_act_backward(rb_context *ctx, const rb_op *op, const rb_ten
         const int T = rb_parallel_threads(ctx, n);
         const double *yd = y->data, *d = dy->data;
         double *gd = g.data;
-#pragma omp parallel for simd num_threads(T) schedule(static) if (T > 1)
+#pragma omp parallel for simd num_threads(T) schedule(static) if (parallel : T > 1)
         for (size_t i = 0; i < n; i++) gd[i] = (yd[i] > 0.0 ? 1.0 : 0.0) * (alpha * d[i]);
     } else if (st == RB_OK) {
         act_pass(ctx, s->act, x->data, s->h, fx.data, dy->data, alpha, g.data, rb_tensor_count(x));
