@@ -105,7 +105,7 @@ static rb_status create(rb_context *ctx, const char *fn, const rb_op_type *type,
                                      .apply = rb_op_apply_via_tape, .vjp = rb_op_vjp_via_tape,                  \
                                      .param_grad = rb_op_param_grad_via_tape, .destroy = destroy,               \
                                      .tape_bytes = branch_tape_bytes, .forward_taped = prefix##_forward,        \
-                                     .backward_taped = prefix##_backward, .backward_overwrite = (overwrite)}
+                                     .backward_taped = prefix##_backward_taped, .backward_overwrite = (overwrite)}
 
 /* ---- sum: y = a A(x) + b B(x) ------------------------------------------------------------------ */
 
@@ -142,10 +142,11 @@ static rb_status sum_forward(rb_context *ctx, const rb_op *op, const rb_tensor *
 }
 
 /* assign: the first branch overwrites dx, the second adds to it */
-static rb_status sum_backward_core(rb_context *ctx, const rb_op *op, const rb_tensor *x, const void *tape,
-                                   const rb_tensor *dy, double alpha, rb_tensor *dx, double *dparams, rb_arena *work,
-                                   bool assign)
+static rb_status sum_backward(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
+                              const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx, double *dparams,
+                              rb_arena *work, bool assign)
 {
+    (void)y;
     const branch_state *s = op->state;
     branch_tape bt;
     rb_status st = layout(ctx, op, x->shape, (void *)tape, &bt);
@@ -161,21 +162,7 @@ static rb_status sum_backward_core(rb_context *ctx, const rb_op *op, const rb_te
     return st;
 }
 
-static rb_status sum_backward(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
-                              const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx, double *dparams,
-                              rb_arena *work)
-{
-    (void)y;
-    return sum_backward_core(ctx, op, x, tape, dy, alpha, dx, dparams, work, false);
-}
-
-static rb_status sum_backward_overwrite(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
-                                        const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx,
-                                        double *dparams, rb_arena *work)
-{
-    (void)y;
-    return sum_backward_core(ctx, op, x, tape, dy, alpha, dx, dparams, work, true);
-}
+RB_BACKWARD_PAIR(sum, sum_backward)
 
 BRANCH_TYPE(sum_type, "sum of branches", sum, 0, sum_backward_overwrite);
 
@@ -218,9 +205,9 @@ static rb_status concat_forward(rb_context *ctx, const rb_op *op, const rb_tenso
     return RB_OK;
 }
 
-static rb_status concat_backward(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
-                                 const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx, double *dparams,
-                                 rb_arena *work)
+static rb_status concat_backward_taped(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
+                                       const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx, double *dparams,
+                                       rb_arena *work)
 {
     (void)y;
     branch_tape bt;
@@ -276,9 +263,9 @@ static rb_status gate_forward(rb_context *ctx, const rb_op *op, const rb_tensor 
 }
 
 /* dF = dy T, dT = dy (F - x), dx += -alpha dy T, then through F and T. */
-static rb_status gate_backward(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
-                               const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx, double *dparams,
-                               rb_arena *work)
+static rb_status gate_backward_taped(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
+                                     const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx, double *dparams,
+                                     rb_arena *work)
 {
     (void)y;
     branch_tape bt;

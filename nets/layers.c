@@ -1,6 +1,7 @@
 /* layers.c — dense, flatten, global average pooling, batch and layer
  * normalisation as rb_ops (see layers.h). */
 #include "resbridge/layers.h"
+#include "op_internal.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -204,7 +205,7 @@ static const double *run_of(const double *p, norm_layout L, size_t o, size_t g) 
  * quarters (independent vector chains: one chain would wait on the adder's latency), added
  * up in a fixed order:
  *   *s += sum (r - c)^q for q = 1 (c = 0 then) or 2;
- *   *a += sum w d, *b += sum w d (r - c), with w = 1 when w is NULL. */
+ *   *a += sum e, *b += sum e (r - c), e = dsum_term (w d, or d masked by the fused ReLU, or d). */
 static void run_moment(const double *r, double c, int q, size_t n, double *s)
 {
     const size_t m = n / 4;
@@ -224,55 +225,31 @@ static void run_moment(const double *r, double c, int q, size_t n, double *s)
     *s += t;
 }
 
-static void run_dsums(const double *d, const double *r, const double *w, double c, size_t n, double *a, double *b)
-{
-    const size_t m = n / 4;
-    double a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
-    if (w == NULL) {
-#pragma omp simd reduction(+ : a0, a1, a2, a3, b0, b1, b2, b3)
-        for (size_t i = 0; i < m; i++) {
-            a0 += d[i], b0 += d[i] * (r[i] - c);
-            a1 += d[m + i], b1 += d[m + i] * (r[m + i] - c);
-            a2 += d[2 * m + i], b2 += d[2 * m + i] * (r[2 * m + i] - c);
-            a3 += d[3 * m + i], b3 += d[3 * m + i] * (r[3 * m + i] - c);
-        }
-    } else {
-#pragma omp simd reduction(+ : a0, a1, a2, a3, b0, b1, b2, b3)
-        for (size_t i = 0; i < m; i++) {
-            const double e0 = w[i] * d[i], e1 = w[m + i] * d[m + i], e2 = w[2 * m + i] * d[2 * m + i],
-                         e3 = w[3 * m + i] * d[3 * m + i];
-            a0 += e0, b0 += e0 * (r[i] - c);
-            a1 += e1, b1 += e1 * (r[m + i] - c);
-            a2 += e2, b2 += e2 * (r[2 * m + i] - c);
-            a3 += e3, b3 += e3 * (r[3 * m + i] - c);
-        }
-    }
-    double sa = (a0 + a1) + (a2 + a3), sb = (b0 + b1) + (b2 + b3);
-    for (size_t i = 4 * m; i < n; i++) {
-        const double e = (w ? w[i] : 1.0) * d[i];
-        sa += e, sb += e * (r[i] - c);
-    }
-    *a += sa, *b += sb;
-}
-
-/* run_dsums with w = NULL for batch norm + ReLU: d[i] counts only where the ReLU passed its
- * input, sc (r[i] - c) + sh > 0, the forward pass's expression (the same value, bit for
- * bit: no contraction in ISO C), so the mask is recomputed rather than stored. */
+/* With the ReLU fused (batch norm + ReLU), dy counts only where the ReLU passed its input,
+ * sc (r - c) + sh > 0: the forward pass's expression (the same value, bit for bit: no
+ * contraction in ISO C), so the mask is recomputed rather than stored. */
 static inline double relu_pass(double d, double r, double c, double sc, double sh)
 {
     return (r - c) * sc + sh > 0.0 ? d : 0.0;
 }
 
-static void run_dsums_relu(const double *d, const double *r, double c, double sc, double sh, size_t n, double *a,
-                           double *b)
+/* The term e of run_dsums at i: w d (w given), d where the fused ReLU passed (relu), or d. */
+static inline double dsum_term(const double *d, const double *r, const double *w, bool relu, double c, double sc,
+                               double sh, size_t i)
+{
+    return w ? w[i] * d[i] : relu ? relu_pass(d[i], r[i], c, sc, sh) : d[i];
+}
+
+static void run_dsums(const double *d, const double *r, const double *w, bool relu, double c, double sc, double sh,
+                      size_t n, double *a, double *b)
 {
     const size_t m = n / 4;
     double a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
 #pragma omp simd reduction(+ : a0, a1, a2, a3, b0, b1, b2, b3)
     for (size_t i = 0; i < m; i++) {
-        const double e0 = relu_pass(d[i], r[i], c, sc, sh), e1 = relu_pass(d[m + i], r[m + i], c, sc, sh),
-                     e2 = relu_pass(d[2 * m + i], r[2 * m + i], c, sc, sh),
-                     e3 = relu_pass(d[3 * m + i], r[3 * m + i], c, sc, sh);
+        const double e0 = dsum_term(d, r, w, relu, c, sc, sh, i), e1 = dsum_term(d, r, w, relu, c, sc, sh, m + i),
+                     e2 = dsum_term(d, r, w, relu, c, sc, sh, 2 * m + i),
+                     e3 = dsum_term(d, r, w, relu, c, sc, sh, 3 * m + i);
         a0 += e0, b0 += e0 * (r[i] - c);
         a1 += e1, b1 += e1 * (r[m + i] - c);
         a2 += e2, b2 += e2 * (r[2 * m + i] - c);
@@ -280,7 +257,7 @@ static void run_dsums_relu(const double *d, const double *r, double c, double sc
     }
     double sa = (a0 + a1) + (a2 + a3), sb = (b0 + b1) + (b2 + b3);
     for (size_t i = 4 * m; i < n; i++) {
-        const double e = relu_pass(d[i], r[i], c, sc, sh);
+        const double e = dsum_term(d, r, w, relu, c, sc, sh, i);
         sa += e, sb += e * (r[i] - c);
     }
     *a += sa, *b += sb;
@@ -337,8 +314,7 @@ static void group_backward(const double *x, const double *dy, norm_layout L, siz
     double a = 0, b = 0; /* sums of dxhat and dxhat (x - mean) over the group */
     for (size_t o = 0; o < L.nO; o++) {
         const double *r = run_of(x, L, o, g), *d = run_of(dy, L, o, g);
-        if (L.relu) run_dsums_relu(d, r, mean, sc, sh, L.nI, &a, &b);
-        else run_dsums(d, r, L.affine_per_group ? NULL : gamma, mean, L.nI, &a, &b);
+        run_dsums(d, r, L.affine_per_group ? NULL : gamma, L.relu, mean, sc, sh, L.nI, &a, &b);
         if (!L.affine_per_group) {
             if (dgamma) {
 #pragma omp simd
@@ -470,9 +446,11 @@ static rb_status norm_forward_taped(rb_context *ctx, const rb_op *op, const rb_t
     return norm_run(ctx, op, x, y, tape, true);
 }
 
-static rb_status norm_backward(rb_context *ctx, const rb_op *op, const rb_tensor *x, const void *tape,
-                               const rb_tensor *dy, double alpha, rb_tensor *dx, double *dparams, bool assign)
+static rb_status norm_backward(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
+                               const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx, double *dparams,
+                               rb_arena *work, bool assign)
 {
+    (void)y, (void)work;
     const norm_state *s = op->state;
     const norm_layout L = layout_of(s, x->shape);
     const norm_tape t = tape_of(tape, L);
@@ -486,21 +464,7 @@ static rb_status norm_backward(rb_context *ctx, const rb_op *op, const rb_tensor
     return RB_OK;
 }
 
-static rb_status norm_backward_taped(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
-                                     const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx,
-                                     double *dparams, rb_arena *work)
-{
-    (void)y, (void)work;
-    return norm_backward(ctx, op, x, tape, dy, alpha, dx, dparams, false);
-}
-
-static rb_status norm_backward_overwrite(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
-                                         const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx,
-                                         double *dparams, rb_arena *work)
-{
-    (void)y, (void)work;
-    return norm_backward(ctx, op, x, tape, dy, alpha, dx, dparams, true);
-}
+RB_BACKWARD_PAIR(norm, norm_backward)
 
 /* apply: the taped forward with its tape in the work arena (so the two agree bit for bit). */
 static rb_status norm_apply(rb_context *ctx, const rb_op *op, const rb_tensor *x, rb_tensor *y, rb_arena *work)

@@ -153,19 +153,7 @@ static rb_status chain_backward(rb_context *ctx, const rb_op *op, const rb_tenso
     return st;
 }
 
-static rb_status chain_backward_taped(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
-                                      const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx,
-                                      double *dparams, rb_arena *work)
-{
-    return chain_backward(ctx, op, x, y, tape, dy, alpha, dx, dparams, work, false);
-}
-
-static rb_status chain_backward_overwrite(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
-                                          const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx,
-                                          double *dparams, rb_arena *work)
-{
-    return chain_backward(ctx, op, x, y, tape, dy, alpha, dx, dparams, work, true);
-}
+RB_BACKWARD_PAIR(chain, chain_backward)
 
 static void chain_destroy(rb_context *ctx, rb_op *op)
 {

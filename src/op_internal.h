@@ -20,6 +20,23 @@ rb_status rb_op_backward_overwrite_unchecked(rb_context *ctx, const rb_op *op, c
                                              const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx,
                                              double *dparams, rb_arena *work);
 
+/* A type's two backward entries, prefix##_backward_taped (accumulating into dx) and
+ * prefix##_backward_overwrite (dx overwritten), from one function taking backward_taped's
+ * arguments and then `bool assign`. */
+#define RB_BACKWARD_PAIR(prefix, core)                                                                        \
+    static rb_status prefix##_backward_taped(rb_context *ctx, const rb_op *op, const rb_tensor *x,            \
+                                             const rb_tensor *y, const void *tape, const rb_tensor *dy,       \
+                                             double alpha, rb_tensor *dx, double *dparams, rb_arena *work)   \
+    {                                                                                                         \
+        return core(ctx, op, x, y, tape, dy, alpha, dx, dparams, work, false);                                \
+    }                                                                                                         \
+    static rb_status prefix##_backward_overwrite(rb_context *ctx, const rb_op *op, const rb_tensor *x,        \
+                                                 const rb_tensor *y, const void *tape, const rb_tensor *dy,   \
+                                                 double alpha, rb_tensor *dx, double *dparams, rb_arena *work)\
+    {                                                                                                         \
+        return core(ctx, op, x, y, tape, dy, alpha, dx, dparams, work, true);                                 \
+    }
+
 /* Composite operators own their parts and gather the parts' parameters into
  * their own flat vector (op->params), each part pointing into it, recursively:
  * a composite nested in another is re-pointed with all its descendants. A

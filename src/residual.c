@@ -228,25 +228,16 @@ static rb_status res_forward_taped(rb_context *ctx, const rb_op *op, const rb_te
     return step_core(ctx, branch(op), s->h, s->act, x, y, &fx, tape_branch(tape, x->shape), work);
 }
 
-static rb_status res_backward_taped(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
-                                    const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx, double *dparams,
-                                    rb_arena *work)
+static rb_status res_backward(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
+                              const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx, double *dparams,
+                              rb_arena *work, bool assign)
 {
     (void)y;
     rb_tensor fx = tape_fx(tape, x->shape);
     return backward_core(ctx, branch(op), ((const residual_state *)op->state)->h, x, &fx, tape_branch(tape, x->shape),
-                         dy, alpha, dx, dparams, work, false);
+                         dy, alpha, dx, dparams, work, assign);
 }
-
-static rb_status res_backward_overwrite(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
-                                        const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx,
-                                        double *dparams, rb_arena *work)
-{
-    (void)y;
-    rb_tensor fx = tape_fx(tape, x->shape);
-    return backward_core(ctx, branch(op), ((const residual_state *)op->state)->h, x, &fx, tape_branch(tape, x->shape),
-                         dy, alpha, dx, dparams, work, true);
-}
+RB_BACKWARD_PAIR(res, res_backward)
 
 /* The post-activation layer: g = alpha act'(x + h F(x)) dy into work memory (overwritten, so
  * never zeroed first; for ReLU from y = ReLU(x + h F(x)) > 0, the same mask), then the step's
@@ -279,19 +270,7 @@ static rb_status res_act_backward(rb_context *ctx, const rb_op *op, const rb_ten
     return st;
 }
 
-static rb_status res_act_backward_taped(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
-                                        const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx,
-                                        double *dparams, rb_arena *work)
-{
-    return res_act_backward(ctx, op, x, y, tape, dy, alpha, dx, dparams, work, false);
-}
-
-static rb_status res_act_backward_overwrite(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
-                                            const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx,
-                                            double *dparams, rb_arena *work)
-{
-    return res_act_backward(ctx, op, x, y, tape, dy, alpha, dx, dparams, work, true);
-}
+RB_BACKWARD_PAIR(res_act, res_act_backward)
 
 /* tape and output of a recomputing backward pass, g, and the branch's scratch */
 static size_t res_act_workspace(const rb_op *op, rb_shape in)

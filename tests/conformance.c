@@ -270,3 +270,36 @@ void rb_conformance_run(rb_context *ctx, const rb_conformance_case *c)
     rb_tensor_release(ctx, &x0);
     rb_arena_release(ctx, &s.work);
 }
+
+double rb_conformance_compare(rb_context *ctx, const rb_op *fused, const rb_op *unfused, const rb_tensor *x,
+                              const rb_tensor *dy, double tol_y, double tol_grad)
+{
+    const rb_op *op[2] = {fused, unfused};
+    const size_t np = fused->nparams;
+    assert_int_equal(np, unfused->nparams);
+    rb_tensor y[2], dx[2];
+    double *dp = rb_calloc(ctx, 2 * np + 2, sizeof(double)), *dpk[2] = {dp, dp + np + 1};
+    for (int k = 0; k < 2; k++) {
+        rb_shape out;
+        RB_CHECK(ctx, rb_op_shape(ctx, op[k], x->shape, &out));
+        RB_CHECK(ctx, rb_tensor_alloc(ctx, &y[k], out));
+        RB_CHECK(ctx, rb_tensor_alloc(ctx, &dx[k], x->shape));
+        rb_arena work = {0};
+        size_t tb = rb_op_tape_bytes(op[k], x->shape);
+        RB_CHECK(ctx, rb_arena_reserve(ctx, &work, rb_arena_bytes(tb) + rb_op_backward_workspace(op[k], x->shape)));
+        void *tape = tb ? rb_arena_alloc(ctx, &work, tb) : NULL;
+        RB_CHECK(ctx, rb_op_forward(ctx, op[k], x, &y[k], tape, &work));
+        RB_CHECK(ctx, rb_op_backward(ctx, op[k], x, &y[k], tape, dy, 0.7, &dx[k], np ? dpk[k] : NULL, &work));
+        rb_arena_release(ctx, &work);
+    }
+    double ey = rb_tensor_max_rel_diff(&y[0], &y[1]), ex = rb_tensor_max_rel_diff(&dx[0], &dx[1]);
+    double ep = np ? rel_err(dpk[0], dpk[1], np) : 0;
+    bool same_y = tol_y > 0 ? ey <= tol_y : memcmp(y[0].data, y[1].data, rb_tensor_count(&y[0]) * sizeof(double)) == 0;
+    if (!(same_y && ex <= tol_grad && ep <= tol_grad))
+        fail_msg("%s vs %s: y %.3g, dx %.3g, dtheta %.3g", fused->type->name, unfused->type->name, ey, ex, ep);
+    size_t zeros = 0, n = rb_tensor_count(&y[1]);
+    for (size_t i = 0; i < n; i++) zeros += y[1].data[i] == 0.0;
+    for (int k = 0; k < 2; k++) rb_tensor_release(ctx, &y[k]), rb_tensor_release(ctx, &dx[k]);
+    rb_free(ctx, dp);
+    return (double)zeros / (double)n;
+}

@@ -36,4 +36,11 @@ typedef struct rb_conformance_case {
 rb_conformance_case rb_conformance_default(rb_op *op, rb_shape in, const char *label);
 void rb_conformance_run(rb_context *ctx, const rb_conformance_case *c);
 
+/* A fused operator against its oracle, the unfused composition (the same parameters): the
+ * taped forward passes give the same y to tol_y (relative; 0: bit for bit), the taped
+ * backward passes (alpha = 0.7) the same dx and parameter gradient to tol_grad. Returns the
+ * fraction of y that is exactly 0 (that a ReLU was exercised). */
+double rb_conformance_compare(rb_context *ctx, const rb_op *fused, const rb_op *unfused, const rb_tensor *x,
+                              const rb_tensor *dy, double tol_y, double tol_grad);
+
 #endif

@@ -6,7 +6,6 @@
 #include "conformance.h"
 
 #include <math.h>
-#include <stdlib.h>
 
 static rb_op *conv(rb_context *ctx, size_t cin, size_t cout, int k, int stride, rb_test_rng *r)
 {
@@ -96,22 +95,17 @@ static void sum_concat_gate(void **state)
 
 /* The post-activation residual layer act(x + h F(x)) (the activation fused into the step's
  * pass) against its oracle, the residual layer chained with the activation (identical
- * branches), for ReLU and tanh: outputs bit for bit, input and parameter gradients (taped
- * and untaped) to rounding; then the conformance suite (finite differences) on the fused
- * layer. */
+ * branches), for ReLU and tanh: outputs bit for bit, input and parameter gradients to
+ * rounding (rb_conformance_compare); then the conformance suite on the fused layer. */
 static void residual_post_activation(void **state)
 {
     rb_context *ctx = *state;
     const rb_shape in = rb_shape_2d(3, 2, 5, 6);
     const double h = 0.7;
     const rb_activation acts[2] = {RB_ACT_RELU, RB_ACT_TANH};
-    rb_tensor x, dy, y[2], dx[2];
+    rb_tensor x, dy;
     RB_CHECK(ctx, rb_tensor_alloc(ctx, &x, in));
     RB_CHECK(ctx, rb_tensor_alloc(ctx, &dy, in));
-    for (int k = 0; k < 2; k++) {
-        RB_CHECK(ctx, rb_tensor_alloc(ctx, &y[k], in));
-        RB_CHECK(ctx, rb_tensor_alloc(ctx, &dx[k], in));
-    }
     rb_test_rng rx = {21};
     rb_test_fill(&rx, &x, -1, 1);
     rb_test_fill(&rx, &dy, -1, 1);
@@ -119,53 +113,20 @@ static void residual_post_activation(void **state)
         rb_op *op[2];
         for (int k = 0; k < 2; k++) { /* the same branch twice: conv3 - tanh - conv3 */
             rb_test_rng r = {7};
-            rb_op *p[3] = {conv(ctx, 2, 2, 3, 1, &r), act(ctx, RB_ACT_TANH), conv(ctx, 2, 2, 3, 1, &r)}, *F;
+            rb_op *p[3] = {conv(ctx, 2, 2, 3, 1, &r), act(ctx, RB_ACT_TANH), conv(ctx, 2, 2, 3, 1, &r)}, *F, *R;
             RB_CHECK(ctx, rb_op_chain_create(ctx, p, 3, &F));
             if (k == 0) {
                 RB_CHECK(ctx, rb_op_residual_act_create(ctx, F, h, acts[a], &op[0]));
             } else {
-                rb_op *R, *q[2];
                 RB_CHECK(ctx, rb_op_residual_create(ctx, F, h, &R));
-                q[0] = R, q[1] = act(ctx, acts[a]);
+                rb_op *q[2] = {R, act(ctx, acts[a])};
                 RB_CHECK(ctx, rb_op_chain_create(ctx, q, 2, &op[1]));
             }
         }
-        assert_int_equal(op[0]->nparams, op[1]->nparams);
-        double *dp[2];
-        for (int k = 0; k < 2; k++) {
-            rb_arena work = {0};
-            size_t tb = rb_op_tape_bytes(op[k], in), ws = rb_op_workspace(op[k], in) + rb_op_backward_workspace(op[k], in);
-            RB_CHECK(ctx, rb_arena_reserve(ctx, &work, rb_arena_bytes(tb) + ws));
-            void *tape = rb_arena_alloc(ctx, &work, tb);
-            assert_non_null(tape);
-            dp[k] = calloc(op[k]->nparams, sizeof(double));
-            double *dp2 = calloc(op[k]->nparams, sizeof(double));
-            memset(dx[k].data, 0, rb_tensor_count(&x) * sizeof(double));
-            RB_CHECK(ctx, rb_op_forward(ctx, op[k], &x, &y[k], tape, &work));
-            RB_CHECK(ctx, rb_op_backward(ctx, op[k], &x, &y[k], tape, &dy, 0.6, &dx[k], dp[k], &work));
-            rb_tensor y2, dx2;
-            RB_CHECK(ctx, rb_tensor_alloc(ctx, &y2, in));
-            RB_CHECK(ctx, rb_tensor_alloc(ctx, &dx2, in));
-            RB_CHECK(ctx, rb_op_apply(ctx, op[k], &x, &y2, &work));
-            RB_CHECK(ctx, rb_op_vjp(ctx, op[k], &x, &dy, 0.6, &dx2, &work));
-            RB_CHECK(ctx, rb_op_param_grad(ctx, op[k], &x, &dy, 0.6, dp2, &work));
-            assert_true(memcmp(y2.data, y[k].data, rb_tensor_count(&x) * sizeof(double)) == 0);
-            assert_true(rb_tensor_max_rel_diff(&dx2, &dx[k]) < 1e-14);
-            for (size_t i = 0; i < op[k]->nparams; i++) assert_true(fabs(dp2[i] - dp[k][i]) <= 1e-14 * (1 + fabs(dp[k][i])));
-            free(dp2);
-            rb_tensor_release(ctx, &y2);
-            rb_tensor_release(ctx, &dx2);
-            rb_arena_release(ctx, &work);
-        }
-        size_t cut = 0;
-        for (size_t i = 0; i < rb_tensor_count(&x); i++) cut += y[1].data[i] == 0.0;
-        if (acts[a] == RB_ACT_RELU) assert_true(cut > rb_tensor_count(&x) / 5 && cut < rb_tensor_count(&x) * 4 / 5);
-        assert_true(memcmp(y[0].data, y[1].data, rb_tensor_count(&x) * sizeof(double)) == 0);
-        assert_true(rb_tensor_max_rel_diff(&dx[0], &dx[1]) < 1e-13);
-        for (size_t i = 0; i < op[0]->nparams; i++) assert_true(fabs(dp[0][i] - dp[1][i]) <= 1e-13 * (1 + fabs(dp[1][i])));
+        double cut = rb_conformance_compare(ctx, op[0], op[1], &x, &dy, 0.0, 1e-13);
+        if (acts[a] == RB_ACT_RELU) assert_true(cut > 0.2 && cut < 0.8);
         rb_conformance_case c = rb_conformance_default(op[0], in, acts[a] == RB_ACT_RELU ? "residual + relu" : "residual + tanh");
         rb_conformance_run(ctx, &c);
-        free(dp[0]), free(dp[1]);
         rb_op_free(ctx, op[0]), rb_op_free(ctx, op[1]);
     }
     rb_op *bad, *F = act(ctx, RB_ACT_TANH);
@@ -173,7 +134,6 @@ static void residual_post_activation(void **state)
     RB_EXPECT(ctx, RB_EINVAL, "h = inf", rb_op_residual_act_create(ctx, F, INFINITY, RB_ACT_RELU, &bad));
     rb_op_free(ctx, F);
     rb_tensor_release(ctx, &x), rb_tensor_release(ctx, &dy);
-    for (int k = 0; k < 2; k++) rb_tensor_release(ctx, &y[k]), rb_tensor_release(ctx, &dx[k]);
 }
 
 /* Parameters of the reference network, counted layer by layer (the nets issue says 29,050). */
