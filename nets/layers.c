@@ -205,7 +205,7 @@ static const double *run_of(const double *p, norm_layout L, size_t o, size_t g) 
  * quarters (independent vector chains: one chain would wait on the adder's latency), added
  * up in a fixed order:
  *   *s += sum (r - c)^q for q = 1 (c = 0 then) or 2;
- *   *a += sum e, *b += sum e (r - c), e = dsum_term (w d, or d masked by the fused ReLU, or d). */
+ *   *a += sum e, *b += sum e (r - c) (run_dsums: e = w d, or d masked by the fused ReLU, or d). */
 static void run_moment(const double *r, double c, int q, size_t n, double *s)
 {
     const size_t m = n / 4;
@@ -233,33 +233,38 @@ static inline double relu_pass(double d, double r, double c, double sc, double s
     return (r - c) * sc + sh > 0.0 ? d : 0.0;
 }
 
-/* The term e of run_dsums at i: w d (w given), d where the fused ReLU passed (relu), or d. */
-static inline double dsum_term(const double *d, const double *r, const double *w, bool relu, double c, double sc,
-                               double sh, size_t i)
-{
-    return w ? w[i] * d[i] : relu ? relu_pass(d[i], r[i], c, sc, sh) : d[i];
-}
-
+/* e = w d (w given), d where the fused ReLU passed (relu), or d: one vector loop per kind
+ * (DSUMS, with the term T(i)), the same sums in the same order. */
 static void run_dsums(const double *d, const double *r, const double *w, bool relu, double c, double sc, double sh,
                       size_t n, double *a, double *b)
 {
     const size_t m = n / 4;
-    double a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
-#pragma omp simd reduction(+ : a0, a1, a2, a3, b0, b1, b2, b3)
-    for (size_t i = 0; i < m; i++) {
-        const double e0 = dsum_term(d, r, w, relu, c, sc, sh, i), e1 = dsum_term(d, r, w, relu, c, sc, sh, m + i),
-                     e2 = dsum_term(d, r, w, relu, c, sc, sh, 2 * m + i),
-                     e3 = dsum_term(d, r, w, relu, c, sc, sh, 3 * m + i);
-        a0 += e0, b0 += e0 * (r[i] - c);
-        a1 += e1, b1 += e1 * (r[m + i] - c);
-        a2 += e2, b2 += e2 * (r[2 * m + i] - c);
-        a3 += e3, b3 += e3 * (r[3 * m + i] - c);
-    }
-    double sa = (a0 + a1) + (a2 + a3), sb = (b0 + b1) + (b2 + b3);
-    for (size_t i = 4 * m; i < n; i++) {
-        const double e = dsum_term(d, r, w, relu, c, sc, sh, i);
-        sa += e, sb += e * (r[i] - c);
-    }
+    double a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0, sa, sb;
+#define T_W(i) (w[i] * d[i])
+#define T_RELU(i) relu_pass(d[i], r[i], c, sc, sh)
+#define T_D(i) (d[i])
+#define DSUMS(T)                                                                                             \
+    do {                                                                                                     \
+        _Pragma("omp simd reduction(+ : a0, a1, a2, a3, b0, b1, b2, b3)") for (size_t i = 0; i < m; i++) {   \
+            const double e0 = T(i), e1 = T(m + i), e2 = T(2 * m + i), e3 = T(3 * m + i);                     \
+            a0 += e0, b0 += e0 * (r[i] - c);                                                                 \
+            a1 += e1, b1 += e1 * (r[m + i] - c);                                                             \
+            a2 += e2, b2 += e2 * (r[2 * m + i] - c);                                                         \
+            a3 += e3, b3 += e3 * (r[3 * m + i] - c);                                                         \
+        }                                                                                                    \
+        sa = (a0 + a1) + (a2 + a3), sb = (b0 + b1) + (b2 + b3);                                              \
+        for (size_t i = 4 * m; i < n; i++) {                                                                 \
+            const double e = T(i);                                                                           \
+            sa += e, sb += e * (r[i] - c);                                                                   \
+        }                                                                                                    \
+    } while (0)
+    if (w != NULL) DSUMS(T_W);
+    else if (relu) DSUMS(T_RELU);
+    else DSUMS(T_D);
+#undef DSUMS
+#undef T_W
+#undef T_RELU
+#undef T_D
     *a += sa, *b += sb;
 }
 
