@@ -222,6 +222,7 @@ rb_status rb_op_backward_overwrite_unchecked(rb_context *ctx, const rb_op *op, c
                                              const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx,
                                              double *dparams, rb_arena *work)
 {
+    if (dx == NULL) return rb_op_backward_unchecked(ctx, op, x, y, tape, dy, alpha, dx, dparams, work);
     const size_t bytes = rb_op_tape_bytes(op, x->shape);
     if (op->type->backward_overwrite != NULL && (bytes == 0 || (tape != NULL && y != NULL)))
         return op->type->backward_overwrite(ctx, op, x, y, bytes > 0 ? tape : NULL, dy, alpha, dx,

@@ -14,8 +14,8 @@ rb_status rb_op_backward_unchecked(rb_context *ctx, const rb_op *op, const rb_te
                                    const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx, double *dparams,
                                    rb_arena *work);
 
-/* The same with dx OVERWRITTEN (dx = alpha J^T dy; dx not NULL): through the type's
- * backward_overwrite when it has one and the tape is at hand, else dx zeroed, then the above. */
+/* The same with dx OVERWRITTEN (dx = alpha J^T dy): through the type's backward_overwrite when
+ * it has one and the tape is at hand, else dx zeroed, then the above (dx NULL: the above). */
 rb_status rb_op_backward_overwrite_unchecked(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y,
                                              const void *tape, const rb_tensor *dy, double alpha, rb_tensor *dx,
                                              double *dparams, rb_arena *work);
