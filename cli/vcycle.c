@@ -36,7 +36,9 @@ static void usage(FILE *f)
             "  --levels    levels of the hierarchy (default: coarsen while n > 7; with a FILE, the file's)\n"
             "  --omega     Jacobi damping (default 2d/(2d+1): 0.8 in 2D); --pre/--post default 1 (or the FILE's)\n"
             "Defaults: --weights poisson --cycles 10 --seed 1\n"
-            "Exit status: 0 ran, 1 the cycle diverged, 2 bad usage or error (e.g. a weights file that\n"
+            "A weights file's cycle is measured first (its asymptotic factor on this grid) and refused if it\n"
+            "diverges.\n"
+            "Exit status: 0 ran, 1 the cycle diverged (or a loaded one would), 2 bad usage or error (e.g. a weights file that\n"
             "is missing, corrupt or for another grid).\n");
 }
 
@@ -178,6 +180,18 @@ int rb_cli_vcycle(int argc, char **argv)
     rb_vnet *net = NULL;
     rb_status st = make_mg(ctx, &mgo, &mg);
     if (st == RB_OK && o.mode == MODE_NET) st = make_net(ctx, &o, rb_mg_levels(mg), &net);
+    if (st == RB_OK && o.mode == MODE_NET && o.weights != NULL) { /* a loaded cycle must converge before it is used */
+        double factor = 0;
+        rb_status conv = rb_vnet_measure_factor(ctx, net, (unsigned long)o.seed + 7, 40, &factor);
+        if (conv == RB_EDIVERGED) {
+            fprintf(stderr, "resbridge vcycle: refused: the cycle of '%s' diverges on this grid (%s)\n", o.weights,
+                    rb_context_message(ctx));
+            rb_mg_free(ctx, mg), rb_vnet_free(ctx, net);
+            rb_context_free(ctx);
+            return 1;
+        }
+        if (conv != RB_OK) st = conv;
+    }
     rb_tensor f = {0}, u = {0};
     if (st == RB_OK) st = rb_tensor_alloc(ctx, &f, rb_mg_shape(mg));
     if (st == RB_OK) st = rb_tensor_alloc(ctx, &u, rb_mg_shape(mg));

@@ -281,8 +281,8 @@ rb_status rb_vnet_measure_factor(rb_context *ctx, rb_vnet *net, unsigned long se
     if (st == RB_OK) {
         *factor = rep.convergence_factor;
         if (!(rep.convergence_factor < 1))
-            st = rb_fail(ctx, RB_EDIVERGED, "the cycle does not converge: its asymptotic factor is %.4g >= 1 (%d cycles)",
-                         rep.convergence_factor, rep.cycles);
+            st = rb_fail(ctx, RB_EDIVERGED, "the cycle does not converge: its asymptotic factor is %.4g >= 1 (over %d cycle%s)",
+                         rep.convergence_factor, rep.cycles, rep.cycles == 1 ? "" : "s");
     }
     if (rng) gsl_rng_free(rng);
     rb_tensor_release(ctx, &f), rb_tensor_release(ctx, &u);

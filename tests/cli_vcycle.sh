@@ -64,4 +64,14 @@ printf '\x55' | dd of="$tmp/bad.rbw" bs=1 seek=300 conv=notrunc 2>/dev/null
 refused "checksum mismatch" --mode net --dim 2 --n 31 --weights "$tmp/bad.rbw"
 refused "cannot open" --mode net --dim 2 --n 31 --weights "$tmp/missing.rbw"
 refused "expected one of mg net" --mode multigrid --dim 2 --n 31
+# a learned cycle that diverges (one Adam step of size 10 from Jacobi) is refused before it is used: exit 1
+set +e
+"$rb" learn-smoother --n 31 --levels 3 --steps 1 --lr 10 --eval-n none --save "$tmp/div.rbw" >/dev/null 2>&1
+"$rb" vcycle --mode net --dim 2 --n 63 --weights "$tmp/div.rbw" --any-size --cycles 5 >"$tmp/out" 2>"$tmp/err"
+rc=$?
+set -e
+[ $rc -eq 1 ] || { echo "FAIL: a divergent weights file ran (exit $rc)"; cat "$tmp/out" "$tmp/err"; exit 1; }
+grep -qF "diverges on this grid" "$tmp/err" || { echo "FAIL: no refusal message:"; cat "$tmp/err"; exit 1; }
+[ ! -s "$tmp/out" ] || { echo "FAIL: a refused cycle printed a history"; cat "$tmp/out"; exit 1; }
+echo "refused (divergent weights): $(cat "$tmp/err")"
 echo "PASS"
