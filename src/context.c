@@ -85,10 +85,14 @@ rb_status rb_fail(rb_context *ctx, rb_status status, const char *fmt, ...)
 {
     if (ctx == NULL) return status;
     ctx->last_status = status;
+    /* formatted apart first: the arguments may include the context's own message (a caller
+     * prefixing what a callee said), and vsnprintf must not read what it writes */
+    char buf[sizeof ctx->message];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(ctx->message, sizeof ctx->message, fmt, ap);
+    vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
+    memcpy(ctx->message, buf, sizeof buf);
     return status;
 }
 

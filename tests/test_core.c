@@ -28,6 +28,11 @@ static void test_context(void **state)
     assert_int_equal(rb_context_last_status(ctx), RB_EINVAL);
     rb_context_clear_error(ctx);
     assert_string_equal(rb_context_message(ctx), "");
+    /* a caller prefixing what a callee said: the message may be an argument of its own rewrite */
+    rb_fail(ctx, RB_EDIVERGED, "inner: sample %d", 7);
+    rb_fail(ctx, RB_EDIVERGED, "outer, batch %d: %s", 22, rb_context_message(ctx));
+    assert_string_equal(rb_context_message(ctx), "outer, batch 22: inner: sample 7");
+    rb_context_clear_error(ctx);
     assert_int_equal(rb_context_create(NULL, NULL), RB_ENULL);
     rb_allocator bad = {NULL, NULL, NULL};
     rb_context *c2 = NULL;
