@@ -177,7 +177,7 @@ static rb_status restrict_taped(rb_context *ctx, rb_vlevel *lv, rb_vlevel *coars
     rb_status st = restrict_residual(ctx, lv, coarse, work);
     if (st != RB_OK) return st;
     memcpy(r->b, coarse->f.data, nf * sizeof(double));
-    rec *b = begin_of(tape);
+    rec *b = tape->begin; /* the cycle being recorded */
     r->fprev = b->fcur[l + 1];
     b->fcur[l + 1] = r->b;
     return RB_OK;
@@ -419,14 +419,14 @@ void rb_vtape_clear(rb_vtape *tape)
 {
     if (tape == NULL) return;
     rb_arena_reset(&tape->mem, 0);
-    tape->last = NULL;
+    tape->last = tape->begin = NULL;
 }
 
 void rb_vtape_release(rb_context *ctx, rb_vtape *tape)
 {
     if (tape == NULL) return;
     rb_arena_release(ctx, &tape->mem);
-    tape->last = NULL;
+    tape->last = tape->begin = NULL;
 }
 
 /* Tape bytes of one visit of level l with cycle kind `kind` (the shape of cycle()). */
@@ -488,7 +488,9 @@ rb_status rb_vcycle_run_taped(rb_context *ctx, const rb_vcycle *vc, size_t from,
     for (size_t l = 0; l < vc->nlevels; l++) fcur[l] = NULL;
     fcur[from] = vc->level[from].f.data;
     b->fcur = fcur;
+    tape->begin = b;
     rb_status st = cycle(ctx, vc, from, vc->cycle, NULL, tape, work);
+    tape->begin = NULL; /* read only while recording */
     if (st != RB_OK) rb_arena_reset(&tape->mem, mark), tape->last = last; /* nothing half-recorded stays */
     return st;
 }

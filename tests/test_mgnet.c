@@ -1,8 +1,9 @@
 /* test_mgnet.c — MgNet (the down-leg of the network-mode cycle as a classifier) against its
- * oracles: the operator conformance suite (vjp and every parameter gradient against central
- * differences), the cycle it is built on (its logits from the vnet's coarsest features by
- * pooling and the head, recomputed by hand), batches beyond the cycle's size, the model and
- * trainer around it (a checkpoint round trip), bad input. */
+ * oracles: the operator conformance suite (vjp and every parameter gradient of the whole
+ * classifier against central differences); apply over more samples than the cycle's batch
+ * against taped forwards of a few samples at a time (<= 1e-14); the model's parameter count
+ * against the layer-by-layer formula; bad input. (The trainer and its checkpoints take the
+ * flat parameter vector as for every model: tests/test_trainer.c.) */
 #include "testkit.h"
 #include "conformance.h"
 

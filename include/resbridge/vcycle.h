@@ -105,7 +105,8 @@ rb_status rb_vcycle_run_norm(rb_context *ctx, const rb_vcycle *vc, size_t from, 
  * the forward and the backward calls. */
 typedef struct rb_vtape {
     rb_arena mem;
-    void *last; /* the newest record */
+    void *last;  /* the newest record */
+    void *begin; /* the record that opens the cycle being recorded */
 } rb_vtape;
 
 rb_status rb_vtape_init(rb_context *ctx, rb_vtape *tape, size_t bytes);
