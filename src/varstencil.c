@@ -37,31 +37,83 @@ static inline bool neighbour(const vs_state *vs, size_t z, size_t y, size_t x, i
     return true;
 }
 
-/* One gather loop for both products, parallel over rows of (sample, z, y):
+/* Point p = (z, y, x) of one row, every tap checked against the grid:
  *   apply: out[p] = sum_t W[t][p] in[p + tap_t]                 (beta = 0, alpha = 1)
  *   vjp:   out[q] += alpha sum_t W[t][q - tap_t] in[q - tap_t]  (adjoint: weights of the source point)
  * The taps are symmetric in order (tap[ntaps-1-t] = -tap[t]), so the adjoint
  * reaches q - tap_t through tap ntaps-1-t. */
+static inline void gather_point(const vs_state *vs, const double *W, const double *src, double alpha, bool adjoint,
+                                double *dst, size_t z, size_t yy, size_t xx)
+{
+    size_t p = (z * vs->grid.h + yy) * vs->grid.w + xx, q;
+    double acc = 0.0;
+    for (int t = 0; t < vs->ntaps; t++) {
+        if (!neighbour(vs, z, yy, xx, adjoint ? vs->ntaps - 1 - t : t, &q)) continue;
+        acc += W[(size_t)t * vs->points + (adjoint ? q : p)] * src[q];
+    }
+    dst[p] = adjoint ? dst[p] + alpha * acc : acc;
+}
+
+#define LANES 8
+
+/* `count` points of a row whose taps all lie inside the grid: the same sums in the same
+ * order as gather_point, eight points at a time (the compiler keeps the eight sums in vector
+ * registers across the taps), so both agree bit for bit. w[t], s[t]: the weights and the
+ * input that tap t reads for the first point; dst: the first point's output. */
+static void gather_interior(int ntaps, const double *const *w, const double *const *s, size_t count, double alpha,
+                            bool adjoint, double *dst)
+{
+    size_t x = 0;
+    for (; x + LANES <= count; x += LANES) {
+        double acc[LANES] = {0};
+        for (int t = 0; t < ntaps; t++) {
+            const double *wt = w[t] + x, *st = s[t] + x;
+            for (int i = 0; i < LANES; i++) acc[i] += wt[i] * st[i];
+        }
+        if (adjoint)
+            for (int i = 0; i < LANES; i++) dst[x + (size_t)i] = dst[x + (size_t)i] + alpha * acc[i];
+        else
+            for (int i = 0; i < LANES; i++) dst[x + (size_t)i] = acc[i];
+    }
+    for (; x < count; x++) {
+        double acc = 0.0;
+        for (int t = 0; t < ntaps; t++) acc += w[t][x] * s[t][x];
+        dst[x] = adjoint ? dst[x] + alpha * acc : acc;
+    }
+}
+
+/* One gather for both products (gather_point), parallel over rows of (sample, z, y). Rows
+ * whose neighbour rows and planes all lie inside the grid run their interior points
+ * through gather_interior; the rest point by point. */
 static void vs_gather(rb_context *ctx, const vs_state *vs, const double *W, size_t batch, const double *in, double alpha,
                       bool adjoint, double *out)
 {
-    const long long total = (long long)(batch * vs->grid.d * vs->grid.h);
+    const size_t D = vs->grid.d, H = vs->grid.h, Wd = vs->grid.w;
+    const long long total = (long long)(batch * D * H);
     const int threads = rb_context_threads(ctx);
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && total >= 64)
     for (long long row = 0; row < total; row++) {
-        size_t n = (size_t)row / (vs->grid.d * vs->grid.h), zy = (size_t)row % (vs->grid.d * vs->grid.h);
-        size_t z = zy / vs->grid.h, yy = zy % vs->grid.h;
+        size_t n = (size_t)row / (D * H), zy = (size_t)row % (D * H);
+        size_t z = zy / H, yy = zy % H;
         const double *src = in + n * vs->points;
         double *dst = out + n * vs->points;
-        for (size_t xx = 0; xx < vs->grid.w; xx++) {
-            size_t p = zy * vs->grid.w + xx, q;
-            double acc = 0.0;
-            for (int t = 0; t < vs->ntaps; t++) {
-                if (!neighbour(vs, z, yy, xx, adjoint ? vs->ntaps - 1 - t : t, &q)) continue;
-                acc += W[(size_t)t * vs->points + (adjoint ? q : p)] * src[q];
-            }
-            dst[p] = adjoint ? dst[p] + alpha * acc : acc;
+        const bool inside = (vs->dims < 3 || (z > 0 && z + 1 < D)) && (vs->dims < 2 || (yy > 0 && yy + 1 < H));
+        if (!inside || Wd < 3) {
+            for (size_t xx = 0; xx < Wd; xx++) gather_point(vs, W, src, alpha, adjoint, dst, z, yy, xx);
+            continue;
         }
+        const size_t p1 = zy * Wd + 1; /* the row's point x = 1 */
+        const double *w[RB_CONV_MAX_TAPS], *s[RB_CONV_MAX_TAPS];
+        for (int t = 0; t < vs->ntaps; t++) {
+            const int r = adjoint ? vs->ntaps - 1 - t : t;
+            const long long off = ((long long)vs->tap[r][0] * (long long)H + vs->tap[r][1]) * (long long)Wd + vs->tap[r][2];
+            const size_t q1 = (size_t)((long long)p1 + off);
+            s[t] = src + q1;
+            w[t] = W + (size_t)t * vs->points + (adjoint ? q1 : p1);
+        }
+        gather_point(vs, W, src, alpha, adjoint, dst, z, yy, 0);
+        gather_interior(vs->ntaps, w, s, Wd - 2, alpha, adjoint, dst + p1);
+        gather_point(vs, W, src, alpha, adjoint, dst, z, yy, Wd - 1);
     }
 }
 
@@ -193,18 +245,16 @@ rb_status rb_op_varstencil_probe(rb_context *ctx, const rb_op *F, int dims, rb_s
                     for (size_t y = (size_t)b; y < grid.h; y += (size_t)cy)
                         for (size_t x = (size_t)c; x < grid.w; x += 3) e.data[(z * grid.h + y) * grid.w + x] = 1.0;
                 st = rb_op_apply(ctx, F, &e, &col, &work);
-                /* row p, tap t: the column q = p + tap_t if q has this colour */
-                for (size_t z = 0; z < grid.d && st == RB_OK; z++)
-                    for (size_t y = 0; y < grid.h; y++)
-                        for (size_t x = 0; x < grid.w; x++) {
-                            size_t p = (z * grid.h + y) * grid.w + x, q;
+                /* row p, tap t: the column q = p + tap_t if q has this colour; so for each q of
+                 * the colour and each tap t, the row p = q - tap_t (reached from q by the
+                 * mirrored tap ntaps-1-t) if it lies inside */
+                for (size_t z = (size_t)a; z < grid.d && st == RB_OK; z += (size_t)cz)
+                    for (size_t y = (size_t)b; y < grid.h; y += (size_t)cy)
+                        for (size_t x = (size_t)c; x < grid.w; x += 3)
                             for (int t = 0; t < vs->ntaps; t++) {
-                                if (!neighbour(vs, z, y, x, t, &q)) continue;
-                                size_t qz = q / (grid.h * grid.w), qy = (q / grid.w) % grid.h, qx = q % grid.w;
-                                if ((int)(qz % (size_t)cz) == a && (int)(qy % (size_t)cy) == b && (int)(qx % 3) == c)
-                                    S->params[(size_t)t * vs->points + p] = col.data[p];
+                                size_t p;
+                                if (neighbour(vs, z, y, x, vs->ntaps - 1 - t, &p)) S->params[(size_t)t * vs->points + p] = col.data[p];
                             }
-                        }
             }
     rb_tensor_release(ctx, &e), rb_tensor_release(ctx, &col);
     rb_arena_release(ctx, &work);

@@ -1,11 +1,14 @@
 /* test_varstencil.c — point-dependent stencils: conformance (finite
  * differences, adjoint identity), equality with the conv stencil when the
  * weights are constant, Galerkin probing against the operator product it
- * probes, and the Jacobi operator over a varstencil. */
+ * probes, the definition's plain loops (A x and A^T x on rows the vectorised interior
+ * takes), and the Jacobi operator over a varstencil. */
 #include "conformance.h"
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 static void test_conformance(void **state)
 {
@@ -62,6 +65,74 @@ static void test_equals_conv_when_constant(void **state)
     rb_conformance_run(ctx, &c);
     rb_op_free(ctx, J1), rb_op_free(ctx, J2), rb_op_free(ctx, C), rb_op_free(ctx, S);
     rb_tensor_release(ctx, &x), rb_tensor_release(ctx, &y1), rb_tensor_release(ctx, &y2), rb_tensor_release(ctx, &y3);
+}
+
+/* Oracle: the definition, y[p] = sum_t W[t][p] x[p + tap_t] over the taps inside the
+ * grid, and its transpose, as plain loops here. Rows wide enough for the vectorised
+ * interior (8 points at a time plus a tail), batches, 1 and 2 threads. */
+static void reference(int dims, rb_stencil pat, rb_shape g, size_t batch, const double *W, const double *x, bool adjoint,
+                      double *y)
+{
+    size_t pts = rb_shape_count(g), t = 0;
+    memset(y, 0, batch * pts * sizeof(double));
+    int rz = dims == 3, ry = dims >= 2;
+    for (int dz = -rz; dz <= rz; dz++)
+        for (int dy = -ry; dy <= ry; dy++)
+            for (int dx = -1; dx <= 1; dx++, t++) {
+                if (pat == RB_STENCIL_STAR && abs(dz) + abs(dy) + abs(dx) > 1) {
+                    t--;
+                    continue;
+                }
+                for (size_t n = 0; n < batch; n++)
+                    for (size_t z = 0; z < g.d; z++)
+                        for (size_t yy = 0; yy < g.h; yy++)
+                            for (size_t xx = 0; xx < g.w; xx++) {
+                                long long qz = (long long)z + dz, qy = (long long)yy + dy, qx = (long long)xx + dx;
+                                if (qz < 0 || qy < 0 || qx < 0 || qz >= (long long)g.d || qy >= (long long)g.h ||
+                                    qx >= (long long)g.w)
+                                    continue;
+                                size_t p = (z * g.h + yy) * g.w + xx, q = ((size_t)qz * g.h + (size_t)qy) * g.w + (size_t)qx;
+                                if (adjoint) y[n * pts + q] += W[t * pts + p] * x[n * pts + p];
+                                else y[n * pts + p] += W[t * pts + p] * x[n * pts + q];
+                            }
+            }
+}
+
+static void test_gather_vs_definition(void **state)
+{
+    rb_context *ctx = *state;
+    static const size_t sizes[3][3] = {{1, 1, 37}, {1, 9, 21}, {5, 7, 19}};
+    for (int dims = 1; dims <= 3; dims++)
+        for (int pat = 0; pat < RB_STENCIL_COUNT; pat++)
+            for (int threads = 1; threads <= 2; threads++) {
+                RB_CHECK(ctx, rb_context_set_threads(ctx, threads));
+                rb_shape grid = {1, 1, sizes[dims - 1][0], sizes[dims - 1][1], sizes[dims - 1][2]};
+                rb_op *S;
+                RB_CHECK(ctx, rb_op_varstencil_create(ctx, dims, (rb_stencil)pat, grid, NULL, &S));
+                rb_test_rng r = {(uint64_t)(100 + dims * 3 + pat)};
+                for (size_t i = 0; i < S->nparams; i++) S->params[i] = rb_test_uniform(&r, -1, 1);
+                rb_shape in = grid;
+                in.n = 2;
+                rb_tensor x, y, ref;
+                RB_CHECK(ctx, rb_tensor_alloc(ctx, &x, in));
+                RB_CHECK(ctx, rb_tensor_alloc(ctx, &y, in));
+                RB_CHECK(ctx, rb_tensor_alloc(ctx, &ref, in));
+                rb_test_fill(&r, &x, -1, 1);
+                RB_CHECK(ctx, rb_op_apply(ctx, S, &x, &y, NULL));
+                reference(dims, (rb_stencil)pat, grid, 2, S->params, x.data, false, ref.data);
+                double e1 = rb_tensor_max_rel_diff(&y, &ref);
+                /* the vjp accumulates: dx = 0.5 + 1.5 A^T x */
+                for (size_t i = 0; i < rb_tensor_count(&y); i++) y.data[i] = 0.5;
+                RB_CHECK(ctx, rb_op_vjp(ctx, S, &x, &x, 1.5, &y, NULL));
+                reference(dims, (rb_stencil)pat, grid, 2, S->params, x.data, true, ref.data);
+                for (size_t i = 0; i < rb_tensor_count(&ref); i++) ref.data[i] = 0.5 + 1.5 * ref.data[i];
+                double e2 = rb_tensor_max_rel_diff(&y, &ref);
+                if (!(e1 <= 1e-14 && e2 <= 1e-14))
+                    fail_msg("%dD %s, %d threads: A x %.3g, A^T x %.3g from the definition", dims, pat ? "star" : "full",
+                             threads, e1, e2);
+                rb_op_free(ctx, S);
+                rb_tensor_release(ctx, &x), rb_tensor_release(ctx, &y), rb_tensor_release(ctx, &ref);
+            }
 }
 
 /* Oracle: the product it probes. The Galerkin operator R A P, probed into a
@@ -139,6 +210,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_conformance, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_equals_conv_when_constant, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_gather_vs_definition, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_probe_galerkin, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_bad_input, rb_test_setup, rb_test_teardown),
     };
