@@ -25,6 +25,10 @@ typedef struct rb_conv_geom {
 
 const rb_conv_state *rb_conv_state_of(const rb_op *op);
 
+/* varstencil.c: the taps (dz, dy, dx) of a varstencil op, in conv.h's order (its
+ * parameters are ntaps planes of weights in that order); NULL if op is not one. */
+const int (*rb_varstencil_taps(const rb_op *op))[3];
+
 /* out[n][co][o] = beta*out + alpha * sum_{ci,t} w[co][ci][t] fine[n][ci][s*o+off+tap] (+ bias[co]). */
 void rb_conv_gather(int threads, const rb_conv_state *cs, const rb_conv_geom *g, const double *w,
                     const double *bias, const double *fine, double alpha, double beta, double *coarse);

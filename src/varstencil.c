@@ -173,6 +173,13 @@ bool rb_op_varstencil_info(const rb_op *op, int *dims, int *ntaps, int *centre, 
     return true;
 }
 
+const int (*rb_varstencil_taps(const rb_op *op))[3]
+{
+    if (op == NULL || op->type != &vs_type) return NULL;
+    const vs_state *vs = op->state;
+    return vs->tap;
+}
+
 rb_status rb_op_varstencil_create(rb_context *ctx, int dims, rb_stencil pattern, rb_shape grid, const double *weights,
                                   rb_op **out)
 {

@@ -1,5 +1,7 @@
 /* test_colour.c — red-black half-sweeps as residual steps restricted to one
- * colour: conformance (fused vs generic, vjp by finite differences), and one
+ * colour: conformance (fused vs generic, vjp by finite differences); the parity classes
+ * of full stencils and the colours of point-dependent stars (conformance, the fused step
+ * equal to the generic path bit for bit, every point in one class); and one
  * red-black Gauss-Seidel sweep against the same sweep done with the
  * LAPACK-assembled dense matrix. */
 #include "conformance.h"
@@ -28,6 +30,99 @@ static void test_conformance(void **state)
             rb_conformance_run(ctx, &cc);
             rb_op_free(ctx, C), rb_op_free(ctx, J), rb_op_free(ctx, A);
             rb_tensor_release(ctx, &b);
+        }
+}
+
+/* A Jacobi operator over a point-dependent stencil (random weights, dominant centre). */
+static rb_op *random_varstencil(rb_context *ctx, int dims, rb_stencil pat, rb_shape grid, uint64_t seed)
+{
+    rb_op *A;
+    RB_CHECK(ctx, rb_op_varstencil_create(ctx, dims, pat, grid, NULL, &A));
+    int vd, nt, ce;
+    rb_shape g;
+    assert_true(rb_op_varstencil_info(A, &vd, &nt, &ce, &g));
+    const size_t pts = rb_shape_count(grid);
+    rb_test_rng r = {seed};
+    for (int t = 0; t < nt; t++)
+        for (size_t p = 0; p < pts; p++)
+            A->params[(size_t)t * pts + p] = t == ce ? rb_test_uniform(&r, 2.0 * nt, 3.0 * nt) : rb_test_uniform(&r, -1.5, 0.2);
+    return A;
+}
+
+/* The parity classes (and red-black over point-dependent stars): conformance, i.e. the
+ * vjp by finite differences and the fused step against the generic path (mask of F,
+ * then x + h F); then the fused step, in place and out of place and on 1..3 threads,
+ * equal to the generic path bit for bit on grids with rows wide enough for the
+ * vectorised interior; and the classes together touch every point once. */
+static void test_parity_classes(void **state)
+{
+    rb_context *ctx = *state;
+    static const size_t small[3][3] = {{1, 1, 9}, {1, 6, 7}, {4, 5, 5}}, wide[3][3] = {{1, 1, 77}, {1, 13, 41}, {9, 10, 37}};
+    for (int dims = 1; dims <= 3; dims++)
+        for (int kind = 0; kind < 3; kind++) { /* constant full conv, varstencil full, varstencil star (red-black) */
+            for (int size = 0; size < 2; size++) {
+                const size_t *e = size ? wide[dims - 1] : small[dims - 1];
+                rb_shape grid = {1, 1, e[0], e[1], e[2]}, s = grid;
+                s.n = size ? 2 : 1;
+                rb_tensor b, x, yg, yf, cover;
+                RB_CHECK(ctx, rb_tensor_alloc(ctx, &b, s));
+                RB_CHECK(ctx, rb_tensor_alloc(ctx, &x, s));
+                RB_CHECK(ctx, rb_tensor_alloc(ctx, &yg, s));
+                RB_CHECK(ctx, rb_tensor_alloc(ctx, &yf, s));
+                RB_CHECK(ctx, rb_tensor_alloc(ctx, &cover, s));
+                rb_test_rng r = {(uint64_t)(dims * 100 + kind * 10 + size)};
+                rb_test_fill(&r, &b, -1, 1);
+                rb_test_fill(&r, &x, -1, 1);
+                rb_op *A, *J;
+                if (kind == 0) {
+                    double w[27];
+                    for (int t = 0; t < 27; t++) w[t] = rb_test_uniform(&r, -1.0, 0.1);
+                    int nt = dims == 1 ? 3 : dims == 2 ? 9 : 27;
+                    w[(nt - 1) / 2] = 2.0 * nt;
+                    RB_CHECK(ctx, rb_op_stencil_create(ctx, dims, RB_STENCIL_FULL, w, &A));
+                } else {
+                    A = random_varstencil(ctx, dims, kind == 1 ? RB_STENCIL_FULL : RB_STENCIL_STAR, grid, 7u + (uint64_t)dims);
+                }
+                RB_CHECK(ctx, rb_op_jacobi_create(ctx, A, &b, &J));
+                const int nclass = kind == 2 ? 2 : 1 << dims;
+                rb_tensor_fill(ctx, &cover, 0.0);
+                for (int c = 0; c < nclass; c++) {
+                    rb_op *C;
+                    if (kind == 2) RB_CHECK(ctx, rb_op_colour_create(ctx, J, c, &C));
+                    else RB_CHECK(ctx, rb_op_parity_create(ctx, J, c, &C));
+                    char label[80];
+                    snprintf(label, sizeof label, "%s %d of Jacobi over %s, %dD", kind == 2 ? "colour" : "parity class", c,
+                             kind == 0 ? "a constant 3^d stencil" : kind == 1 ? "a varstencil" : "a varstencil star", dims);
+                    if (size == 0) {
+                        rb_conformance_case cc = rb_conformance_default(C, s, label);
+                        rb_conformance_run(ctx, &cc);
+                    } else {
+                        rb_arena work = {0};
+                        RB_CHECK(ctx, rb_arena_reserve(ctx, &work, rb_residual_workspace(C, s) + 4096));
+                        RB_CHECK(ctx, rb_residual_step_generic(ctx, C, 0.9, &x, &yg, &work));
+                        for (int threads = 1; threads <= 3; threads++) {
+                            RB_CHECK(ctx, rb_context_set_threads(ctx, threads));
+                            RB_CHECK(ctx, rb_residual_step(ctx, C, 0.9, &x, &yf, &work));
+                            for (size_t i = 0; i < rb_tensor_count(&x); i++)
+                                if (yf.data[i] != yg.data[i]) fail_msg("%s, %d threads: point %zu differs from the generic path", label, threads, i);
+                            rb_tensor_copy(ctx, &x, &yf);
+                            RB_CHECK(ctx, rb_residual_step(ctx, C, 0.9, &yf, &yf, &work));
+                            for (size_t i = 0; i < rb_tensor_count(&x); i++)
+                                if (yf.data[i] != yg.data[i]) fail_msg("%s, %d threads, in place: point %zu differs", label, threads, i);
+                        }
+                        RB_CHECK(ctx, rb_context_set_threads(ctx, 1));
+                        for (size_t i = 0; i < rb_tensor_count(&x); i++) cover.data[i] += yg.data[i] != x.data[i];
+                        rb_arena_release(ctx, &work);
+                    }
+                    rb_op_free(ctx, C);
+                }
+                if (size == 1)
+                    for (size_t i = 0; i < rb_tensor_count(&x); i++)
+                        if (cover.data[i] != 1.0) fail_msg("%dD kind %d: point %zu changed by %g classes, not 1", dims, kind, i, cover.data[i]);
+                rb_op_free(ctx, J), rb_op_free(ctx, A);
+                rb_tensor_release(ctx, &b), rb_tensor_release(ctx, &x), rb_tensor_release(ctx, &yg);
+                rb_tensor_release(ctx, &yf), rb_tensor_release(ctx, &cover);
+            }
         }
 }
 
@@ -87,6 +182,9 @@ static void test_bad_input(void **state)
     RB_CHECK(ctx, rb_op_activation_create(ctx, RB_ACT_TANH, &a));
     RB_EXPECT(ctx, RB_EINVAL, "colour = 2", rb_op_colour_create(ctx, a, 2, &c));
     RB_EXPECT(ctx, RB_ENULL, "base", rb_op_colour_create(ctx, NULL, 0, &c));
+    RB_EXPECT(ctx, RB_EINVAL, "cls = 8", rb_op_parity_create(ctx, a, 8, &c));
+    RB_EXPECT(ctx, RB_EINVAL, "cls = -1", rb_op_parity_create(ctx, a, -1, &c));
+    RB_EXPECT(ctx, RB_ENULL, "out", rb_op_parity_create(ctx, a, 0, NULL));
     assert_null(c);
     rb_op_free(ctx, a);
 }
@@ -95,6 +193,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_conformance, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_parity_classes, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_rbgs_against_dense, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_bad_input, rb_test_setup, rb_test_teardown),
     };

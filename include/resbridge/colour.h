@@ -11,9 +11,9 @@
  *     rb_residual_step(ctx, red, 1.0, &u, &u, &work);    // in place: a fused kernel
  *     rb_residual_step(ctx, black, 1.0, &u, &u, &work);
  *
- * For a Jacobi operator over a star stencil (3-, 5-, 7-point) the type has a
- * fused in-place kernel that visits only the colour's points (for the constant
- * 2D and 3D stars: src/redblack.c, vectorised, on the context's threads).
+ * For a Jacobi operator over a star stencil (3-, 5-, 7-point; constant or
+ * point-dependent weights) the type has a fused in-place kernel that visits only the
+ * colour's points (for the constant 2D and 3D stars: src/redblack.c, vectorised).
  *
  * The colour sweep op (below) makes whole Gauss-Seidel sweeps one residual step,
  * so that a smoother's sweeps run in one pass over the grid:
@@ -34,6 +34,16 @@ extern "C" {
 
 /* base is referenced, not owned; it must keep the shape. colour is 0 or 1. */
 rb_status rb_op_colour_create(rb_context *ctx, const rb_op *base, int colour, rb_op **out);
+
+/* F restricted to one of the 2^d parity classes: the points (z, y, x) with
+ * (x mod 2) + 2 (y mod 2) + 4 (z mod 2) == cls (cls 0..7; classes with a bit set for an
+ * unused dimension are empty). No 3^d stencil couples two points of a class, so these
+ * are the colours of Gauss-Seidel for full 9- and 27-point stencils (e.g. Galerkin
+ * coarse operators), as red and black are for stars. For a Jacobi operator over any
+ * stencil the type has a fused in-place kernel that visits only the class's points
+ * (constant or point-dependent weights); the same kernel serves a red-black colour over
+ * a point-dependent star. base is referenced, not owned. */
+rb_status rb_op_parity_create(rb_context *ctx, const rb_op *base, int cls, rb_op **out);
 
 /* Gauss-Seidel sweeps over colours as one residual step: with S one sweep (the
  * colour steps u <- u + omega F_c(u) in order, each through rb_residual_step),

@@ -290,7 +290,8 @@ static double jacobi_weight(const rb_op *A, double omega)
  * simultaneous update within each colour -- not Gauss-Seidel, and unstable for
  * omega near 2 (it diverged at omega = 1.9 even for a = 1). There the colours are the
  * 2^d parity classes (x mod 2, y mod 2, z mod 2), which no stencil couples: each a
- * residual step of mask_c * J. Red classes (even parity sum) first, then black. */
+ * residual step of J restricted to the class (rb_op_parity_create). Red classes (even
+ * parity sum) first, then black. */
 static rb_status gauss_seidel_colours(rb_context *ctx, rb_mg *mg, size_t l)
 {
     int vd, nt, ce, d = mg->pb.dim;
@@ -301,30 +302,12 @@ static rb_status gauss_seidel_colours(rb_context *ctx, rb_mg *mg, size_t l)
         if (st == RB_OK) st = rb_op_colour_create(ctx, mg->J[l], 1, &mg->colour[l][1]);
         return st;
     }
-    size_t pts = rb_shape_count(g);
     int nc = 0;
     for (int parity = 0; parity < 2; parity++)
         for (int k = 0; k < (1 << d); k++) {
             if (((k & 1) + ((k >> 1) & 1) + ((k >> 2) & 1)) % 2 != parity) continue;
-            rb_op *parts[2] = {NULL, NULL};
-            rb_status st = rb_op_jacobi_create(ctx, mg->A[l], &mg->level[l].f, &parts[0]);
-            if (st == RB_OK) st = rb_op_varstencil_create(ctx, d, RB_STENCIL_STAR, g, NULL, &parts[1]);
-            if (st == RB_OK) {
-                int md, mt, mc;
-                rb_shape mgrid;
-                rb_op_varstencil_info(parts[1], &md, &mt, &mc, &mgrid);
-                for (size_t z = 0; z < g.d; z++)
-                    for (size_t y = 0; y < g.h; y++)
-                        for (size_t x = 0; x < g.w; x++) {
-                            int cls = (int)(x % 2) | (int)(y % 2) << 1 | (int)(z % 2) << 2;
-                            parts[1]->params[(size_t)mc * pts + (z * g.h + y) * g.w + x] = cls == k;
-                        }
-                st = rb_op_chain_create(ctx, parts, 2, &mg->colour[l][nc]);
-            }
-            if (st != RB_OK) {
-                rb_op_free(ctx, parts[0]), rb_op_free(ctx, parts[1]);
-                return st;
-            }
+            rb_status st = rb_op_parity_create(ctx, mg->J[l], k, &mg->colour[l][nc]);
+            if (st != RB_OK) return st;
             nc++;
         }
     mg->ncolours[l] = nc;
