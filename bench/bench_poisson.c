@@ -12,6 +12,13 @@
  * also pays the first touch of the level grids' pages.) One JSON line per thread
  * count.
  *
+ * --fmg: full multigrid (rb_mg_fmg, one cycle per level) to the discretisation error,
+ * HPGMG's metric: -div(a grad u) = f with u* = prod sin(pi x_i), a = 1 (--coef const)
+ * or 1 + 1/2 prod sin(2 pi x_i) (--coef smooth, the Galerkin hierarchy), f from u*
+ * analytically. Reports unknowns per second of the best of --reps FMG solves (set-up
+ * apart), the FMG result's max error against u*, the discrete solution's (solved to
+ * 1e-12), their ratio, and the order observed between n and (n-1)/2.
+ *
  * --sweeps: the smoother's memory bandwidth instead. Red-black Gauss-Seidel sweeps
  * on the 2D n^2 grid through rb_residual_step: the red step then the black step
  * (two passes), one step of the colour sweep op (one pass), and one step of the
@@ -38,6 +45,7 @@
 #define MAX_LIST 8
 #define MAX_REPS 1000
 #define TOL 1e-8
+#define PI 3.14159265358979323846
 
 static double now(void)
 {
@@ -93,7 +101,7 @@ static int fail(rb_context *ctx, rb_status st, const char *what)
 }
 
 typedef struct options {
-    int dim, reps, pre, post, sweeps;
+    int dim, reps, pre, post, sweeps, fmg, smooth;
     size_t n;
     double omega;
     long threads[MAX_LIST];
@@ -149,6 +157,131 @@ static int solve_case(rb_context *ctx, const options *o, int T)
     rb_tensor_release(ctx, &f), rb_tensor_release(ctx, &u);
     rb_mg_free(ctx, mg);
     return rc;
+}
+
+/* ---- full multigrid to the discretisation error (HPGMG's metric) ----------------------------- */
+
+/* u* = prod sin(pi x_i) on the unit square / cube and a = 1 + 1/2 prod sin(2 pi x_i)
+ * (--coef smooth) or 1: f = -div(a grad u*) = d pi^2 a u* - grad a . grad u*. */
+static double coef_at(int dim, const double *x, int smooth)
+{
+    double s = 1.0;
+    for (int i = 0; i < dim; i++) s *= sin(2.0 * PI * x[i]);
+    return smooth ? 1.0 + 0.5 * s : 1.0;
+}
+
+static double exact_at(int dim, const double *x)
+{
+    double s = 1.0;
+    for (int i = 0; i < dim; i++) s *= sin(PI * x[i]);
+    return s;
+}
+
+static double rhs_at(int dim, const double *x, int smooth)
+{
+    double f = dim * PI * PI * coef_at(dim, x, smooth) * exact_at(dim, x);
+    if (smooth)
+        for (int i = 0; i < dim; i++) {
+            double da = PI * cos(2.0 * PI * x[i]), du = PI * cos(PI * x[i]);
+            for (int j = 0; j < dim; j++)
+                if (j != i) {
+                    da *= sin(2.0 * PI * x[j]);
+                    du *= sin(PI * x[j]);
+                }
+            f -= da * du;
+        }
+    return f;
+}
+
+/* The grid point of linear index p (with or without the boundary, m points per direction). */
+static void point_of(int dim, size_t p, size_t m, double h, size_t first, double *x)
+{
+    for (int i = dim - 1; i >= 0; i--, p /= m) x[i] = (double)(p % m + first) * h;
+}
+
+/* Max |u - u*| over the grid. */
+static double max_error(const rb_tensor *u, int dim, size_t n)
+{
+    const double h = 1.0 / (double)(n + 1);
+    double e = 0.0, x[3];
+    for (size_t p = 0; p < rb_tensor_count(u); p++) {
+        point_of(dim, p, n, h, 1, x);
+        double d = fabs(u->data[p] - exact_at(dim, x));
+        if (d > e) e = d;
+    }
+    return e;
+}
+
+/* One problem of size n: set-up; f; the discrete solution's error (solved to 1e-12); and
+ * the FMG solve (one cycle per level), best of reps, with its error. */
+typedef struct fmg_result {
+    double setup, best, first, err_fmg, err_disc;
+    size_t levels;
+} fmg_result;
+
+static rb_status fmg_problem(rb_context *ctx, const options *o, size_t n, int reps, fmg_result *res)
+{
+    const int dim = o->dim;
+    const size_t m = n + 2, total = dim == 3 ? m * m * m : m * m;
+    const double h = 1.0 / (double)(n + 1);
+    double *coef = rb_malloc(ctx, total * sizeof(double)), x[3];
+    if (coef == NULL) return rb_context_last_status(ctx);
+    for (size_t p = 0; p < total; p++) point_of(dim, p, m, h, 0, x), coef[p] = coef_at(dim, x, o->smooth);
+    rb_mg_problem pb = {dim, n, o->smooth ? coef : NULL, 1.0};
+    rb_mg_options opt = rb_mg_options_default(dim);
+    opt.omega = o->omega;
+    if (o->pre >= 0) opt.pre = o->pre;
+    if (o->post >= 0) opt.post = o->post;
+    rb_mg *mg = NULL;
+    double t0 = now();
+    rb_status st = rb_mg_create(ctx, &pb, &opt, &mg);
+    res->setup = now() - t0;
+    rb_free(ctx, coef);
+    rb_tensor f = {0}, u = {0};
+    if (st == RB_OK) st = rb_tensor_alloc(ctx, &f, rb_mg_shape(mg));
+    if (st == RB_OK) st = rb_tensor_alloc(ctx, &u, rb_mg_shape(mg));
+    rb_mg_report rep;
+    if (st == RB_OK) {
+        res->levels = rb_mg_levels(mg);
+        for (size_t p = 0; p < rb_tensor_count(&f); p++) point_of(dim, p, n, h, 1, x), f.data[p] = rhs_at(dim, x, o->smooth);
+        st = rb_mg_solve(ctx, mg, &f, &u, 1e-12, 100, &rep);
+        res->err_disc = max_error(&u, dim, n);
+    }
+    res->best = INFINITY;
+    for (int r = 0; r < reps && st == RB_OK; r++) {
+        t0 = now();
+        st = rb_mg_fmg(ctx, mg, &f, &u, 1, &rep);
+        const double t = now() - t0;
+        if (r == 0) res->first = t;
+        if (t < res->best) res->best = t;
+    }
+    if (st == RB_OK) res->err_fmg = max_error(&u, dim, n);
+    rb_tensor_release(ctx, &f), rb_tensor_release(ctx, &u);
+    rb_mg_free(ctx, mg);
+    return st;
+}
+
+static int fmg_case(rb_context *ctx, const options *o, int T)
+{
+    rb_status st = rb_context_set_threads(ctx, T);
+    if (st != RB_OK) return fail(ctx, st, "--threads");
+    const double load_before = load_average();
+    fmg_result fine, half;
+    st = fmg_problem(ctx, o, (o->n - 1) / 2, 1, &half);
+    if (st == RB_OK) st = fmg_problem(ctx, o, o->n, o->reps, &fine);
+    if (st != RB_OK) return fail(ctx, st, "FMG");
+    const double dof = pow((double)o->n, o->dim);
+    rb_mg_options opt = rb_mg_options_default(o->dim);
+    printf("{\"bench\":\"fmg\",\"dim\":%d,\"n\":%zu,\"coef\":\"%s\",\"threads\":%d,\"config\":\"FMG, rbgs V(%d,%d)%s, "
+           "1 cycle per level\",\"levels\":%zu,\"seconds_setup\":%.6f,\"seconds_fmg\":%.6f,\"seconds_first_fmg\":%.6f,"
+           "\"dof_per_second\":%.4e,\"error_fmg\":%.4e,\"error_discretisation\":%.4e,\"error_ratio\":%.3f,"
+           "\"observed_order\":%.3f,\"reps\":%d,\"loadavg_before\":%.2f,\"loadavg_after\":%.2f}\n",
+           o->dim, o->n, o->smooth ? "smooth" : "const", T, o->pre >= 0 ? o->pre : opt.pre, o->post >= 0 ? o->post : opt.post,
+           o->omega > 0 ? " omega" : "", fine.levels, fine.setup, fine.best, fine.first, dof / fine.best, fine.err_fmg,
+           fine.err_disc, fine.err_fmg / fine.err_disc, log2(half.err_disc / fine.err_disc), o->reps, load_before,
+           load_average());
+    fflush(stdout);
+    return 0;
 }
 
 /* ---- the smoother's bandwidth ------------------------------------------------------------------ */
@@ -245,9 +378,11 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: bench_poisson [--dim 2|3] [--n N] [--threads 1,2] [--reps R] [--omega W] [--pre A --post B]\n"
                "       bench_poisson --sweeps [--n N] [--threads 1,2] [--reps R]\n"
+               "       bench_poisson --fmg [--dim 2|3] [--n N] [--coef const|smooth] [--threads 1,2] [--reps R]\n"
                "  Time to ||f - A u|| <= 1e-8 ||f|| for -Delta u = 1, u = 0 on the boundary, from u = 0\n"
                "  (best of R solves after one set-up); or (--sweeps) the red-black sweep's bandwidth\n"
-               "  against a STREAM triad. Defaults: --dim 2 --n 1023 --threads 1 --reps 5.\n");
+               "  against a STREAM triad; or (--fmg) full multigrid to the discretisation error in unknowns\n"
+               "  per second. Defaults: --dim 2 --n 1023 --threads 1 --reps 5.\n");
 }
 
 int main(int argc, char **argv)
@@ -267,6 +402,11 @@ int main(int argc, char **argv)
         } else if (!strcmp(a, "--sweeps")) {
             o.sweeps = 1;
             continue;
+        } else if (!strcmp(a, "--fmg")) {
+            o.fmg = 1;
+            continue;
+        } else if (v != NULL && !strcmp(a, "--coef")) {
+            ok = !strcmp(v, "const") || !strcmp(v, "smooth"), o.smooth = !strcmp(v, "smooth");
         } else if (v == NULL) {
             ok = 0;
         } else if (!strcmp(a, "--dim")) {
@@ -301,7 +441,9 @@ int main(int argc, char **argv)
     if (rb_context_create(&ctx, NULL) != RB_OK) return 1;
     int rc = 0;
     for (int i = 0; i < o.nthreads && rc == 0; i++)
-        rc = o.sweeps ? sweep_case(ctx, &o, (int)o.threads[i]) : solve_case(ctx, &o, (int)o.threads[i]);
+        rc = o.sweeps ? sweep_case(ctx, &o, (int)o.threads[i])
+             : o.fmg  ? fmg_case(ctx, &o, (int)o.threads[i])
+                      : solve_case(ctx, &o, (int)o.threads[i]);
     rb_context_free(ctx);
     return rc;
 }
