@@ -5,9 +5,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "jacobi_internal.h"
 #include "redblack_internal.h"
-#include "resbridge/varstencil.h"
 #include "resbridge/residual.h"
 
 typedef struct colour_state {
@@ -15,14 +13,6 @@ typedef struct colour_state {
     int colour;  /* red-black: 0 or 1; parity: the class 0..7 */
     bool parity; /* a parity class (rb_op_parity_create) instead of a red-black colour */
 } colour_state;
-
-/* The first x of the op's points in row (z, y), which then come every 2; -1: none in this row. */
-static long long class_first(const colour_state *cs, size_t z, size_t y)
-{
-    if (!cs->parity) return (long long)((z + y + (size_t)cs->colour) % 2);
-    if ((int)(y % 2) != ((cs->colour >> 1) & 1) || (int)(z % 2) != ((cs->colour >> 2) & 1)) return -1;
-    return cs->colour & 1;
-}
 
 /* Zero every entry of t whose grid point is not one of the op's. */
 static void mask(rb_tensor *t, const colour_state *cs)
@@ -33,7 +23,7 @@ static void mask(rb_tensor *t, const colour_state *cs)
         for (size_t z = 0; z < s.d; z++)
             for (size_t y = 0; y < s.h; y++) {
                 double *row = t->data + ((p * s.d + z) * s.h + y) * s.w;
-                long long first = class_first(cs, z, y);
+                long long first = rb_redblack_class_first(cs->parity, cs->colour, z, y);
                 if (first < 0) {
                     memset(row, 0, s.w * sizeof(double));
                     continue;
@@ -98,145 +88,18 @@ static rb_status colour_param_grad(rb_context *ctx, const rb_op *op, const rb_te
     return st;
 }
 
-/* A class step's view of its Jacobi base J = D^{-1} (b - A u): the taps, their offsets in
- * the input, and the weights (w[t * tstride + p * wstep]: wstep 0 for a constant stencil,
- * 1 for a point-dependent one over `points` grid points). */
-typedef struct class_step {
-    int nt;
-    const int (*tap)[3];
-    long long off[RB_CONV_MAX_TAPS];
-    const double *w, *b, *dvar; /* dvar: point-dependent diagonal, or NULL (then inv) */
-    size_t tstride, wstep;
-    double inv, h;
-    rb_shape s;
-} class_step;
-
-#define CLASS_LANES 8
-
-/* h F at grid point g from r = b - A x: h ((r) * (1/D)) or h (r / D_g), as J computes F. */
-static inline double h_times(const class_step *k, double r, size_t g)
-{
-    return k->h * (k->dvar != NULL ? r / k->dvar[g] : r * k->inv);
-}
-
-/* u_p <- x_p + h F(x)_p at point xx of row (z, yy) (base: the row's offset in x, local: in
- * the grid), the taps outside the grid skipped. */
-static inline void class_point(const class_step *k, const double *xd, double *yd, size_t z, size_t yy, size_t base,
-                               size_t local, size_t xx)
-{
-    const size_t p = base + xx, q = (local + xx) * k->wstep;
-    double ax = 0.0;
-    for (int t = 0; t < k->nt; t++) {
-        const int dz = k->tap[t][0], dy = k->tap[t][1], dx = k->tap[t][2];
-        if ((dz < 0 && z == 0) || (dz > 0 && z + 1 == k->s.d) || (dy < 0 && yy == 0) || (dy > 0 && yy + 1 == k->s.h) ||
-            (dx < 0 && xx == 0) || (dx > 0 && xx + 1 == k->s.w))
-            continue;
-        ax += k->w[(size_t)t * k->tstride + q] * xd[(long long)p + k->off[t]];
-    }
-    yd[p] = xd[p] + h_times(k, k->b[p] - ax, local + xx);
-}
-
-/* The points xx, xx + 2, ... of a row whose taps all lie inside the grid, as far as
- * whole blocks of CLASS_LANES consecutive points reach (up to x = W - 2): each block's sums
- * for all its points (contiguous loads, which the compiler vectorises),
- * stored for the class's points only -- the others read class points, which a step
- * writes, and are dropped. Per point the operations of class_point. Returns the next xx. */
-static size_t class_inner(const class_step *k, const double *xd, double *yd, size_t base, size_t local, size_t xx)
-{
-    const size_t W = k->s.w;
-    const int nt = k->nt;
-    const double *wp[RB_CONV_MAX_TAPS], *xp[RB_CONV_MAX_TAPS], *b = k->b + base, *x0 = xd + base;
-    double *y0 = yd + base;
-    for (int t = 0; t < nt; t++) {
-        wp[t] = k->w + (size_t)t * k->tstride + local * k->wstep;
-        xp[t] = xd + (long long)base + k->off[t];
-    }
-    for (; xx + CLASS_LANES < W; xx += CLASS_LANES) {
-        double ax[CLASS_LANES] = {0};
-        if (k->wstep)
-            for (int t = 0; t < nt; t++) {
-                const double *wt = wp[t] + xx, *st = xp[t] + xx;
-                for (size_t i = 0; i < CLASS_LANES; i++) ax[i] += wt[i] * st[i];
-            }
-        else
-            for (int t = 0; t < nt; t++) {
-                const double wt = *wp[t], *st = xp[t] + xx;
-                for (size_t i = 0; i < CLASS_LANES; i++) ax[i] += wt * st[i];
-            }
-        for (size_t i = 0; i < CLASS_LANES; i += 2) y0[xx + i] = x0[xx + i] + h_times(k, b[xx + i] - ax[i], local + xx + i);
-    }
-    return xx;
-}
-
-/* One step of the op's points for a Jacobi base J = D^{-1} (b - A u) whose A couples none
- * of them to another (a star for a red-black colour; any 3^d stencil for a parity class),
- * A constant (a conv stencil) or point-dependent (a varstencil): for the points p,
- *     u_p <- x_p + h (b_p - sum_t w_t(p) x_{p+t}) / D_p,
- * taps summed in tap order from 0 (those outside the grid skipped), then (b - Ax) * (1/D)
- * (constant) or (b - Ax) / D_p (point-dependent), then x + h F: the generic path's
- * operations, so both agree bit for bit. Rows whose taps all lie inside run their inner
- * points through class_inner. It writes only the op's
- * points and reads only others, so in place and out of place agree. Parallel over rows.
- * false: not such a base. */
-static bool colour_class_loop(rb_context *ctx, const colour_state *cs, double h, const rb_tensor *x, rb_tensor *y)
-{
-    const rb_jacobi_state *js = rb_jacobi_state_of(cs->base);
-    if (js == NULL) return false;
-    const rb_conv_state *st = rb_conv_state_of(js->A);
-    class_step k = {.tap = st != NULL ? st->tap : rb_varstencil_taps(js->A), .h = h, .s = x->shape};
-    int dims, centre;
-    rb_shape grid;
-    if (st != NULL) {
-        if (st->desc.pattern != RB_STENCIL_STAR && !cs->parity) return false;
-        k.nt = st->ntaps, k.tstride = 1, k.wstep = 0, k.inv = 1.0 / js->diag;
-    } else if (k.tap != NULL && js->dvar != NULL && rb_op_varstencil_info(js->A, &dims, &k.nt, &centre, &grid)) {
-        if (!cs->parity && k.nt != 2 * dims + 1) return false; /* a red-black colour needs a star */
-        k.tstride = rb_shape_count(grid), k.wstep = 1, k.dvar = js->dvar;
-        if (k.s.d * k.s.h * k.s.w != k.tstride) return false;
-    } else {
-        return false;
-    }
-    k.w = js->A->params, k.b = js->b.data;
-    const rb_shape s = k.s;
-    int reach[3] = {0, 0, 0}; /* how far the taps reach in z, y */
-    for (int t = 0; t < k.nt; t++) {
-        k.off[t] = ((long long)k.tap[t][0] * (long long)s.h + k.tap[t][1]) * (long long)s.w + k.tap[t][2];
-        for (int a = 0; a < 3; a++)
-            if (k.tap[t][a] != 0) reach[a] = 1;
-    }
-    if (x->data != y->data) memcpy(y->data, x->data, rb_tensor_count(x) * sizeof(double));
-    const double *xd = x->data;
-    double *yd = y->data;
-    const long long planes = (long long)(s.n * s.c * s.d), rows = planes * (long long)s.h;
-    const int threads = rb_context_threads(ctx);
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && rows >= 64)
-    for (long long row = 0; row < rows; row++) {
-        const size_t pz = (size_t)(row / (long long)s.h), yy = (size_t)(row % (long long)s.h), z = pz % s.d;
-        const long long first = class_first(cs, z, yy);
-        if (first < 0) continue;
-        const size_t base = (pz * s.h + yy) * s.w, local = (z * s.h + yy) * s.w; /* the row in x; in the grid */
-        size_t xx = (size_t)first;
-        const bool inside = (!reach[0] || (z > 0 && z + 1 < s.d)) && (!reach[1] || (yy > 0 && yy + 1 < s.h));
-        if (inside && s.w >= 3) {
-            if (xx == 0) class_point(&k, xd, yd, z, yy, base, local, 0), xx = 2;
-            xx = class_inner(&k, xd, yd, base, local, xx);
-        }
-        for (; xx < s.w; xx += 2) class_point(&k, xd, yd, z, yy, base, local, xx);
-    }
-    return true;
-}
-
-/* The fused step: the red-black kernel (redblack.c) for a constant 2D or 3D star, the
- * class loop above for the other bases it takes, the generic path otherwise. */
+/* The fused step: the red-black kernel (redblack.c) for a constant 2D or 3D star, its class
+ * kernel for the other bases it takes (only the class's points: rb_redblack_class_init),
+ * the generic path otherwise. */
 static rb_status colour_fused(rb_context *ctx, const rb_op *op, double h, const rb_tensor *x, rb_tensor *y,
                               rb_arena *work)
 {
     const colour_state *cs = op->state;
     rb_redblack k;
-    if (cs->parity || !rb_redblack_init(cs->base, x->shape, h, &k)) {
-        if (colour_class_loop(ctx, cs, h, x, y)) return RB_OK;
+    rb_class_step c;
+    if ((cs->parity || !rb_redblack_init(cs->base, x->shape, h, &k)) &&
+        !rb_redblack_class_init(cs->base, x->shape, h, cs->parity, &cs->colour, 1, &c, &k))
         return rb_residual_step_generic(ctx, op, h, x, y, work);
-    }
     if (x->data != y->data) memcpy(y->data, x->data, rb_tensor_count(x) * sizeof(double));
     k.u = y->data;
     rb_redblack_run(&k, cs->colour, 1, rb_context_threads(ctx));
@@ -365,16 +228,25 @@ static rb_status sweep_vjp(rb_context *ctx, const rb_op *op, const rb_tensor *x,
     return st;
 }
 
-/* Whether the fused kernel takes the step with h: two colour ops red and black (either
- * order) of one Jacobi base over a constant 2D / 3D star, h = omega. Fills k and the
- * first colour. */
-static bool sweep_kernel(const sweep_state *ss, double h, rb_shape s, rb_redblack *k, int *colour0)
+/* Whether the fused kernel takes the step with h = omega: colour ops of one Jacobi base,
+ * either red and black (either order) over a constant 2D / 3D star (the red-black kernel),
+ * or any classes the class kernel takes (red-black colours of a point-dependent star, the
+ * parity classes of any stencil). Fills k (c: the class kernel's state) and the first colour. */
+static bool sweep_kernel(const sweep_state *ss, double h, rb_shape s, rb_redblack *k, rb_class_step *c, int *colour0)
 {
-    if (h != ss->omega || ss->ncolours != 2 || ss->colour[0]->type != &colour_type || ss->colour[1]->type != &colour_type)
-        return false;
-    const colour_state *c0 = ss->colour[0]->state, *c1 = ss->colour[1]->state;
+    if (h != ss->omega) return false;
+    int cls[SWEEP_MAX_COLOURS];
+    const colour_state *c0 = NULL;
+    for (int i = 0; i < ss->ncolours; i++) {
+        if (ss->colour[i]->type != &colour_type) return false;
+        const colour_state *ci = ss->colour[i]->state;
+        if (i == 0) c0 = ci;
+        else if (ci->base != c0->base || ci->parity != c0->parity) return false;
+        cls[i] = ci->colour;
+    }
     *colour0 = c0->colour;
-    return !c0->parity && !c1->parity && c0->base == c1->base && c0->colour != c1->colour && rb_redblack_init(c0->base, s, h, k);
+    if (!c0->parity && ss->ncolours == 2 && cls[0] != cls[1] && rb_redblack_init(c0->base, s, h, k)) return true;
+    return rb_redblack_class_init(c0->base, s, h, c0->parity, cls, ss->ncolours, c, k);
 }
 
 /* The fused kernel: all sweeps in one pass of the red-black kernel -- exactly the colour
@@ -384,11 +256,12 @@ static rb_status sweep_fused(rb_context *ctx, const rb_op *op, double h, const r
 {
     const sweep_state *ss = op->state;
     rb_redblack k;
+    rb_class_step c;
     int colour0;
-    if (!sweep_kernel(ss, h, x->shape, &k, &colour0)) return rb_residual_step_generic(ctx, op, h, x, y, work);
+    if (!sweep_kernel(ss, h, x->shape, &k, &c, &colour0)) return rb_residual_step_generic(ctx, op, h, x, y, work);
     if (x->data != y->data) memcpy(y->data, x->data, rb_tensor_count(x) * sizeof(double));
     k.u = y->data;
-    rb_redblack_run(&k, colour0, 2 * ss->sweeps, rb_context_threads(ctx));
+    rb_redblack_run(&k, colour0, ss->ncolours * ss->sweeps, rb_context_threads(ctx));
     return RB_OK;
 }
 
@@ -402,8 +275,9 @@ static rb_status sweep_fused_pass(rb_context *ctx, const rb_op *op, double h, rb
 {
     const sweep_state *ss = op->state;
     rb_redblack k;
+    rb_class_step c;
     int colour0;
-    if (!sweep_kernel(ss, h, u->shape, &k, &colour0)) return RB_OK;
+    if (!sweep_kernel(ss, h, u->shape, &k, &c, &colour0)) return RB_OK;
     rb_redblack_first first;
     if (pass->P != NULL) {
         if (!rb_transfer_prolong_plan(pass->P, pass->c->shape, u->shape, &first.g)) return RB_OK;
@@ -435,7 +309,7 @@ static rb_status sweep_fused_pass(rb_context *ctx, const rb_op *op, double h, rb
         k.then = &t;
     }
     k.u = u->data;
-    rb_redblack_run(&k, colour0, 2 * ss->sweeps, threads);
+    rb_redblack_run(&k, colour0, ss->ncolours * ss->sweeps, threads);
     if (work != NULL) rb_arena_reset(work, mark);
     if (pass->norm2 != NULL) *pass->norm2 = t.norm2;
     *done = true;

@@ -20,6 +20,8 @@
  */
 #include "redblack_internal.h"
 
+#include "resbridge/varstencil.h"
+
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
@@ -71,6 +73,7 @@ bool rb_redblack_init(const rb_op *J, rb_shape s, double h, rb_redblack *k)
     k->u = NULL;
     k->first = NULL;
     k->then = NULL;
+    k->cls = NULL;
     return true;
 }
 
@@ -147,10 +150,156 @@ static inline void row_kernel(int nr, const row_args *a, size_t first, size_t W,
     for (; x < W; x += 2) point(nr, a, x, W, cb, cc);
 }
 
+/* ---- the class kernel ------------------------------------------------------------------------ */
+
+#define CLASS_LANES 8
+
+long long rb_redblack_class_first(bool parity, int cls, size_t z, size_t y)
+{
+    if (!parity) return (long long)((z + y + (size_t)cls) % 2);
+    if ((int)(y % 2) != ((cls >> 1) & 1) || (int)(z % 2) != ((cls >> 2) & 1)) return -1;
+    return cls & 1;
+}
+
+/* u + h F at grid point g from u and r = b - A u: u + h (r * (1/D)) or u + h (r / D_g). */
+static inline double class_update(const rb_class_step *c, double u, double r, size_t g)
+{
+    return u + c->h * (c->dvar != NULL ? r / c->dvar[g] : r * c->inv);
+}
+
+/* Point p (grid point g = (z, y, x)), every tap checked against the grid (D, H, W). */
+static void class_point_checked(const rb_class_step *c, double *u, const double *b, size_t p, size_t g, size_t z,
+                                size_t y, size_t x, size_t D, size_t H, size_t W)
+{
+    double ax = 0.0;
+    for (int t = 0; t < c->nt; t++) {
+        const int dz = c->tap[t][0], dy = c->tap[t][1], dx = c->tap[t][2];
+        if ((dz < 0 && z == 0) || (dz > 0 && z + 1 == D) || (dy < 0 && y == 0) || (dy > 0 && y + 1 == H) ||
+            (dx < 0 && x == 0) || (dx > 0 && x + 1 == W))
+            continue;
+        ax += c->w[(size_t)t * c->tstride + g * c->wstep] * u[(long long)p + c->off[t]];
+    }
+    u[p] = class_update(c, u[p], b[p] - ax, g);
+}
+
+/* Point p (grid point g) whose taps all lie inside the grid. */
+static inline void class_point_inside(const rb_class_step *c, double *u, const double *b, size_t p, size_t g)
+{
+    double ax = 0.0;
+    for (int t = 0; t < c->nt; t++) ax += c->w[(size_t)t * c->tstride + g * c->wstep] * u[(long long)p + c->off[t]];
+    u[p] = class_update(c, u[p], b[p] - ax, g);
+}
+
+/* The class's points x = xx, xx + 2, ... of a row whose taps all lie inside, as far as whole
+ * blocks of CLASS_LANES consecutive points reach x <= W - 2: each block's sums for all of its
+ * points (contiguous loads, which the compiler vectorises), stored for the class's points
+ * only -- the others' sums read class points, which the step writes, and are dropped. Per
+ * point the operations of class_point_inside. base / local: the row's first point in u /
+ * in the grid. Returns the next xx. */
+static size_t class_inner(const rb_class_step *c, double *u, const double *b, size_t base, size_t local, size_t xx,
+                          size_t W)
+{
+    const int nt = c->nt;
+    const double *wp[RB_CONV_MAX_TAPS], *up[RB_CONV_MAX_TAPS];
+    for (int t = 0; t < nt; t++) {
+        wp[t] = c->w + (size_t)t * c->tstride + local * c->wstep;
+        up[t] = u + (long long)base + c->off[t];
+    }
+    double *row = u + base;
+    const double *brow = b + base;
+    for (; xx + CLASS_LANES < W; xx += CLASS_LANES) {
+        double ax[CLASS_LANES] = {0};
+        if (c->wstep)
+            for (int t = 0; t < nt; t++) {
+                const double *wt = wp[t] + xx, *ut = up[t] + xx;
+                for (size_t i = 0; i < CLASS_LANES; i++) ax[i] += wt[i] * ut[i];
+            }
+        else
+            for (int t = 0; t < nt; t++) {
+                const double wt = *wp[t], *ut = up[t] + xx;
+                for (size_t i = 0; i < CLASS_LANES; i++) ax[i] += wt * ut[i];
+            }
+        for (size_t i = 0; i < CLASS_LANES; i += 2)
+            row[xx + i] = class_update(c, row[xx + i], brow[xx + i] - ax[i], local + xx + i);
+    }
+    return xx;
+}
+
+/* Class cls's points in row y of plane z of sample s. */
+static void class_row(const rb_redblack *k, int cls, size_t s, size_t z, size_t y)
+{
+    const rb_class_step *c = k->cls;
+    const size_t D = k->d, H = k->h, W = k->w;
+    const long long first = rb_redblack_class_first(c->parity, cls, z, y);
+    if (first < 0) return;
+    const size_t local = (z * H + y) * W, base = s * D * H * W + local;
+    double *u = k->u;
+    const double *b = k->b;
+    size_t x = (size_t)first;
+    if ((!c->reach_z || (z > 0 && z + 1 < D)) && (!c->reach_y || (y > 0 && y + 1 < H)) && W >= 3) {
+        if (x == 0) class_point_checked(c, u, b, base, local, z, y, 0, D, H, W), x = 2;
+        x = class_inner(c, u, b, base, local, x, W);
+        for (; x + 1 < W; x += 2) class_point_inside(c, u, b, base + x, local + x);
+    }
+    for (; x < W; x += 2) class_point_checked(c, u, b, base + x, local + x, z, y, x, D, H, W);
+}
+
+bool rb_redblack_class_init(const rb_op *J, rb_shape s, double h, bool parity, const int *cls, int ncls, rb_class_step *c,
+                            rb_redblack *k)
+{
+    const rb_jacobi_state *js = rb_jacobi_state_of(J);
+    if (js == NULL || !isfinite(h) || s.c != 1 || ncls < 1 || ncls > 8) return false;
+    const rb_conv_state *st = rb_conv_state_of(js->A);
+    rb_class_step t = {.tap = st != NULL ? st->tap : rb_varstencil_taps(js->A), .h = h, .parity = parity, .ncls = ncls};
+    int dims, centre;
+    rb_shape grid;
+    if (st != NULL) {
+        if (st->desc.pattern != RB_STENCIL_STAR && !parity) return false;
+        if (st->desc.cin != 1 || st->desc.cout != 1 || st->desc.stride != 1 || st->desc.transposed || st->desc.bias) return false;
+        dims = st->desc.dims;
+        t.nt = st->ntaps, t.tstride = 1, t.wstep = 0, t.inv = 1.0 / js->diag;
+    } else if (t.tap != NULL && js->dvar != NULL && rb_op_varstencil_info(js->A, &dims, &t.nt, &centre, &grid)) {
+        if (!parity && t.nt != 2 * dims + 1) return false; /* a red-black colour needs a star */
+        t.tstride = rb_shape_count(grid), t.wstep = 1, t.dvar = js->dvar;
+        if (s.d != grid.d || s.h != grid.h || s.w != grid.w) return false;
+    } else {
+        return false;
+    }
+    for (int i = 0; i < ncls; i++) {
+        if (cls[i] < 0 || cls[i] > (parity ? 7 : 1)) return false;
+        t.cls[i] = cls[i];
+    }
+    for (int i = 0; i < t.nt; i++) {
+        t.off[i] = ((long long)t.tap[i][0] * (long long)s.h + t.tap[i][1]) * (long long)s.w + t.tap[i][2];
+        if (t.tap[i][0] != 0) t.reach_z = true;
+        if (t.tap[i][1] != 0) t.reach_y = true;
+    }
+    t.w = js->A->params;
+    *c = t;
+    k->dims = s.d > 1 || dims == 3 ? 3 : 2; /* lines: planes in 3D, rows otherwise */
+    k->n = s.n, k->d = s.d, k->h = s.h, k->w = s.w;
+    k->b = js->b.data;
+    k->u = NULL;
+    k->first = NULL;
+    k->then = NULL;
+    k->cls = c;
+    return true;
+}
+
 /* ---- lines: a row (2D) or a plane (3D) of one sample ----------------------------------------- */
 
-static void line(const rb_redblack *k, size_t s, int colour, size_t l)
+/* Step st (colour (colour0 + st) mod 2, or the class kernel's class) on line l of sample s. */
+static void line(const rb_redblack *k, size_t s, int colour0, int st, size_t l)
 {
+    if (k->cls != NULL) {
+        const int cls = k->cls->cls[st % k->cls->ncls];
+        if (k->dims == 3)
+            for (size_t y = 0; y < k->h; y++) class_row(k, cls, s, l, y);
+        else
+            class_row(k, cls, s, 0, l);
+        return;
+    }
+    const int colour = (colour0 + st) & 1;
     const size_t D = k->d, H = k->h, W = k->w, plane = H * W, total = k->n * D * plane;
     row_args a;
     if (k->dims == 2) {
@@ -247,7 +396,7 @@ static void stage(const rb_redblack *k, then_run *r, size_t s, int colour0, int 
         const size_t len = k->dims == 2 ? k->w : k->h * k->w;
         rb_transfer_prolong_add_line(&p->g, k->dims, p->w, p->c, s, (size_t)l, k->u + (s * (k->dims == 2 ? k->h : k->d) + (size_t)l) * len);
     } else if (st < steps) {
-        line(k, s, (colour0 + st) & 1, (size_t)l);
+        line(k, s, colour0, st, (size_t)l);
     } else {
         then_line(k, r, s, l);
     }

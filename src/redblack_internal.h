@@ -59,8 +59,23 @@ typedef struct rb_redblack_first {
     const double *c;       /* the coarse grid */
 } rb_redblack_first;
 
+/* The class kernel's view of a Jacobi base J = D^{-1} (b - A u) (see rb_redblack_class_init):
+ * the taps, their offsets in the grid, and the weights (w[t * tstride + p * wstep]: wstep 0
+ * for a constant stencil, 1 for a point-dependent one). */
+typedef struct rb_class_step {
+    int nt;
+    const int (*tap)[3];
+    long long off[RB_CONV_MAX_TAPS];
+    const double *w, *dvar; /* dvar: point-dependent diagonal, or NULL (then inv) */
+    size_t tstride, wstep;
+    double inv, h;
+    bool reach_z, reach_y;  /* some tap leaves the plane / the row */
+    bool parity;            /* the classes are parity classes, not red-black colours */
+    int ncls, cls[8];       /* step j works on class cls[j mod ncls] */
+} rb_class_step;
+
 typedef struct rb_redblack {
-    int dims;              /* 2 or 3 */
+    int dims;              /* 2 or 3 (1..3 with a class kernel) */
     size_t n, d, h, w;     /* samples and grid extents (d = 1 in 2D) */
     double cn[6];          /* neighbour coefficients in tap order without the centre:
                             * 2D: y-, x-, x+, y+;  3D: z-, y-, x-, x+, y+, z+ */
@@ -69,6 +84,7 @@ typedef struct rb_redblack {
     double *u;             /* the grid updated in place */
     const rb_redblack_first *first; /* NULL: no stage before the colour steps */
     rb_redblack_then *then; /* NULL: none after them */
+    const rb_class_step *cls; /* NULL: the constant-star row kernel; else the class kernel */
 } rb_redblack;
 
 /* Fill k for colour steps of size h with the Jacobi operator J on a grid of
@@ -77,8 +93,29 @@ typedef struct rb_redblack {
  * h is finite. k->u, k->first and k->then are left NULL: the caller points u at the grid. */
 bool rb_redblack_init(const rb_op *J, rb_shape s, double h, rb_redblack *k);
 
-/* `steps` colour steps on k->u in place, colours colour0, 1 - colour0, ..., with
- * k->first's stage before them and k->then's after them where set. */
+/* The first x of class cls (a red-black colour, or with parity a parity class) in row (z, y)
+ * of a grid, the class's points then every 2; -1: none in this row. */
+long long rb_redblack_class_first(bool parity, int cls, size_t z, size_t y);
+
+/* Fill k for class steps of size h with the Jacobi operator J on a grid of shape s: the
+ * classes cls[0..ncls) repeated (red-black colours 0 / 1, or with `parity` the parity
+ * classes of rb_op_parity_create), J over a constant conv stencil or a varstencil (point-
+ * dependent diagonal), any dims. At each point p of a step's class
+ *     u_p <- u_p + h (b_p - sum_t w_t(p) u_{p+t}) / D_p,
+ * taps summed in tap order from 0 (those outside the grid skipped), then (b - Au) * (1/D)
+ * (constant) or (b - Au) / D_p (point-dependent), then u + h F: the generic path's
+ * operations (Jacobi, restricted, then the residual step), bit for bit. No stencil may
+ * couple two points of a class: red-black colours need a star. Rows whose taps all lie
+ * inside the grid run their inner points in vectorised blocks. The steps go through the
+ * grid in one pass (the wavefront of rb_redblack_run), which is valid as for the colour
+ * steps: each step reads lines l-1 .. l+1 only. false (k untouched) unless all of that
+ * holds; cs holds the kernel's state and must live as long as k is used. */
+bool rb_redblack_class_init(const rb_op *J, rb_shape s, double h, bool parity, const int *cls, int ncls, rb_class_step *cs,
+                            rb_redblack *k);
+
+/* `steps` colour steps on k->u in place, colours colour0, 1 - colour0, ... (with a class
+ * kernel: its classes in turn; colour0 unused), with k->first's stage before them and
+ * k->then's after them where set. */
 void rb_redblack_run(const rb_redblack *k, int colour0, int steps, int threads);
 
 #endif

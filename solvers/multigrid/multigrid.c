@@ -326,23 +326,21 @@ static rb_status make_steps(rb_context *ctx, rb_mg *mg, size_t l)
         double w = mg->omega_jacobi[l];
         for (int i = 0; i < o->pre; i++) pre[npre++] = (rb_vstep){mg->J[l], w, NULL};
         for (int i = 0; i < o->post; i++) post[npost++] = (rb_vstep){mg->J[l], w, NULL};
-    } else if (o->smoother == RB_SMOOTHER_RBGS && mg->ncolours[l] == 2) {
-        /* red-black: each side's sweeps are one residual step of a colour sweep op (colour.h),
-         * which runs them in one pass over the grid; the symmetric post-smoother is the
-         * pre-smoother's adjoint, its sweeps with the colours reversed */
-        const rb_op *rb[2] = {mg->colour[l][0], mg->colour[l][1]}, *br[2] = {mg->colour[l][1], mg->colour[l][0]};
+    } else if (o->smoother == RB_SMOOTHER_RBGS) {
+        /* Gauss-Seidel over the colours (red-black, or the parity classes): each side's sweeps
+         * are one residual step of a colour sweep op (colour.h), which runs them in one pass
+         * over the grid; the symmetric post-smoother is the pre-smoother's adjoint, its sweeps
+         * with the colours reversed */
+        const int nc = mg->ncolours[l];
+        const rb_op *fwd[MAX_COLOURS], *rev[MAX_COLOURS];
+        for (int c = 0; c < nc; c++) fwd[c] = mg->colour[l][c], rev[c] = mg->colour[l][nc - 1 - c];
         rb_status st = RB_OK;
-        if (o->pre > 0) st = rb_op_colour_sweep_create(ctx, rb, 2, o->omega, o->pre, &mg->sweep[l][0]);
-        if (st == RB_OK && o->post > 0) st = rb_op_colour_sweep_create(ctx, rb, 2, o->omega, o->post, &mg->sweep[l][1]);
-        if (st == RB_OK && o->pre > 0) st = rb_op_colour_sweep_create(ctx, br, 2, o->omega, o->pre, &mg->sweep[l][2]);
+        if (o->pre > 0) st = rb_op_colour_sweep_create(ctx, fwd, nc, o->omega, o->pre, &mg->sweep[l][0]);
+        if (st == RB_OK && o->post > 0) st = rb_op_colour_sweep_create(ctx, fwd, nc, o->omega, o->post, &mg->sweep[l][1]);
+        if (st == RB_OK && o->pre > 0) st = rb_op_colour_sweep_create(ctx, rev, nc, o->omega, o->pre, &mg->sweep[l][2]);
         if (st != RB_OK) return st;
         if (o->pre > 0) pre[npre++] = (rb_vstep){mg->sweep[l][0], o->omega, NULL};
         if (o->post > 0) post[npost++] = (rb_vstep){mg->sweep[l][1], o->omega, NULL};
-    } else if (o->smoother == RB_SMOOTHER_RBGS) {
-        for (int i = 0; i < o->pre; i++)
-            for (int c = 0; c < mg->ncolours[l]; c++) pre[npre++] = (rb_vstep){mg->colour[l][c], o->omega, NULL};
-        for (int i = 0; i < o->post; i++)
-            for (int c = 0; c < mg->ncolours[l]; c++) post[npost++] = (rb_vstep){mg->colour[l][c], o->omega, NULL};
     } else {
         double lmax;
         rb_status st = lambda_max(ctx, mg, l, &lmax);
