@@ -1,7 +1,8 @@
 /* test_colour.c — red-black half-sweeps as residual steps restricted to one
  * colour: conformance (fused vs generic, vjp by finite differences); the parity classes
  * of full stencils and the colours of point-dependent stars (conformance, the fused step
- * equal to the generic path bit for bit, every point in one class); and one
+ * equal to the generic path bit for bit, every point in one class), and their sweep ops (all
+ * sweeps in one pass) equal to the colour steps one after another bit for bit; and one
  * red-black Gauss-Seidel sweep against the same sweep done with the
  * LAPACK-assembled dense matrix. */
 #include "conformance.h"
@@ -126,6 +127,65 @@ static void test_parity_classes(void **state)
         }
 }
 
+/* The colour sweep op over parity classes and over the colours of point-dependent stars
+ * (the class kernel in the red-black wavefront, all sweeps in one pass): equal bit for bit
+ * to its colour steps one after another, on 1..3 threads, on grids big enough for the
+ * threads' blocks, with the classes in sweep order and reversed (the adjoint smoother). */
+static void test_class_sweeps(void **state)
+{
+    rb_context *ctx = *state;
+    static const size_t grids[][3] = {{1, 1, 4001}, {1, 200, 181}, {1, 150, 210}, {40, 30, 31}, {42, 28, 33}};
+    static const int dims_of[] = {1, 2, 2, 3, 3};
+    for (size_t gi = 0; gi < sizeof grids / sizeof *grids; gi++)
+        for (int kind = 1; kind <= 2; kind++) { /* varstencil full (parity classes), varstencil star (red-black) */
+            const int dims = dims_of[gi];
+            rb_shape s = {1, 1, grids[gi][0], grids[gi][1], grids[gi][2]};
+            rb_tensor b, x, ref, y;
+            RB_CHECK(ctx, rb_tensor_alloc(ctx, &b, s));
+            RB_CHECK(ctx, rb_tensor_alloc(ctx, &x, s));
+            RB_CHECK(ctx, rb_tensor_alloc(ctx, &ref, s));
+            RB_CHECK(ctx, rb_tensor_alloc(ctx, &y, s));
+            rb_test_rng r = {(uint64_t)(gi * 10 + (size_t)kind)};
+            rb_test_fill(&r, &b, -1, 1);
+            rb_test_fill(&r, &x, -1, 1);
+            rb_op *A = random_varstencil(ctx, dims, kind == 1 ? RB_STENCIL_FULL : RB_STENCIL_STAR, s, 3 + gi), *J;
+            RB_CHECK(ctx, rb_op_jacobi_create(ctx, A, &b, &J));
+            const int nc = kind == 1 ? 1 << dims : 2;
+            rb_op *C[8];
+            for (int c = 0; c < nc; c++) {
+                if (kind == 1) RB_CHECK(ctx, rb_op_parity_create(ctx, J, c, &C[c]));
+                else RB_CHECK(ctx, rb_op_colour_create(ctx, J, c, &C[c]));
+            }
+            for (int order = 0; order < 2; order++)
+                for (int sweeps = 1; sweeps <= 2; sweeps++) {
+                    const rb_op *cols[8];
+                    for (int c = 0; c < nc; c++) cols[c] = C[order ? nc - 1 - c : c];
+                    rb_op *G;
+                    RB_CHECK(ctx, rb_op_colour_sweep_create(ctx, cols, nc, 1.1, sweeps, &G));
+                    rb_arena work = {0};
+                    RB_CHECK(ctx, rb_arena_reserve(ctx, &work, rb_residual_workspace(G, s) + rb_residual_workspace(C[0], s)));
+                    for (int threads = 1; threads <= 3; threads++) {
+                        RB_CHECK(ctx, rb_context_set_threads(ctx, threads));
+                        rb_tensor_copy(ctx, &x, &ref);
+                        for (int k = 0; k < nc * sweeps; k++) RB_CHECK(ctx, rb_residual_step(ctx, cols[k % nc], 1.1, &ref, &ref, &work));
+                        rb_tensor_copy(ctx, &x, &y);
+                        RB_CHECK(ctx, rb_residual_step(ctx, G, 1.1, &y, &y, &work));
+                        for (size_t i = 0; i < rb_tensor_count(&x); i++)
+                            if (y.data[i] != ref.data[i])
+                                fail_msg("%dD grid %zu %s, order %d, %d sweeps, %d threads: point %zu: sweep op %.17g, "
+                                         "colour steps %.17g", dims, gi, kind == 1 ? "parity classes" : "red-black", order,
+                                         sweeps, threads, i, y.data[i], ref.data[i]);
+                    }
+                    RB_CHECK(ctx, rb_context_set_threads(ctx, 1));
+                    rb_arena_release(ctx, &work);
+                    rb_op_free(ctx, G);
+                }
+            for (int c = 0; c < nc; c++) rb_op_free(ctx, C[c]);
+            rb_op_free(ctx, J), rb_op_free(ctx, A);
+            rb_tensor_release(ctx, &b), rb_tensor_release(ctx, &x), rb_tensor_release(ctx, &ref), rb_tensor_release(ctx, &y);
+        }
+}
+
 /* Oracle: the dense red-black Gauss-Seidel sweep with the assembled matrix. */
 static void test_rbgs_against_dense(void **state)
 {
@@ -194,6 +254,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_conformance, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_parity_classes, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_class_sweeps, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_rbgs_against_dense, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_bad_input, rb_test_setup, rb_test_teardown),
     };
