@@ -153,6 +153,12 @@ static inline void row_kernel(int nr, const row_args *a, size_t first, size_t W,
 /* ---- the class kernel ------------------------------------------------------------------------ */
 
 #define CLASS_LANES 8
+#define CLASS_PF_ROWS 4
+#if defined(__GNUC__)
+#define PREFETCH_W(p) __builtin_prefetch((p), 0, 3)
+#else
+#define PREFETCH_W(p) ((void)(p))
+#endif
 
 long long rb_redblack_class_first(bool parity, int cls, size_t z, size_t y)
 {
@@ -207,11 +213,47 @@ static size_t class_inner(const rb_class_step *c, double *u, const double *b, si
     }
     double *row = u + base;
     const double *brow = b + base;
+    /* more weight streams than the hardware prefetchers follow: prefetched rows ahead */
+    const size_t ahead = c->wstep && nt > 7 ? CLASS_PF_ROWS * W : 0;
+#if defined(RB_REDBLACK_AVX2)
+    /* the same with AVX2 intrinsics: mul then add per tap (as the scalar sums, unfused), the
+     * update for all lanes, blended into the old values at the class's lanes 0 and 2 (the
+     * others are written back unchanged) */
+    const __m256d vh = _mm256_set1_pd(c->h), vinv = _mm256_set1_pd(c->inv);
+    for (; xx + CLASS_LANES < W; xx += CLASS_LANES) {
+        __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+        if (c->wstep)
+            for (int t = 0; t < nt; t++) {
+                const double *wt = wp[t] + xx, *ut = up[t] + xx;
+                if (ahead) PREFETCH_W(wt + ahead);
+                a0 = _mm256_add_pd(a0, _mm256_mul_pd(_mm256_loadu_pd(wt), _mm256_loadu_pd(ut)));
+                a1 = _mm256_add_pd(a1, _mm256_mul_pd(_mm256_loadu_pd(wt + 4), _mm256_loadu_pd(ut + 4)));
+            }
+        else
+            for (int t = 0; t < nt; t++) {
+                const __m256d wt = _mm256_broadcast_sd(wp[t]);
+                const double *ut = up[t] + xx;
+                a0 = _mm256_add_pd(a0, _mm256_mul_pd(wt, _mm256_loadu_pd(ut)));
+                a1 = _mm256_add_pd(a1, _mm256_mul_pd(wt, _mm256_loadu_pd(ut + 4)));
+            }
+        const __m256d u0 = _mm256_loadu_pd(row + xx), u1 = _mm256_loadu_pd(row + xx + 4);
+        __m256d r0 = _mm256_sub_pd(_mm256_loadu_pd(brow + xx), a0), r1 = _mm256_sub_pd(_mm256_loadu_pd(brow + xx + 4), a1);
+        if (c->dvar != NULL) {
+            const double *d = c->dvar + local + xx;
+            r0 = _mm256_div_pd(r0, _mm256_loadu_pd(d)), r1 = _mm256_div_pd(r1, _mm256_loadu_pd(d + 4));
+        } else {
+            r0 = _mm256_mul_pd(r0, vinv), r1 = _mm256_mul_pd(r1, vinv);
+        }
+        _mm256_storeu_pd(row + xx, _mm256_blend_pd(u0, _mm256_add_pd(u0, _mm256_mul_pd(vh, r0)), 0x5));
+        _mm256_storeu_pd(row + xx + 4, _mm256_blend_pd(u1, _mm256_add_pd(u1, _mm256_mul_pd(vh, r1)), 0x5));
+    }
+#endif
     for (; xx + CLASS_LANES < W; xx += CLASS_LANES) {
         double ax[CLASS_LANES] = {0};
         if (c->wstep)
             for (int t = 0; t < nt; t++) {
                 const double *wt = wp[t] + xx, *ut = up[t] + xx;
+                if (ahead) PREFETCH_W(wt + ahead);
                 for (size_t i = 0; i < CLASS_LANES; i++) ax[i] += wt[i] * ut[i];
             }
         else
