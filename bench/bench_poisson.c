@@ -101,7 +101,7 @@ static int fail(rb_context *ctx, rb_status st, const char *what)
 }
 
 typedef struct options {
-    int dim, reps, pre, post, sweeps, fmg, smooth;
+    int dim, reps, pre, post, sweeps, fmg, smooth, rediscretise;
     size_t n;
     double omega;
     long threads[MAX_LIST];
@@ -232,6 +232,7 @@ static rb_status fmg_problem(rb_context *ctx, const options *o, size_t n, int re
     opt.omega = o->omega;
     if (o->pre >= 0) opt.pre = o->pre;
     if (o->post >= 0) opt.post = o->post;
+    opt.coarse = o->rediscretise ? RB_COARSE_REDISCRETISE : RB_COARSE_GALERKIN;
     rb_mg *mg = NULL;
     double t0 = now();
     rb_status st = rb_mg_create(ctx, &pb, &opt, &mg);
@@ -272,11 +273,11 @@ static int fmg_case(rb_context *ctx, const options *o, int T)
     if (st != RB_OK) return fail(ctx, st, "FMG");
     const double dof = pow((double)o->n, o->dim);
     rb_mg_options opt = rb_mg_options_default(o->dim);
-    printf("{\"bench\":\"fmg\",\"dim\":%d,\"n\":%zu,\"coef\":\"%s\",\"threads\":%d,\"config\":\"FMG, rbgs V(%d,%d)%s, "
-           "1 cycle per level\",\"levels\":%zu,\"seconds_setup\":%.6f,\"seconds_fmg\":%.6f,\"seconds_first_fmg\":%.6f,"
+    printf("{\"bench\":\"fmg\",\"dim\":%d,\"n\":%zu,\"coef\":\"%s\",\"coarse\":\"%s\",\"threads\":%d,"
+           "\"config\":\"FMG, rbgs V(%d,%d)%s, 1 cycle per level\",\"levels\":%zu,\"seconds_setup\":%.6f,\"seconds_fmg\":%.6f,\"seconds_first_fmg\":%.6f,"
            "\"dof_per_second\":%.4e,\"error_fmg\":%.4e,\"error_discretisation\":%.4e,\"error_ratio\":%.3f,"
            "\"observed_order\":%.3f,\"reps\":%d,\"loadavg_before\":%.2f,\"loadavg_after\":%.2f}\n",
-           o->dim, o->n, o->smooth ? "smooth" : "const", T, o->pre >= 0 ? o->pre : opt.pre, o->post >= 0 ? o->post : opt.post,
+           o->dim, o->n, o->smooth ? "smooth" : "const", o->smooth && o->rediscretise ? "rediscretise" : o->smooth ? "galerkin" : "rediscretise", T, o->pre >= 0 ? o->pre : opt.pre, o->post >= 0 ? o->post : opt.post,
            o->omega > 0 ? " omega" : "", fine.levels, fine.setup, fine.best, fine.first, dof / fine.best, fine.err_fmg,
            fine.err_disc, fine.err_fmg / fine.err_disc, log2(half.err_disc / fine.err_disc), o->reps, load_before,
            load_average());
@@ -378,7 +379,8 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: bench_poisson [--dim 2|3] [--n N] [--threads 1,2] [--reps R] [--omega W] [--pre A --post B]\n"
                "       bench_poisson --sweeps [--n N] [--threads 1,2] [--reps R]\n"
-               "       bench_poisson --fmg [--dim 2|3] [--n N] [--coef const|smooth] [--threads 1,2] [--reps R]\n"
+               "       bench_poisson --fmg [--dim 2|3] [--n N] [--coef const|smooth] [--coarse galerkin|rediscretise]\n"
+               "                     [--threads 1,2] [--reps R]\n"
                "  Time to ||f - A u|| <= 1e-8 ||f|| for -Delta u = 1, u = 0 on the boundary, from u = 0\n"
                "  (best of R solves after one set-up); or (--sweeps) the red-black sweep's bandwidth\n"
                "  against a STREAM triad; or (--fmg) full multigrid to the discretisation error in unknowns\n"
@@ -407,6 +409,8 @@ int main(int argc, char **argv)
             continue;
         } else if (v != NULL && !strcmp(a, "--coef")) {
             ok = !strcmp(v, "const") || !strcmp(v, "smooth"), o.smooth = !strcmp(v, "smooth");
+        } else if (v != NULL && !strcmp(a, "--coarse")) {
+            ok = !strcmp(v, "galerkin") || !strcmp(v, "rediscretise"), o.rediscretise = !strcmp(v, "rediscretise");
         } else if (v == NULL) {
             ok = 0;
         } else if (!strcmp(a, "--dim")) {

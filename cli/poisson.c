@@ -13,13 +13,15 @@ static const char *const coef_names[] = {"const", "jump", "smooth", NULL};
 static const char *const rhs_names[] = {"sine", "ones", "random", NULL};
 static const char *const smoother_choices[] = {"jacobi", "rbgs", "chebyshev", NULL};
 static const char *const cycle_choices[] = {"V", "W", "F", NULL};
+static const char *const coarse_choices[] = {"galerkin", "rediscretise", NULL};
 static const char *const check_choices[] = {"lapack", NULL};
 
 static void usage(FILE *f)
 {
     fprintf(f,
             "usage: resbridge poisson --dim {1,2,3} --n N [--coef const|jump|smooth] [--smoother jacobi|rbgs|chebyshev]\n"
-            "         [--omega W] [--pre A --post B] [--cycle V|W|F] [--fmg] [--pcg] [--tol T] [--max-cycles K]\n"
+            "         [--omega W] [--pre A --post B] [--cycle V|W|F] [--coarse galerkin|rediscretise] [--fmg] [--pcg]\n"
+            "         [--tol T] [--max-cycles K]\n"
             "         [--rhs sine|ones|random] [--seed S] [--threads T] [--check lapack] [--json]\n\n"
             "Solves -div(a grad u) = f on the unit interval/square/cube, zero Dirichlet values, n = m 2^k - 1\n"
             "interior points per direction (m in 1,3,5,7), with geometric multigrid built on the residual primitive.\n"
@@ -27,10 +29,13 @@ static void usage(FILE *f)
             "             smooth: a = 1 + 0.5 prod sin(2 pi x_i)\n"
             "  --rhs      sine: f = d pi^2 prod sin(pi x_i) (with --coef const the exact discrete solution is known);\n"
             "             ones: f = 1; random: uniform in [-1,1] (seeded GSL generator)\n"
+            "  --coarse   coarse operators for --coef jump|smooth: galerkin (R A P, 3^d points; robust for jumps)\n"
+            "             or rediscretise (a injected to each coarse grid, 2d+1-point star; for smooth a)\n"
             "  --fmg      full multigrid (one cycle per level) as the initial guess, then cycles to --tol\n"
             "  --pcg      conjugate gradients preconditioned by one symmetric cycle\n"
             "  --check lapack  compare with LAPACK banded Cholesky on the full system (small problems)\n"
-            "Defaults: --coef const --smoother rbgs --pre 2 --post 1 --cycle V --tol 1e-8 --max-cycles 50 --rhs sine\n"
+            "Defaults: --coef const --smoother rbgs --pre 2 --post 1 --cycle V --coarse galerkin --tol 1e-8 --max-cycles 50\n"
+            "          --rhs sine\n"
             "Exit status: 0 converged, 1 not converged (diverged or iteration limit), 2 bad usage or error.\n");
 }
 
@@ -70,6 +75,8 @@ static int parse(int argc, char **argv, opts *o)
             if (rb_args_long(&a, opt, 0, 16, &v)) o->mg.post = (int)v;
         } else if (!strcmp(opt, "--cycle")) {
             if (rb_args_choice(&a, opt, cycle_choices, &c)) o->mg.cycle = (rb_cycle)c;
+        } else if (!strcmp(opt, "--coarse")) {
+            if (rb_args_choice(&a, opt, coarse_choices, &c)) o->mg.coarse = (rb_coarse)c;
         } else if (!strcmp(opt, "--fmg")) {
             o->fmg = 1;
         } else if (!strcmp(opt, "--pcg")) {
@@ -194,10 +201,10 @@ int rb_cli_poisson(int argc, char **argv)
     const char *method = o.pcg ? "pcg" : o.fmg ? "fmg" : "cycles";
     if (o.json) {
         printf("{\"command\":\"poisson\",\"dim\":%d,\"n\":%ld,\"unknowns\":%zu,\"levels\":%zu,\"coef\":\"%s\",\"rhs\":\"%s\","
-               "\"smoother\":\"%s\",\"pre\":%d,\"post\":%d,\"cycle\":\"%s\",\"method\":\"%s\",\"threads\":%d,\"cycles\":%d,"
-               "\"residual_history\":[",
+               "\"coarse\":\"%s\",\"smoother\":\"%s\",\"pre\":%d,\"post\":%d,\"cycle\":\"%s\",\"method\":\"%s\","
+               "\"threads\":%d,\"cycles\":%d,\"residual_history\":[",
                o.dim, o.n, rb_tensor_count(&f), rb_mg_levels(mg), coef_names[o.coef], rhs_names[o.rhs],
-               rb_smoother_name(o.mg.smoother), o.mg.pre, o.mg.post, rb_cycle_name(o.mg.cycle), method,
+               o.coef == 0 ? "rediscretise" : rb_coarse_name(o.mg.coarse), rb_smoother_name(o.mg.smoother), o.mg.pre, o.mg.post, rb_cycle_name(o.mg.cycle), method,
                rb_context_threads(ctx), rep.cycles);
         for (int k = 0; k <= rep.cycles && k < RB_MG_MAX_HISTORY; k++) printf("%s%.6e", k ? "," : "", rep.history[k]);
         printf("],\"convergence_factor\":%.6f,\"rel_residual\":%.6e,\"converged\":%s,", rep.convergence_factor,

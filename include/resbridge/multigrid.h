@@ -43,6 +43,16 @@ typedef struct rb_mg_problem {
     double coef_value;
 } rb_mg_problem;
 
+/* Coarse operators for point coefficients (constant ones are always rediscretised):
+ * GALERKIN: R A P (a 3^d-point stencil on every coarse level; robust for jumping
+ * coefficients); REDISCRETISE: the coefficients injected to each coarse grid (coarse point
+ * I = fine point 2I, boundary included) and the 2d+1-point operator discretised there
+ * (as HPGMG does; cheaper, for smooth coefficients). */
+typedef enum rb_coarse { RB_COARSE_GALERKIN, RB_COARSE_REDISCRETISE, RB_COARSE_COUNT } rb_coarse;
+
+const char *rb_coarse_name(rb_coarse c);
+rb_status rb_coarse_parse(rb_context *ctx, const char *name, rb_coarse *c);
+
 typedef struct rb_mg_options {
     rb_smoother smoother;
     double omega;        /* relaxation weight; 0: default (Jacobi 2d/(2d+1), RB-GS 1) */
@@ -50,6 +60,7 @@ typedef struct rb_mg_options {
     rb_cycle cycle;
     size_t coarse_max;   /* coarsen while n > coarse_max (and n is odd) */
     double cheb_ratio;   /* Chebyshev interval [cheb_ratio * lmax, lmax] of D^{-1} A */
+    rb_coarse coarse;    /* coarse operators for point coefficients (default GALERKIN) */
 } rb_mg_options;
 
 rb_mg_options rb_mg_options_default(int dim);

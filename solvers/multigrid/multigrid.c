@@ -45,35 +45,60 @@ struct rb_mg {
 
 static const char *const smoother_names[] = {"jacobi", "rbgs", "chebyshev"};
 _Static_assert(sizeof smoother_names / sizeof *smoother_names == RB_SMOOTHER_COUNT, "one name per smoother");
+static const char *const coarse_names[] = {"galerkin", "rediscretise"};
+_Static_assert(sizeof coarse_names / sizeof *coarse_names == RB_COARSE_COUNT, "one name per coarse operator");
+
+/* The index of `name` among names[0..count) (name(i) for i < count), or a message listing them. */
+static rb_status parse_name(rb_context *ctx, const char *fn, const char *what, const char *name, int count,
+                            const char *(*name_of)(int), int *out)
+{
+    if (name == NULL || out == NULL) return rb_fail(ctx, RB_ENULL, "%s: NULL argument", fn);
+    char list[128] = "";
+    for (int i = 0; i < count; i++) {
+        if (strcmp(name, name_of(i)) == 0) {
+            *out = i;
+            return RB_OK;
+        }
+        size_t len = strlen(list);
+        snprintf(list + len, sizeof list - len, "%s%s", i ? ", " : "", name_of(i));
+    }
+    return rb_fail(ctx, RB_EINVAL, "unknown %s '%s' (%s)", what, name, list);
+}
 
 const char *rb_smoother_name(rb_smoother s) { return (unsigned)s < RB_SMOOTHER_COUNT ? smoother_names[s] : "unknown"; }
+const char *rb_coarse_name(rb_coarse c) { return (unsigned)c < RB_COARSE_COUNT ? coarse_names[c] : "unknown"; }
+static const char *smoother_name_of(int i) { return smoother_names[i]; }
+static const char *coarse_name_of(int i) { return coarse_names[i]; }
+static const char *cycle_name_of(int i) { return rb_cycle_name((rb_cycle)i); }
 
 rb_status rb_smoother_parse(rb_context *ctx, const char *name, rb_smoother *s)
 {
-    if (name == NULL || s == NULL) return rb_fail(ctx, RB_ENULL, "rb_smoother_parse: NULL argument");
-    for (int i = 0; i < RB_SMOOTHER_COUNT; i++)
-        if (strcmp(name, smoother_names[i]) == 0) {
-            *s = (rb_smoother)i;
-            return RB_OK;
-        }
-    return rb_fail(ctx, RB_EINVAL, "unknown smoother '%s' (jacobi, rbgs, chebyshev)", name);
+    int i = 0;
+    rb_status st = parse_name(ctx, "rb_smoother_parse", "smoother", name, RB_SMOOTHER_COUNT, smoother_name_of, s ? &i : NULL);
+    if (st == RB_OK) *s = (rb_smoother)i;
+    return st;
+}
+
+rb_status rb_coarse_parse(rb_context *ctx, const char *name, rb_coarse *c)
+{
+    int i = 0;
+    rb_status st = parse_name(ctx, "rb_coarse_parse", "coarse operator", name, RB_COARSE_COUNT, coarse_name_of, c ? &i : NULL);
+    if (st == RB_OK) *c = (rb_coarse)i;
+    return st;
 }
 
 rb_status rb_cycle_parse(rb_context *ctx, const char *name, rb_cycle *c)
 {
-    if (name == NULL || c == NULL) return rb_fail(ctx, RB_ENULL, "rb_cycle_parse: NULL argument");
-    for (int i = 0; i < RB_CYCLE_COUNT; i++)
-        if (strcmp(name, rb_cycle_name((rb_cycle)i)) == 0) {
-            *c = (rb_cycle)i;
-            return RB_OK;
-        }
-    return rb_fail(ctx, RB_EINVAL, "unknown cycle '%s' (V, W, F, down)", name);
+    int i = 0;
+    rb_status st = parse_name(ctx, "rb_cycle_parse", "cycle", name, RB_CYCLE_COUNT, cycle_name_of, c ? &i : NULL);
+    if (st == RB_OK) *c = (rb_cycle)i;
+    return st;
 }
 
 rb_mg_options rb_mg_options_default(int dim)
 {
     (void)dim;
-    rb_mg_options o = {RB_SMOOTHER_RBGS, 0.0, 2, 1, RB_CYCLE_V, 7, 0.3};
+    rb_mg_options o = {RB_SMOOTHER_RBGS, 0.0, 2, 1, RB_CYCLE_V, 7, 0.3, RB_COARSE_GALERKIN};
     return o;
 }
 
@@ -112,28 +137,35 @@ void rb_mg_nearest_sizes(size_t n, size_t *below, size_t *above)
 
 /* ---- operators ----------------------------------------------------------------------------- */
 
+/* Point coefficient at full-grid point (z, y, x) (boundary at 0 and n+1) of a dim-D grid of
+ * n interior points per direction. */
+static double coef_point(const double *coef, int dim, size_t n, long long z, long long y, long long x)
+{
+    size_t m = n + 2;
+    size_t zz = dim == 3 ? (size_t)z : 0, yy = dim >= 2 ? (size_t)y : 0;
+    size_t my = dim >= 2 ? m : 1;
+    return coef[(zz * my + yy) * m + (size_t)x];
+}
+
 static double coef_at(const rb_mg *mg, long long z, long long y, long long x)
 {
-    size_t m = mg->pb.n + 2;
-    size_t zz = mg->pb.dim == 3 ? (size_t)z : 0, yy = mg->pb.dim >= 2 ? (size_t)y : 0;
-    size_t my = mg->pb.dim >= 2 ? m : 1;
-    return mg->coef[(zz * my + yy) * m + (size_t)x];
+    return coef_point(mg->coef, mg->pb.dim, mg->pb.n, z, y, x);
 }
 
 /* Face coefficient between full-grid points p and q: harmonic mean. */
 static double face(double ap, double aq) { return 2.0 * ap * aq / (ap + aq); }
 
-/* The fine operator with point coefficients: -div(a grad u), 2 dim + 1 point star. */
-static rb_status fine_variable_operator(rb_context *ctx, rb_mg *mg, rb_op **out)
+/* The operator -div(a grad u) with point coefficients `coef` (full grid of n + 2 points per
+ * direction), 2 dim + 1 point star: the fine operator, and with rediscretised coarse levels
+ * theirs. */
+static rb_status variable_operator(rb_context *ctx, int d, size_t n, const double *coef, rb_op **out)
 {
-    int d = mg->pb.dim;
-    size_t n = mg->pb.n;
     double h = 1.0 / (double)(n + 1), ih2 = 1.0 / (h * h);
     rb_shape g = grid_shape(d, n);
     rb_op *A;
     rb_status st = rb_op_varstencil_create(ctx, d, RB_STENCIL_STAR, g, NULL, &A);
     if (st != RB_OK) return st;
-    int ntaps = 2 * d + 1, centre = d;
+    int centre = d;
     size_t pts = rb_shape_count(g);
     /* star taps in order: for d = 3: -z, -y, -x, 0, +x, +y, +z (row-major order of conv.h) */
     for (size_t z = 0; z < g.d; z++)
@@ -142,11 +174,11 @@ static rb_status fine_variable_operator(rb_context *ctx, rb_mg *mg, rb_op **out)
                 size_t p = (z * g.h + y) * g.w + x;
                 /* full-grid coordinates (boundary at 0 and n+1) */
                 long long fz = d == 3 ? (long long)z + 1 : 0, fy = d >= 2 ? (long long)y + 1 : 0, fx = (long long)x + 1;
-                double ap = coef_at(mg, fz, fy, fx), diag = 0;
+                double ap = coef_point(coef, d, n, fz, fy, fx), diag = 0;
                 int t = 0;
                 for (int axis = d - 1; axis >= 0; axis--) { /* the minus side: z, y, x for d = 3 */
                     long long qz = fz - (axis == 2), qy = fy - (axis == 1), qx = fx - (axis == 0);
-                    double af = face(ap, coef_at(mg, qz, qy, qx));
+                    double af = face(ap, coef_point(coef, d, n, qz, qy, qx));
                     A->params[(size_t)t * pts + p] = -af * ih2;
                     diag += af * ih2;
                     t++;
@@ -154,16 +186,29 @@ static rb_status fine_variable_operator(rb_context *ctx, rb_mg *mg, rb_op **out)
                 t++; /* centre */
                 for (int axis = 0; axis < d; axis++) { /* the plus side: x, y, z */
                     long long qz = fz + (axis == 2), qy = fy + (axis == 1), qx = fx + (axis == 0);
-                    double af = face(ap, coef_at(mg, qz, qy, qx));
+                    double af = face(ap, coef_point(coef, d, n, qz, qy, qx));
                     A->params[(size_t)t * pts + p] = -af * ih2;
                     diag += af * ih2;
                     t++;
                 }
                 A->params[(size_t)centre * pts + p] = diag;
-                (void)ntaps;
             }
     *out = A;
     return RB_OK;
+}
+
+/* The point coefficients of the coarse grid (nc = (n-1)/2 interior points per direction) by
+ * injection: coarse full-grid point I is fine full-grid point 2I. */
+static double *inject_coefficients(rb_context *ctx, int d, size_t n, const double *coef)
+{
+    const size_t nc = (n - 1) / 2, mc = nc + 2, mz = d == 3 ? mc : 1, my = d >= 2 ? mc : 1;
+    double *c = rb_malloc(ctx, mz * my * mc * sizeof(double));
+    if (c == NULL) return NULL;
+    for (size_t z = 0; z < mz; z++)
+        for (size_t y = 0; y < my; y++)
+            for (size_t x = 0; x < mc; x++)
+                c[(z * my + y) * mc + x] = coef_point(coef, d, n, (long long)(2 * z), (long long)(2 * y), (long long)(2 * x));
+    return c;
 }
 
 static rb_status constant_operator(rb_context *ctx, int d, size_t n, double a, rb_op **out)
@@ -421,6 +466,9 @@ static rb_status check_problem(rb_context *ctx, const rb_mg_problem *pb, const r
                        "(eigenvalues of D^-1 A lie in (0, 2))", o->omega);
     if (o->smoother == RB_SMOOTHER_RBGS && o->omega >= 2.0)
         return rb_fail(ctx, RB_EINVAL, "rb_mg_create: Gauss-Seidel omega = %g is outside the stable range (0, 2)", o->omega);
+    if ((unsigned)o->coarse >= RB_COARSE_COUNT)
+        return rb_fail(ctx, RB_EINVAL, "rb_mg_create: coarse = %d is not a coarse-operator kind (0..%d)", (int)o->coarse,
+                       RB_COARSE_COUNT - 1);
     if (o->smoother == RB_SMOOTHER_CHEBYSHEV && (!(o->cheb_ratio > 0) || !(o->cheb_ratio < 1)))
         return rb_fail(ctx, RB_EINVAL, "rb_mg_create: cheb_ratio = %g must lie in (0, 1)", o->cheb_ratio);
     return RB_OK;
@@ -471,6 +519,7 @@ static rb_status setup(rb_context *ctx, rb_mg *mg)
         mg->nlevels++;
     }
     /* level tensors, transfers, operators (fine to coarse) */
+    double *level_coef = mg->coef; /* rediscretised levels: the current level's coefficients */
     for (size_t l = 0; l < mg->nlevels && st == RB_OK; l++) {
         rb_shape s = grid_shape(d, mg->n[l]);
         rb_vlevel *lv = &mg->level[l];
@@ -479,15 +528,24 @@ static rb_status setup(rb_context *ctx, rb_mg *mg)
         if (st == RB_OK) st = grid_alloc(ctx, &lv->r, s);
         if (st == RB_OK && l + 1 < mg->nlevels) st = rb_mg_transfers_create(ctx, d, &mg->R[l], &mg->P[l]);
         if (st != RB_OK) break;
-        if (l == 0)
-            st = pb->coef ? fine_variable_operator(ctx, mg, &mg->A[0]) : constant_operator(ctx, d, mg->n[0], pb->coef_value, &mg->A[0]);
-        else
+        if (l == 0) {
+            st = pb->coef ? variable_operator(ctx, d, mg->n[0], mg->coef, &mg->A[0])
+                          : constant_operator(ctx, d, mg->n[0], pb->coef_value, &mg->A[0]);
+        } else if (pb->coef && mg->opt.coarse == RB_COARSE_REDISCRETISE) {
+            /* the coefficients injected level by level, each level's operator discretised anew */
+            double *c = inject_coefficients(ctx, d, mg->n[l - 1], level_coef);
+            if (level_coef != mg->coef) rb_free(ctx, level_coef);
+            level_coef = c;
+            st = c == NULL ? rb_context_last_status(ctx) : variable_operator(ctx, d, mg->n[l], c, &mg->A[l]);
+        } else {
             st = pb->coef ? galerkin(ctx, mg, l - 1, &mg->A[l]) : constant_operator(ctx, d, mg->n[l], pb->coef_value, &mg->A[l]);
+        }
         if (st == RB_OK) st = rb_op_jacobi_create(ctx, mg->A[l], &lv->f, &mg->J[l]);
         if (st == RB_OK) st = gauss_seidel_colours(ctx, mg, l);
         if (st == RB_OK) mg->omega_jacobi[l] = jacobi_weight(mg->A[l], mg->opt.omega);
         lv->A = mg->A[l], lv->R = mg->R[l], lv->P = mg->P[l];
     }
+    if (level_coef != mg->coef) rb_free(ctx, level_coef);
     if (st != RB_OK) return st;
     /* work memory: the cycle's scratch and the drivers' vectors */
     rb_shape s0 = grid_shape(d, mg->n[0]);
