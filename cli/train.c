@@ -1,5 +1,6 @@
-/* train.c — `resbridge train` and `resbridge eval`: networks on Fashion-MNIST
- * or synthetic data, with checkpoints that resume a run exactly. */
+/* train.c — `resbridge train` and `resbridge eval`: networks on Fashion-MNIST,
+ * synthetic vector data or Poisson pairs (the U-Net that solves), with
+ * checkpoints that resume a run exactly. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,9 +11,11 @@
 #include "args.h"
 #include "cli.h"
 
-static const char *const model_choices[] = {"resnet", "plain", "mlp", "mgnet", NULL};
+static const char *const model_choices[] = {"resnet", "plain", "mlp", "mgnet", "unet", NULL};
 static const char *const block_choices[] = {"v1", "v2", "highway", "dense", "plain", NULL};
-static const char *const data_choices[] = {"fashion-mnist", "synthetic", NULL};
+static const char *const data_choices[] = {"fashion-mnist", "synthetic", "poisson", NULL};
+enum { DATA_FMNIST, DATA_SYNTHETIC, DATA_POISSON };
+#define POISSON_SEED 7 /* the data's draw (the same pairs for every --seed of the net) */
 static const char *const opt_choices[] = {"sgd", "adam", NULL};
 static const char *const sched_choices[] = {"constant", "step", "cosine", NULL};
 
@@ -23,14 +26,14 @@ static const char *const sched_choices[] = {"constant", "step", "cosine", NULL};
 static void usage(FILE *f, int eval)
 {
     if (eval) {
-        fprintf(f, "usage: resbridge eval --checkpoint FILE [--data fashion-mnist|synthetic] [--data-dir DIR] [--batch B] [--test-limit N]\n"
+        fprintf(f, "usage: resbridge eval --checkpoint FILE [--data fashion-mnist|synthetic|poisson] [--data-dir DIR] [--batch B] [--test-limit N]\n"
                    "         [--threads T] [--json]\n\n"
                    "Evaluates a trained network (inference-mode batch norm) on the test split.\n");
         return;
     }
     fprintf(f,
-            "usage: resbridge train [--model resnet|plain|mlp|mgnet] [--depth D] [--width W] [--block v1|v2|highway|dense|plain]\n"
-            "         [--data fashion-mnist|synthetic] [--epochs E] [--batch B] [--optimizer sgd|adam] [--lr X]\n"
+            "usage: resbridge train [--model resnet|plain|mlp|mgnet|unet] [--depth D] [--width W] [--block v1|v2|highway|dense|plain]\n"
+            "         [--data fashion-mnist|synthetic|poisson] [--n N] [--epochs E] [--batch B] [--optimizer sgd|adam] [--lr X]\n"
             "         [--schedule constant|step|cosine] [--momentum M] [--weight-decay L] [--h H] [--seed S]\n"
             "         [--threads T] [--limit N] [--test-limit N] [--data-dir DIR] [--checkpoint FILE] [--resume FILE] [--stop-after K]\n         [--export PREFIX] [--json]\n\n"
             "Trains a network with mini-batch SGD or Adam. Without options: the reference ResNet of the nets issue\n"
@@ -42,6 +45,12 @@ static void usage(FILE *f, int eval)
             "  --model mgnet  MgNet: the down-leg of the network-mode V-cycle (3x3 data-feature conv to W channels,\n"
             "              D smoothing steps u += relu(B * relu(f - A * u)) per level on 31, 15, 7, 3, projections,\n"
             "              pooling, linear 10); --width W (16), --depth D (0: 2)\n"
+            "  --model unet   the U-Net that solves -div(a grad u) = f (data: --data poisson, pairs (f, log a) -> u from\n"
+            "              the multigrid solver on n x n grids, --n N (31)): lift 2 -> W channels, D network-mode V(1,1)\n"
+            "              cycles (tanh) to 3 points, projection W -> 1; --width W (8), --depth D (0: 2). Defaults: Adam\n"
+            "              lr 0.003 cosine, batch 16, 4 epochs, 256 training and 64 test pairs (--limit, --test-limit);\n"
+            "              the report adds the test relative error |u_net - u| / |u| and the V-cycles the classical\n"
+            "              solver (RB-GS V(2,1) from u = 0) needs for the same error\n"
             "  --limit N   train on the first N training samples only; --test-limit N: test on the first N (quick runs)\n"
             "  --checkpoint FILE  save after every epoch (atomically);  --resume FILE  continue a saved run exactly\n"
             "  --stop-after K     stop after epoch K of the schedule (resume later with --resume)\n"
@@ -53,7 +62,8 @@ static void usage(FILE *f, int eval)
 typedef struct opts {
     rb_model_desc model;
     rb_trainer_config tc;
-    int data, json, threads, have_epochs;
+    int data, json, threads, have_epochs, have_data, have_opt, have_lr, have_batch, have_wd;
+    long n;
     long limit, test_limit, stop_after;
     const char *data_dir, *checkpoint, *resume, *export_prefix;
 } opts;
@@ -74,11 +84,13 @@ static int parse(int argc, char **argv, opts *o, int eval)
             usage(stdout, eval);
             return 0;
         } else if (!strcmp(opt, "--data")) {
-            rb_args_choice(&a, opt, data_choices, &o->data);
+            if (rb_args_choice(&a, opt, data_choices, &o->data)) o->have_data = 1;
+        } else if (!strcmp(opt, "--n")) {
+            rb_args_long(&a, opt, 3, 1023, &o->n);
         } else if (!strcmp(opt, "--data-dir")) {
             o->data_dir = rb_args_value(&a, opt);
         } else if (!strcmp(opt, "--batch")) {
-            if (rb_args_long(&a, opt, 1, 1 << 16, &v)) o->tc.batch = (size_t)v;
+            if (rb_args_long(&a, opt, 1, 1 << 16, &v)) o->tc.batch = (size_t)v, o->have_batch = 1;
         } else if (!strcmp(opt, "--threads")) {
             if (rb_args_long(&a, opt, 1, 1024, &v)) o->threads = (int)v;
         } else if (!strcmp(opt, "--json")) {
@@ -105,19 +117,20 @@ static int parse(int argc, char **argv, opts *o, int eval)
             if (rb_args_long(&a, opt, 1, 100000, &v)) o->tc.epochs = (size_t)v, o->have_epochs = 1;
         } else if (!strcmp(opt, "--optimizer")) {
             if (rb_args_choice(&a, opt, opt_choices, &c)) {
+                o->have_opt = 1;
                 double lr = o->tc.lr, wd = o->tc.opt.weight_decay;
                 o->tc.opt = rb_optimizer_config_default((rb_optimizer_kind)c);
                 o->tc.opt.weight_decay = wd;
                 if (c == RB_OPT_ADAM && lr == 0.1) o->tc.lr = 1e-3; /* Adam's usual default */
             }
         } else if (!strcmp(opt, "--lr")) {
-            rb_args_double(&a, opt, 1e-12, 1e3, &o->tc.lr);
+            if (rb_args_double(&a, opt, 1e-12, 1e3, &o->tc.lr)) o->have_lr = 1;
         } else if (!strcmp(opt, "--schedule")) {
             if (rb_args_choice(&a, opt, sched_choices, &c)) o->tc.schedule = (rb_lr_kind)c;
         } else if (!strcmp(opt, "--momentum")) {
             rb_args_double(&a, opt, 0, 0.999999, &o->tc.opt.momentum);
         } else if (!strcmp(opt, "--weight-decay")) {
-            rb_args_double(&a, opt, 0, 1, &o->tc.opt.weight_decay);
+            if (rb_args_double(&a, opt, 0, 1, &o->tc.opt.weight_decay)) o->have_wd = 1;
         } else if (!strcmp(opt, "--seed")) {
             if (rb_args_long(&a, opt, 0, 1L << 40, &v)) o->tc.seed = o->model.seed = (unsigned long)v;
         } else if (!strcmp(opt, "--stop-after")) {
@@ -150,8 +163,30 @@ static int parse(int argc, char **argv, opts *o, int eval)
         m.h = o->model.h, m.seed = o->model.seed;
         o->model = m;
     }
-    if (o->data == 1 && o->model.kind != RB_MODEL_MLP && !o->resume) {
+    if (kind == RB_MODEL_UNET) { /* the grid-to-grid net on Poisson pairs, the example's schedule */
+        rb_model_desc m = rb_model_desc_default(RB_MODEL_UNET);
+        if (o->model.depth) m.depth = o->model.depth;
+        if (o->model.width != 16) m.width = o->model.width;
+        if (o->n) m.in_h = m.in_w = (size_t)o->n, m.outputs = m.in_h * m.in_w;
+        m.seed = o->model.seed;
+        o->model = m;
+        if (!o->have_data) o->data = DATA_POISSON;
+        if (!o->have_opt) o->tc.opt = rb_optimizer_config_default(RB_OPT_ADAM);
+        if (!o->have_opt && !o->have_wd) o->tc.opt.weight_decay = 0;
+        if (!o->have_lr) o->tc.lr = 3e-3;
+        if (!o->have_batch) o->tc.batch = 16;
+        if (!o->have_epochs) o->tc.epochs = 4;
+    }
+    if (o->n && kind != RB_MODEL_UNET && !o->resume) {
+        fprintf(stderr, "resbridge train: --n sets the U-Net's grid: use --model unet\n");
+        return 2;
+    }
+    if (o->data == DATA_SYNTHETIC && o->model.kind != RB_MODEL_MLP && !o->resume) {
         fprintf(stderr, "resbridge train: --data synthetic is vector data: use --model mlp\n");
+        return 2;
+    }
+    if (!o->resume && !eval && (o->data == DATA_POISSON) != (o->model.kind == RB_MODEL_UNET)) {
+        fprintf(stderr, "resbridge train: --data poisson and --model unet go together (grid-to-grid regression)\n");
         return 2;
     }
     return -1;
@@ -164,7 +199,13 @@ typedef struct data_pair {
 static rb_status load_data(rb_context *ctx, const opts *o, const rb_model_desc *d, data_pair *p)
 {
     rb_status st;
-    if (o->data == 0) {
+    if (d->kind == RB_MODEL_UNET) { /* the model decides (also when resumed or evaluated from a checkpoint) */
+        size_t ntrain = o->limit > 0 ? (size_t)o->limit : 256, ntest = o->test_limit > 0 ? (size_t)o->test_limit : 64;
+        st = rb_dataset_poisson(ctx, d->in_h, ntrain, POISSON_SEED, RB_SPLIT_TRAIN, &p->train);
+        if (st == RB_OK) st = rb_dataset_poisson(ctx, d->in_h, ntest, POISSON_SEED, RB_SPLIT_TEST, &p->test);
+        return st;
+    }
+    if (o->data == DATA_FMNIST) {
         st = rb_dataset_fashion_mnist(ctx, o->data_dir, RB_SPLIT_TRAIN, &p->train);
         if (st == RB_OK) st = rb_dataset_fashion_mnist(ctx, o->data_dir, RB_SPLIT_TEST, &p->test);
         if (st == RB_OK) st = rb_dataset_standardize(ctx, &p->train, FMNIST_MEAN, FMNIST_STD);
@@ -201,6 +242,35 @@ static void print_list(const double *v, size_t n, int pct)
     putchar(']');
 }
 
+/* The U-Net's score on the Poisson test pairs, and the classical solver's for the same error. */
+typedef struct solve_report {
+    double err_mean, err_max, net_seconds;
+    rb_poisson_baseline_report mg;
+} solve_report;
+
+static rb_status solve_score(rb_context *ctx, rb_model *m, const rb_dataset *test, solve_report *r)
+{
+    const size_t g = test->target_len;
+    double *pred = malloc(test->count * g * sizeof(double)), *err = malloc(test->count * sizeof(double));
+    rb_status st = pred == NULL || err == NULL ? RB_ENOMEM : RB_OK;
+    double t0 = rb_cli_now();
+    if (st == RB_OK) st = rb_model_predict(ctx, m, test, RB_MODEL_UNET_BATCH, pred);
+    r->net_seconds = rb_cli_now() - t0;
+    r->err_mean = r->err_max = 0;
+    for (size_t s = 0; st == RB_OK && s < test->count; s++) {
+        double d = 0, y = 0;
+        for (size_t i = 0; i < g; i++) {
+            const double t = test->y[s * g + i];
+            d += (pred[s * g + i] - t) * (pred[s * g + i] - t), y += t * t;
+        }
+        err[s] = sqrt(d / y);
+        r->err_mean += err[s] / (double)test->count, r->err_max = fmax(r->err_max, err[s]);
+    }
+    if (st == RB_OK) st = rb_poisson_baseline(ctx, test, POISSON_SEED, RB_SPLIT_TEST, err, 100, &r->mg);
+    free(pred), free(err);
+    return st;
+}
+
 static int fail(rb_context *ctx, rb_status st)
 {
     fprintf(stderr, "resbridge: %s: %s\n", rb_strerror(st), rb_context_message(ctx));
@@ -226,8 +296,9 @@ int rb_cli_train(int argc, char **argv)
     data_pair d = {0};
     rb_model *m = NULL;
     rb_trainer tr = {0};
+    if (o.model.kind == RB_MODEL_UNET) o.data = DATA_POISSON;
+    if (st == RB_OK) st = load_data(ctx, &o, &o.model, &d); /* first: it names a bad --n */
     if (st == RB_OK) st = rb_model_create(ctx, &o.model, &m);
-    if (st == RB_OK) st = load_data(ctx, &o, &o.model, &d);
     if (st == RB_OK) st = rb_trainer_init(ctx, &tr, m, &o.tc, &d.train);
     if (st == RB_OK && o.resume) st = rb_checkpoint_load(ctx, o.resume, m, &tr);
     if (st != RB_OK) {
@@ -259,6 +330,16 @@ int rb_cli_train(int argc, char **argv)
         }
     }
     if (st == RB_OK && o.export_prefix) st = rb_model_export_npy(ctx, m, o.export_prefix);
+    solve_report sr = {0};
+    const int unet = o.model.kind == RB_MODEL_UNET;
+    if (st == RB_OK && unet) st = solve_score(ctx, m, &d.test, &sr);
+    if (st == RB_OK && unet && !o.json)
+        printf("test pairs (%zu, n = %zu): U-Net relative error |u_net - u|/|u| mean %.3e, max %.3e (%.3f ms per pair);\n"
+               "  RB-GS V(2,1) from u = 0 reaches each pair's error in %.2f cycles (mean, max %d; one cycle: %.3e),\n"
+               "  %.3f ms per cycle, + set-up %.3f ms per coefficient field\n", d.test.count, o.model.in_h, sr.err_mean,
+               sr.err_max, 1e3 * sr.net_seconds / (double)d.test.count, sr.mg.cycles_mean, sr.mg.cycles_max, sr.mg.err_one_cycle,
+               1e3 * sr.mg.cycle_seconds / (double)(sr.mg.cycles_total ? sr.mg.cycles_total : 1),
+               1e3 * sr.mg.setup_seconds / (double)d.test.count);
     if (st != RB_OK) {
         rc = fail(ctx, st);
         if (o.checkpoint) fprintf(stderr, "resbridge: the last checkpoint (%s) is intact\n", o.checkpoint);
@@ -273,6 +354,14 @@ int rb_cli_train(int argc, char **argv)
         print_list(ta + first, last > first ? last - first : 0, 0);
         printf(",\"seconds_per_epoch\":");
         print_list(secs + first, last > first ? last - first : 0, 0);
+        if (unet)
+            printf(",\"n\":%zu,\"test_pairs\":%zu,\"test_rel_err_mean\":%.4e,\"test_rel_err_max\":%.4e,\"net_ms_per_pair\":%.4f,"
+                   "\"mg_cycles_to_match_mean\":%.2f,\"mg_cycles_to_match_max\":%d,\"mg_err_one_cycle\":%.4e,"
+                   "\"mg_ms_per_cycle\":%.4f,\"mg_setup_ms\":%.4f",
+                   o.model.in_h, d.test.count, sr.err_mean, sr.err_max, 1e3 * sr.net_seconds / (double)d.test.count,
+                   sr.mg.cycles_mean, sr.mg.cycles_max, sr.mg.err_one_cycle,
+                   1e3 * sr.mg.cycle_seconds / (double)(sr.mg.cycles_total ? sr.mg.cycles_total : 1),
+                   1e3 * sr.mg.setup_seconds / (double)d.test.count);
         printf("}\n");
         rc = 0;
     } else {
@@ -300,6 +389,7 @@ int rb_cli_eval(int argc, char **argv)
     rb_model *m = NULL;
     double loss = 0, acc = 0;
     rb_status st = rb_checkpoint_peek(ctx, o.checkpoint, &o.model, NULL);
+    if (o.model.kind == RB_MODEL_UNET) o.data = DATA_POISSON;
     if (st == RB_OK) st = rb_model_create(ctx, &o.model, &m);
     if (st == RB_OK) st = rb_checkpoint_load(ctx, o.checkpoint, m, NULL);
     if (st == RB_OK) st = load_data(ctx, &o, &o.model, &d);

@@ -1,12 +1,14 @@
-/* data.c — Fashion-MNIST (IDX over gzip), synthetic regression data, seeded
- * mini-batches (see data.h). */
+/* data.c — Fashion-MNIST (IDX over gzip), synthetic regression data, Poisson pairs from the
+ * multigrid solver, seeded mini-batches (see data.h). */
 #include "resbridge/data.h"
+#include "resbridge/multigrid.h"
 
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <gsl/gsl_randist.h>
 #include <gsl/gsl_rng.h>
 #include <zlib.h>
@@ -199,6 +201,169 @@ rb_status rb_dataset_synthetic(rb_context *ctx, size_t count, size_t d_in, size_
         return st;
     }
     *ds = d;
+    return RB_OK;
+}
+
+/* ---- Poisson pairs (f, a) -> u ------------------------------------------------------------ */
+
+#define POISSON_DRAWS 13 /* uniforms per pair: 4 c_kl, then 9 d_kl */
+
+/* The generator of a (seed, split) stream, positioned at pair `index`. */
+static rb_status poisson_stream(rb_context *ctx, const char *fn, unsigned long seed, rb_split split, size_t index, gsl_rng **out)
+{
+    gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
+    if (r == NULL) return rb_fail(ctx, RB_ENOMEM, "%s: cannot allocate a GSL generator", fn);
+    gsl_rng_set(r, seed ^ (split == RB_SPLIT_TRAIN ? 0x3c6ef372fe94f82bUL : 0xa54ff53a5f1d36f1UL));
+    for (size_t i = 0; i < index * POISSON_DRAWS; i++) (void)gsl_rng_get(r);
+    *out = r;
+    return RB_OK;
+}
+
+/* One pair's a (point values on the (n+2)^2 grid), f and log a (n^2 interior values); any may be NULL. */
+static void poisson_draw(gsl_rng *rng, size_t n, double *coef, double *f, double *loga)
+{
+    const double pi = acos(-1.0), h = 1.0 / (double)(n + 1);
+    double c[2][2], d[3][3];
+    for (int k = 0; k < 2; k++)
+        for (int l = 0; l < 2; l++) c[k][l] = gsl_rng_uniform(rng) - 0.5;
+    for (int k = 0; k < 3; k++)
+        for (int l = 0; l < 3; l++) d[k][l] = 2 * gsl_rng_uniform(rng) - 1;
+    const size_t m = n + 2;
+    for (size_t i = 0; i < m; i++)
+        for (size_t j = 0; j < m; j++) {
+            const double y = (double)i * h, x = (double)j * h;
+            double e = 0, g = 0;
+            for (int k = 0; k < 2; k++)
+                for (int l = 0; l < 2; l++) e += c[k][l] * cos(k * pi * x) * cos(l * pi * y);
+            if (coef != NULL) coef[i * m + j] = exp(e);
+            if (i == 0 || j == 0 || i == m - 1 || j == m - 1) continue;
+            for (int k = 0; k < 3; k++)
+                for (int l = 0; l < 3; l++) g += d[k][l] * sin((k + 1) * pi * x) * sin((l + 1) * pi * y);
+            if (f != NULL) f[(i - 1) * n + (j - 1)] = g;
+            if (loga != NULL) loga[(i - 1) * n + (j - 1)] = e;
+        }
+}
+
+static rb_status poisson_check(rb_context *ctx, const char *fn, size_t n, rb_split split)
+{
+    size_t lo, hi;
+    rb_mg_nearest_sizes(n, &lo, &hi);
+    if (n < 3 || n > 1023 || lo != n)
+        return rb_fail(ctx, RB_EINVAL, "%s: n = %zu; the grid needs n = m 2^k - 1 (m in 1, 3, 5, 7), 3 <= n <= 1023 (nearest: %zu, %zu)",
+                       fn, n, lo < 3 ? hi : lo, hi > 1023 ? lo : hi);
+    if (split != RB_SPLIT_TRAIN && split != RB_SPLIT_TEST)
+        return rb_fail(ctx, RB_EINVAL, "%s: split = %d, must be RB_SPLIT_TRAIN or RB_SPLIT_TEST", fn, (int)split);
+    return RB_OK;
+}
+
+rb_status rb_poisson_pair(rb_context *ctx, size_t n, unsigned long seed, rb_split split, size_t index, double *coef, double *f)
+{
+    static const char fn[] = "rb_poisson_pair";
+    if (ctx == NULL) return RB_ENULL;
+    rb_status st = poisson_check(ctx, fn, n, split);
+    if (st != RB_OK) return st;
+    if (index > SIZE_MAX / POISSON_DRAWS) return rb_fail(ctx, RB_EINVAL, "%s: index = %zu is too large", fn, index);
+    gsl_rng *r = NULL;
+    st = poisson_stream(ctx, fn, seed, split, index, &r);
+    if (st != RB_OK) return st;
+    poisson_draw(r, n, coef, f, NULL);
+    gsl_rng_free(r);
+    return RB_OK;
+}
+
+rb_status rb_dataset_poisson(rb_context *ctx, size_t n, size_t count, unsigned long seed, rb_split split, rb_dataset *ds)
+{
+    static const char fn[] = "rb_dataset_poisson";
+    if (ctx == NULL) return RB_ENULL;
+    if (ds == NULL) return rb_fail(ctx, RB_ENULL, "%s: ds is NULL", fn);
+    rb_status st = poisson_check(ctx, fn, n, split);
+    if (st != RB_OK) return st;
+    const size_t g = n * n, m = n + 2;
+    if (count == 0 || count > SIZE_MAX / sizeof(double) / (3 * g))
+        return rb_fail(ctx, RB_EINVAL, "%s: count = %zu, must be 1 .. %zu for n = %zu", fn, count, SIZE_MAX / sizeof(double) / (3 * g), n);
+    rb_dataset d = {.count = count, .sample = rb_shape_2d(1, 2, n, n), .target_len = g};
+    d.x = rb_malloc(ctx, count * 2 * g * sizeof(double));
+    d.y = rb_malloc(ctx, count * g * sizeof(double));
+    double *coef = rb_malloc(ctx, m * m * sizeof(double));
+    gsl_rng *rng = NULL;
+    if (d.x == NULL || d.y == NULL || coef == NULL) st = RB_ENOMEM;
+    if (st == RB_OK) st = poisson_stream(ctx, fn, seed, split, 0, &rng);
+    rb_mg_options o = rb_mg_options_default(2);
+    for (size_t s = 0; s < count && st == RB_OK; s++) {
+        double *f = d.x + 2 * s * g, *loga = f + g, *u = d.y + s * g;
+        poisson_draw(rng, n, coef, f, loga);
+        rb_mg_problem pb = {2, n, coef, 1.0};
+        rb_mg *mg = NULL;
+        rb_tensor tf, tu;
+        st = rb_mg_create(ctx, &pb, &o, &mg);
+        if (st == RB_OK) st = rb_tensor_view(ctx, &tf, f, rb_shape_2d(1, 1, n, n));
+        if (st == RB_OK) st = rb_tensor_view(ctx, &tu, u, rb_shape_2d(1, 1, n, n));
+        if (st == RB_OK) memset(u, 0, g * sizeof(double)), st = rb_mg_solve(ctx, mg, &tf, &tu, 1e-10, 50, NULL);
+        rb_mg_free(ctx, mg);
+        for (size_t i = 0; st == RB_OK && i < g; i++) f[i] /= RB_POISSON_SF, u[i] /= RB_POISSON_SU;
+    }
+    if (rng != NULL) gsl_rng_free(rng);
+    rb_free(ctx, coef);
+    if (st != RB_OK) {
+        rb_dataset_release(ctx, &d);
+        return st;
+    }
+    *ds = d;
+    return RB_OK;
+}
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+rb_status rb_poisson_baseline(rb_context *ctx, const rb_dataset *ds, unsigned long seed, rb_split split, const double *target,
+                              int max_cycles, rb_poisson_baseline_report *rep)
+{
+    static const char fn[] = "rb_poisson_baseline";
+    if (ctx == NULL) return RB_ENULL;
+    if (ds == NULL || target == NULL || rep == NULL) return rb_fail(ctx, RB_ENULL, "%s: ds, target and rep must not be NULL", fn);
+    const size_t n = ds->sample.w, g = n * n, m = n + 2;
+    if (ds->y == NULL || ds->count == 0 || ds->sample.c != 2 || ds->sample.h != n || ds->target_len != g)
+        return rb_fail(ctx, RB_EINVAL, "%s: ds is not a data set of rb_dataset_poisson", fn);
+    rb_status st = poisson_check(ctx, fn, n, split);
+    if (st != RB_OK) return st;
+    if (max_cycles < 1 || max_cycles >= RB_MG_MAX_HISTORY)
+        return rb_fail(ctx, RB_EINVAL, "%s: max_cycles = %d, must be 1..%d", fn, max_cycles, RB_MG_MAX_HISTORY - 1);
+    double *coef = rb_malloc(ctx, (m * m + 2 * g) * sizeof(double)), *f = coef + m * m, *u = f + g;
+    double errors[RB_MG_MAX_HISTORY];
+    if (coef == NULL) return RB_ENOMEM;
+    rb_poisson_baseline_report r = {0};
+    rb_mg_options o = rb_mg_options_default(2);
+    for (size_t s = 0; s < ds->count && st == RB_OK; s++) {
+        st = rb_poisson_pair(ctx, n, seed, split, s, coef, f);
+        for (size_t i = 0; st == RB_OK && i < g; i++) /* the draw must be ds's: its f, unscaled */
+            if (fabs(f[i] / RB_POISSON_SF - ds->x[2 * s * g + i]) > 1e-12 * (1 + fabs(f[i])))
+                st = rb_fail(ctx, RB_EINVAL, "%s: pair %zu is not pair %zu of (n %zu, seed %lu, split %d)", fn, s, s, n, seed, (int)split);
+        for (size_t i = 0; st == RB_OK && i < g; i++) u[i] = RB_POISSON_SU * ds->y[s * g + i];
+        rb_mg_problem pb = {2, n, coef, 1.0};
+        rb_mg *mg = NULL;
+        rb_tensor tf, tu;
+        double t0 = now();
+        if (st == RB_OK) st = rb_mg_create(ctx, &pb, &o, &mg);
+        r.setup_seconds += now() - t0;
+        if (st == RB_OK) st = rb_tensor_view(ctx, &tf, f, rb_shape_2d(1, 1, n, n));
+        if (st == RB_OK) st = rb_tensor_view(ctx, &tu, u, rb_shape_2d(1, 1, n, n));
+        int k = 0;
+        t0 = now();
+        if (st == RB_OK) st = rb_mg_cycles_to_error(ctx, mg, &tf, &tu, target[s], max_cycles, &k, errors);
+        r.cycle_seconds += now() - t0;
+        rb_mg_free(ctx, mg);
+        if (st != RB_OK) break;
+        r.cycles_total += (size_t)k, r.cycles_max = k > r.cycles_max ? k : r.cycles_max;
+        r.err_one_cycle += errors[0] / (double)ds->count;
+    }
+    rb_free(ctx, coef);
+    if (st != RB_OK) return st;
+    r.cycles_mean = (double)r.cycles_total / (double)ds->count;
+    *rep = r;
     return RB_OK;
 }
 

@@ -2,6 +2,7 @@
  * blocks (see model.h). */
 #include "resbridge/model.h"
 #include "resbridge/mgnet.h"
+#include "resbridge/unet.h"
 
 #include <math.h>
 #include <string.h>
@@ -16,7 +17,7 @@
 #include "resbridge/residual.h"
 #include "op_internal.h"
 
-static const char *const model_names[RB_MODEL_KIND_COUNT] = {"resnet", "plain", "mlp", "mgnet"};
+static const char *const model_names[RB_MODEL_KIND_COUNT] = {"resnet", "plain", "mlp", "mgnet", "unet"};
 static const char *const block_names[RB_BLOCK_KIND_COUNT] = {"v1", "v2", "highway", "dense", "plain"};
 
 const char *rb_model_kind_name(rb_model_kind k) { return (unsigned)k < RB_MODEL_KIND_COUNT ? model_names[k] : "unknown"; }
@@ -38,7 +39,7 @@ static rb_status parse(rb_context *ctx, const char *what, const char *const *nam
 rb_status rb_model_kind_parse(rb_context *ctx, const char *name, rb_model_kind *kind)
 {
     int k = 0;
-    rb_status st = parse(ctx, "model", model_names, RB_MODEL_KIND_COUNT, "resnet, plain, mlp, mgnet", name, &k);
+    rb_status st = parse(ctx, "model", model_names, RB_MODEL_KIND_COUNT, "resnet, plain, mlp, mgnet, unet", name, &k);
     if (st == RB_OK) *kind = (rb_model_kind)k;
     return st;
 }
@@ -56,6 +57,9 @@ rb_model_desc rb_model_desc_default(rb_model_kind kind)
     if (kind == RB_MODEL_MLP)
         return (rb_model_desc){.kind = kind, .block = RB_BLOCK_V2, .depth = 4, .width = 32, .in_channels = 1, .in_h = 1,
                                .in_w = 8, .outputs = 1, .h = 1.0, .seed = 1};
+    if (kind == RB_MODEL_UNET)
+        return (rb_model_desc){.kind = kind, .block = RB_BLOCK_V1, .depth = 0, .width = 8, .in_channels = 2, .in_h = 31,
+                               .in_w = 31, .outputs = 31 * 31, .h = 1.0, .seed = 1};
     return (rb_model_desc){.kind = kind, .block = RB_BLOCK_V1, .depth = 0, .width = 16, .in_channels = 1, .in_h = 28,
                            .in_w = 28, .outputs = 10, .h = 1.0, .seed = 1};
 }
@@ -291,7 +295,10 @@ static rb_status check_desc(rb_context *ctx, const rb_model_desc *d)
     if (!isfinite(d->h)) return rb_fail(ctx, RB_EINVAL, "%s: residual step h = %g is not finite", fn, d->h);
     if (d->kind == RB_MODEL_MGNET && d->depth > 8)
         return rb_fail(ctx, RB_EINVAL, "%s: depth = %zu; MgNet's depth is its smoothing steps per level, 1..8 (0: 2)", fn, d->depth);
-    if (d->kind != RB_MODEL_MLP && d->kind != RB_MODEL_MGNET && d->depth != 0 && (d->depth < 8 || (d->depth - 2) % 6 != 0))
+    if (d->kind == RB_MODEL_UNET && (d->depth > 1000 || d->in_h != d->in_w || d->outputs != d->in_h * d->in_w))
+        return rb_fail(ctx, RB_EINVAL, "%s: the U-Net maps n x n grids to n x n grids (in %zu x %zu, outputs %zu) with depth = its "
+                       "cycles, 1..1000 (0: 2; got %zu)", fn, d->in_h, d->in_w, d->outputs, d->depth);
+    if (d->kind != RB_MODEL_MLP && d->kind != RB_MODEL_MGNET && d->kind != RB_MODEL_UNET && d->depth != 0 && (d->depth < 8 || (d->depth - 2) % 6 != 0))
         return rb_fail(ctx, RB_EINVAL, "%s: depth = %zu; conv nets have depth 6n+2 (8, 14, 20, ..., 56) or 0 for the reference", fn,
                        d->depth);
     if (d->kind != RB_MODEL_MLP && d->block == RB_BLOCK_DENSE && d->width < 2)
@@ -317,6 +324,11 @@ rb_status rb_model_create(rb_context *ctx, const rb_model_desc *desc, rb_model *
     if (desc->kind == RB_MODEL_MGNET) {
         b.st = rb_op_mgnet_create(ctx, desc->in_channels, desc->in_h, desc->in_w, desc->width, desc->depth ? (int)desc->depth : 2,
                                   desc->outputs, desc->seed, &m->net);
+    } else if (desc->kind == RB_MODEL_UNET) {
+        rb_unet_config c = rb_unet_config_default();
+        c.n = desc->in_h, c.levels = 0, c.in_channels = desc->in_channels, c.channels = desc->width, c.out_channels = 1;
+        c.batch = RB_MODEL_UNET_BATCH, c.cycles = desc->depth ? (int)desc->depth : 2, c.seed = desc->seed;
+        b.st = rb_op_unet_create(ctx, &c, &m->net);
     } else {
         m->net = desc->kind == RB_MODEL_MLP ? mlp(&b) : conv_net(&b);
     }

@@ -189,13 +189,11 @@ rb_status rb_trainer_epoch(rb_context *ctx, rb_trainer *tr, const rb_dataset *ds
     return RB_OK;
 }
 
-rb_status rb_model_evaluate(rb_context *ctx, rb_model *model, const rb_dataset *ds, size_t batch, double *loss,
-                            double *accuracy)
+/* Inference over ds in data order: loss and accuracy (may be NULL), the outputs into pred (may be NULL). */
+static rb_status evaluate(rb_context *ctx, const char *fn, rb_model *model, const rb_dataset *ds, size_t batch, double *loss,
+                          double *accuracy, double *pred)
 {
-    static const char fn[] = "rb_model_evaluate";
-    if (ctx == NULL) return RB_ENULL;
-    if (model == NULL || ds == NULL || loss == NULL || accuracy == NULL)
-        return rb_fail(ctx, RB_ENULL, "%s: model, data set, loss and accuracy must not be NULL", fn);
+    if (model == NULL || ds == NULL) return rb_fail(ctx, RB_ENULL, "%s: model and data set must not be NULL", fn);
     if (batch == 0) return rb_fail(ctx, RB_EINVAL, "%s: batch size is 0, must be >= 1", fn);
     if (ds->count == 0 || ds->x == NULL) return rb_fail(ctx, RB_EINVAL, "%s: the data set is empty", fn);
     if (rb_shape_count(ds->sample) != rb_shape_count(model->sample))
@@ -231,6 +229,7 @@ rb_status rb_model_evaluate(rb_context *ctx, rb_model *model, const rb_dataset *
         rb_tensor ob = batch_view(&out, n);
         double l;
         st = rb_op_apply(ctx, model->net, &xb, &ob, &work);
+        if (st == RB_OK && pred != NULL) memcpy(pred + seen * model->desc.outputs, ob.data, n * model->desc.outputs * sizeof(double));
         if (st == RB_OK) st = labels ? rb_loss_softmax_xent(ctx, &ob, labels, &l, NULL, &right) : rb_loss_mse(ctx, &ob, targets, &l, NULL);
         if (st == RB_OK) sum += l * (double)n, seen += n, right_total += right;
     }
@@ -243,7 +242,22 @@ rb_status rb_model_evaluate(rb_context *ctx, rb_model *model, const rb_dataset *
     rb_free(ctx, labels);
     rb_free(ctx, targets);
     if (st != RB_OK) return st;
-    *loss = sum / (double)seen;
-    *accuracy = ds->labels ? (double)right_total / (double)seen : 0;
+    if (loss != NULL) *loss = sum / (double)seen;
+    if (accuracy != NULL) *accuracy = ds->labels ? (double)right_total / (double)seen : 0;
     return RB_OK;
+}
+
+rb_status rb_model_evaluate(rb_context *ctx, rb_model *model, const rb_dataset *ds, size_t batch, double *loss,
+                            double *accuracy)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (loss == NULL || accuracy == NULL) return rb_fail(ctx, RB_ENULL, "rb_model_evaluate: loss and accuracy must not be NULL");
+    return evaluate(ctx, "rb_model_evaluate", model, ds, batch, loss, accuracy, NULL);
+}
+
+rb_status rb_model_predict(rb_context *ctx, rb_model *model, const rb_dataset *ds, size_t batch, double *pred)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (pred == NULL) return rb_fail(ctx, RB_ENULL, "rb_model_predict: pred is NULL");
+    return evaluate(ctx, "rb_model_predict", model, ds, batch, NULL, NULL, pred);
 }

@@ -6,6 +6,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "op_internal.h"
 #include "resbridge/conv.h"
 
 #define UNET_MAX_SLICES (2 + 4 * 16)
@@ -29,6 +30,13 @@ struct rb_unet {
     rb_arena work;
     bool taped;
 };
+
+size_t rb_unet_levels_for(size_t n)
+{
+    size_t levels = 1;
+    for (size_t m = n; m % 2 == 1 && (m - 1) / 2 >= 3 && levels < 16; m = (m - 1) / 2) levels++;
+    return levels;
+}
 
 rb_unet_config rb_unet_config_default(void)
 {
@@ -147,7 +155,7 @@ static rb_status check_config(rb_context *ctx, const rb_unet_config *c)
                        c->channels, c->out_channels);
     if (c->cycles < 1 || c->cycles > 1000) return rb_fail(ctx, RB_EINVAL, "rb_unet_create: cycles = %d, must be 1..1000", c->cycles);
     if (c->pre < 1) return rb_fail(ctx, RB_EINVAL, "rb_unet_create: pre = %d, must be >= 1 (the coarsest level is smoothed)", c->pre);
-    if (c->levels > 16) return rb_fail(ctx, RB_EINVAL, "rb_unet_create: levels = %zu, must be 1..16", c->levels);
+    if (c->levels > 16) return rb_fail(ctx, RB_EINVAL, "rb_unet_create: levels = %zu, must be 1..16 (0: as deep as n allows)", c->levels);
     return RB_OK;
 }
 
@@ -195,6 +203,7 @@ rb_status rb_unet_create(rb_context *ctx, const rb_unet_config *cfg, rb_unet **o
     rb_unet *net = rb_calloc(ctx, 1, sizeof *net);
     if (net == NULL) return RB_ENOMEM;
     net->cfg = *cfg;
+    if (cfg->levels == 0) net->cfg.levels = rb_unet_levels_for(cfg->n);
     gsl_rng *rng = gsl_rng_alloc(gsl_rng_mt19937);
     if (rng == NULL) {
         rb_free(ctx, net);
@@ -300,4 +309,190 @@ rb_status rb_unet_backward(rb_context *ctx, rb_unet *net, const rb_tensor *dy, r
                             net->grad + lift->offset, &net->work);
     if (st == RB_OK && dx != NULL) memcpy(dx->data, net->dx.data, rb_tensor_count(dx) * sizeof(double));
     return st;
+}
+
+/* --- the owning operator: any batch, in chunks of cfg.batch samples ---------------------------------
+ *
+ * net[0] runs every untaped chunk; a taped forward of N samples runs chunk k on net[k] (created on
+ * first need), so each chunk keeps its own tape and the backward walks them all. Every net reads
+ * the operator's flat vector (its params pointer is set to op->params before each forward). */
+
+typedef struct unet_owner {
+    rb_unet_config cfg;          /* batch = the chunk */
+    rb_unet **net;
+    size_t nnets;
+    rb_tensor x, y, dy, dx;      /* one chunk */
+    unsigned long long forwards; /* forwards so far (taped or not): a tape names the one it belongs to */
+} unet_owner;
+
+typedef struct unet_tape {
+    unsigned long long forward;  /* the taped forward whose nets' tapes are current (0: none) */
+    size_t rows;
+} unet_tape;
+
+static rb_status own_shape(rb_context *ctx, const rb_op *op, rb_shape in, rb_shape *out)
+{
+    const unet_owner *o = op->state;
+    rb_shape want = grid(&o->cfg, o->cfg.in_channels);
+    want.n = in.n;
+    if (in.n < 1 || !rb_shape_equal(in, want)) {
+        char a[96], b[96];
+        want.n = 1;
+        return rb_fail(ctx, RB_ESHAPE, "unet: input shape %s, the net takes N samples of %s", rb_shape_format(in, a, sizeof a),
+                       rb_shape_format(want, b, sizeof b));
+    }
+    *out = grid(&o->cfg, o->cfg.out_channels);
+    out->n = in.n;
+    return RB_OK;
+}
+
+/* Rows [r0, r0 + rows) of src (per values each) into the chunk buffer, zeros after them. */
+static void chunk_in(rb_tensor *chunk, const double *src, size_t r0, size_t rows, size_t per)
+{
+    memcpy(chunk->data, src + r0 * per, rows * per * sizeof(double));
+    memset(chunk->data + rows * per, 0, (chunk->shape.n - rows) * per * sizeof(double));
+}
+
+/* At least k nets, each of cfg (its own parameters replaced by the operator's). */
+static rb_status own_nets(rb_context *ctx, unet_owner *o, size_t k)
+{
+    if (k <= o->nnets) return RB_OK;
+    rb_unet **more = rb_calloc(ctx, k, sizeof *more);
+    if (more == NULL) return RB_ENOMEM;
+    if (o->nnets > 0) memcpy(more, o->net, o->nnets * sizeof *more);
+    rb_free(ctx, o->net);
+    o->net = more;
+    for (; o->nnets < k; o->nnets++) {
+        rb_status st = rb_unet_create(ctx, &o->cfg, &o->net[o->nnets]);
+        if (st != RB_OK) return st;
+    }
+    return RB_OK;
+}
+
+/* y rows of x through net k, chunk by chunk from row r0 */
+static rb_status own_chunk(rb_context *ctx, const rb_op *op, rb_unet *net, const rb_tensor *x, rb_tensor *y, size_t r0, bool taped)
+{
+    unet_owner *o = op->state;
+    const size_t B = o->cfg.batch, rows = x->shape.n - r0 < B ? x->shape.n - r0 : B;
+    const size_t in = rb_shape_count(o->x.shape) / B, out = rb_shape_count(o->y.shape) / B;
+    net->params = op->params;
+    chunk_in(&o->x, x->data, r0, rows, in);
+    rb_status st = rb_unet_forward(ctx, net, &o->x, &o->y, taped);
+    if (st == RB_OK) memcpy(y->data + r0 * out, o->y.data, rows * out * sizeof(double));
+    return st;
+}
+
+static rb_status own_apply(rb_context *ctx, const rb_op *op, const rb_tensor *x, rb_tensor *y, rb_arena *work)
+{
+    (void)work;
+    unet_owner *o = op->state;
+    o->forwards++;
+    rb_status st = RB_OK;
+    for (size_t r0 = 0; r0 < x->shape.n && st == RB_OK; r0 += o->cfg.batch) st = own_chunk(ctx, op, o->net[0], x, y, r0, false);
+    return st;
+}
+
+static size_t own_tape_bytes(const rb_op *op, rb_shape in)
+{
+    (void)op, (void)in;
+    return rb_arena_bytes(sizeof(unet_tape));
+}
+
+static rb_status own_forward_taped(rb_context *ctx, const rb_op *op, const rb_tensor *x, rb_tensor *y, void *tape, rb_arena *work)
+{
+    (void)work;
+    unet_owner *o = op->state;
+    unet_tape *t = tape;
+    const size_t B = o->cfg.batch, chunks = (x->shape.n + B - 1) / B;
+    t->forward = 0, t->rows = x->shape.n;
+    o->forwards++;
+    rb_status st = own_nets(ctx, o, chunks);
+    for (size_t k = 0; k < chunks && st == RB_OK; k++) st = own_chunk(ctx, op, o->net[k], x, y, k * B, true);
+    if (st == RB_OK) t->forward = o->forwards;
+    return st;
+}
+
+static rb_status own_backward_taped(rb_context *ctx, const rb_op *op, const rb_tensor *x, const rb_tensor *y, const void *tape,
+                                    const rb_tensor *dy, double alpha, rb_tensor *dx, double *dparams, rb_arena *work)
+{
+    unet_owner *o = op->state;
+    const unet_tape *t = tape;
+    rb_status st = RB_OK;
+    if (t->forward == 0 || t->forward != o->forwards || t->rows != x->shape.n) { /* not the latest forward: again */
+        unet_tape again;
+        st = own_forward_taped(ctx, op, x, (rb_tensor *)y, &again, work);
+        if (st != RB_OK) return st;
+    }
+    const size_t B = o->cfg.batch, N = x->shape.n, np = op->nparams;
+    const size_t in = rb_shape_count(o->dx.shape) / B, out = rb_shape_count(o->dy.shape) / B;
+    for (size_t k = 0, r0 = 0; r0 < N && st == RB_OK; k++, r0 += B) {
+        const size_t rows = N - r0 < B ? N - r0 : B;
+        rb_unet *net = o->net[k];
+        chunk_in(&o->dy, dy->data, r0, rows, out);
+        for (size_t i = 0; i < rows * out; i++) o->dy.data[i] *= alpha;
+        rb_unet_zero_grad(net);
+        st = rb_unet_backward(ctx, net, &o->dy, dx != NULL ? &o->dx : NULL);
+        for (size_t i = 0; st == RB_OK && dparams != NULL && i < np; i++) dparams[i] += net->grad[i];
+        for (size_t i = 0; st == RB_OK && dx != NULL && i < rows * in; i++) dx->data[r0 * in + i] += o->dx.data[i];
+    }
+    return st;
+}
+
+static size_t own_workspace(const rb_op *op, rb_shape in)
+{
+    (void)op, (void)in;
+    return rb_arena_bytes(sizeof(unet_tape)); /* the recomputed tape of vjp / param_grad */
+}
+
+static void own_destroy(rb_context *ctx, rb_op *op)
+{
+    unet_owner *o = op->state;
+    if (o == NULL) return;
+    for (size_t k = 0; k < o->nnets; k++) rb_unet_free(ctx, o->net[k]);
+    rb_free(ctx, o->net);
+    rb_tensor_release(ctx, &o->x), rb_tensor_release(ctx, &o->y), rb_tensor_release(ctx, &o->dy), rb_tensor_release(ctx, &o->dx);
+    rb_free(ctx, o);
+}
+
+static const rb_op_type unet_owner_type = {
+    .name = "unet",
+    .flags = RB_OP_HAS_PARAMS,
+    .shape = own_shape,
+    .workspace = own_workspace,
+    .apply = own_apply,
+    .vjp = rb_op_vjp_via_tape,
+    .param_grad = rb_op_param_grad_via_tape,
+    .destroy = own_destroy,
+    .tape_bytes = own_tape_bytes,
+    .forward_taped = own_forward_taped,
+    .backward_taped = own_backward_taped,
+};
+
+rb_status rb_op_unet_create(rb_context *ctx, const rb_unet_config *cfg, rb_op **out)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (cfg == NULL || out == NULL) return rb_fail(ctx, RB_ENULL, "rb_op_unet_create: cfg or out is NULL");
+    if (cfg->batch < 1) return rb_fail(ctx, RB_EINVAL, "rb_op_unet_create: batch (the chunk) = 0, must be >= 1");
+    unet_owner *o = rb_calloc(ctx, 1, sizeof *o);
+    if (o == NULL) return RB_ENOMEM;
+    o->cfg = *cfg;
+    rb_status st = own_nets(ctx, o, 1);
+    rb_op *op = NULL;
+    if (st == RB_OK) {
+        o->cfg = o->net[0]->cfg; /* levels resolved */
+        const rb_shape in = grid(&o->cfg, o->cfg.in_channels), outs = grid(&o->cfg, o->cfg.out_channels);
+        st = rb_tensor_alloc(ctx, &o->x, in);
+        if (st == RB_OK) st = rb_tensor_alloc(ctx, &o->dx, in);
+        if (st == RB_OK) st = rb_tensor_alloc(ctx, &o->y, outs);
+        if (st == RB_OK) st = rb_tensor_alloc(ctx, &o->dy, outs);
+    }
+    if (st == RB_OK) st = rb_op_new(ctx, &unet_owner_type, o, o->net[0]->nparams, &op);
+    if (st != RB_OK) {
+        rb_op tmp = {.state = o};
+        own_destroy(ctx, &tmp);
+        return st;
+    }
+    memcpy(op->params, o->net[0]->params, op->nparams * sizeof(double)); /* the initialisation of cfg.seed */
+    *out = op;
+    return RB_OK;
 }

@@ -1,6 +1,7 @@
 /* data.h — data sets for training: Fashion-MNIST from its IDX files (gzip,
- * read with zlib), synthetic regression data generated in C, and seeded,
- * resumable mini-batch shuffles.
+ * read with zlib), synthetic regression data generated in C, Poisson pairs
+ * (f, a) -> u solved by the multigrid solver, and seeded, resumable mini-batch
+ * shuffles.
  *
  *     rb_dataset train;
  *     rb_dataset_fashion_mnist(ctx, NULL, RB_SPLIT_TRAIN, &train);   // 60000 x (1,28,28)
@@ -57,6 +58,47 @@ rb_status rb_dataset_fashion_mnist(rb_context *ctx, const char *dir, rb_split sp
  * generator: the same seed and split give the same x at every noise level. */
 rb_status rb_dataset_synthetic(rb_context *ctx, size_t count, size_t d_in, size_t d_out, double noise,
                                unsigned long seed, rb_split split, rb_dataset *ds);
+
+/* Poisson pairs for a grid-to-grid net (a U-Net that solves): -div(a grad u) = f on the unit
+ * square, zero Dirichlet values, n x n interior points of the vertex grid (n = m 2^k - 1,
+ * m in 1, 3, 5, 7, 3 <= n <= 1023), each pair drawn independently:
+ *
+ *   a = exp(sum_{k,l=0..1} c_kl cos(k pi x) cos(l pi y)), c_kl ~ U(-1/2, 1/2)  (smooth, 0.14 <= a <= 7.4)
+ *   f = sum_{k,l=1..3} d_kl sin(k pi x) sin(l pi y),      d_kl ~ U(-1, 1)
+ *   u = rb_mg_solve (RB-GS V(2,1), the Galerkin hierarchy of a) to a relative residual 1e-10.
+ *
+ * Samples have shape (1,2,1,n,n): channel 0 is f / RB_POISSON_SF, channel 1 is log a; the
+ * regression target (target_len = n^2) is u / RB_POISSON_SU. The scales are fixed numbers,
+ * not statistics of a draw, so that TRAIN and TEST (independent draws of the same
+ * distribution: the split selects the generator's stream) are scaled alike:
+ *   RB_POISSON_SF = sqrt(3/4), the expected RMS of f (E d^2 = 1/3, mean sin^2 = 1/2);
+ *   RB_POISSON_SU = sqrt(sum_{k,l=1..3} ((k^2 + l^2) pi^2)^-2 / 12), the same for u when a = 1.
+ * The relative error |u_net - u| / |u| is the same in scaled and unscaled units. Two calls
+ * with the same (n, seed, split) give the same pairs; the first pairs do not depend on count. */
+#define RB_POISSON_SF 0.8660254037844386
+#define RB_POISSON_SU 0.01804317924346407
+rb_status rb_dataset_poisson(rb_context *ctx, size_t n, size_t count, unsigned long seed, rb_split split, rb_dataset *ds);
+
+/* Pair `index` of that draw without the solve: the coefficient's point values a on the
+ * (n+2)^2 grid with its boundary (coef, what rb_mg_problem takes) and f (n^2, unscaled);
+ * either may be NULL. */
+rb_status rb_poisson_pair(rb_context *ctx, size_t n, unsigned long seed, rb_split split, size_t index, double *coef, double *f);
+
+/* The classical side of a learned solver's score on such a draw: for every pair s of ds (the
+ * draw rb_dataset_poisson made with n, seed, split: refused when its f differs), the multigrid
+ * solver's RB-GS V(2,1) cycles from u = 0 until |u_k - u| <= target[s] |u| (target: e.g. the
+ * net's relative error on pair s), at most max_cycles each. Times: set-up per coefficient field
+ * and cycling (with one error norm per cycle) apart. */
+typedef struct rb_poisson_baseline_report {
+    double cycles_mean;       /* cycles to the target, mean over the pairs */
+    int cycles_max;
+    size_t cycles_total;
+    double err_one_cycle;     /* relative error after one cycle, mean over the pairs */
+    double setup_seconds;     /* rb_mg_create, all pairs */
+    double cycle_seconds;     /* the cycles, all pairs */
+} rb_poisson_baseline_report;
+rb_status rb_poisson_baseline(rb_context *ctx, const rb_dataset *ds, unsigned long seed, rb_split split, const double *target,
+                              int max_cycles, rb_poisson_baseline_report *rep);
 
 /* Standardise every value in place: x = (x - mean) / std (std > 0, finite). */
 rb_status rb_dataset_standardize(rb_context *ctx, rb_dataset *ds, double mean, double std);

@@ -1,6 +1,6 @@
 /* model.h — networks built from layers and blocks: a ResNet of configurable
- * depth and widths and its plain twin (identical layers, no skips), and a
- * residual MLP for vector data. A model is one rb_op (a chain), so its
+ * depth and widths and its plain twin (identical layers, no skips), a
+ * residual MLP for vector data, MgNet (mgnet.h) and the U-Net (unet.h). A model is one rb_op (a chain), so its
  * forward and backward passes are the op interface's taped passes.
  *
  *     rb_model_desc d = rb_model_desc_default(RB_MODEL_RESNET);   // the reference network (29,050 parameters)
@@ -18,8 +18,13 @@
 extern "C" {
 #endif
 
-typedef enum rb_model_kind { RB_MODEL_RESNET, RB_MODEL_PLAIN, RB_MODEL_MLP, RB_MODEL_MGNET, RB_MODEL_KIND_COUNT } rb_model_kind;
+typedef enum rb_model_kind { RB_MODEL_RESNET, RB_MODEL_PLAIN, RB_MODEL_MLP, RB_MODEL_MGNET, RB_MODEL_UNET, RB_MODEL_KIND_COUNT } rb_model_kind;
 /* MGNET: the MgNet classifier of mgnet.h (width = channels C, depth = smoothing steps per level, 0: 2). */
+/* UNET: the grid-to-grid U-Net of unet.h (rb_op_unet_create), a regression model: in_channels x n x n
+ * (in_h = in_w = n, of the form m 2^k - 1) -> n x n (outputs = n^2); width = channels C, depth = cycles K
+ * (0: 2), every level to 3 points, V(1,1), tanh, chunks of RB_MODEL_UNET_BATCH samples.
+ * The default: rb_dataset_poisson's pairs on n = 31 (2 channels, C = 8). */
+#define RB_MODEL_UNET_BATCH 16
 /* PLAIN: the same layers without skips (the plain twin; --model plain is a ResNet with plain blocks). */
 typedef enum rb_block_kind { RB_BLOCK_V1, RB_BLOCK_V2, RB_BLOCK_HIGHWAY, RB_BLOCK_DENSE, RB_BLOCK_PLAIN, RB_BLOCK_KIND_COUNT } rb_block_kind;
 
@@ -40,7 +45,7 @@ typedef struct rb_model_desc {
  * with a 1x1 projection shortcut, global average pooling, linear 10. MLP: 8
  * inputs, width 32, depth 4, 1 output. */
 rb_model_desc rb_model_desc_default(rb_model_kind kind);
-rb_status rb_model_kind_parse(rb_context *ctx, const char *name, rb_model_kind *kind);   /* resnet, plain, mlp, mgnet */
+rb_status rb_model_kind_parse(rb_context *ctx, const char *name, rb_model_kind *kind);   /* resnet, plain, mlp, mgnet, unet */
 rb_status rb_block_kind_parse(rb_context *ctx, const char *name, rb_block_kind *kind);   /* v1, v2, highway, dense, plain */
 const char *rb_model_kind_name(rb_model_kind kind);
 const char *rb_block_kind_name(rb_block_kind kind);

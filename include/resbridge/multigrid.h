@@ -117,6 +117,13 @@ rb_status rb_mg_fold_boundary(rb_context *ctx, const rb_mg *mg, const rb_tensor 
 rb_status rb_mg_solve(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *u, double tol, int max_cycles,
                       rb_mg_report *report);
 
+/* Cycles from u = 0 against a known solution u_ref (the classical side of a comparison with a
+ * learned solver): until |u_k - u_ref| <= target |u_ref| or max_cycles (1 .. RB_MG_MAX_HISTORY - 1).
+ * *cycles = k taken; errors (may be NULL; room for max_cycles) gets the relative error after
+ * each. Allocates nothing. */
+rb_status rb_mg_cycles_to_error(rb_context *ctx, rb_mg *mg, const rb_tensor *f, const rb_tensor *u_ref, double target,
+                                int max_cycles, int *cycles, double *errors);
+
 /* Full multigrid: f restricted to every level, coarsest solved, then on each
  * finer level u = P u_coarse followed by `cycles_per_level` cycles. u is output only. */
 rb_status rb_mg_fmg(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *u, int cycles_per_level,

@@ -88,6 +88,10 @@ rb_status rb_trainer_epoch(rb_context *ctx, rb_trainer *tr, const rb_dataset *ds
 rb_status rb_model_evaluate(rb_context *ctx, rb_model *model, const rb_dataset *ds, size_t batch, double *loss,
                             double *accuracy);
 
+/* The model's outputs on every sample of ds, in data order (inference mode): pred holds
+ * ds->count * model->desc.outputs values. */
+rb_status rb_model_predict(rb_context *ctx, rb_model *model, const rb_dataset *ds, size_t batch, double *pred);
+
 /* ---- checkpoints ------------------------------------------------------------------------------
  *
  * A versioned binary file: magic, version, the model description, the

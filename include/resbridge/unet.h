@@ -30,7 +30,7 @@ extern "C" {
 typedef struct rb_unet_config {
     int dim;             /* 1, 2 or 3 */
     size_t n;            /* grid points per direction, n = m 2^k - 1 (vertex grids) */
-    size_t levels;       /* V-cycle levels, 1..16 */
+    size_t levels;       /* V-cycle levels, 1..16; 0: rb_unet_levels_for(n) */
     size_t in_channels;  /* Cin >= 1 */
     size_t channels;     /* C >= 1: the cycle's width */
     size_t out_channels; /* Cout >= 1 */
@@ -41,6 +41,9 @@ typedef struct rb_unet_config {
     rb_cycle cycle;
     unsigned long seed;  /* initialisation (uniform +-1/sqrt(fan-in), biases too, as PyTorch) */
 } rb_unet_config;
+
+/* The most levels n allows with every grid of >= 3 points: 31 -> 4 (31, 15, 7, 3). */
+size_t rb_unet_levels_for(size_t n);
 
 /* 2D, n = 31, 4 levels, 2 -> 8 -> 1 channels, N = 1, V(1,1), 2 cycles, tanh, seed 1. */
 rb_unet_config rb_unet_config_default(void);
@@ -72,6 +75,14 @@ rb_status rb_unet_backward(rb_context *ctx, rb_unet *net, const rb_tensor *dy, r
  * apply is the forward, vjp and param_grad run a taped forward and the backward.
  * Borrowed: rb_unet_free frees it, never rb_op_free. */
 rb_op *rb_unet_op(const rb_unet *net);
+
+/* The network as an OWNING rb_op for any batch (rb_op_free frees it): x (N, Cin, n^d) ->
+ * y (N, Cout, n^d) for every N >= 1, run in chunks of cfg->batch samples (the last one padded
+ * with zeros), each chunk exactly rb_unet_forward on a net of cfg. The flat parameter vector
+ * (the order above, initialised from cfg->seed as rb_unet_create does) is op->params, so the
+ * trainer, its optimiser, checkpoints and NPY export use it as any model's (RB_MODEL_UNET,
+ * model.h). Taped: rb_op_forward keeps one chunk net (and its tape) per cfg->batch samples. */
+rb_status rb_op_unet_create(rb_context *ctx, const rb_unet_config *cfg, rb_op **out);
 
 #ifdef __cplusplus
 }

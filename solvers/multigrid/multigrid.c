@@ -828,6 +828,37 @@ rb_status rb_mg_solve(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor 
     return RB_OK;
 }
 
+rb_status rb_mg_cycles_to_error(rb_context *ctx, rb_mg *mg, const rb_tensor *f, const rb_tensor *u_ref, double target,
+                                int max_cycles, int *cycles, double *errors)
+{
+    static const char fn[] = "rb_mg_cycles_to_error";
+    rb_status st = check_grid(ctx, mg, f, u_ref, fn);
+    if (st != RB_OK) return st;
+    if (cycles == NULL) return rb_fail(ctx, RB_ENULL, "%s: cycles is NULL", fn);
+    if (!(target >= 0) || !isfinite(target)) return rb_fail(ctx, RB_EINVAL, "%s: target = %g, must be finite and >= 0", fn, target);
+    if (max_cycles < 1 || max_cycles >= RB_MG_MAX_HISTORY)
+        return rb_fail(ctx, RB_EINVAL, "%s: max_cycles = %d, must be 1..%d", fn, max_cycles, RB_MG_MAX_HISTORY - 1);
+    const size_t n = rb_tensor_count(f);
+    const double ref = norm2(u_ref->data, n);
+    if (!(ref > 0) || !isfinite(ref)) return rb_fail(ctx, RB_EINVAL, "%s: |u_ref| = %g, must be positive and finite", fn, ref);
+    rb_vlevel *top = &mg->level[0];
+    memcpy(top->f.data, f->data, n * sizeof(double));
+    memset(top->u.data, 0, n * sizeof(double));
+    int k = 0;
+    double e = INFINITY;
+    while (st == RB_OK && k < max_cycles && !(e <= target)) {
+        st = rb_vcycle_run(ctx, &mg->vc, 0, &mg->work);
+        double d = 0;
+        for (size_t i = 0; st == RB_OK && i < n; i++) d += (top->u.data[i] - u_ref->data[i]) * (top->u.data[i] - u_ref->data[i]);
+        e = sqrt(d) / ref;
+        if (st == RB_OK && !isfinite(e)) st = rb_fail(ctx, RB_EDIVERGED, "%s: the error is not finite after cycle %d", fn, k + 1);
+        if (st == RB_OK && errors != NULL) errors[k] = e;
+        if (st == RB_OK) k++;
+    }
+    if (st == RB_OK) *cycles = k;
+    return st;
+}
+
 rb_status rb_mg_fmg(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *u, int cycles_per_level,
                     rb_mg_report *report)
 {
