@@ -2,8 +2,11 @@
  * zlib (known content), every refusal (missing, truncated, corrupt, wrong
  * magic, inconsistent counts, labels out of range), the real Fashion-MNIST
  * against its published properties (60000/10000 samples, 6000/1000 per class,
- * mean pixel 0.2860), synthetic data against its defining formula, and the
- * seeded shuffle (a permutation, a function of (seed, epoch) only). */
+ * mean pixel 0.2860), synthetic data against its defining formula, Poisson pairs
+ * (their u against LAPACK dpbsv on the solver's operator and against a 5-point
+ * stencil with harmonic face coefficients written here; their f's scale against
+ * its closed-form expectation), and the seeded shuffle (a permutation, a function
+ * of (seed, epoch) only). */
 #include "testkit.h"
 
 #include <math.h>
@@ -306,6 +309,101 @@ static void batcher_permutation(void **state)
     rb_dataset_release(ctx, &ds);
 }
 
+/* Oracles: LAPACK dpbsv on the solver's fine operator, and -div(a grad u) assembled here as the
+ * 5-point stencil with harmonic-mean face coefficients (multigrid.h's discretisation). */
+static void poisson_solves(void **state)
+{
+    rb_context *ctx = *state;
+    const size_t n = 7, g = n * n, m = n + 2, count = 3;
+    rb_dataset ds, again, more, test;
+    RB_CHECK(ctx, rb_dataset_poisson(ctx, n, count, 5, RB_SPLIT_TRAIN, &ds));
+    assert_int_equal(ds.target_len, g);
+    assert_true(rb_shape_equal(ds.sample, rb_shape_2d(1, 2, n, n)));
+    assert_null(ds.labels);
+    double coef[81], f[49], u[49], h = 1.0 / (double)(n + 1);
+    for (size_t s = 0; s < count; s++) {
+        RB_CHECK(ctx, rb_poisson_pair(ctx, n, 5, RB_SPLIT_TRAIN, s, coef, f));
+        for (size_t i = 0; i < g; i++) {
+            assert_true(fabs(ds.x[2 * s * g + i] * RB_POISSON_SF - f[i]) <= 1e-14 * (1 + fabs(f[i])));
+            const double la = log(coef[(i / n + 1) * m + i % n + 1]);
+            assert_true(fabs(ds.x[(2 * s + 1) * g + i] - la) <= 1e-14);
+            u[i] = RB_POISSON_SU * ds.y[s * g + i];
+        }
+        /* dpbsv */
+        rb_mg_problem pb = {2, n, coef, 1.0};
+        rb_mg_options o = rb_mg_options_default(2);
+        rb_mg *mg = NULL;
+        rb_tensor tf, tu;
+        RB_CHECK(ctx, rb_mg_create(ctx, &pb, &o, &mg));
+        RB_CHECK(ctx, rb_tensor_view(ctx, &tf, f, rb_shape_2d(1, 1, n, n)));
+        RB_CHECK(ctx, rb_tensor_alloc(ctx, &tu, rb_shape_2d(1, 1, n, n)));
+        RB_CHECK(ctx, rb_ref_solve_spd_banded(ctx, rb_mg_operator(mg), &tf, &tu));
+        double d = 0, nu = 0, r = 0, nf = 0;
+        for (size_t i = 0; i < g; i++) d += (u[i] - tu.data[i]) * (u[i] - tu.data[i]), nu += tu.data[i] * tu.data[i];
+        if (!(sqrt(d / nu) <= 1e-9)) fail_msg("pair %zu: |u - u_dpbsv| / |u| = %.3g", s, sqrt(d / nu));
+        /* the stencil */
+        for (size_t i = 1; i <= n; i++)
+            for (size_t j = 1; j <= n; j++) {
+                const size_t nb[4][2] = {{i - 1, j}, {i + 1, j}, {i, j - 1}, {i, j + 1}};
+                const double ap = coef[i * m + j], up = u[(i - 1) * n + j - 1];
+                double au = 0;
+                for (int k = 0; k < 4; k++) {
+                    const size_t a = nb[k][0], b = nb[k][1];
+                    const double aq = coef[a * m + b], uq = a == 0 || b == 0 || a > n || b > n ? 0.0 : u[(a - 1) * n + b - 1];
+                    au += 2 * ap * aq / (ap + aq) * (up - uq) / (h * h);
+                }
+                r += (f[(i - 1) * n + j - 1] - au) * (f[(i - 1) * n + j - 1] - au), nf += f[(i - 1) * n + j - 1] * f[(i - 1) * n + j - 1];
+            }
+        if (!(sqrt(r / nf) <= 1e-9)) fail_msg("pair %zu: |f - A u| / |f| = %.3g with the harmonic 5-point stencil", s, sqrt(r / nf));
+        rb_tensor_release(ctx, &tu);
+        rb_mg_free(ctx, mg);
+    }
+    /* the same draw again; a longer draw starts alike; TEST is another draw */
+    RB_CHECK(ctx, rb_dataset_poisson(ctx, n, count, 5, RB_SPLIT_TRAIN, &again));
+    RB_CHECK(ctx, rb_dataset_poisson(ctx, n, count + 2, 5, RB_SPLIT_TRAIN, &more));
+    RB_CHECK(ctx, rb_dataset_poisson(ctx, n, count, 5, RB_SPLIT_TEST, &test));
+    assert_memory_equal(ds.x, again.x, count * 2 * g * sizeof(double));
+    assert_memory_equal(ds.y, again.y, count * g * sizeof(double));
+    assert_memory_equal(ds.x, more.x, count * 2 * g * sizeof(double));
+    for (size_t s = 0; s < count; s++) assert_true(memcmp(ds.x + 2 * s * g, test.x + 2 * s * g, g * sizeof(double)) != 0);
+    /* the classical baseline: targets 0 take every allowed cycle, RB-GS V(2,1) gains > 10x per cycle */
+    double zero[3] = {0, 0, 0}, big[3] = {10, 10, 10};
+    rb_poisson_baseline_report rep;
+    RB_CHECK(ctx, rb_poisson_baseline(ctx, &ds, 5, RB_SPLIT_TRAIN, zero, 3, &rep));
+    assert_int_equal(rep.cycles_total, 9);
+    assert_int_equal(rep.cycles_max, 3);
+    if (!(rep.err_one_cycle > 0 && rep.err_one_cycle < 0.1)) fail_msg("error after one cycle %.3g", rep.err_one_cycle);
+    RB_CHECK(ctx, rb_poisson_baseline(ctx, &ds, 5, RB_SPLIT_TRAIN, big, 3, &rep));
+    assert_int_equal(rep.cycles_total, 3);
+    RB_EXPECT(ctx, RB_EINVAL, "is not pair", rb_poisson_baseline(ctx, &test, 5, RB_SPLIT_TRAIN, zero, 3, &rep));
+    /* bad input, *ds untouched */
+    rb_dataset keep = test;
+    RB_EXPECT(ctx, RB_EINVAL, "m 2^k - 1", rb_dataset_poisson(ctx, 30, 2, 1, RB_SPLIT_TRAIN, &test));
+    RB_EXPECT(ctx, RB_EINVAL, "3 <= n <= 1023", rb_dataset_poisson(ctx, 1, 2, 1, RB_SPLIT_TRAIN, &test));
+    RB_EXPECT(ctx, RB_EINVAL, "count = 0", rb_dataset_poisson(ctx, 7, 0, 1, RB_SPLIT_TRAIN, &test));
+    RB_EXPECT(ctx, RB_EINVAL, "split", rb_dataset_poisson(ctx, 7, 2, 1, (rb_split)7, &test));
+    RB_EXPECT(ctx, RB_ENULL, "ds is NULL", rb_dataset_poisson(ctx, 7, 2, 1, RB_SPLIT_TRAIN, NULL));
+    assert_memory_equal(&keep, &test, sizeof keep);
+    rb_dataset_release(ctx, &ds), rb_dataset_release(ctx, &again), rb_dataset_release(ctx, &more), rb_dataset_release(ctx, &test);
+}
+
+/* Oracle: closed form. f = sum d_kl sin(k pi x) sin(l pi y), d_kl ~ U(-1, 1): the grid mean of
+ * E f^2 is (1/3) sum_kl mean sin^2(k pi x) mean sin^2(l pi y) = 3 ((n+1) / 2n)^2 (-> 3/4 =
+ * RB_POISSON_SF^2 as n grows); over 2000 pairs the sample mean lies within 5 %. */
+static void poisson_scale(void **state)
+{
+    rb_context *ctx = *state;
+    const size_t n = 15, pairs = 2000;
+    double f[225], sum = 0;
+    for (size_t s = 0; s < pairs; s++) {
+        RB_CHECK(ctx, rb_poisson_pair(ctx, n, 3, RB_SPLIT_TEST, s, NULL, f));
+        for (size_t i = 0; i < n * n; i++) sum += f[i] * f[i];
+    }
+    const double mean = sum / (double)(pairs * n * n), q = (double)(n + 1) / (double)(2 * n), want = 3 * q * q;
+    if (!(fabs(mean / want - 1) < 0.05)) fail_msg("mean f^2 %.4f, expected %.4f", mean, want);
+    assert_true(fabs(RB_POISSON_SF * RB_POISSON_SF - 0.75) < 1e-15);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -314,6 +412,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(fashion_mnist_real, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(synthetic_formula, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(batcher_permutation, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(poisson_solves, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(poisson_scale, rb_test_setup, rb_test_teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -3,6 +3,10 @@
  *     every level, projection) and every input entry, for V-, W- and F-cycles, 1D/2D/3D,
  *     tanh, GELU and identity activations, several cycles, batch > 1;
  *   the operator conformance suite on rb_unet_op (vjp and parameter gradients against
+ *     central differences, shapes refused, the taped path), and on the owning, chunked
+ *     rb_op_unet_create (any batch: chunks padded, one taped net per chunk);
+ *   the chunked operator against rb_unet_forward / rb_unet_backward on one net holding the
+ *     whole batch (the PyTorch-checked path): outputs and gradients to 1e-14 / 1e-13;
  *     central differences, shapes refused, the taped path);
  *   the flat vector is the network: rb_optimizer steps it and the loss falls;
  *   bad input.
@@ -13,6 +17,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* L = <w, U(x)> */
 static double loss(rb_context *ctx, rb_unet *net, const rb_tensor *x, const rb_tensor *w, rb_tensor *y)
@@ -111,6 +116,116 @@ static void test_conformance(void **state)
     rb_unet_free(ctx, net);
 }
 
+/* The owning operator passes the suite on 3 samples in chunks of 2 (a padded chunk, two tapes). */
+static void test_owning_conformance(void **state)
+{
+    rb_context *ctx = *state;
+    rb_unet_config c = small();
+    rb_op *op = NULL;
+    RB_CHECK(ctx, rb_op_unet_create(ctx, &c, &op));
+    rb_shape in = rb_shape_2d(3, c.in_channels, c.n, c.n);
+    rb_conformance_case cc = rb_conformance_default(op, in, "unet (owning, chunks of 2)");
+    rb_conformance_run(ctx, &cc);
+    rb_shape out;
+    RB_EXPECT(ctx, RB_ESHAPE, "N samples of", rb_op_shape(ctx, op, rb_shape_2d(3, 1, c.n, c.n), &out));
+    rb_op_free(ctx, op);
+}
+
+static double max_rel(const double *a, const double *b, size_t n)
+{
+    double d = 0, m = 0;
+    for (size_t i = 0; i < n; i++) d = fmax(d, fabs(a[i] - b[i])), m = fmax(m, fabs(b[i]));
+    return d / m;
+}
+
+/* Oracle: rb_unet_forward / rb_unet_backward (PyTorch-checked) on one net of batch N = 5,
+ * against the owning operator in chunks of 2 (and of 8: one padded chunk), after its flat
+ * vector was changed (the op reads its own vector). */
+static void test_owning_equals_forward(void **state)
+{
+    rb_context *ctx = *state;
+    rb_unet_config c = small();
+    c.batch = 5;
+    rb_unet *net = NULL;
+    RB_CHECK(ctx, rb_unet_create(ctx, &c, &net));
+    const size_t np = rb_unet_nparams(net);
+    rb_tensor x, y, dy, dx, y2, dx2;
+    alloc_io(ctx, net, &x, &dx, &y, &dy);
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &y2, y.shape));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &dx2, x.shape));
+    rb_test_rng r = {91};
+    rb_test_fill(&r, &x, -1, 1);
+    rb_test_fill(&r, &dy, -1, 1);
+    double *grad = calloc(np, sizeof(double)), *init = malloc(np * sizeof(double));
+    assert_non_null(grad), assert_non_null(init);
+    memcpy(init, rb_unet_params(net), np * sizeof(double));
+    const size_t chunks[2] = {2, 8};
+    for (int k = 0; k < 2; k++) {
+        rb_unet_config oc = c;
+        oc.batch = chunks[k];
+        rb_op *op = NULL;
+        RB_CHECK(ctx, rb_op_unet_create(ctx, &oc, &op));
+        assert_int_equal(op->nparams, np);
+        assert_memory_equal(op->params, init, np * sizeof(double)); /* the same initialisation */
+        for (size_t i = 0; i < np; i++) op->params[i] *= 1.0 + 0.25 * sin((double)i);
+        memcpy(rb_unet_params(net), op->params, np * sizeof(double));
+        RB_CHECK(ctx, rb_unet_forward(ctx, net, &x, &y, true));
+        rb_unet_zero_grad(net);
+        RB_CHECK(ctx, rb_unet_backward(ctx, net, &dy, &dx));
+        /* untaped and taped through the op */
+        rb_arena work = {0};
+        RB_CHECK(ctx, rb_arena_reserve(ctx, &work, rb_op_backward_workspace(op, x.shape) + 4096));
+        RB_CHECK(ctx, rb_op_apply(ctx, op, &x, &y2, &work));
+        double ey = max_rel(y2.data, y.data, rb_tensor_count(&y));
+        if (!(ey <= 1e-14)) fail_msg("chunks of %zu: apply differs from rb_unet_forward by %.3g", chunks[k], ey);
+        void *tape = malloc(rb_op_tape_bytes(op, x.shape));
+        assert_non_null(tape);
+        memset(grad, 0, np * sizeof(double));
+        memset(dx2.data, 0, rb_tensor_count(&dx2) * sizeof(double));
+        RB_CHECK(ctx, rb_op_forward(ctx, op, &x, &y2, tape, &work));
+        RB_CHECK(ctx, rb_op_backward(ctx, op, &x, &y2, tape, &dy, 1.0, &dx2, grad, &work));
+        const double eg = max_rel(grad, rb_unet_grad(net), np), ex = max_rel(dx2.data, dx.data, rb_tensor_count(&dx));
+        if (!(eg <= 1e-13 && ex <= 1e-13)) fail_msg("chunks of %zu: dtheta differs by %.3g, dx by %.3g", chunks[k], eg, ex);
+        print_message("chunks of %zu vs one batch of 5: y %.2g, dtheta %.2g, dx %.2g (relative to the largest)\n", chunks[k], ey,
+                      eg, ex);
+        free(tape);
+        rb_arena_release(ctx, &work);
+        rb_op_free(ctx, op);
+    }
+    free(grad), free(init);
+    rb_tensor_release(ctx, &x), rb_tensor_release(ctx, &y), rb_tensor_release(ctx, &dy), rb_tensor_release(ctx, &dx);
+    rb_tensor_release(ctx, &y2), rb_tensor_release(ctx, &dx2);
+    rb_unet_free(ctx, net);
+}
+
+/* The U-Net as a model (RB_MODEL_UNET): the trainer's shapes, and refusals naming the problem. */
+static void test_model(void **state)
+{
+    rb_context *ctx = *state;
+    rb_model_desc d = rb_model_desc_default(RB_MODEL_UNET);
+    d.in_h = d.in_w = 15, d.outputs = 225, d.width = 3;
+    rb_model *m = NULL;
+    RB_CHECK(ctx, rb_model_create(ctx, &d, &m));
+    rb_shape out;
+    RB_CHECK(ctx, rb_op_shape(ctx, m->net, rb_shape_2d(40, 2, 15, 15), &out));
+    assert_true(rb_shape_equal(out, rb_shape_2d(40, 1, 15, 15)));
+    rb_unet_config c = rb_unet_config_default();
+    c.n = 15, c.levels = 0, c.channels = 3, c.seed = 1;
+    rb_unet *net = NULL;
+    RB_CHECK(ctx, rb_unet_create(ctx, &c, &net));
+    assert_int_equal(rb_unet_config_of(net)->levels, 3); /* 15, 7, 3 */
+    assert_int_equal(m->net->nparams, rb_unet_nparams(net));
+    rb_unet_free(ctx, net);
+    rb_model_free(ctx, m);
+    d.outputs = 100;
+    RB_EXPECT(ctx, RB_EINVAL, "n x n grids", rb_model_create(ctx, &d, &m));
+    d.outputs = 225, d.in_w = 7;
+    RB_EXPECT(ctx, RB_EINVAL, "n x n grids", rb_model_create(ctx, &d, &m));
+    rb_model_kind k;
+    RB_CHECK(ctx, rb_model_kind_parse(ctx, "unet", &k));
+    assert_int_equal(k, RB_MODEL_UNET);
+}
+
 /* The flat vector is what the forward reads and what rb_optimizer steps: a student net
  * (another seed) learns a teacher net's map on a fixed batch, its MSE falls 10-fold. */
 static void test_optimizer_steps_flat_vector(void **state)
@@ -186,6 +301,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_gradients_fd, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_conformance, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_owning_conformance, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_owning_equals_forward, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_model, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_optimizer_steps_flat_vector, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_bad_input, rb_test_setup, rb_test_teardown),
     };
