@@ -62,7 +62,7 @@ static void usage(FILE *f, int eval)
 typedef struct opts {
     rb_model_desc model;
     rb_trainer_config tc;
-    int data, json, threads, have_epochs, have_data, have_opt, have_lr, have_batch, have_wd;
+    int eval, data, json, threads, have_epochs, have_data, have_opt, have_lr, have_batch, have_wd;
     long n;
     long limit, test_limit, stop_after;
     const char *data_dir, *checkpoint, *resume, *export_prefix;
@@ -77,6 +77,7 @@ static int parse(int argc, char **argv, opts *o, int eval)
     int c;
     int kind = 0, have_model_opt = 0;
     o->model = rb_model_desc_default(RB_MODEL_RESNET);
+    o->eval = eval;
     o->tc = rb_trainer_config_default();
     o->threads = sysconf(_SC_NPROCESSORS_ONLN) >= 2 ? 2 : 1;
     while ((opt = rb_args_next(&a)) != NULL) {
@@ -201,7 +202,7 @@ static rb_status load_data(rb_context *ctx, const opts *o, const rb_model_desc *
     rb_status st;
     if (d->kind == RB_MODEL_UNET) { /* the model decides (also when resumed or evaluated from a checkpoint) */
         size_t ntrain = o->limit > 0 ? (size_t)o->limit : 256, ntest = o->test_limit > 0 ? (size_t)o->test_limit : 64;
-        st = rb_dataset_poisson(ctx, d->in_h, ntrain, POISSON_SEED, RB_SPLIT_TRAIN, &p->train);
+        st = o->eval ? RB_OK : rb_dataset_poisson(ctx, d->in_h, ntrain, POISSON_SEED, RB_SPLIT_TRAIN, &p->train);
         if (st == RB_OK) st = rb_dataset_poisson(ctx, d->in_h, ntest, POISSON_SEED, RB_SPLIT_TEST, &p->test);
         return st;
     }
@@ -248,7 +249,9 @@ typedef struct solve_report {
     rb_poisson_baseline_report mg;
 } solve_report;
 
-static rb_status solve_score(rb_context *ctx, rb_model *m, const rb_dataset *test, solve_report *r)
+/* The net's relative error |y_net - y| / |y| on each test pair (err, test->count values; may be
+ * NULL), their mean and max; with baseline, the classical solver's cycles to the same errors. */
+static rb_status solve_score(rb_context *ctx, rb_model *m, const rb_dataset *test, int baseline, solve_report *r)
 {
     const size_t g = test->target_len;
     double *pred = malloc(test->count * g * sizeof(double)), *err = malloc(test->count * sizeof(double));
@@ -266,7 +269,7 @@ static rb_status solve_score(rb_context *ctx, rb_model *m, const rb_dataset *tes
         err[s] = sqrt(d / y);
         r->err_mean += err[s] / (double)test->count, r->err_max = fmax(r->err_max, err[s]);
     }
-    if (st == RB_OK) st = rb_poisson_baseline(ctx, test, POISSON_SEED, RB_SPLIT_TEST, err, 100, &r->mg);
+    if (st == RB_OK && baseline) st = rb_poisson_baseline(ctx, test, POISSON_SEED, RB_SPLIT_TEST, err, 100, &r->mg);
     free(pred), free(err);
     return st;
 }
@@ -308,6 +311,8 @@ int rb_cli_train(int argc, char **argv)
     size_t E = o.tc.epochs, last = o.stop_after > 0 && (size_t)o.stop_after < E ? (size_t)o.stop_after : E;
     double *tl = calloc(E, sizeof(double)), *ta = calloc(E, sizeof(double)), *secs = calloc(E, sizeof(double));
     size_t first = tr.epoch;
+    solve_report before = {0}; /* the U-Net's test error at the start of this run */
+    if (o.model.kind == RB_MODEL_UNET) st = solve_score(ctx, m, &d.test, 0, &before);
     progress_state ps = {0, E, 0.0};
     int tty = isatty(2);
     for (size_t e = first; e < last && st == RB_OK; e++) {
@@ -332,11 +337,12 @@ int rb_cli_train(int argc, char **argv)
     if (st == RB_OK && o.export_prefix) st = rb_model_export_npy(ctx, m, o.export_prefix);
     solve_report sr = {0};
     const int unet = o.model.kind == RB_MODEL_UNET;
-    if (st == RB_OK && unet) st = solve_score(ctx, m, &d.test, &sr);
+    if (st == RB_OK && unet) st = solve_score(ctx, m, &d.test, 1, &sr);
     if (st == RB_OK && unet && !o.json)
-        printf("test pairs (%zu, n = %zu): U-Net relative error |u_net - u|/|u| mean %.3e, max %.3e (%.3f ms per pair);\n"
+        printf("test pairs (%zu, n = %zu): U-Net relative error |u_net - u|/|u| mean %.3e (%.3e at the start), max %.3e\n"
+               "  (%.3f ms per pair);\n"
                "  RB-GS V(2,1) from u = 0 reaches each pair's error in %.2f cycles (mean, max %d; one cycle: %.3e),\n"
-               "  %.3f ms per cycle, + set-up %.3f ms per coefficient field\n", d.test.count, o.model.in_h, sr.err_mean,
+               "  %.3f ms per cycle, + set-up %.3f ms per coefficient field\n", d.test.count, o.model.in_h, sr.err_mean, before.err_mean,
                sr.err_max, 1e3 * sr.net_seconds / (double)d.test.count, sr.mg.cycles_mean, sr.mg.cycles_max, sr.mg.err_one_cycle,
                1e3 * sr.mg.cycle_seconds / (double)(sr.mg.cycles_total ? sr.mg.cycles_total : 1),
                1e3 * sr.mg.setup_seconds / (double)d.test.count);
@@ -355,10 +361,10 @@ int rb_cli_train(int argc, char **argv)
         printf(",\"seconds_per_epoch\":");
         print_list(secs + first, last > first ? last - first : 0, 0);
         if (unet)
-            printf(",\"n\":%zu,\"test_pairs\":%zu,\"test_rel_err_mean\":%.4e,\"test_rel_err_max\":%.4e,\"net_ms_per_pair\":%.4f,"
+            printf(",\"n\":%zu,\"test_pairs\":%zu,\"test_rel_err_start\":%.4e,\"test_rel_err_mean\":%.4e,\"test_rel_err_max\":%.4e,\"net_ms_per_pair\":%.4f,"
                    "\"mg_cycles_to_match_mean\":%.2f,\"mg_cycles_to_match_max\":%d,\"mg_err_one_cycle\":%.4e,"
                    "\"mg_ms_per_cycle\":%.4f,\"mg_setup_ms\":%.4f",
-                   o.model.in_h, d.test.count, sr.err_mean, sr.err_max, 1e3 * sr.net_seconds / (double)d.test.count,
+                   o.model.in_h, d.test.count, before.err_mean, sr.err_mean, sr.err_max, 1e3 * sr.net_seconds / (double)d.test.count,
                    sr.mg.cycles_mean, sr.mg.cycles_max, sr.mg.err_one_cycle,
                    1e3 * sr.mg.cycle_seconds / (double)(sr.mg.cycles_total ? sr.mg.cycles_total : 1),
                    1e3 * sr.mg.setup_seconds / (double)d.test.count);
@@ -394,18 +400,23 @@ int rb_cli_eval(int argc, char **argv)
     if (st == RB_OK) st = rb_checkpoint_load(ctx, o.checkpoint, m, NULL);
     if (st == RB_OK) st = load_data(ctx, &o, &o.model, &d);
     if (st == RB_OK) st = rb_model_evaluate(ctx, m, &d.test, o.tc.batch, &loss, &acc);
+    solve_report sr = {0};
+    const int unet = o.model.kind == RB_MODEL_UNET;
+    if (st == RB_OK && unet) st = solve_score(ctx, m, &d.test, 0, &sr);
     if (st != RB_OK) {
         rc = fail(ctx, st);
     } else if (o.json) {
         printf("{\"model\":\"%s\",\"params\":%zu,\"data\":\"%s\",\"test_loss\":%.9g,\"test_accuracy\":", rb_model_kind_name(o.model.kind),
                m->net->nparams, data_choices[o.data], loss);
         if (d.test.labels) printf("%.6g}\n", acc);
+        else if (unet) printf("null,\"test_rel_err_mean\":%.4e,\"test_rel_err_max\":%.4e}\n", sr.err_mean, sr.err_max);
         else printf("null}\n");
         rc = 0;
     } else {
         printf("%s (%zu parameters) on the %s test set: loss %.5f", rb_model_kind_name(o.model.kind), m->net->nparams,
                data_choices[o.data], loss);
         if (d.test.labels) printf(", accuracy %.2f%%", 100 * acc);
+        if (unet) printf(", relative error |u_net - u|/|u| mean %.3e, max %.3e", sr.err_mean, sr.err_max);
         printf("\n");
         rc = 0;
     }
