@@ -300,6 +300,7 @@ rb_status rb_dataset_poisson(rb_context *ctx, size_t n, size_t count, unsigned l
         if (st == RB_OK) st = rb_tensor_view(ctx, &tu, u, rb_shape_2d(1, 1, n, n));
         if (st == RB_OK) memset(u, 0, g * sizeof(double)), st = rb_mg_solve(ctx, mg, &tf, &tu, 1e-10, 50, NULL);
         rb_mg_free(ctx, mg);
+        if (st != RB_OK) st = rb_fail(ctx, st, "%s: pair %zu: %s", fn, s, rb_context_message(ctx));
         for (size_t i = 0; st == RB_OK && i < g; i++) f[i] /= RB_POISSON_SF, u[i] /= RB_POISSON_SU;
     }
     if (rng != NULL) gsl_rng_free(rng);

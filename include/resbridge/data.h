@@ -12,6 +12,8 @@
  *     }
  *     rb_batcher_release(ctx, &b); rb_dataset_release(ctx, &train);
  *
+ *     rb_dataset_poisson(ctx, 31, 256, 7, RB_SPLIT_TRAIN, &train);  // (f, log a) -> u pairs, n = 31
+ *
  * Because an epoch's order depends only on the seed and the epoch number, a run
  * resumed from a checkpoint at an epoch boundary sees the same batches as an
  * uninterrupted one.

@@ -17,6 +17,10 @@
  *     rb_loss_mse(ctx, &y, target, &loss, &dy);
  *     rb_unet_zero_grad(net); rb_unet_backward(ctx, net, &dy, NULL);
  *     rb_optimizer_step(ctx, &opt, rb_unet_params(net), rb_unet_grad(net), lr);
+ *
+ * For the trainer (any batch size, checkpoints, NPY export) the same network is an owning
+ * rb_op, rb_op_unet_create, model kind RB_MODEL_UNET (model.h); `resbridge train --model unet`
+ * trains it on rb_dataset_poisson's pairs (data.h).
  */
 #ifndef RESBRIDGE_UNET_H
 #define RESBRIDGE_UNET_H
