@@ -49,8 +49,8 @@ static void usage(FILE *f, int eval)
             "              the multigrid solver on n x n grids, --n N (31)): lift 2 -> W channels, D network-mode V(1,1)\n"
             "              cycles (tanh) to 3 points, projection W -> 1; --width W (8), --depth D (0: 2). Defaults: Adam\n"
             "              lr 0.003 cosine, batch 16, 4 epochs, 256 training and 64 test pairs (--limit, --test-limit);\n"
-            "              the report adds the test relative error |u_net - u| / |u| and the V-cycles the classical\n"
-            "              solver (RB-GS V(2,1) from u = 0) needs for the same error\n"
+            "              the report adds the test relative error |u_net - u| / |u| (and before this run's first\n"
+            "              epoch) and the V-cycles the classical solver (RB-GS V(2,1) from u = 0) needs for the same error\n"
             "  --limit N   train on the first N training samples only; --test-limit N: test on the first N (quick runs)\n"
             "  --checkpoint FILE  save after every epoch (atomically);  --resume FILE  continue a saved run exactly\n"
             "  --stop-after K     stop after epoch K of the schedule (resume later with --resume)\n"
@@ -62,7 +62,7 @@ static void usage(FILE *f, int eval)
 typedef struct opts {
     rb_model_desc model;
     rb_trainer_config tc;
-    int eval, data, json, threads, have_epochs, have_data, have_opt, have_lr, have_batch, have_wd;
+    int eval, data, json, threads, have_epochs, have_data, have_opt, have_lr, have_batch, have_wd, have_width;
     long n;
     long limit, test_limit, stop_after;
     const char *data_dir, *checkpoint, *resume, *export_prefix;
@@ -109,7 +109,7 @@ static int parse(int argc, char **argv, opts *o, int eval)
         } else if (!strcmp(opt, "--depth")) {
             if (rb_args_long(&a, opt, 0, 1000, &v)) o->model.depth = (size_t)v, have_model_opt = 1;
         } else if (!strcmp(opt, "--width")) {
-            if (rb_args_long(&a, opt, 1, 4096, &v)) o->model.width = (size_t)v, have_model_opt = 1;
+            if (rb_args_long(&a, opt, 1, 4096, &v)) o->model.width = (size_t)v, have_model_opt = 1, o->have_width = 1;
         } else if (!strcmp(opt, "--block")) {
             if (rb_args_choice(&a, opt, block_choices, &c)) o->model.block = (rb_block_kind)c, have_model_opt = 1;
         } else if (!strcmp(opt, "--h")) {
@@ -167,7 +167,7 @@ static int parse(int argc, char **argv, opts *o, int eval)
     if (kind == RB_MODEL_UNET) { /* the grid-to-grid net on Poisson pairs, the example's schedule */
         rb_model_desc m = rb_model_desc_default(RB_MODEL_UNET);
         if (o->model.depth) m.depth = o->model.depth;
-        if (o->model.width != 16) m.width = o->model.width;
+        if (o->have_width) m.width = o->model.width;
         if (o->n) m.in_h = m.in_w = (size_t)o->n, m.outputs = m.in_h * m.in_w;
         m.seed = o->model.seed;
         o->model = m;
