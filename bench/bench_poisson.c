@@ -17,7 +17,7 @@
  * or 1 + 1/2 prod sin(2 pi x_i) (--coef smooth, the Galerkin hierarchy), f from u*
  * analytically. Reports unknowns per second of the best of --reps FMG solves (set-up
  * apart), the FMG result's max error against u*, the discrete solution's (solved to
- * 1e-12), their ratio, and the order observed between n and (n-1)/2.
+ * 1e-10), their ratio, and the order observed between n and (n-1)/2.
  *
  * --sweeps: the smoother's memory bandwidth instead. Red-black Gauss-Seidel sweeps
  * on the 2D n^2 grid through rb_residual_step: the red step then the black step
@@ -212,7 +212,7 @@ static double max_error(const rb_tensor *u, int dim, size_t n)
     return e;
 }
 
-/* One problem of size n: set-up; f; the discrete solution's error (solved to 1e-12); and
+/* One problem of size n: set-up; f; the discrete solution's error (solved to 1e-10); and
  * the FMG solve (one cycle per level), best of reps, with its error. */
 typedef struct fmg_result {
     double setup, best, first, err_fmg, err_disc;
@@ -245,7 +245,7 @@ static rb_status fmg_problem(rb_context *ctx, const options *o, size_t n, int re
     if (st == RB_OK) {
         res->levels = rb_mg_levels(mg);
         for (size_t p = 0; p < rb_tensor_count(&f); p++) point_of(dim, p, n, h, 1, x), f.data[p] = rhs_at(dim, x, o->smooth);
-        st = rb_mg_solve(ctx, mg, &f, &u, 1e-12, 100, &rep);
+        st = rb_mg_solve(ctx, mg, &f, &u, 1e-10, 100, &rep);
         res->err_disc = max_error(&u, dim, n);
     }
     res->best = INFINITY;
