@@ -74,6 +74,7 @@ bool rb_redblack_init(const rb_op *J, rb_shape s, double h, rb_redblack *k)
     k->first = NULL;
     k->then = NULL;
     k->cls = NULL;
+    k->step0 = 0;
     return true;
 }
 
@@ -325,6 +326,7 @@ bool rb_redblack_class_init(const rb_op *J, rb_shape s, double h, bool parity, c
     k->first = NULL;
     k->then = NULL;
     k->cls = c;
+    k->step0 = 0;
     return true;
 }
 
@@ -334,7 +336,7 @@ bool rb_redblack_class_init(const rb_op *J, rb_shape s, double h, bool parity, c
 static void line(const rb_redblack *k, size_t s, int colour0, int st, size_t l)
 {
     if (k->cls != NULL) {
-        const int cls = k->cls->cls[st % k->cls->ncls];
+        const int cls = k->cls->cls[(k->step0 + st) % k->cls->ncls];
         if (k->dims == 3)
             for (size_t y = 0; y < k->h; y++) class_row(k, cls, s, l, y);
         else
@@ -475,6 +477,24 @@ void rb_redblack_run(const rb_redblack *k, int colour0, int steps, int threads)
     const long long L = (long long)(k->dims == 2 ? k->h : k->d);
     /* blocks of at least 2 stages + 2 lines, so that the triangles do not meet */
     const long long most = L / (2LL * stages + 2);
+    if (threads > most && threads > 1 && steps > 1 && k->d * k->h * k->w >= PARALLEL_MIN) {
+        /* more stages than the threads' blocks hold: the steps in several passes of as many
+         * as they hold (the first stage with the first pass, the residual stage with the
+         * last) -- the same steps in the same order, so the same numbers */
+        const long long per = L / (2LL * threads) - 1 - before - (then != NULL);
+        if (per >= 1) {
+            rb_redblack part = *k;
+            for (int done = 0; done < steps;) {
+                const int m = (int)(per < steps - done ? per : steps - done);
+                part.first = done == 0 ? k->first : NULL;
+                part.then = done + m == steps ? k->then : NULL;
+                part.step0 = k->step0 + done;
+                rb_redblack_run(&part, (colour0 + done) & 1, m, threads);
+                done += m;
+            }
+            return;
+        }
+    }
     if (threads > most) threads = (int)most;
     if (k->d * k->h * k->w < PARALLEL_MIN) threads = 1;
     if (then != NULL && threads > then->max_threads) threads = then->max_threads;

@@ -85,6 +85,7 @@ typedef struct rb_redblack {
     const rb_redblack_first *first; /* NULL: no stage before the colour steps */
     rb_redblack_then *then; /* NULL: none after them */
     const rb_class_step *cls; /* NULL: the constant-star row kernel; else the class kernel */
+    int step0;             /* the class kernel's first step is its class cls[step0 mod ncls] (0 from init) */
 } rb_redblack;
 
 /* Fill k for colour steps of size h with the Jacobi operator J on a grid of
