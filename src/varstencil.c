@@ -239,22 +239,57 @@ rb_status rb_op_varstencil_create(rb_context *ctx, int dims, rb_stencil pattern,
     return RB_OK;
 }
 
-rb_status rb_op_varstencil_probe(rb_context *ctx, const rb_op *F, int dims, rb_shape grid, rb_op **out)
+/* F = ops[count-1] ... ops[0] (referenced): y = F(x), through the intermediate grids mid[]
+ * (mid[k] holds ops[k]'s output for k < count - 1). */
+static rb_status apply_sequence(rb_context *ctx, const rb_op *const *ops, int count, rb_tensor *mid, const rb_tensor *x,
+                                rb_tensor *y, rb_arena *work)
+{
+    rb_status st = RB_OK;
+    const rb_tensor *in = x;
+    for (int k = 0; k < count && st == RB_OK; k++) {
+        rb_tensor *o = k + 1 < count ? &mid[k] : y;
+        st = rb_op_apply(ctx, ops[k], in, o, work);
+        in = o;
+    }
+    return st;
+}
+
+#define PROBE_MAX_OPS 3
+
+/* The probe of the product of `count` linear ops applied in order (see rb_op_varstencil_probe). */
+static rb_status probe_sequence(rb_context *ctx, const char *fn, const rb_op *const *ops, int count, int dims,
+                                rb_shape grid, rb_op **out)
 {
     if (ctx == NULL) return RB_ENULL;
-    if (F == NULL || out == NULL) return rb_fail(ctx, RB_ENULL, "rb_op_varstencil_probe: %s is NULL", F ? "out" : "F");
-    if (!(F->type->flags & RB_OP_LINEAR))
-        return rb_fail(ctx, RB_EINVAL, "rb_op_varstencil_probe: %s is not linear", F->type->name);
+    if (out == NULL) return rb_fail(ctx, RB_ENULL, "%s: out is NULL", fn);
     grid.n = grid.c = 1;
+    rb_shape shapes[PROBE_MAX_OPS + 1] = {grid};
+    size_t need = 64;
+    for (int k = 0; k < count; k++) {
+        if (ops[k] == NULL) return rb_fail(ctx, RB_ENULL, "%s: operator %d is NULL", fn, k);
+        if (!(ops[k]->type->flags & RB_OP_LINEAR))
+            return rb_fail(ctx, RB_EINVAL, "%s: %s is not linear", fn, ops[k]->type->name);
+        rb_status st = rb_op_shape(ctx, ops[k], shapes[k], &shapes[k + 1]);
+        if (st != RB_OK) return rb_fail(ctx, st, "%s: operator %d (%s): %s", fn, k, ops[k]->type->name, rb_context_message(ctx));
+        size_t w = rb_op_workspace(ops[k], shapes[k]);
+        if (w > need) need = w + 64;
+    }
+    if (!rb_shape_equal(shapes[count], grid)) {
+        char a[96], b[96];
+        return rb_fail(ctx, RB_ESHAPE, "%s: the product maps %s to %s, not to the same grid", fn, rb_shape_format(grid, a, sizeof a),
+                       rb_shape_format(shapes[count], b, sizeof b));
+    }
     rb_op *S;
     rb_status st = rb_op_varstencil_create(ctx, dims, RB_STENCIL_FULL, grid, NULL, &S);
     if (st != RB_OK) return st;
     const vs_state *vs = S->state;
-    rb_tensor e = {0}, col = {0};
+    rb_tensor e = {0}, col = {0}, mid[PROBE_MAX_OPS];
+    memset(mid, 0, sizeof mid);
     rb_arena work = {0};
     st = rb_tensor_alloc(ctx, &e, grid);
     if (st == RB_OK) st = rb_tensor_alloc(ctx, &col, grid);
-    if (st == RB_OK) st = rb_arena_reserve(ctx, &work, rb_op_workspace(F, grid) + 64);
+    for (int k = 0; k + 1 < count && st == RB_OK; k++) st = rb_tensor_alloc(ctx, &mid[k], shapes[k + 1]);
+    if (st == RB_OK) st = rb_arena_reserve(ctx, &work, need);
     /* colour c = (x mod 3, y mod 3, z mod 3): the images of a colour's unit vectors do not overlap */
     int cz = dims >= 3 ? 3 : 1, cy = dims >= 2 ? 3 : 1;
     for (int a = 0; a < cz && st == RB_OK; a++)
@@ -264,7 +299,7 @@ rb_status rb_op_varstencil_probe(rb_context *ctx, const rb_op *F, int dims, rb_s
                 for (size_t z = (size_t)a; z < grid.d; z += (size_t)cz)
                     for (size_t y = (size_t)b; y < grid.h; y += (size_t)cy)
                         for (size_t x = (size_t)c; x < grid.w; x += 3) e.data[(z * grid.h + y) * grid.w + x] = 1.0;
-                st = rb_op_apply(ctx, F, &e, &col, &work);
+                st = apply_sequence(ctx, ops, count, mid, &e, &col, &work);
                 /* row p, tap t: the column q = p + tap_t if q has this colour; so for each q of
                  * the colour and each tap t, the row p = q - tap_t (reached from q by the
                  * mirrored tap ntaps-1-t) if it lies inside */
@@ -277,6 +312,7 @@ rb_status rb_op_varstencil_probe(rb_context *ctx, const rb_op *F, int dims, rb_s
                             }
             }
     rb_tensor_release(ctx, &e), rb_tensor_release(ctx, &col);
+    for (int k = 0; k + 1 < count; k++) rb_tensor_release(ctx, &mid[k]);
     rb_arena_release(ctx, &work);
     if (st != RB_OK) {
         rb_op_free(ctx, S);
@@ -284,4 +320,18 @@ rb_status rb_op_varstencil_probe(rb_context *ctx, const rb_op *F, int dims, rb_s
     }
     *out = S;
     return RB_OK;
+}
+
+rb_status rb_op_varstencil_probe(rb_context *ctx, const rb_op *F, int dims, rb_shape grid, rb_op **out)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (F == NULL) return rb_fail(ctx, RB_ENULL, "rb_op_varstencil_probe: F is NULL");
+    return probe_sequence(ctx, "rb_op_varstencil_probe", &F, 1, dims, grid, out);
+}
+
+rb_status rb_op_varstencil_galerkin(rb_context *ctx, const rb_op *R, const rb_op *A, const rb_op *P, int dims,
+                                    rb_shape coarse, rb_op **out)
+{
+    const rb_op *ops[3] = {P, A, R};
+    return probe_sequence(ctx, "rb_op_varstencil_galerkin", ops, 3, dims, coarse, out);
 }

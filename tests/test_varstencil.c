@@ -160,6 +160,16 @@ static void test_probe_galerkin(void **state)
         rb_op *RAP;
         RB_CHECK(ctx, rb_op_chain_create(ctx, parts, 3, &RAP));
         RB_CHECK(ctx, rb_op_varstencil_probe(ctx, RAP, dims, coarse, &G));
+        /* R, A, P referenced instead of chained: the same probes, the same stencil */
+        rb_op *G2;
+        RB_CHECK(ctx, rb_op_varstencil_galerkin(ctx, R, A, P, dims, coarse, &G2));
+        assert_int_equal(G2->nparams, G->nparams);
+        for (size_t i = 0; i < G->nparams; i++)
+            if (G2->params[i] != G->params[i]) fail_msg("%dD: rb_op_varstencil_galerkin differs from the chain's probe at %zu", dims, i);
+        RB_EXPECT(ctx, RB_ESHAPE, "rb_op_varstencil_galerkin: operator 1 (varstencil): varstencil on grid",
+                  rb_op_varstencil_galerkin(ctx, R, A, P, dims, fine, &(rb_op *){NULL}));
+        RB_EXPECT(ctx, RB_ENULL, "operator 1 is NULL", rb_op_varstencil_galerkin(ctx, R, NULL, P, dims, coarse, &(rb_op *){NULL}));
+        rb_op_free(ctx, G2);
         rb_tensor x, y1, y2;
         RB_CHECK(ctx, rb_tensor_alloc(ctx, &x, coarse));
         RB_CHECK(ctx, rb_tensor_alloc(ctx, &y1, coarse));

@@ -29,6 +29,12 @@ rb_status rb_op_varstencil_create(rb_context *ctx, int dims, rb_stencil pattern,
  * applications (e.g. the Galerkin product R A P). */
 rb_status rb_op_varstencil_probe(rb_context *ctx, const rb_op *F, int dims, rb_shape grid, rb_op **out);
 
+/* The Galerkin operator R A P on the coarse grid, probed as above with P, A and R applied in
+ * turn (referenced, not copied: no chain of copies of a large A). P maps the coarse grid
+ * to A's grid, R back. */
+rb_status rb_op_varstencil_galerkin(rb_context *ctx, const rb_op *R, const rb_op *A, const rb_op *P, int dims,
+                                    rb_shape coarse, rb_op **out);
+
 /* Pattern, tap count, centre tap and grid of a varstencil op; false if op is not one. */
 bool rb_op_varstencil_info(const rb_op *op, int *dims, int *ntaps, int *centre, rb_shape *grid);
 

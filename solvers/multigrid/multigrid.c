@@ -10,7 +10,6 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "resbridge/chain.h"
 #include "resbridge/colour.h"
 #include "resbridge/conv.h"
 #include "resbridge/reference.h"
@@ -241,30 +240,10 @@ rb_status rb_mg_transfers_create(rb_context *ctx, int d, rb_op **R, rb_op **P)
     return st;
 }
 
-/* Copies of P, A, R chained, probed into the Galerkin stencil R A P. */
+/* The Galerkin stencil R A P of level l + 1, probed. */
 static rb_status galerkin(rb_context *ctx, rb_mg *mg, size_t l, rb_op **out)
 {
-    int d = mg->pb.dim;
-    rb_op *parts[3] = {NULL, NULL, NULL}, *chain = NULL;
-    rb_status st = rb_op_conv_create(ctx, rb_op_conv_desc(mg->P[l]), mg->P[l]->params, &parts[0]);
-    int vd, nt, ce;
-    rb_shape grid;
-    if (st == RB_OK) {
-        if (rb_op_varstencil_info(mg->A[l], &vd, &nt, &ce, &grid))
-            st = rb_op_varstencil_create(ctx, vd, nt == 2 * vd + 1 ? RB_STENCIL_STAR : RB_STENCIL_FULL, grid,
-                                         mg->A[l]->params, &parts[1]);
-        else
-            st = rb_op_conv_create(ctx, rb_op_conv_desc(mg->A[l]), mg->A[l]->params, &parts[1]);
-    }
-    if (st == RB_OK) st = rb_op_conv_create(ctx, rb_op_conv_desc(mg->R[l]), mg->R[l]->params, &parts[2]);
-    if (st == RB_OK) st = rb_op_chain_create(ctx, parts, 3, &chain);
-    if (st != RB_OK) {
-        for (int i = 0; i < 3; i++) rb_op_free(ctx, parts[i]);
-        return st;
-    }
-    st = rb_op_varstencil_probe(ctx, chain, d, grid_shape(d, mg->n[l + 1]), out);
-    rb_op_free(ctx, chain);
-    return st;
+    return rb_op_varstencil_galerkin(ctx, mg->R[l], mg->A[l], mg->P[l], mg->pb.dim, grid_shape(mg->pb.dim, mg->n[l + 1]), out);
 }
 
 /* Largest eigenvalue of D^{-1} A on level l by power iteration (the Jacobi
