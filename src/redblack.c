@@ -45,6 +45,19 @@
 #endif
 #define PARALLEL_MIN 32768 /* grid points per sample below which one thread runs */
 
+/* The fields both kernels fill alike: the grid's extents, b, the class kernel (or NULL), and
+ * nothing yet for u and the stages around the steps. */
+static void grid_of_kernel(rb_redblack *k, rb_shape s, const double *b, const rb_class_step *cls)
+{
+    k->n = s.n, k->d = s.d, k->h = s.h, k->w = s.w;
+    k->b = b;
+    k->u = NULL;
+    k->first = NULL;
+    k->then = NULL;
+    k->cls = cls;
+    k->step0 = 0;
+}
+
 bool rb_redblack_init(const rb_op *J, rb_shape s, double h, rb_redblack *k)
 {
     const rb_jacobi_state *js = rb_jacobi_state_of(J);
@@ -64,17 +77,11 @@ bool rb_redblack_init(const rb_op *J, rb_shape s, double h, rb_redblack *k)
     const double *w = js->A->params, inv = 1.0 / js->diag;
     if (!(w[centre] == js->diag)) return false;
     k->dims = dims;
-    k->n = s.n, k->d = s.d, k->h = s.h, k->w = s.w;
     for (int t = 0, j = 0; t < cs->ntaps; t++)
         if (t != centre) k->cn[j++] = -h * (w[t] * inv);
     k->cb = h * inv;
     k->cc = 1.0 - h * (w[centre] * inv);
-    k->b = js->b.data;
-    k->u = NULL;
-    k->first = NULL;
-    k->then = NULL;
-    k->cls = NULL;
-    k->step0 = 0;
+    grid_of_kernel(k, s, js->b.data, NULL);
     return true;
 }
 
@@ -320,13 +327,7 @@ bool rb_redblack_class_init(const rb_op *J, rb_shape s, double h, bool parity, c
     t.w = js->A->params;
     *c = t;
     k->dims = s.d > 1 || dims == 3 ? 3 : 2; /* lines: planes in 3D, rows otherwise */
-    k->n = s.n, k->d = s.d, k->h = s.h, k->w = s.w;
-    k->b = js->b.data;
-    k->u = NULL;
-    k->first = NULL;
-    k->then = NULL;
-    k->cls = c;
-    k->step0 = 0;
+    grid_of_kernel(k, s, js->b.data, c);
     return true;
 }
 
