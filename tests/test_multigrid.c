@@ -249,7 +249,8 @@ static void test_lapack_variable_coefficient(void **state)
  * operator is a times the level's -Delta_h (rb_op_laplacian_create), applied to a random
  * vector to 1e-13; and LAPACK dpbsv -- with the smooth a = 1 + 1/2 prod sin(2 pi x_i) the
  * solve agrees with dpbsv to 1e-10, at a textbook convergence factor (<= 0.15; the Galerkin
- * hierarchy's is printed beside it) (1D n = 127, 2D n = 63, 3D n = 31). */
+ * hierarchy's is printed beside it) (1D n = 127, 2D n = 63, 3D n = 31). With a jump of 1e4 on
+ * a quadrant the rediscretised cycle diverges, and says so (RB_EDIVERGED, history kept). */
 static void test_rediscretised_coarse_operators(void **state)
 {
     rb_context *ctx = *state;
@@ -317,6 +318,26 @@ static void test_rediscretised_coarse_operators(void **state)
         }
         test_free(a);
     }
+    /* a jump of 1e4 on the quadrant x, y > 1/2 (resbridge poisson --coef jump): the injected
+     * coarse problems misplace the interface and the cycle diverges -- reported as such, with
+     * its history, never as converged */
+    double *jump = test_malloc(65 * 65 * sizeof *jump);
+    for (size_t y = 0; y < 65; y++)
+        for (size_t x = 0; x < 65; x++) jump[y * 65 + x] = x > 32 && y > 32 ? 1e4 : 1.0;
+    rb_mg_problem pj = {2, 63, jump, 1.0};
+    rb_mg_options oj = rb_mg_options_default(2);
+    oj.coarse = RB_COARSE_REDISCRETISE;
+    rb_mg *mg;
+    RB_CHECK(ctx, rb_mg_create(ctx, &pj, &oj, &mg));
+    rb_tensor f = grid_tensor(ctx, mg), u = grid_tensor(ctx, mg);
+    random_rhs(&f, 3);
+    rb_mg_report rep;
+    RB_EXPECT(ctx, RB_EDIVERGED, "", rb_mg_solve(ctx, mg, &f, &u, 1e-10, 50, &rep));
+    assert_false(rep.converged);
+    assert_true(rep.cycles >= 1 && rep.history[rep.cycles] > 1.0);
+    rb_tensor_release(ctx, &f), rb_tensor_release(ctx, &u);
+    rb_mg_free(ctx, mg);
+    test_free(jump);
 }
 
 /* Oracle: exactness of the 2nd-order scheme on quadratics. For constant a and u a

@@ -48,8 +48,9 @@ typedef struct rb_mg_problem {
  * coefficients); REDISCRETISE: the coefficients injected to each coarse grid (coarse point
  * I = fine point 2I, boundary included) and the 2d+1-point operator discretised there
  * (as HPGMG does; cheaper, for smooth coefficients: with jumps the injected coarse
- * problems misplace the interfaces and the cycle can diverge -- e.g. 2D a = 1 | 1e4,
- * n = 63: factor ~600, reported as RB_EDIVERGED -- where Galerkin converges). */
+ * problems misplace the interfaces and the cycle can diverge -- e.g. 2D a = 1e4 on a
+ * quadrant, 1 elsewhere, n = 63: factor ~600, reported as RB_EDIVERGED -- where Galerkin
+ * converges). */
 typedef enum rb_coarse { RB_COARSE_GALERKIN, RB_COARSE_REDISCRETISE, RB_COARSE_COUNT } rb_coarse;
 
 const char *rb_coarse_name(rb_coarse c);
