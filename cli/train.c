@@ -18,6 +18,7 @@ enum { DATA_FMNIST, DATA_SYNTHETIC, DATA_POISSON };
 #define POISSON_SEED 7 /* the data's draw (the same pairs for every --seed of the net) */
 static const char *const opt_choices[] = {"sgd", "adam", NULL};
 static const char *const sched_choices[] = {"constant", "step", "cosine", NULL};
+static const char *const norm_choices[] = {"none", "batch", NULL}; /* rb_norm_kind's order */
 
 /* Fashion-MNIST's training-set pixel mean and standard deviation (tests/test_data.c checks them). */
 #define FMNIST_MEAN 0.2860
@@ -35,7 +36,7 @@ static void usage(FILE *f, int eval)
             "usage: resbridge train [--model resnet|plain|mlp|mgnet|unet] [--depth D] [--width W] [--block v1|v2|highway|dense|plain]\n"
             "         [--data fashion-mnist|synthetic|poisson] [--n N] [--epochs E] [--batch B] [--optimizer sgd|adam] [--lr X]\n"
             "         [--schedule constant|step|cosine] [--momentum M] [--weight-decay L] [--h H] [--seed S]\n"
-            "         [--threads T] [--limit N] [--test-limit N] [--data-dir DIR] [--checkpoint FILE] [--resume FILE] [--stop-after K]\n         [--export PREFIX] [--json]\n\n"
+            "         [--threads T] [--limit N] [--test-limit N] [--data-dir DIR] [--checkpoint FILE] [--resume FILE] [--stop-after K]\n         [--export PREFIX] [--norm none|batch] [--json]\n\n"
             "Trains a network with mini-batch SGD or Adam. Without options: the reference ResNet of the nets issue\n"
             "(3x3 conv to 16 + BN + ReLU, three basic blocks at 16, one stride-2 block to 32, pooling, linear 10;\n"
             "29,050 parameters) on Fashion-MNIST, SGD momentum 0.9, weight decay 5e-4, lr 0.1 cosine over 5 epochs,\n"
@@ -44,7 +45,8 @@ static void usage(FILE *f, int eval)
             "  --plain     = --model plain: the same layers without the skips (the plain twin)\n"
             "  --model mgnet  MgNet: the down-leg of the network-mode V-cycle (3x3 data-feature conv to W channels,\n"
             "              D smoothing steps u += relu(B * relu(f - A * u)) per level on 31, 15, 7, 3, projections,\n"
-            "              pooling, linear 10); --width W (16), --depth D (0: 2)\n"
+            "              pooling, linear 10); --width W (16), --depth D (0: 2); --norm batch: the smoothers of He & Xu's\n"
+            "              code, u += relu(BN(B * relu(BN(f - A * u)))) (inference-mode BN when evaluating)\n"
             "  --model unet   the U-Net that solves -div(a grad u) = f (data: --data poisson, pairs (f, log a) -> u from\n"
             "              the multigrid solver on n x n grids, --n N (31)): lift 2 -> W channels, D network-mode V(1,1)\n"
             "              cycles (tanh) to 3 points, projection W -> 1; --width W (8), --depth D (0: 2). Defaults: Adam\n"
@@ -110,6 +112,8 @@ static int parse(int argc, char **argv, opts *o, int eval)
             if (rb_args_long(&a, opt, 0, 1000, &v)) o->model.depth = (size_t)v, have_model_opt = 1;
         } else if (!strcmp(opt, "--width")) {
             if (rb_args_long(&a, opt, 1, 4096, &v)) o->model.width = (size_t)v, have_model_opt = 1, o->have_width = 1;
+        } else if (!strcmp(opt, "--norm")) {
+            if (rb_args_choice(&a, opt, norm_choices, &c)) o->model.norm = (rb_norm_kind)c, have_model_opt = 1;
         } else if (!strcmp(opt, "--block")) {
             if (rb_args_choice(&a, opt, block_choices, &c)) o->model.block = (rb_block_kind)c, have_model_opt = 1;
         } else if (!strcmp(opt, "--h")) {
@@ -152,7 +156,11 @@ static int parse(int argc, char **argv, opts *o, int eval)
         return 2;
     }
     if (o->resume && have_model_opt) {
-        fprintf(stderr, "resbridge train: --resume takes the model from the checkpoint; drop --model/--depth/--width/--block\n");
+        fprintf(stderr, "resbridge train: --resume takes the model from the checkpoint; drop --model/--depth/--width/--block/--norm\n");
+        return 2;
+    }
+    if (o->model.norm != RB_NORM_NONE && kind != RB_MODEL_MGNET) {
+        fprintf(stderr, "resbridge train: --norm batch normalises MgNet's smoothers: use --model mgnet\n");
         return 2;
     }
     o->model.kind = (rb_model_kind)kind;
@@ -350,9 +358,9 @@ int rb_cli_train(int argc, char **argv)
         rc = fail(ctx, st);
         if (o.checkpoint) fprintf(stderr, "resbridge: the last checkpoint (%s) is intact\n", o.checkpoint);
     } else if (o.json) {
-        printf("{\"model\":\"%s\",\"block\":\"%s\",\"depth\":%zu,\"width\":%zu,\"params\":%zu,\"data\":\"%s\",\"epochs\":%zu,"
+        printf("{\"model\":\"%s\",\"block\":\"%s\",\"depth\":%zu,\"width\":%zu,\"norm\":\"%s\",\"params\":%zu,\"data\":\"%s\",\"epochs\":%zu,"
                "\"batch\":%zu,\"optimizer\":\"%s\",\"lr\":%g,\"seed\":%lu,\"threads\":%d,\"first_epoch\":%zu,\"train_loss\":",
-               rb_model_kind_name(o.model.kind), rb_block_kind_name(o.model.block), o.model.depth, o.model.width,
+               rb_model_kind_name(o.model.kind), rb_block_kind_name(o.model.block), o.model.depth, o.model.width, rb_norm_kind_name(o.model.norm),
                m->net->nparams, data_choices[o.data], E, o.tc.batch, rb_optimizer_name(o.tc.opt.kind), o.tc.lr, o.tc.seed,
                o.threads, first + 1);
         print_list(tl + first, last > first ? last - first : 0, 0);

@@ -2,9 +2,11 @@
  *
  * Layout (little-endian):
  *   "RBCKPT\r\n"  magic, 8 bytes
- *   u32 version (1), u32 header fields (RB_CKPT_FIELDS)
- *   header: RB_CKPT_FIELDS 64-bit words (model description, training
- *           configuration and progress, section sizes; doubles stored as their bits)
+ *   u32 version (1 or 2), u32 header fields (29 in version 1, RB_CKPT_FIELDS = 30 in version 2)
+ *   header: 64-bit words (model description, training configuration and progress, section
+ *           sizes; doubles stored as their bits); version 2 adds the model's normalisation
+ *           (MgNet's batch norms) and is written only for models that have one, so every
+ *           other model's file is version 1, as before
  *   params [nparams], batch-norm running statistics [nstats],
  *   optimiser first moment [nparams], second moment [nparams if Adam]   (doubles)
  *   u32 CRC-32 (zlib) of every byte before it
@@ -15,13 +17,16 @@
 #include <string.h>
 
 #define CKPT_MAGIC "RBCKPT\r\n"
-#define CKPT_VERSION 1u
+#define CKPT_VERSION 2u
 enum ckpt_field {
     F_KIND, F_BLOCK, F_DEPTH, F_WIDTH, F_IN_C, F_IN_H, F_IN_W, F_OUTPUTS, F_H, F_SEED,
     F_OPT_KIND, F_MOMENTUM, F_WD, F_BETA1, F_BETA2, F_EPS, F_LR, F_SCHEDULE, F_EPOCHS, F_STEP_EPOCHS, F_GAMMA,
     F_BATCH, F_DATA_SEED, F_STEP, F_EPOCH, F_OPT_STEPS, F_NPARAMS, F_NSTATS, F_NMOMENTS,
+    F_NORM, /* version 2 */
     RB_CKPT_FIELDS
 };
+/* The header fields of a version. */
+static int fields_of(uint32_t version) { return version == 1 ? F_NORM : RB_CKPT_FIELDS; }
 
 
 static size_t nstats_of(const rb_model *m)
@@ -35,6 +40,7 @@ static size_t nstats_of(const rb_model *m)
 typedef struct ckpt_buf {
     unsigned char *data;
     size_t len;
+    size_t head; /* bytes before the parameters */
 } ckpt_buf;
 
 static void put_doubles(unsigned char **p, const double *v, size_t n)
@@ -65,15 +71,17 @@ rb_status rb_checkpoint_save(rb_context *ctx, const char *path, const rb_trainer
         [F_BETA1] = rb_io_dbits(c->opt.beta1), [F_BETA2] = rb_io_dbits(c->opt.beta2), [F_EPS] = rb_io_dbits(c->opt.eps), [F_LR] = rb_io_dbits(c->lr),
         [F_SCHEDULE] = c->schedule, [F_EPOCHS] = c->epochs, [F_STEP_EPOCHS] = c->step_epochs, [F_GAMMA] = rb_io_dbits(c->gamma),
         [F_BATCH] = c->batch, [F_DATA_SEED] = c->seed, [F_STEP] = tr->step, [F_EPOCH] = tr->epoch,
-        [F_OPT_STEPS] = tr->opt.steps, [F_NPARAMS] = np, [F_NSTATS] = ns, [F_NMOMENTS] = nm};
+        [F_OPT_STEPS] = tr->opt.steps, [F_NPARAMS] = np, [F_NSTATS] = ns, [F_NMOMENTS] = nm, [F_NORM] = d->norm};
+    const uint32_t version = d->norm != RB_NORM_NONE ? 2 : 1;
+    const int fields = fields_of(version);
     ckpt_buf b;
-    b.len = 8 + 8 + 8 * RB_CKPT_FIELDS + 8 * (np + ns + nm * np) + 4;
+    b.len = 8 + 8 + 8 * (size_t)fields + 8 * (np + ns + nm * np) + 4;
     b.data = rb_malloc(ctx, b.len);
     if (b.data == NULL) return rb_fail(ctx, RB_ENOMEM, "%s: no memory for %zu bytes", fn, b.len);
     unsigned char *p = b.data;
     memcpy(p, CKPT_MAGIC, 8), p += 8;
-    rb_io_put_u32(p, CKPT_VERSION), rb_io_put_u32(p + 4, RB_CKPT_FIELDS), p += 8;
-    for (int i = 0; i < RB_CKPT_FIELDS; i++, p += 8) rb_io_put_u64(p, f[i]);
+    rb_io_put_u32(p, version), rb_io_put_u32(p + 4, (uint32_t)fields), p += 8;
+    for (int i = 0; i < fields; i++, p += 8) rb_io_put_u64(p, f[i]);
     put_doubles(&p, m->net->params, np);
     for (size_t i = 0; i < m->nbn; i++) put_doubles(&p, rb_op_batchnorm_running_mean(m->bn[i]), m->bn[i]->nparams);
     if (nm >= 1) put_doubles(&p, tr->opt.m, np);
@@ -92,18 +100,23 @@ static rb_status read_verified(rb_context *ctx, const char *fn, const char *path
     rb_status st = rb_io_read_file(ctx, fn, path, &data, &usize);
     if (st != RB_OK) return st;
     const long size = (long)usize;
-    const size_t head = 16 + 8 * RB_CKPT_FIELDS;
-    if ((size_t)size < head + 4)
+    if ((size_t)size < 16 + 8 * (size_t)fields_of(1) + 4)
         st = rb_fail(ctx, RB_EFORMAT, "%s: '%s' is %ld bytes, too short for a checkpoint", fn, path, size);
     if (st == RB_OK && memcmp(data, CKPT_MAGIC, 8) != 0)
         st = rb_fail(ctx, RB_EFORMAT, "%s: '%s' is not a resbridge checkpoint (bad magic)", fn, path);
-    if (st == RB_OK && rb_io_get_u32(data + 8) != CKPT_VERSION)
-        st = rb_fail(ctx, RB_EFORMAT, "%s: '%s' has format version %u; this resbridge reads version %u", fn, path,
-                     rb_io_get_u32(data + 8), CKPT_VERSION);
-    if (st == RB_OK && rb_io_get_u32(data + 12) != RB_CKPT_FIELDS)
-        st = rb_fail(ctx, RB_EFORMAT, "%s: '%s': header has %u fields, expected %d", fn, path, rb_io_get_u32(data + 12), RB_CKPT_FIELDS);
+    const uint32_t version = st == RB_OK ? rb_io_get_u32(data + 8) : 0;
+    if (st == RB_OK && (version < 1 || version > CKPT_VERSION))
+        st = rb_fail(ctx, RB_EFORMAT, "%s: '%s' has format version %u; this resbridge reads versions 1 to %u", fn, path, version,
+                     CKPT_VERSION);
+    const int fields = fields_of(version);
+    const size_t head = 16 + 8 * (size_t)fields;
+    if (st == RB_OK && rb_io_get_u32(data + 12) != (uint32_t)fields)
+        st = rb_fail(ctx, RB_EFORMAT, "%s: '%s': header has %u fields, version %u has %d", fn, path, rb_io_get_u32(data + 12), version,
+                     fields);
+    if (st == RB_OK && (size_t)size < head + 4)
+        st = rb_fail(ctx, RB_EFORMAT, "%s: '%s' is %ld bytes, too short for a checkpoint", fn, path, size);
     if (st == RB_OK) {
-        for (int i = 0; i < RB_CKPT_FIELDS; i++) f[i] = rb_io_get_u64(data + 16 + 8 * i);
+        for (int i = 0; i < RB_CKPT_FIELDS; i++) f[i] = i < fields ? rb_io_get_u64(data + 16 + 8 * i) : 0; /* version 1: no norm */
         uint64_t np = f[F_NPARAMS], ns = f[F_NSTATS], nm = f[F_NMOMENTS];
         if (np > ((uint64_t)1 << 32) || ns > ((uint64_t)1 << 32) || nm > 2 || (uint64_t)size != head + 8 * (np + ns + nm * np) + 4)
             st = rb_fail(ctx, RB_EFORMAT, "%s: '%s' is %ld bytes but its header describes %llu parameters, %llu statistics "
@@ -116,7 +129,7 @@ static rb_status read_verified(rb_context *ctx, const char *fn, const char *path
         rb_free(ctx, data);
         return st;
     }
-    out->data = data, out->len = (size_t)size;
+    out->data = data, out->len = (size_t)size, out->head = head;
     return RB_OK;
 }
 
@@ -124,7 +137,7 @@ static rb_model_desc desc_of(const uint64_t *f)
 {
     return (rb_model_desc){.kind = (rb_model_kind)f[F_KIND], .block = (rb_block_kind)f[F_BLOCK], .depth = f[F_DEPTH],
                            .width = f[F_WIDTH], .in_channels = f[F_IN_C], .in_h = f[F_IN_H], .in_w = f[F_IN_W],
-                           .outputs = f[F_OUTPUTS], .h = rb_io_bitsd(f[F_H]), .seed = f[F_SEED]};
+                           .outputs = f[F_OUTPUTS], .h = rb_io_bitsd(f[F_H]), .seed = f[F_SEED], .norm = (rb_norm_kind)f[F_NORM]};
 }
 
 static rb_trainer_config config_of(const uint64_t *f)
@@ -171,12 +184,12 @@ rb_status rb_checkpoint_load(rb_context *ctx, const char *path, rb_model *m, rb_
     const rb_model_desc *md = &m->desc;
     if (d.kind != md->kind || d.block != md->block || d.depth != md->depth || d.width != md->width ||
         d.in_channels != md->in_channels || d.in_h != md->in_h || d.in_w != md->in_w || d.outputs != md->outputs ||
-        f[F_NPARAMS] != m->net->nparams || f[F_NSTATS] != nstats_of(m))
-        st = rb_fail(ctx, RB_EINVAL, "%s: '%s' holds a %s (%s blocks, depth %zu, width %zu, %llu parameters), not this %s "
-                                     "(%s, depth %zu, width %zu, %zu parameters)",
-                     fn, path, rb_model_kind_name(d.kind), rb_block_kind_name(d.block), d.depth, d.width,
+        d.norm != md->norm || f[F_NPARAMS] != m->net->nparams || f[F_NSTATS] != nstats_of(m))
+        st = rb_fail(ctx, RB_EINVAL, "%s: '%s' holds a %s (%s blocks, depth %zu, width %zu, norm %s, %llu parameters), not this %s "
+                                     "(%s, depth %zu, width %zu, norm %s, %zu parameters)",
+                     fn, path, rb_model_kind_name(d.kind), rb_block_kind_name(d.block), d.depth, d.width, rb_norm_kind_name(d.norm),
                      (unsigned long long)f[F_NPARAMS], rb_model_kind_name(md->kind), rb_block_kind_name(md->block),
-                     md->depth, md->width, m->net->nparams);
+                     md->depth, md->width, rb_norm_kind_name(md->norm), m->net->nparams);
     uint64_t want_moments = tr == NULL ? f[F_NMOMENTS] : (tr->opt.v ? 2 : 1);
     if (st == RB_OK && tr != NULL && (f[F_NMOMENTS] != want_moments || f[F_OPT_KIND] != (uint64_t)tr->opt.cfg.kind))
         st = rb_fail(ctx, RB_EINVAL, "%s: '%s' was written by the %s optimiser; this trainer uses %s", fn, path,
@@ -186,7 +199,7 @@ rb_status rb_checkpoint_load(rb_context *ctx, const char *path, rb_model *m, rb_
         return st;
     }
     /* everything checked: now, and only now, overwrite */
-    const unsigned char *p = b.data + 16 + 8 * RB_CKPT_FIELDS;
+    const unsigned char *p = b.data + b.head;
     size_t np = m->net->nparams;
     get_doubles(&p, m->net->params, np);
     for (size_t i = 0; i < m->nbn; i++) get_doubles(&p, rb_op_batchnorm_running_mean(m->bn[i]), m->bn[i]->nparams);

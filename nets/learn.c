@@ -139,6 +139,7 @@ static rb_status check_learnable(rb_context *ctx, const rb_vnet *net, const char
         return rb_fail(ctx, RB_EINVAL, "%s: needs a net with C = 1, sigma = identity and a coarse solve (has C = %zu, %s, %s)", fn,
                        c->channels, rb_activation_name(c->act), c->coarse_solve ? "coarse solve" : "coarse smoothing");
     if (c->levels < 2) return rb_fail(ctx, RB_EINVAL, "%s: needs at least 2 levels", fn);
+    if (c->norm != RB_NORM_NONE) return rb_fail(ctx, RB_EINVAL, "%s: needs a net without normalisation (has %s)", fn, rb_norm_kind_name(c->norm));
     return RB_OK;
 }
 

@@ -16,6 +16,7 @@ typedef struct mgnet_state {
     rb_vnet *net;               /* the cycle: C channels, batch RB_MGNET_BATCH, DOWN, projections */
     rb_op *lift, *gap, *head;   /* K (3x3 conv Cin -> C), pooling, W (dense C -> classes) */
     size_t cin, in_h, in_w, n, channels, classes, levels;
+    rb_norm_kind norm;          /* normalised smoothers: the cycle runs on the batch's samples only */
     rb_op *owner[MGNET_MAX_OPS]; /* the ops whose parameters live in the MgNet's vector, in order */
     double *own_params[MGNET_MAX_OPS];
     size_t nowners;
@@ -55,16 +56,32 @@ static void pad(mgnet_state *s, const rb_tensor *x, size_t r0, size_t rows)
                        x->data + (((r0 + b) * s->cin + c) * s->in_h + y) * s->in_w, s->in_w * sizeof(double));
 }
 
+/* t's first n samples (a view) */
+static rb_tensor first(const rb_tensor *t, size_t n)
+{
+    rb_tensor v = *t;
+    v.shape.n = n, v.owns = false;
+    return v;
+}
+
+/* The samples one batch runs on: all RB_MGNET_BATCH (the unused ones zero), or with batch
+ * norms exactly the `rows` given, so that batch statistics see no padding. */
+static size_t run_rows(const mgnet_state *s, size_t rows) { return s->norm != RB_NORM_NONE ? rows : RB_MGNET_BATCH; }
+
 /* logits of rows [r0, r0 + rows) of x into y; taped: the cycle keeps its tape */
 static rb_status forward_batch(rb_context *ctx, mgnet_state *s, const rb_tensor *x, size_t r0, size_t rows, rb_tensor *y,
                                bool taped)
 {
     pad(s, x, r0, rows);
-    rb_status st = rb_op_apply(ctx, s->lift, &s->xpad, &s->f, &s->work);
-    if (st == RB_OK) st = rb_vnet_forward(ctx, s->net, &s->f, NULL, &s->u, 1, taped);
-    if (st == RB_OK) st = rb_op_apply(ctx, s->gap, rb_vnet_level_u(s->net, s->levels - 1), &s->g, &s->work);
-    if (st == RB_OK) st = rb_op_apply(ctx, s->head, &s->g, &s->logits, &s->work);
-    if (st == RB_OK) memcpy(y->data + r0 * s->classes, s->logits.data, rows * s->classes * sizeof(double));
+    const size_t n = run_rows(s, rows);
+    rb_tensor xpad = first(&s->xpad, n), f = first(&s->f, n), u = first(&s->u, n), g = first(&s->g, n);
+    rb_tensor logits = first(&s->logits, n);
+    rb_status st = rb_op_apply(ctx, s->lift, &xpad, &f, &s->work);
+    if (st == RB_OK && s->norm != RB_NORM_NONE) st = rb_vnet_set_rows(ctx, s->net, n);
+    if (st == RB_OK) st = rb_vnet_forward(ctx, s->net, &f, NULL, &u, 1, taped);
+    if (st == RB_OK) st = rb_op_apply(ctx, s->gap, rb_vnet_level_u(s->net, s->levels - 1), &g, &s->work);
+    if (st == RB_OK) st = rb_op_apply(ctx, s->head, &g, &logits, &s->work);
+    if (st == RB_OK) memcpy(y->data + r0 * s->classes, logits.data, rows * s->classes * sizeof(double));
     return st;
 }
 
@@ -113,28 +130,32 @@ static rb_status mg_backward_taped(rb_context *ctx, const rb_op *op, const rb_te
     const mgnet_tape *t = tape;
     rb_status st = RB_OK;
     if (t->forward == 0 || t->forward != s->forwards || t->rows != x->shape.n) { /* not the latest forward: again */
-        mgnet_tape again;
-        st = mg_forward_taped(ctx, op, x, (rb_tensor *)y, &again, work);
+        mgnet_tape again;                                                        /* (moving no running statistics) */
+        st = rb_vnet_hold_tracking(ctx, s->net, true);
+        if (st == RB_OK) st = mg_forward_taped(ctx, op, x, (rb_tensor *)y, &again, work);
+        rb_vnet_hold_tracking(ctx, s->net, false);
         if (st != RB_OK) return st;
     }
-    const size_t rows = x->shape.n;
+    const size_t rows = x->shape.n, n = run_rows(s, rows);
+    rb_tensor dlogits = first(&s->dlogits, n), dg = first(&s->dg, n), pooled = first(&s->g, n), duc = first(&s->duc, n);
+    rb_tensor df = first(&s->df, n), xpad = first(&s->xpad, n), dxpad = first(&s->dxpad, n);
     /* logits = W g + b: dg, dW, db (alpha in the seed, so that it carries through the cycle) */
-    memset(s->dlogits.data, 0, rb_tensor_count(&s->dlogits) * sizeof(double));
-    for (size_t i = 0; i < rows * s->classes; i++) s->dlogits.data[i] = alpha * dy->data[i];
-    memset(s->dg.data, 0, rb_tensor_count(&s->dg) * sizeof(double));
-    st = rb_op_backward(ctx, s->head, &s->g, NULL, NULL, &s->dlogits, 1.0, &s->dg, slice(op, s->head, dparams), &s->work);
+    memset(dlogits.data, 0, rb_tensor_count(&dlogits) * sizeof(double));
+    for (size_t i = 0; i < rows * s->classes; i++) dlogits.data[i] = alpha * dy->data[i];
+    memset(dg.data, 0, rb_tensor_count(&dg) * sizeof(double));
+    st = rb_op_backward(ctx, s->head, &pooled, NULL, NULL, &dlogits, 1.0, &dg, slice(op, s->head, dparams), &s->work);
     /* g = mean(u_coarsest) */
     const rb_tensor *uc = rb_vnet_level_u(s->net, s->levels - 1);
     if (st == RB_OK) {
-        memset(s->duc.data, 0, rb_tensor_count(&s->duc) * sizeof(double));
-        st = rb_op_vjp(ctx, s->gap, uc, &s->dg, 1.0, &s->duc, &s->work);
+        memset(duc.data, 0, rb_tensor_count(&duc) * sizeof(double));
+        st = rb_op_vjp(ctx, s->gap, uc, &dg, 1.0, &duc, &s->work);
     }
     /* the cycle: df, and the level operators' gradients */
     const rb_tensor *seeds[16] = {NULL};
-    seeds[s->levels - 1] = &s->duc;
+    seeds[s->levels - 1] = &duc;
     if (st == RB_OK) {
         rb_vnet_zero_grad(s->net);
-        st = rb_vnet_backward_levels(ctx, s->net, seeds, NULL, &s->df);
+        st = rb_vnet_backward_levels(ctx, s->net, seeds, NULL, &df);
     }
     for (size_t i = 1; st == RB_OK && dparams != NULL && i + 1 < s->nowners; i++) { /* the cycle's ops: owner[1 .. n-2] */
         const rb_op *o = s->owner[i];
@@ -143,10 +164,10 @@ static rb_status mg_backward_taped(rb_context *ctx, const rb_op *op, const rb_te
         for (size_t k = 0; g != NULL && k < o->nparams; k++) d[k] += g[k];
     }
     /* f = K * xpad */
-    if (st == RB_OK && dparams != NULL) st = rb_op_param_grad(ctx, s->lift, &s->xpad, &s->df, 1.0, slice(op, s->lift, dparams), &s->work);
+    if (st == RB_OK && dparams != NULL) st = rb_op_param_grad(ctx, s->lift, &xpad, &df, 1.0, slice(op, s->lift, dparams), &s->work);
     if (st == RB_OK && dx != NULL) {
-        memset(s->dxpad.data, 0, rb_tensor_count(&s->dxpad) * sizeof(double));
-        st = rb_op_vjp(ctx, s->lift, &s->xpad, &s->df, 1.0, &s->dxpad, &s->work);
+        memset(dxpad.data, 0, rb_tensor_count(&dxpad) * sizeof(double));
+        st = rb_op_vjp(ctx, s->lift, &xpad, &df, 1.0, &dxpad, &s->work);
         for (size_t b = 0; st == RB_OK && b < rows; b++)
             for (size_t c = 0; c < s->cin; c++)
                 for (size_t yy = 0; yy < s->in_h; yy++)
@@ -199,7 +220,7 @@ static rb_status build(rb_context *ctx, mgnet_state *s, int smoothing, unsigned 
 {
     rb_vnet_config c = rb_vnet_config_default();
     c.n = s->n, c.levels = s->levels, c.channels = s->channels, c.batch = RB_MGNET_BATCH, c.pre = smoothing, c.post = 0;
-    c.act = RB_ACT_RELU, c.cycle = RB_CYCLE_DOWN, c.coarse_solve = false, c.projection = true, c.seed = seed;
+    c.act = RB_ACT_RELU, c.cycle = RB_CYCLE_DOWN, c.coarse_solve = false, c.projection = true, c.seed = seed, c.norm = s->norm;
     rb_status st = rb_vnet_create(ctx, &c, &s->net);
     rb_conv_desc d = rb_conv_desc_default(2, s->cin, s->channels);
     if (st == RB_OK) st = rb_op_conv_create(ctx, &d, NULL, &s->lift);
@@ -232,8 +253,20 @@ static rb_status build(rb_context *ctx, mgnet_state *s, int smoothing, unsigned 
 rb_status rb_op_mgnet_create(rb_context *ctx, size_t in_channels, size_t in_h, size_t in_w, size_t channels, int smoothing,
                              size_t classes, unsigned long seed, rb_op **out)
 {
+    return rb_op_mgnet_create_norm(ctx, in_channels, in_h, in_w, channels, smoothing, classes, RB_NORM_NONE, seed, out);
+}
+
+rb_vnet *rb_op_mgnet_vnet(const rb_op *op)
+{
+    return op != NULL && op->type == &mgnet_type ? st_of(op)->net : NULL;
+}
+
+rb_status rb_op_mgnet_create_norm(rb_context *ctx, size_t in_channels, size_t in_h, size_t in_w, size_t channels, int smoothing,
+                                  size_t classes, rb_norm_kind norm, unsigned long seed, rb_op **out)
+{
     if (ctx == NULL) return RB_ENULL;
     if (out == NULL) return rb_fail(ctx, RB_ENULL, "rb_op_mgnet_create: out is NULL");
+    if ((unsigned)norm >= RB_NORM_KIND_COUNT) return rb_fail(ctx, RB_EINVAL, "rb_op_mgnet_create: unknown normalisation %d", (int)norm);
     if (in_channels < 1 || in_h < 1 || in_w < 1 || in_h > 1023 || in_w > 1023)
         return rb_fail(ctx, RB_EINVAL, "rb_op_mgnet_create: images %zu x %zu x %zu, need 1..1023 per side", in_channels, in_h, in_w);
     if (channels < 1 || channels > 1024 || classes < 1)
@@ -241,7 +274,7 @@ rb_status rb_op_mgnet_create(rb_context *ctx, size_t in_channels, size_t in_h, s
     if (smoothing < 1 || smoothing > 8) return rb_fail(ctx, RB_EINVAL, "rb_op_mgnet_create: smoothing = %d, must be 1..8", smoothing);
     mgnet_state *s = rb_calloc(ctx, 1, sizeof *s);
     if (s == NULL) return RB_ENOMEM;
-    s->cin = in_channels, s->in_h = in_h, s->in_w = in_w, s->channels = channels, s->classes = classes;
+    s->cin = in_channels, s->in_h = in_h, s->in_w = in_w, s->channels = channels, s->classes = classes, s->norm = norm;
     /* the vertex grid: n = 2^L - 1 with room for the image and a zero border, down to 3 points */
     const size_t side = (in_h > in_w ? in_h : in_w) + 2;
     s->n = 3, s->levels = 1;

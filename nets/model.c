@@ -293,6 +293,10 @@ static rb_status check_desc(rb_context *ctx, const rb_model_desc *d)
     if (d->in_channels == 0 || d->in_h == 0 || d->in_w == 0)
         return rb_fail(ctx, RB_EINVAL, "%s: input shape (%zu,%zu,%zu) has a zero extent", fn, d->in_channels, d->in_h, d->in_w);
     if (!isfinite(d->h)) return rb_fail(ctx, RB_EINVAL, "%s: residual step h = %g is not finite", fn, d->h);
+    if ((unsigned)d->norm >= RB_NORM_KIND_COUNT) return rb_fail(ctx, RB_EINVAL, "%s: unknown normalisation %d", fn, (int)d->norm);
+    if (d->kind != RB_MODEL_MGNET && d->norm != RB_NORM_NONE)
+        return rb_fail(ctx, RB_EINVAL, "%s: norm = %s is MgNet's option (the smoothers' normalisation); a %s takes none", fn,
+                       rb_norm_kind_name(d->norm), rb_model_kind_name(d->kind));
     if (d->kind == RB_MODEL_MGNET && d->depth > 8)
         return rb_fail(ctx, RB_EINVAL, "%s: depth = %zu; MgNet's depth is its smoothing steps per level, 1..8 (0: 2)", fn, d->depth);
     if (d->kind == RB_MODEL_UNET && (d->depth > 1000 || d->in_h != d->in_w || d->outputs != d->in_h * d->in_w))
@@ -322,8 +326,8 @@ rb_status rb_model_create(rb_context *ctx, const rb_model_desc *desc, rb_model *
     }
     gsl_rng_set(b.rng, desc->seed);
     if (desc->kind == RB_MODEL_MGNET) {
-        b.st = rb_op_mgnet_create(ctx, desc->in_channels, desc->in_h, desc->in_w, desc->width, desc->depth ? (int)desc->depth : 2,
-                                  desc->outputs, desc->seed, &m->net);
+        b.st = rb_op_mgnet_create_norm(ctx, desc->in_channels, desc->in_h, desc->in_w, desc->width, desc->depth ? (int)desc->depth : 2,
+                                       desc->outputs, desc->norm, desc->seed, &m->net);
     } else if (desc->kind == RB_MODEL_UNET) {
         rb_unet_config c = rb_unet_config_default();
         c.n = desc->in_h, c.levels = 0, c.in_channels = desc->in_channels, c.channels = desc->width, c.out_channels = 1;
@@ -345,6 +349,8 @@ rb_status rb_model_create(rb_context *ctx, const rb_model_desc *desc, rb_model *
     if (st == RB_OK && o.n * o.c * o.d * o.h * o.w != desc->outputs)
         st = rb_fail(ctx, RB_ESHAPE, "rb_model_create: the network ends with %zu values per sample, not %zu", rb_shape_count(o), desc->outputs);
     rb_op_visit(m->net, collect_bn, m);
+    const rb_vnet *cycle = rb_op_mgnet_vnet(m->net); /* MgNet's batch norms live in its cycle */
+    for (size_t i = 0; i < rb_vnet_nbn(cycle); i++) collect_bn(rb_vnet_bn(cycle, i), m);
     if (st == RB_OK && m->nbn > RB_MODEL_MAX_BN)
         st = rb_fail(ctx, RB_EINVAL, "rb_model_create: more than %d batch-norm layers", RB_MODEL_MAX_BN);
     if (st != RB_OK) {

@@ -164,7 +164,7 @@ static rb_status build(rb_context *ctx, rb_unet *net, gsl_rng *rng)
     const rb_unet_config *c = &net->cfg;
     rb_vnet_config vc = {.dim = c->dim, .n = c->n, .levels = c->levels, .channels = c->channels, .batch = c->batch,
                          .pre = c->pre, .post = c->post, .act = c->act, .cycle = c->cycle, .coarse_solve = false,
-                         .seed = c->seed};
+                         .seed = c->seed, .norm = c->norm};
     rb_status st = rb_vnet_create(ctx, &vc, &net->vnet);
     if (st == RB_OK) st = end_conv(ctx, c->dim, c->in_channels, c->channels, rng, &net->lift);
     if (st == RB_OK) st = end_conv(ctx, c->dim, c->channels, c->out_channels, rng, &net->proj);
@@ -473,6 +473,9 @@ rb_status rb_op_unet_create(rb_context *ctx, const rb_unet_config *cfg, rb_op **
     if (ctx == NULL) return RB_ENULL;
     if (cfg == NULL || out == NULL) return rb_fail(ctx, RB_ENULL, "rb_op_unet_create: cfg or out is NULL");
     if (cfg->batch < 1) return rb_fail(ctx, RB_EINVAL, "rb_op_unet_create: batch (the chunk) = 0, must be >= 1");
+    if (cfg->norm != RB_NORM_NONE) /* each chunk's net would keep running statistics of its own */
+        return rb_fail(ctx, RB_EUNSUPPORTED, "rb_op_unet_create: norm = %s: the chunked op does not share batch-norm statistics "
+                       "between its chunks; use rb_unet_create", rb_norm_kind_name(cfg->norm));
     unet_owner *o = rb_calloc(ctx, 1, sizeof *o);
     if (o == NULL) return RB_ENOMEM;
     o->cfg = *cfg;

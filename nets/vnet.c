@@ -22,6 +22,7 @@
 
 typedef struct vnet_level {
     rb_op *A, *B, *S, *F, *R, *P, *Pi; /* S = sigma o B o sigma (a chain owning B) or B itself */
+    rb_op *bn_r, *bn_b;                /* normalised: S's batch norms (owned by S) */
     rb_vstep pre[VNET_MAX_STEPS], post[VNET_MAX_STEPS];
 } vnet_level;
 
@@ -44,6 +45,9 @@ struct rb_vnet {
     rb_tensor du, df; /* the backward's seed and right-hand-side adjoint on level 0 */
     rb_tensor cg[5];  /* CG's vectors, with the first rb_vnet_pcg */
     bool mg_ops;      /* the level operators are a solver's (rb_vnet_use_mg_operators) */
+    rb_op *bn[2 * VNET_MAX_LEVELS]; /* the batch norms, level by level (BN_r, BN_B) */
+    bool held[2 * VNET_MAX_LEVELS]; /* switched from tracking to RB_BN_TRAIN by rb_vnet_hold_tracking */
+    size_t nbn;
 };
 
 rb_vnet_config rb_vnet_config_default(void)
@@ -67,6 +71,7 @@ static rb_status check_config(rb_context *ctx, const rb_vnet_config *c)
         return rb_fail(ctx, RB_EINVAL, "rb_vnet_create: pre = %d, post = %d, each must be 0..%d", c->pre, c->post, VNET_MAX_STEPS);
     if ((unsigned)c->act >= RB_ACT_COUNT) return rb_fail(ctx, RB_EINVAL, "rb_vnet_create: unknown activation %d", (int)c->act);
     if ((unsigned)c->cycle >= RB_CYCLE_COUNT) return rb_fail(ctx, RB_EINVAL, "rb_vnet_create: unknown cycle %d", (int)c->cycle);
+    if ((unsigned)c->norm >= RB_NORM_KIND_COUNT) return rb_fail(ctx, RB_EINVAL, "rb_vnet_create: unknown normalisation %d", (int)c->norm);
     size_t n = c->n;
     for (size_t l = 1; l < c->levels; l++) {
         if (n < 3 || n % 2 == 0)
@@ -96,15 +101,30 @@ static rb_status conv(rb_context *ctx, const rb_vnet_config *c, int stride, bool
     return RB_OK;
 }
 
-/* S = sigma o B o sigma (a chain taking B), or B. */
-static rb_status smoother_branch(rb_context *ctx, const rb_vnet_config *c, rb_op *B, rb_op **S)
+/* S = sigma o B o sigma (a chain taking B), or B; normalised, sigma o BN_B o B o sigma o BN_r
+ * (v->bn_r, v->bn_b; batch norm and ReLU fused where sigma is the ReLU, no sigma for identity). */
+static rb_status smoother_branch(rb_context *ctx, const rb_vnet_config *c, rb_op *B, vnet_level *v)
 {
-    if (c->act == RB_ACT_IDENTITY) return *S = B, RB_OK;
-    rb_op *parts[3] = {NULL, B, NULL};
-    rb_status st = rb_op_activation_create(ctx, c->act, &parts[0]);
-    if (st == RB_OK) st = rb_op_activation_create(ctx, c->act, &parts[2]);
-    if (st == RB_OK) st = rb_op_chain_create(ctx, parts, 3, S);
-    if (st != RB_OK) rb_op_free(ctx, parts[0]), rb_op_free(ctx, parts[2]);
+    if (c->norm == RB_NORM_NONE && c->act == RB_ACT_IDENTITY) return v->S = B, RB_OK;
+    const bool norm = c->norm == RB_NORM_BATCH, fused = norm && c->act == RB_ACT_RELU;
+    rb_op *parts[5] = {NULL}, **bn[2] = {&v->bn_r, &v->bn_b};
+    size_t n = 0;
+    rb_status st = RB_OK;
+    for (int k = 0; k < 2 && st == RB_OK; k++) { /* sigma(BN(.)) before B, then after it */
+        if (k == 1) parts[n++] = B;
+        if (norm) {
+            st = fused ? rb_op_batchnorm_relu_create(ctx, c->channels, 1e-5, 0.1, &parts[n])
+                       : rb_op_batchnorm_create(ctx, c->channels, 1e-5, 0.1, &parts[n]);
+            *bn[k] = parts[n++];
+        }
+        if (st == RB_OK && !fused && c->act != RB_ACT_IDENTITY) st = rb_op_activation_create(ctx, c->act, &parts[n++]);
+    }
+    if (st == RB_OK) st = rb_op_chain_create(ctx, parts, n, &v->S);
+    if (st != RB_OK) {
+        for (size_t i = 0; i < n; i++)
+            if (parts[i] != B) rb_op_free(ctx, parts[i]);
+        v->bn_r = v->bn_b = NULL;
+    }
     return st;
 }
 
@@ -160,13 +180,14 @@ static rb_status build(rb_context *ctx, rb_vnet *net, gsl_rng *rng)
         }
         rb_op *B = NULL;
         st = conv(ctx, c, 1, false, rng, &B);
-        if (st == RB_OK) st = smoother_branch(ctx, c, B, &v->S);
+        if (st == RB_OK) st = smoother_branch(ctx, c, B, v);
         if (st != RB_OK) {
             rb_op_free(ctx, B);
             break;
         }
         v->B = B;
         net->learned[net->nlearned++] = v->S;
+        if (v->bn_r != NULL) net->bn[net->nbn++] = v->bn_r, net->bn[net->nbn++] = v->bn_b;
         st = rb_op_smoother_create(ctx, v->A, v->S, &lv->f, &v->F);
         if (st == RB_OK && !coarsest) st = conv(ctx, c, 2, false, rng, &v->R);
         if (st == RB_OK && !coarsest) net->learned[net->nlearned++] = v->R;
@@ -261,6 +282,8 @@ rb_op *rb_vnet_op(const rb_vnet *net, size_t level, rb_vnet_part part)
     case RB_VNET_R: return v->R;
     case RB_VNET_P: return v->P;
     case RB_VNET_PI: return v->Pi;
+    case RB_VNET_BN_R: return v->bn_r;
+    case RB_VNET_BN_B: return v->bn_b;
     default: return NULL;
     }
 }
@@ -391,9 +414,12 @@ rb_status rb_vnet_backward_levels(rb_context *ctx, rb_vnet *net, const rb_tensor
     if (seeds[0] != NULL) memcpy(net->du.data, seeds[0]->data, n * sizeof(double));
     else memset(net->du.data, 0, n * sizeof(double));
     memset(net->df.data, 0, n * sizeof(double));
-    /* the seeds of the other levels apply to the last cycle's outputs only */
+    /* the seeds of the other levels apply to the last cycle's outputs only; the smoothers'
+     * recomputation uses the batch statistics again, and moves no running statistics */
+    rb_vnet_hold_tracking(ctx, net, true);
     for (bool last = true; net->taped_cycles > 0 && st == RB_OK; net->taped_cycles--, last = false)
         st = rb_vcycle_backward(ctx, &net->vc, 0, &net->tape, &net->du, &net->df, last ? seeds : NULL, grad_of, net, &net->work);
+    rb_vnet_hold_tracking(ctx, net, false);
     net->taped_cycles = 0;
     if (st != RB_OK) return st;
     if (du0 != NULL) memcpy(du0->data, net->du.data, n * sizeof(double));
@@ -409,6 +435,76 @@ rb_status rb_vnet_backward(rb_context *ctx, rb_vnet *net, const rb_tensor *du, r
     if (st != RB_OK) return st;
     const rb_tensor *seeds[VNET_MAX_LEVELS] = {du};
     return rb_vnet_backward_levels(ctx, net, seeds, du0, df);
+}
+
+size_t rb_vnet_nbn(const rb_vnet *net) { return net ? net->nbn : 0; }
+
+rb_op *rb_vnet_bn(const rb_vnet *net, size_t i) { return net && i < net->nbn ? net->bn[i] : NULL; }
+
+rb_status rb_vnet_set_mode(rb_context *ctx, rb_vnet *net, rb_bn_mode mode)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (net == NULL) return rb_fail(ctx, RB_ENULL, "rb_vnet_set_mode: net is NULL");
+    if ((unsigned)mode >= RB_BN_MODE_COUNT) return rb_fail(ctx, RB_EINVAL, "rb_vnet_set_mode: mode = %d", (int)mode);
+    for (size_t i = 0; i < net->nbn; i++) {
+        rb_op_batchnorm_set_mode(ctx, net->bn[i], mode);
+        net->held[i] = false;
+    }
+    return RB_OK;
+}
+
+rb_status rb_vnet_hold_tracking(rb_context *ctx, rb_vnet *net, bool hold)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (net == NULL) return rb_fail(ctx, RB_ENULL, "rb_vnet_hold_tracking: net is NULL");
+    for (size_t i = 0; i < net->nbn; i++) {
+        if (hold && rb_op_batchnorm_mode(net->bn[i]) == RB_BN_TRAIN_TRACK) {
+            net->held[i] = true;
+            rb_op_batchnorm_set_mode(ctx, net->bn[i], RB_BN_TRAIN);
+        } else if (!hold && net->held[i]) {
+            net->held[i] = false;
+            rb_op_batchnorm_set_mode(ctx, net->bn[i], RB_BN_TRAIN_TRACK);
+        }
+    }
+    return RB_OK;
+}
+
+rb_status rb_vnet_set_rows(rb_context *ctx, rb_vnet *net, size_t rows)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (net == NULL) return rb_fail(ctx, RB_ENULL, "rb_vnet_set_rows: net is NULL");
+    if (rows < 1 || rows > net->cfg.batch)
+        return rb_fail(ctx, RB_EINVAL, "rb_vnet_set_rows: rows = %zu, the net holds 1..%zu samples", rows, net->cfg.batch);
+    net->taped_cycles = 0;
+    const size_t was = net->level[0].u.shape.n;
+    if (was == rows) return RB_OK;
+    for (int pass = 0; pass < 2; pass++) { /* pass 1: back to `was` after a failure */
+        const size_t n = pass == 0 ? rows : was;
+        for (size_t l = 0; l < net->cfg.levels; l++) {
+            rb_vlevel *lv = &net->level[l];
+            lv->u.shape.n = lv->f.shape.n = lv->r.shape.n = n;
+        }
+        net->du.shape.n = net->df.shape.n = n;
+        if (pass == 1) return rb_context_last_status(ctx);
+        /* the smoothing operators hold f's shape: new ones, all made before any is replaced */
+        rb_op *F[VNET_MAX_LEVELS] = {NULL};
+        rb_status st = RB_OK;
+        for (size_t l = 0; l < net->cfg.levels && st == RB_OK; l++)
+            if (net->lv[l].F != NULL) st = rb_op_smoother_create(ctx, net->level[l].A, net->lv[l].S, &net->level[l].f, &F[l]);
+        if (st != RB_OK) {
+            for (size_t l = 0; l < net->cfg.levels; l++) rb_op_free(ctx, F[l]);
+            continue;
+        }
+        for (size_t l = 0; l < net->cfg.levels; l++) {
+            vnet_level *v = &net->lv[l];
+            if (F[l] == NULL) continue;
+            rb_op_free(ctx, v->F);
+            v->F = F[l];
+            for (int k = 0; k < VNET_MAX_STEPS; k++) v->pre[k].F = v->post[k].F = F[l];
+        }
+        break;
+    }
+    return RB_OK;
 }
 
 const rb_tensor *rb_vnet_level_u(const rb_vnet *net, size_t level)
@@ -521,8 +617,8 @@ rb_status rb_vnet_use_mg_operators(rb_context *ctx, rb_vnet *net, const rb_mg *m
     if (ctx == NULL) return RB_ENULL;
     if (net == NULL || mg == NULL) return rb_fail(ctx, RB_ENULL, "rb_vnet_use_mg_operators: net or mg is NULL");
     const rb_vnet_config *c = &net->cfg;
-    if (c->channels != 1 || c->act != RB_ACT_IDENTITY || !c->coarse_solve)
-        return rb_fail(ctx, RB_EINVAL, "rb_vnet_use_mg_operators: needs C = 1, sigma = identity and a coarse solve");
+    if (c->channels != 1 || c->act != RB_ACT_IDENTITY || !c->coarse_solve || c->norm != RB_NORM_NONE)
+        return rb_fail(ctx, RB_EINVAL, "rb_vnet_use_mg_operators: needs C = 1, sigma = identity, no normalisation and a coarse solve");
     if (rb_mg_levels(mg) != c->levels || rb_mg_level_n(mg, 0) != c->n || rb_mg_shape(mg).h != rb_vnet_shape(net, 0).h)
         return rb_fail(ctx, RB_ESHAPE, "rb_vnet_use_mg_operators: the solver has n = %zu with %zu levels, the net n = %zu with %zu",
                        rb_mg_level_n(mg, 0), rb_mg_levels(mg), c->n, c->levels);
@@ -649,6 +745,9 @@ static rb_status check_storable(rb_context *ctx, const rb_vnet *net, const char 
 {
     if (net->cfg.projection)
         return rb_fail(ctx, RB_EUNSUPPORTED, "%s: weights files (version %u) do not hold feature projections (MgNet)", fn, VNET_VERSION);
+    if (net->cfg.norm != RB_NORM_NONE)
+        return rb_fail(ctx, RB_EUNSUPPORTED, "%s: weights files (version %u) do not hold batch norms (the net has norm = %s): "
+                       "save it through a model checkpoint", fn, VNET_VERSION, rb_norm_kind_name(net->cfg.norm));
     if (net->mg_ops)
         return rb_fail(ctx, RB_EUNSUPPORTED, "%s: the net runs on a solver's operators (point-dependent smoothers): "
                        "weights files (version %u) hold nets on their own stencils", fn, VNET_VERSION);

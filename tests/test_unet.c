@@ -9,6 +9,8 @@
  *     whole batch (the PyTorch-checked path): outputs and gradients to 1e-14 / 1e-13;
  *     central differences, shapes refused, the taped path);
  *   the flat vector is the network: rb_optimizer steps it and the loss falls;
+ *   batch-normalised smoothers: every parameter, gamma and beta included, against central
+ *     differences (training mode, batch statistics, each batch norm applied several times);
  *   bad input.
  * PyTorch float64 checks outputs and gradients too (tests/peer_torch_unet.py). */
 #include "testkit.h"
@@ -102,6 +104,25 @@ static void test_gradients_fd(void **state)
     c = small();
     c.dim = 3, c.batch = 1, c.in_channels = 1, c.out_channels = 1, c.seed = 7;
     fd_case(ctx, c, "3D tanh");
+}
+
+/* Normalised smoothers (vnet.h): gamma and beta of two batch norms per level join the flat
+ * vector, and every parameter's gradient matches central differences. The chunked operator
+ * refuses them (its chunks would keep statistics of their own). */
+static void test_normalised_fd(void **state)
+{
+    rb_context *ctx = *state;
+    rb_unet_config c = small();
+    rb_unet *plain = NULL, *net = NULL;
+    RB_CHECK(ctx, rb_unet_create(ctx, &c, &plain));
+    c.norm = RB_NORM_BATCH;
+    RB_CHECK(ctx, rb_unet_create(ctx, &c, &net));
+    assert_int_equal(rb_unet_nparams(net), rb_unet_nparams(plain) + c.levels * 2 * 2 * c.channels);
+    assert_int_equal(rb_vnet_nbn(rb_unet_vnet(net)), 2 * c.levels);
+    rb_unet_free(ctx, plain), rb_unet_free(ctx, net);
+    fd_case(ctx, c, "normalised 2D 2->2->2 tanh V(1,1), 2 cycles");
+    rb_op *op = NULL;
+    RB_EXPECT(ctx, RB_EUNSUPPORTED, "does not share batch-norm statistics", rb_op_unet_create(ctx, &c, &op));
 }
 
 /* The network as an rb_op passes the operator conformance suite. */
@@ -300,6 +321,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_gradients_fd, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_normalised_fd, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_conformance, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_owning_conformance, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_owning_equals_forward, rb_test_setup, rb_test_teardown),

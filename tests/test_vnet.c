@@ -6,7 +6,11 @@
  *     M^T s; M is assembled column by column and the symmetric cycle gives M^T s = M s;
  *     LAPACK (dgeev) on I - M A gives the spectral radius the measured factor approaches;
  *   central finite differences: every gradient (f, u0, each operator's parameters) of a
- *     nonlinear multi-channel network through several V- and W-cycles;
+ *     nonlinear multi-channel network through several V- and W-cycles, and of normalised ones
+ *     (batch norms' gamma and beta included);
+ *   batch normalisation: the running statistics against the batch's own mean and variance
+ *     computed here (moved once per forward, never by the backward, whose gradients equal
+ *     those of a non-tracking run bit for bit); inference mode against its closed form;
  *   bad input. */
 #include "testkit.h"
 #include "conformance.h"
@@ -14,6 +18,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 static double rel_diff(const double *a, const double *b, size_t n)
 {
@@ -153,6 +158,7 @@ static void test_gradient_is_cycle_operator(void **state)
 
 /* L = <w, u> + <wc, u_coarsest> after `cycles` cycles from u0 for f (wc may be NULL). */
 static const rb_tensor *coarse_weight; /* wc of the running case */
+static size_t bn_params_checked;       /* batch-norm parameters fd_case compared */
 
 static double loss(rb_context *ctx, rb_vnet *net, const rb_tensor *f, const rb_tensor *u0, const rb_tensor *w, int cycles,
                    rb_tensor *u)
@@ -228,6 +234,7 @@ static void fd_case(rb_context *ctx, rb_vnet_config c, int cycles, const char *l
                 double err = fabs(fd - g[i]) / fmax(fabs(fd), 1e-3);
                 worst = fmax(worst, err);
                 if (err >= 1e-5) fail_msg("%s: level %zu part %d param %zu: backprop %.10e, FD %.10e", label, l, p, i, g[i], fd);
+                if (p == RB_VNET_BN_R || p == RB_VNET_BN_B) bn_params_checked++;
             }
         }
     print_message("%s: gradients vs central FD, worst rel err %.2e\n", label, worst);
@@ -257,6 +264,195 @@ static void test_gradients_fd(void **state)
     fd_case(ctx, c, 1, "MgNet down-leg C=2 relu, projections");
     c.cycle = RB_CYCLE_V, c.act = RB_ACT_TANH, c.pre = 1, c.seed = 8;
     fd_case(ctx, c, 2, "V-cycle with projections C=2 tanh, 2 cycles");
+}
+
+/* Normalised smoothers u <- u + h sigma(BN(B * sigma(BN(f - A u)))) in training mode (batch
+ * statistics, no tracking): every gradient, gamma and beta of each batch norm included. */
+static void test_normalised_gradients_fd(void **state)
+{
+    rb_context *ctx = *state;
+    rb_vnet_config c = rb_vnet_config_default();
+    c.n = 15, c.levels = 3, c.channels = 2, c.batch = 2, c.act = RB_ACT_TANH, c.coarse_solve = false, c.seed = 13;
+    c.norm = RB_NORM_BATCH;
+    bn_params_checked = 0;
+    fd_case(ctx, c, 2, "normalised C=2 tanh V(1,1), 2 cycles");
+    assert_int_equal(bn_params_checked, 3 * 2 * 3); /* 3 levels, 2 batch norms, 3 samples each */
+    c.n = 31, c.levels = 4, c.act = RB_ACT_RELU, c.projection = true, c.cycle = RB_CYCLE_DOWN, c.pre = 2, c.seed = 14;
+    fd_case(ctx, c, 1, "normalised MgNet down-leg C=2, BN + ReLU fused, projections");
+    c.act = RB_ACT_IDENTITY, c.cycle = RB_CYCLE_W, c.projection = false, c.pre = 1, c.post = 1, c.levels = 3, c.n = 15, c.seed = 15;
+    fd_case(ctx, c, 2, "normalised C=2 identity W(1,1), 2 cycles");
+}
+
+/* Every batch norm's running statistics (mean then variance per channel), in net order. */
+static size_t stats_of(const rb_vnet *net, double *out)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < rb_vnet_nbn(net); i++) {
+        rb_op *bn = rb_vnet_bn(net, i);
+        const size_t C = bn->nparams / 2;
+        memcpy(out + k, rb_op_batchnorm_running_mean(bn), C * sizeof(double)), k += C;
+        memcpy(out + k, rb_op_batchnorm_running_var(bn), C * sizeof(double)), k += C;
+    }
+    return k;
+}
+
+/* Each gradient accumulator of the net, concatenated. */
+static size_t grads_of(const rb_vnet *net, double *out)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < rb_vnet_nlearned(net); i++) {
+        const rb_op *op = rb_vnet_learned(net, i);
+        memcpy(out + k, rb_vnet_grad(net, op), op->nparams * sizeof(double)), k += op->nparams;
+    }
+    return k;
+}
+
+/* Tracking mode: a forward moves each running statistic once, with PyTorch's rule
+ *   running = 0.9 running + 0.1 batch  (unbiased variance),
+ * checked for level 0's first batch norm against the mean and variance of f - A u0 computed
+ * here; the backward (which recomputes the smoothers) moves nothing, and its gradients equal
+ * those of the same pass in non-tracking mode bit for bit (the same batch statistics); a
+ * second forward on the same data gives 1.9 m and 1.9 v - 0.9 for every layer. V(1,0) on two
+ * levels: every batch norm is applied once per cycle. */
+static void test_normalised_running_stats(void **state)
+{
+    rb_context *ctx = *state;
+    rb_vnet_config c = rb_vnet_config_default();
+    c.n = 15, c.levels = 2, c.channels = 2, c.batch = 3, c.act = RB_ACT_TANH, c.coarse_solve = false, c.post = 0, c.seed = 21;
+    c.norm = RB_NORM_BATCH;
+    rb_vnet *net = NULL;
+    RB_CHECK(ctx, rb_vnet_create(ctx, &c, &net));
+    assert_int_equal(rb_vnet_nbn(net), 4);
+    const rb_shape s = rb_vnet_shape(net, 0);
+    rb_tensor f, u0, u, du, r;
+    rb_tensor *all[] = {&f, &u0, &u, &du, &r};
+    for (int i = 0; i < 5; i++) RB_CHECK(ctx, rb_tensor_alloc(ctx, all[i], s));
+    rb_test_rng g = {77};
+    rb_test_fill(&g, &f, -1, 1), rb_test_fill(&g, &u0, -1, 1), rb_test_fill(&g, &du, -1, 1);
+    double s0[8 * 4], s1[8 * 4], s1b[8 * 4], s2[8 * 4], s3[8 * 4];
+    const size_t ns = stats_of(net, s0);
+    size_t np = 0;
+    for (size_t i = 0; i < rb_vnet_nlearned(net); i++) np += rb_vnet_learned(net, i)->nparams;
+    double *gt = calloc(np, sizeof(double)), *gn = calloc(np, sizeof(double));
+    /* the oracle: level 0's BN_r sees r = f - A u0 */
+    rb_arena work = {0};
+    const rb_op *A = rb_vnet_op(net, 0, RB_VNET_A);
+    RB_CHECK(ctx, rb_arena_reserve(ctx, &work, rb_op_workspace(A, s) + 4096));
+    RB_CHECK(ctx, rb_op_apply(ctx, A, &u0, &r, &work));
+    const size_t C = 2, P = s.h * s.w, M = s.n * P;
+    double mean[2] = {0, 0}, var[2] = {0, 0};
+    for (size_t ch = 0; ch < C; ch++) {
+        for (size_t b = 0; b < s.n; b++)
+            for (size_t p = 0; p < P; p++) mean[ch] += f.data[(b * C + ch) * P + p] - r.data[(b * C + ch) * P + p];
+        mean[ch] /= (double)M;
+        for (size_t b = 0; b < s.n; b++)
+            for (size_t p = 0; p < P; p++) {
+                const double d = f.data[(b * C + ch) * P + p] - r.data[(b * C + ch) * P + p] - mean[ch];
+                var[ch] += d * d;
+            }
+        var[ch] /= (double)M;
+    }
+    RB_CHECK(ctx, rb_vnet_set_mode(ctx, net, RB_BN_TRAIN_TRACK));
+    rb_vnet_zero_grad(net);
+    RB_CHECK(ctx, rb_vnet_forward(ctx, net, &f, &u0, &u, 1, true));
+    stats_of(net, s1);
+    for (size_t ch = 0; ch < C; ch++) {
+        assert_true(fabs(s1[ch] - 0.1 * mean[ch]) <= 1e-14 * (1 + fabs(mean[ch])));
+        assert_true(fabs(s1[C + ch] - (0.9 + 0.1 * var[ch] * (double)M / (double)(M - 1))) <= 1e-14 * (1 + var[ch]));
+    }
+    for (size_t i = 0; i < ns; i++) assert_true(s1[i] != s0[i]); /* every statistic moved */
+    RB_CHECK(ctx, rb_vnet_backward(ctx, net, &du, NULL, NULL));
+    stats_of(net, s1b);
+    assert_memory_equal(s1, s1b, ns * sizeof(double)); /* the backward moved nothing */
+    grads_of(net, gt);
+    RB_CHECK(ctx, rb_vnet_forward(ctx, net, &f, &u0, &u, 1, false)); /* the same batch once more */
+    stats_of(net, s2);
+    for (size_t i = 0; i < ns; i += 2 * C)
+        for (size_t ch = 0; ch < C; ch++) {
+            assert_true(fabs(s2[i + ch] - 1.9 * s1[i + ch]) <= 1e-14 * (1 + fabs(s1[i + ch])));
+            assert_true(fabs(s2[i + C + ch] - (1.9 * s1[i + C + ch] - 0.9)) <= 1e-14 * (1 + s1[i + C + ch]));
+        }
+    /* the same pass without tracking: the same gradients, bit for bit, and no statistic moves */
+    RB_CHECK(ctx, rb_vnet_set_mode(ctx, net, RB_BN_TRAIN));
+    rb_vnet_zero_grad(net);
+    RB_CHECK(ctx, rb_vnet_forward(ctx, net, &f, &u0, &u, 1, true));
+    RB_CHECK(ctx, rb_vnet_backward(ctx, net, &du, NULL, NULL));
+    grads_of(net, gn);
+    assert_memory_equal(gt, gn, np * sizeof(double));
+    stats_of(net, s3);
+    assert_memory_equal(s2, s3, ns * sizeof(double));
+    /* a held layer is released to tracking, a layer set otherwise meanwhile is left alone */
+    RB_CHECK(ctx, rb_vnet_set_mode(ctx, net, RB_BN_TRAIN_TRACK));
+    RB_CHECK(ctx, rb_vnet_hold_tracking(ctx, net, true));
+    assert_int_equal(rb_op_batchnorm_mode(rb_vnet_bn(net, 0)), RB_BN_TRAIN);
+    RB_CHECK(ctx, rb_vnet_hold_tracking(ctx, net, false));
+    for (size_t i = 0; i < 4; i++) assert_int_equal(rb_op_batchnorm_mode(rb_vnet_bn(net, i)), RB_BN_TRAIN_TRACK);
+    free(gt), free(gn);
+    rb_arena_release(ctx, &work);
+    for (int i = 0; i < 5; i++) rb_tensor_release(ctx, all[i]);
+    rb_vnet_free(ctx, net);
+}
+
+/* Inference mode: each batch norm is the affine map of its running statistics. One level,
+ * one step from u0: u = u0 + h relu(BN_B(B * relu(BN_r(f - A u0)))), computed here with the
+ * closed form gamma (x - m) / sqrt(v + eps) + beta of chosen statistics. */
+static void test_normalised_eval(void **state)
+{
+    rb_context *ctx = *state;
+    rb_vnet_config c = rb_vnet_config_default();
+    c.n = 7, c.levels = 1, c.channels = 2, c.batch = 2, c.act = RB_ACT_RELU, c.coarse_solve = false, c.post = 0, c.seed = 31;
+    c.norm = RB_NORM_BATCH;
+    rb_vnet *net = NULL;
+    RB_CHECK(ctx, rb_vnet_create(ctx, &c, &net));
+    RB_CHECK(ctx, rb_vnet_set_step(ctx, net, 0.7));
+    rb_test_rng g = {5};
+    for (size_t i = 0; i < rb_vnet_nbn(net); i++) {
+        rb_op *bn = rb_vnet_bn(net, i);
+        for (size_t ch = 0; ch < 2; ch++) {
+            rb_op_batchnorm_running_mean(bn)[ch] = rb_test_uniform(&g, -0.5, 0.5);
+            rb_op_batchnorm_running_var(bn)[ch] = rb_test_uniform(&g, 0.5, 2.0);
+            bn->params[ch] = rb_test_uniform(&g, 0.5, 1.5);     /* gamma */
+            bn->params[2 + ch] = rb_test_uniform(&g, -0.3, 0.3); /* beta */
+        }
+    }
+    const rb_shape s = rb_vnet_shape(net, 0);
+    rb_tensor f, u0, u, r, z;
+    rb_tensor *all[] = {&f, &u0, &u, &r, &z};
+    for (int i = 0; i < 5; i++) RB_CHECK(ctx, rb_tensor_alloc(ctx, all[i], s));
+    rb_test_fill(&g, &f, -1, 1), rb_test_fill(&g, &u0, -1, 1);
+    double before[16], after[16];
+    const size_t ns = stats_of(net, before);
+    RB_CHECK(ctx, rb_vnet_set_mode(ctx, net, RB_BN_EVAL));
+    RB_CHECK(ctx, rb_vnet_forward(ctx, net, &f, &u0, &u, 1, false));
+    stats_of(net, after);
+    assert_memory_equal(before, after, ns * sizeof(double));
+    /* the closed form */
+    rb_arena work = {0};
+    const rb_op *A = rb_vnet_op(net, 0, RB_VNET_A), *B = rb_vnet_op(net, 0, RB_VNET_B);
+    RB_CHECK(ctx, rb_arena_reserve(ctx, &work, rb_op_workspace(A, s) + rb_op_workspace(B, s) + 4096));
+    RB_CHECK(ctx, rb_op_apply(ctx, A, &u0, &r, &work));
+    const size_t P = s.h * s.w;
+    rb_op *bn[2] = {rb_vnet_op(net, 0, RB_VNET_BN_R), rb_vnet_op(net, 0, RB_VNET_BN_B)};
+    for (int k = 0; k < 2; k++) {
+        const double *m = rb_op_batchnorm_running_mean(bn[k]), *v = rb_op_batchnorm_running_var(bn[k]), *gb = bn[k]->params;
+        for (size_t b = 0; b < s.n; b++)
+            for (size_t ch = 0; ch < 2; ch++)
+                for (size_t p = 0; p < P; p++) {
+                    const size_t i = (b * 2 + ch) * P + p;
+                    const double x = k == 0 ? f.data[i] - r.data[i] : z.data[i];
+                    const double y = fmax(0.0, gb[ch] * (x - m[ch]) / sqrt(v[ch] + 1e-5) + gb[2 + ch]);
+                    if (k == 0) r.data[i] = y;
+                    else z.data[i] = u0.data[i] + 0.7 * y;
+                }
+        if (k == 0) RB_CHECK(ctx, rb_op_apply(ctx, B, &r, &z, &work));
+    }
+    size_t positive = 0;
+    for (size_t i = 0; i < rb_tensor_count(&u); i++) positive += z.data[i] != u0.data[i];
+    assert_true(positive > rb_tensor_count(&u) / 5); /* the ReLUs passed a good part */
+    assert_true(rel_diff(u.data, z.data, rb_tensor_count(&u)) <= 1e-14);
+    rb_arena_release(ctx, &work);
+    for (int i = 0; i < 5; i++) rb_tensor_release(ctx, all[i]);
+    rb_vnet_free(ctx, net);
 }
 
 /* Variable coefficients: the net on the solver's operators with point-dependent Jacobi stencils
@@ -432,6 +628,20 @@ static void test_bad_input(void **state)
     rb_vtape_release(ctx, &tape);
     rb_mg_free(ctx, mg);
     rb_tensor_release(ctx, &f), rb_tensor_release(ctx, &u), rb_tensor_release(ctx, &wrong);
+    /* normalisation */
+    c = rb_vnet_config_default();
+    c.norm = (rb_norm_kind)7;
+    RB_EXPECT(ctx, RB_EINVAL, "unknown normalisation 7", rb_vnet_create(ctx, &c, &net));
+    c.norm = RB_NORM_BATCH;
+    RB_CHECK(ctx, rb_vnet_create(ctx, &c, &net));
+    RB_EXPECT(ctx, RB_EUNSUPPORTED, "do not hold batch norms", rb_vnet_save(ctx, net, "/nonexistent/never-written.rbv"));
+    RB_EXPECT(ctx, RB_EINVAL, "rows = 2", rb_vnet_set_rows(ctx, net, 2));
+    RB_EXPECT(ctx, RB_EINVAL, "rows = 0", rb_vnet_set_rows(ctx, net, 0));
+    RB_EXPECT(ctx, RB_EINVAL, "mode = 9", rb_vnet_set_mode(ctx, net, (rb_bn_mode)9));
+    RB_CHECK(ctx, rb_mg_create(ctx, &pb, &o, &mg));
+    RB_EXPECT(ctx, RB_EINVAL, "no normalisation", rb_vnet_use_mg_operators(ctx, net, mg, 0.8));
+    rb_mg_free(ctx, mg);
+    rb_vnet_free(ctx, net);
 }
 
 int main(void)
@@ -441,6 +651,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_net_solve_history, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_gradient_is_cycle_operator, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_gradients_fd, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_normalised_gradients_fd, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_normalised_running_stats, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_normalised_eval, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_variable_coefficients, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_smoother_conformance, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_fused_step, rb_test_setup, rb_test_teardown),

@@ -52,6 +52,13 @@ double *rb_op_batchnorm_running_mean(rb_op *bn);
 double *rb_op_batchnorm_running_var(rb_op *bn);
 /* 1 if op is a batch-normalisation op (with or without the fused ReLU). */
 int rb_op_is_batchnorm(const rb_op *op);
+/* Its mode (RB_BN_MODE_COUNT if bn is not a batch-norm op). */
+rb_bn_mode rb_op_batchnorm_mode(const rb_op *bn);
+
+/* Normalisation inside the network-mode cycle's smoothers (vnet.h; MgNet, mgnet.h): none, or
+ * batch normalisation before each activation, u <- u + sigma(BN(B * sigma(BN(f - A u)))). */
+typedef enum rb_norm_kind { RB_NORM_NONE, RB_NORM_BATCH, RB_NORM_KIND_COUNT } rb_norm_kind;
+const char *rb_norm_kind_name(rb_norm_kind kind); /* "none", "batch" */
 
 /* Layer normalisation over each sample's `size` values (C*D*H*W), with an
  * elementwise affine map (torch.nn.LayerNorm(normalized_shape = the sample shape)):

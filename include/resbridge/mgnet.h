@@ -8,7 +8,12 @@
  *       u_{l+1} = Pi_l * u,   f_{l+1} = R_l * (f - A_l * u) + A_{l+1} * u_{l+1}
  *   logits = W mean(u_{L-1}) + b          global average pooling, linear head
  *
- * with sigma = ReLU. One flat parameter vector (K, then every level's A, B, R, Pi, then W, b),
+ * with sigma = ReLU. With batch normalisation (rb_op_mgnet_create_norm, norm = RB_NORM_BATCH) the
+ * smoother is that of He & Xu's MgNet code, u <- u + sigma(BN(B_l * sigma(BN(f - A_l * u)))) (vnet.h;
+ * the level's steps share B_l and its two batch norms); the projections and the data-feature
+ * map stay unnormalised, and each batch's statistics are over its own samples (a short last batch
+ * is not padded). One flat parameter vector (K, then every level's A, S, R, Pi, then W, b; S is
+ * B_l, or with batch norms gamma, beta of BN_r, then B_l, then gamma, beta of BN_B),
  * so the trainer, checkpoints and NPY export take it as they take a ResNet
  * (rb_model_desc.kind = RB_MODEL_MGNET). Internally the cycle runs on batches of at most
  * RB_MGNET_BATCH samples; a taped forward takes at most that many. */
@@ -27,6 +32,11 @@ extern "C" {
  * steps per level (1..8), `classes` outputs; weights initialised from `seed`. */
 rb_status rb_op_mgnet_create(rb_context *ctx, size_t in_channels, size_t in_h, size_t in_w, size_t channels, int smoothing,
                              size_t classes, unsigned long seed, rb_op **out);
+/* The same with the smoothers' normalisation (RB_NORM_NONE: rb_op_mgnet_create). */
+rb_status rb_op_mgnet_create_norm(rb_context *ctx, size_t in_channels, size_t in_h, size_t in_w, size_t channels, int smoothing,
+                                  size_t classes, rb_norm_kind norm, unsigned long seed, rb_op **out);
+/* The cycle inside an MgNet op (its batch norms: rb_vnet_bn), NULL if op is not one. */
+rb_vnet *rb_op_mgnet_vnet(const rb_op *op);
 
 #ifdef __cplusplus
 }

@@ -38,6 +38,7 @@ typedef struct rb_model_desc {
     size_t outputs;         /* classes (or regression outputs) */
     double h;               /* residual step of every skip: x + h F(x) (1 by default) */
     unsigned long seed;     /* weight initialisation */
+    rb_norm_kind norm;      /* MGNET: the smoothers' normalisation (mgnet.h); NONE for every other kind */
 } rb_model_desc;
 
 /* The reference network of the nets issue for Fashion-MNIST (RESNET, PLAIN): 3x3
@@ -57,7 +58,7 @@ typedef struct rb_model {
     rb_op *net;             /* the whole network: (N, sample) -> (N,1,1,1,outputs) */
     rb_shape sample;        /* one input, n = 1 */
     size_t nbn;
-    rb_op *bn[RB_MODEL_MAX_BN]; /* its batch-norm layers (owned by net), for mode switches and checkpoints */
+    rb_op *bn[RB_MODEL_MAX_BN]; /* its batch-norm layers (owned by net; MgNet's: its cycle's), for mode switches and checkpoints */
 } rb_model;
 
 /* Build and initialise (He-normal convolutions, fan-out; PyTorch's uniform for

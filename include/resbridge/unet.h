@@ -7,7 +7,8 @@
  * Every smoothing step u <- u + h sigma(B * sigma(f - A u)) is a residual step, restriction a
  * stride-2 conv (the encoder), prolongation a transposed stride-2 conv added to u (the
  * decoder with its long skip connection). The parameters live in one flat vector (order:
- * lift W, lift b; per level l = 0..L-1: A_l, B_l, then R_l, P_l except on the coarsest level;
+ * lift W, lift b; per level l = 0..L-1: A_l, B_l, then R_l, P_l except on the coarsest level (then,
+ * normalised, gamma and beta of BN_r and of BN_B);
  * proj W, proj b; each conv in PyTorch's layout, conv.h) with a gradient vector of the same
  * length, so rb_optimizer (train.h) steps them directly; a forward reads the flat vector.
  *
@@ -44,6 +45,9 @@ typedef struct rb_unet_config {
     rb_activation act;   /* sigma of the smoother */
     rb_cycle cycle;
     unsigned long seed;  /* initialisation (uniform +-1/sqrt(fan-in), biases too, as PyTorch) */
+    rb_norm_kind norm;   /* the smoothers' normalisation (vnet.h): BN_r, BN_B's gamma and beta follow B_l in
+                          * the flat vector; modes and running statistics through rb_unet_vnet (rb_vnet_bn).
+                          * rb_op_unet_create takes NONE only */
 } rb_unet_config;
 
 /* The most levels n allows with every grid of >= 3 points: 31 -> 4 (31, 15, 7, 3). */

@@ -10,6 +10,14 @@
  * steps. Each smoothing step is rb_residual_step of rb_op_smoother_create(A, S, f), with
  * S = sigma o B o sigma (S = B for sigma = identity).
  *
+ * With norm = RB_NORM_BATCH the smoother is MgNet's normalised one (the placement of He & Xu's
+ * MgNet code, BN before each activation):
+ *     u <- u + h sigma(BN_B(B * sigma(BN_r(f - A u))))
+ * S = sigma o BN_B o B o sigma o BN_r, one chain per level owning B and both batch norms (the
+ * level's smoothing steps share them, as they share B; each application in a tracking mode
+ * moves the running statistics once, the backward's recomputation never). gamma and beta are
+ * learned with the other parameters (parts RB_VNET_BN_R, RB_VNET_BN_B).
+ *
  * With C = 1, sigma = identity and rb_vnet_set_poisson (A = -Laplacian, B = D^{-1},
  * h = omega, R = full weighting, P = bilinear) the network is the damped-Jacobi
  * multigrid solver of multigrid.h, iterate for iterate (tests/test_vnet.c).
@@ -24,6 +32,7 @@
 
 #include <stdbool.h>
 #include "resbridge/activation.h"
+#include "resbridge/layers.h"
 #include "resbridge/multigrid.h"
 
 #ifdef __cplusplus
@@ -43,12 +52,16 @@ typedef struct rb_vnet_config {
     bool projection;     /* MgNet's feature projection Pi_l (stride-2 conv C -> C): the coarse iterate
                           * starts at Pi u and f_{l+1} = R (f - A u) + A_{l+1} Pi u (a network, not a solver) */
     unsigned long seed;  /* weight initialisation (uniform, +-1/sqrt(fan-in)) */
+    rb_norm_kind norm;   /* NONE, or BATCH: the smoothers normalised (eps 1e-5, momentum 0.1, gamma 1, beta 0) */
 } rb_vnet_config;
 
-/* 2D, n = 31, 3 levels, C = 1, N = 1, V(1,1), identity, coarse solve, seed 1. */
+/* 2D, n = 31, 3 levels, C = 1, N = 1, V(1,1), identity, coarse solve, seed 1, no normalisation. */
 rb_vnet_config rb_vnet_config_default(void);
 
-typedef enum rb_vnet_part { RB_VNET_A, RB_VNET_B, RB_VNET_R, RB_VNET_P, RB_VNET_PI, RB_VNET_PART_COUNT } rb_vnet_part;
+/* BN_R, BN_B: the smoother's batch norms (of f - A u, of B's output); NULL without normalisation. */
+typedef enum rb_vnet_part {
+    RB_VNET_A, RB_VNET_B, RB_VNET_R, RB_VNET_P, RB_VNET_PI, RB_VNET_BN_R, RB_VNET_BN_B, RB_VNET_PART_COUNT
+} rb_vnet_part;
 
 typedef struct rb_vnet rb_vnet;
 
@@ -89,6 +102,23 @@ void rb_vnet_zero_grad(rb_vnet *net);
  * i < rb_vnet_nlearned(net); NULL past the end. */
 size_t rb_vnet_nlearned(const rb_vnet *net);
 rb_op *rb_vnet_learned(const rb_vnet *net, size_t i);
+
+/* ---- normalisation ----------------------------------------------------------------------------
+ * The net's batch-norm layers (level by level: BN_R, BN_B), for mode switches, checkpoints and
+ * export; i < rb_vnet_nbn(net), NULL past the end. */
+size_t rb_vnet_nbn(const rb_vnet *net);
+rb_op *rb_vnet_bn(const rb_vnet *net, size_t i);
+/* Every batch-norm layer to `mode` (RB_BN_TRAIN_TRACK: the next forwards move the running
+ * statistics; RB_BN_EVAL: they normalise with them). Nothing to do without normalisation. */
+rb_status rb_vnet_set_mode(rb_context *ctx, rb_vnet *net, rb_bn_mode mode);
+/* Forwards that recompute (a backward's) must not move the running statistics: hold = true
+ * switches the layers in RB_BN_TRAIN_TRACK mode to RB_BN_TRAIN, hold = false switches those
+ * back. rb_vnet_backward holds them itself while it recomputes the smoothers. */
+rb_status rb_vnet_hold_tracking(rb_context *ctx, rb_vnet *net, bool hold);
+/* Run on the first `rows` samples of the batch only (1 .. cfg.batch; the grids of
+ * rb_vnet_shape, and so the arguments of rb_vnet_forward/backward, then have N = rows): batch
+ * statistics over the samples there are, not over padding. Drops a taped forward. */
+rb_status rb_vnet_set_rows(rb_context *ctx, rb_vnet *net, size_t rows);
 
 /* Cycles (N = 1) from u until |f - A_0 u| <= tol |f| or max_cycles; the report as
  * rb_mg_solve's (RB_EMAXITER, RB_EDIVERGED with the history). */
@@ -135,6 +165,7 @@ rb_status rb_vnet_diagonal(rb_context *ctx, const rb_vnet *net, size_t level, do
  *     With the Poisson stencils, D_l = 2 dim (n_l + 1)^2, so a file of the damped-Jacobi
  *     weights (B = D^{-1}) loads as the damped-Jacobi weights of any n. Needs L_file >= 2 when
  *     the net has more than one level, and D_file[s], D_l finite and non-zero. */
+/* Normalised nets (norm != NONE) are refused: version 1 holds no batch norms. */
 rb_status rb_vnet_save(rb_context *ctx, const rb_vnet *net, const char *path);
 rb_status rb_vnet_load(rb_context *ctx, rb_vnet *net, const char *path, bool any_size);
 /* The configuration a weights file was written by (batch = 1, seed = 0), after the same checks
