@@ -23,6 +23,8 @@
 typedef struct vnet_level {
     rb_op *A, *B, *S, *F, *R, *P, *Pi; /* S = sigma o B o sigma (a chain owning B) or B itself */
     rb_op *bn_r, *bn_b;                /* normalised: S's batch norms (owned by S) */
+    rb_op *Rn, *Pin;                   /* normalised with projections: sigma o BN o R, sigma o BN o Pi (chains owning R, Pi) */
+    rb_op *bn_rt, *bn_pi;              /* their batch norms */
     rb_vstep pre[VNET_MAX_STEPS], post[VNET_MAX_STEPS];
 } vnet_level;
 
@@ -45,8 +47,8 @@ struct rb_vnet {
     rb_tensor du, df; /* the backward's seed and right-hand-side adjoint on level 0 */
     rb_tensor cg[5];  /* CG's vectors, with the first rb_vnet_pcg */
     bool mg_ops;      /* the level operators are a solver's (rb_vnet_use_mg_operators) */
-    rb_op *bn[2 * VNET_MAX_LEVELS]; /* the batch norms, level by level (BN_r, BN_B) */
-    bool held[2 * VNET_MAX_LEVELS]; /* switched from tracking to RB_BN_TRAIN by rb_vnet_hold_tracking */
+    rb_op *bn[4 * VNET_MAX_LEVELS]; /* the batch norms, level by level (BN_r, BN_B, then BN_R, BN_Pi with projections) */
+    bool held[4 * VNET_MAX_LEVELS]; /* switched from tracking to RB_BN_TRAIN by rb_vnet_hold_tracking */
     size_t nbn;
 };
 
@@ -101,31 +103,55 @@ static rb_status conv(rb_context *ctx, const rb_vnet_config *c, int stride, bool
     return RB_OK;
 }
 
+/* sigma(BN(.)) appended to parts[*n ..] (the batch norm, if normalised, into *bn; batch norm and
+ * ReLU fused where sigma is the ReLU; no sigma for the identity). */
+static rb_status append_sigma(rb_context *ctx, const rb_vnet_config *c, rb_op **parts, size_t *n, rb_op **bn)
+{
+    const bool norm = c->norm == RB_NORM_BATCH, fused = norm && c->act == RB_ACT_RELU;
+    rb_status st = RB_OK;
+    if (norm) {
+        st = fused ? rb_op_batchnorm_relu_create(ctx, c->channels, 1e-5, 0.1, &parts[*n])
+                   : rb_op_batchnorm_create(ctx, c->channels, 1e-5, 0.1, &parts[*n]);
+        *bn = parts[(*n)++];
+    }
+    if (st == RB_OK && !fused && c->act != RB_ACT_IDENTITY) st = rb_op_activation_create(ctx, c->act, &parts[(*n)++]);
+    return st;
+}
+
+/* The chain of parts[0 .. n) into *out; on failure every part but `keep` is freed and the
+ * batch norms named in bn[0 .. nbn) are cleared. */
+static rb_status chain_of(rb_context *ctx, rb_op **parts, size_t n, const rb_op *keep, rb_op **out, rb_op ***bn, size_t nbn,
+                          rb_status st)
+{
+    if (st == RB_OK) st = rb_op_chain_create(ctx, parts, n, out);
+    if (st != RB_OK) {
+        for (size_t i = 0; i < n; i++)
+            if (parts[i] != keep) rb_op_free(ctx, parts[i]);
+        for (size_t i = 0; i < nbn; i++) *bn[i] = NULL;
+    }
+    return st;
+}
+
 /* S = sigma o B o sigma (a chain taking B), or B; normalised, sigma o BN_B o B o sigma o BN_r
- * (v->bn_r, v->bn_b; batch norm and ReLU fused where sigma is the ReLU, no sigma for identity). */
+ * (v->bn_r, v->bn_b). */
 static rb_status smoother_branch(rb_context *ctx, const rb_vnet_config *c, rb_op *B, vnet_level *v)
 {
     if (c->norm == RB_NORM_NONE && c->act == RB_ACT_IDENTITY) return v->S = B, RB_OK;
-    const bool norm = c->norm == RB_NORM_BATCH, fused = norm && c->act == RB_ACT_RELU;
     rb_op *parts[5] = {NULL}, **bn[2] = {&v->bn_r, &v->bn_b};
     size_t n = 0;
-    rb_status st = RB_OK;
-    for (int k = 0; k < 2 && st == RB_OK; k++) { /* sigma(BN(.)) before B, then after it */
-        if (k == 1) parts[n++] = B;
-        if (norm) {
-            st = fused ? rb_op_batchnorm_relu_create(ctx, c->channels, 1e-5, 0.1, &parts[n])
-                       : rb_op_batchnorm_create(ctx, c->channels, 1e-5, 0.1, &parts[n]);
-            *bn[k] = parts[n++];
-        }
-        if (st == RB_OK && !fused && c->act != RB_ACT_IDENTITY) st = rb_op_activation_create(ctx, c->act, &parts[n++]);
-    }
-    if (st == RB_OK) st = rb_op_chain_create(ctx, parts, n, &v->S);
-    if (st != RB_OK) {
-        for (size_t i = 0; i < n; i++)
-            if (parts[i] != B) rb_op_free(ctx, parts[i]);
-        v->bn_r = v->bn_b = NULL;
-    }
-    return st;
+    rb_status st = append_sigma(ctx, c, parts, &n, bn[0]);
+    parts[n++] = B;
+    if (st == RB_OK) st = append_sigma(ctx, c, parts, &n, bn[1]);
+    return chain_of(ctx, parts, n, B, &v->S, bn, 2, st);
+}
+
+/* MgNet's normalised transfers (nets with projections): sigma o BN o T, a chain taking T. */
+static rb_status normalised_transfer(rb_context *ctx, const rb_vnet_config *c, rb_op *T, rb_op **out, rb_op **bn)
+{
+    rb_op *parts[3] = {T, NULL, NULL};
+    size_t n = 1;
+    rb_status st = append_sigma(ctx, c, parts, &n, bn);
+    return chain_of(ctx, parts, n, T, out, &bn, 1, st);
 }
 
 static rb_status coarse_solve(rb_context *ctx, void *data, const rb_tensor *f, rb_tensor *u, char trans)
@@ -189,17 +215,22 @@ static rb_status build(rb_context *ctx, rb_vnet *net, gsl_rng *rng)
         net->learned[net->nlearned++] = v->S;
         if (v->bn_r != NULL) net->bn[net->nbn++] = v->bn_r, net->bn[net->nbn++] = v->bn_b;
         st = rb_op_smoother_create(ctx, v->A, v->S, &lv->f, &v->F);
+        const bool norm_transfers = c->norm != RB_NORM_NONE && c->projection;
         if (st == RB_OK && !coarsest) st = conv(ctx, c, 2, false, rng, &v->R);
-        if (st == RB_OK && !coarsest) net->learned[net->nlearned++] = v->R;
+        if (st == RB_OK && !coarsest && norm_transfers) st = normalised_transfer(ctx, c, v->R, &v->Rn, &v->bn_rt);
+        if (st == RB_OK && !coarsest) net->learned[net->nlearned++] = v->Rn ? v->Rn : v->R;
         const bool prolong = !coarsest && c->cycle != RB_CYCLE_DOWN; /* the down-leg prolongs nothing */
         if (st == RB_OK && prolong) st = conv(ctx, c, 2, true, rng, &v->P);
         if (st == RB_OK && prolong) net->learned[net->nlearned++] = v->P;
         if (st == RB_OK && !coarsest && c->projection) st = conv(ctx, c, 2, false, rng, &v->Pi);
-        if (st == RB_OK && v->Pi != NULL) net->learned[net->nlearned++] = v->Pi;
+        if (st == RB_OK && v->Pi != NULL && norm_transfers) st = normalised_transfer(ctx, c, v->Pi, &v->Pin, &v->bn_pi);
+        if (st == RB_OK && v->Pi != NULL) net->learned[net->nlearned++] = v->Pin ? v->Pin : v->Pi;
         if (st != RB_OK) break;
+        if (v->bn_rt != NULL) net->bn[net->nbn++] = v->bn_rt;
+        if (v->bn_pi != NULL) net->bn[net->nbn++] = v->bn_pi;
         for (int k = 0; k < c->pre; k++) v->pre[k] = (rb_vstep){v->F, 1.0, v->S};
         for (int k = 0; k < c->post && !coarsest; k++) v->post[k] = (rb_vstep){v->F, 1.0, v->S};
-        lv->A = v->A, lv->R = v->R, lv->P = v->P, lv->Pi = v->Pi;
+        lv->A = v->A, lv->R = v->Rn ? v->Rn : v->R, lv->P = v->P, lv->Pi = v->Pin ? v->Pin : v->Pi;
         lv->pre = v->pre, lv->npre = (size_t)c->pre;
         lv->post = v->post, lv->npost = coarsest ? 0 : (size_t)c->post;
     }
@@ -258,7 +289,8 @@ void rb_vnet_free(rb_context *ctx, rb_vnet *net)
         rb_op_free(ctx, v->F);
         if (v->S != v->B) rb_op_free(ctx, v->S); /* the chain frees B */
         else rb_op_free(ctx, v->B);
-        rb_op_free(ctx, v->A), rb_op_free(ctx, v->R), rb_op_free(ctx, v->P), rb_op_free(ctx, v->Pi);
+        rb_op_free(ctx, v->A), rb_op_free(ctx, v->P);
+        rb_op_free(ctx, v->Rn ? v->Rn : v->R), rb_op_free(ctx, v->Pin ? v->Pin : v->Pi); /* a chain frees its transfer */
         rb_tensor_release(ctx, &net->level[l].u), rb_tensor_release(ctx, &net->level[l].f), rb_tensor_release(ctx, &net->level[l].r);
     }
     for (size_t i = 0; i < net->nlearned; i++) rb_free(ctx, net->grad[i]);
@@ -284,6 +316,8 @@ rb_op *rb_vnet_op(const rb_vnet *net, size_t level, rb_vnet_part part)
     case RB_VNET_PI: return v->Pi;
     case RB_VNET_BN_R: return v->bn_r;
     case RB_VNET_BN_B: return v->bn_b;
+    case RB_VNET_BN_RT: return v->bn_rt;
+    case RB_VNET_BN_PI: return v->bn_pi;
     default: return NULL;
     }
 }

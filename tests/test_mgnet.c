@@ -96,7 +96,7 @@ static void test_normalised_conformance(void **state)
     rb_op *op = NULL;
     RB_CHECK(ctx, rb_op_mgnet_create_norm(ctx, 1, 5, 6, 2, 1, 3, RB_NORM_BATCH, 7, &op)); /* grids 15, 7, 3 */
     rb_vnet *net = rb_op_mgnet_vnet(op);
-    assert_int_equal(rb_vnet_nbn(net), 6);
+    assert_int_equal(rb_vnet_nbn(net), 10); /* BN_r, BN_B on each level, BN_RT, BN_PI on the two finer ones */
     rb_conformance_case c = rb_conformance_default(op, rb_shape_2d(3, 1, 5, 6), "mgnet, batch norm");
     rb_conformance_run(ctx, &c);
     rb_tensor x3, x5, y3, y3b, y5;
@@ -165,11 +165,11 @@ static void test_normalised_model(void **state)
     d.width = 3, d.depth = 1, d.in_h = d.in_w = 6, d.outputs = 3, d.norm = RB_NORM_BATCH;
     rb_model *m = NULL, *m2 = NULL, *plain = NULL;
     RB_CHECK(ctx, rb_model_create(ctx, &d, &m));
-    assert_int_equal(m->nbn, 6); /* grids 15, 7, 3: BN_r, BN_B each */
-    /* as without normalisation (test_model's count for width 3) and gamma, beta of 2 batch norms per level */
-    assert_int_equal(m->net->nparams, 27 + 8 * 81 + 2 * 81 + 12 + 3 * 2 * 2 * 3);
+    assert_int_equal(m->nbn, 10); /* grids 15, 7, 3: BN_r, BN_B each, BN_RT, BN_PI on 15 and 7 */
+    /* as without normalisation (test_model's count for width 3) and gamma, beta of each batch norm */
+    assert_int_equal(m->net->nparams, 27 + 8 * 81 + 2 * 81 + 12 + 10 * 2 * 3);
     RB_CHECK(ctx, rb_model_set_mode(ctx, m, RB_BN_EVAL));
-    for (size_t i = 0; i < 6; i++) assert_int_equal(rb_op_batchnorm_mode(rb_vnet_bn(rb_op_mgnet_vnet(m->net), i)), RB_BN_EVAL);
+    for (size_t i = 0; i < 10; i++) assert_int_equal(rb_op_batchnorm_mode(rb_vnet_bn(rb_op_mgnet_vnet(m->net), i)), RB_BN_EVAL);
     RB_CHECK(ctx, rb_model_set_mode(ctx, m, RB_BN_TRAIN));
     const size_t count = 20, per = 36;
     double *x = malloc(count * per * sizeof(double));
@@ -183,7 +183,7 @@ static void test_normalised_model(void **state)
     rb_trainer tr;
     RB_CHECK(ctx, rb_trainer_init(ctx, &tr, m, &c, &ds));
     rb_epoch_stats es;
-    double s0[64], s1[64], s2[64];
+    double s0[128], s1[128], s2[128];
     const size_t ns = model_stats(m, s0), np = m->net->nparams;
     RB_CHECK(ctx, rb_trainer_epoch(ctx, &tr, &ds, NULL, NULL, &es)); /* batches of 8, 8, 4 */
     RB_CHECK(ctx, rb_checkpoint_save(ctx, path, &tr));

@@ -234,7 +234,7 @@ static void fd_case(rb_context *ctx, rb_vnet_config c, int cycles, const char *l
                 double err = fabs(fd - g[i]) / fmax(fabs(fd), 1e-3);
                 worst = fmax(worst, err);
                 if (err >= 1e-5) fail_msg("%s: level %zu part %d param %zu: backprop %.10e, FD %.10e", label, l, p, i, g[i], fd);
-                if (p == RB_VNET_BN_R || p == RB_VNET_BN_B) bn_params_checked++;
+                if (p >= RB_VNET_BN_R) bn_params_checked++; /* a batch norm's gamma or beta */
             }
         }
     print_message("%s: gradients vs central FD, worst rel err %.2e\n", label, worst);
@@ -279,6 +279,7 @@ static void test_normalised_gradients_fd(void **state)
     assert_int_equal(bn_params_checked, 3 * 2 * 3); /* 3 levels, 2 batch norms, 3 samples each */
     c.n = 31, c.levels = 4, c.act = RB_ACT_RELU, c.projection = true, c.cycle = RB_CYCLE_DOWN, c.pre = 2, c.seed = 14;
     fd_case(ctx, c, 1, "normalised MgNet down-leg C=2, BN + ReLU fused, projections");
+    assert_int_equal(bn_params_checked, 18 + (4 * 2 + 3 * 2) * 3); /* and the transfers' BN_RT, BN_PI on 3 levels */
     c.act = RB_ACT_IDENTITY, c.cycle = RB_CYCLE_W, c.projection = false, c.pre = 1, c.post = 1, c.levels = 3, c.n = 15, c.seed = 15;
     fd_case(ctx, c, 2, "normalised C=2 identity W(1,1), 2 cycles");
 }

@@ -10,10 +10,12 @@
  *
  * with sigma = ReLU. With batch normalisation (rb_op_mgnet_create_norm, norm = RB_NORM_BATCH) the
  * smoother is that of He & Xu's MgNet code, u <- u + sigma(BN(B_l * sigma(BN(f - A_l * u)))) (vnet.h;
- * the level's steps share B_l and its two batch norms); the projections and the data-feature
- * map stay unnormalised, and each batch's statistics are over its own samples (a short last batch
- * is not padded). One flat parameter vector (K, then every level's A, S, R, Pi, then W, b; S is
- * B_l, or with batch norms gamma, beta of BN_r, then B_l, then gamma, beta of BN_B),
+ * the level's steps share B_l and its two batch norms) and so are the transfers,
+ * u_{l+1} = sigma(BN(Pi_l * u)), f_{l+1} = sigma(BN(R_l * (f - A_l * u))) + A_{l+1} * u_{l+1}; the
+ * data-feature map stays unnormalised, and each batch's statistics are over its own samples (a
+ * short last batch is not padded). One flat parameter vector (K, then every level's A, S, R, Pi,
+ * then W, b; normalised, S is gamma, beta of BN_r, B_l, gamma, beta of BN_B, and R, Pi are each
+ * the convolution's weights then gamma, beta of its batch norm),
  * so the trainer, checkpoints and NPY export take it as they take a ResNet
  * (rb_model_desc.kind = RB_MODEL_MGNET). Internally the cycle runs on batches of at most
  * RB_MGNET_BATCH samples; a taped forward takes at most that many. */

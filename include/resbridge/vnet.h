@@ -16,7 +16,10 @@
  * S = sigma o BN_B o B o sigma o BN_r, one chain per level owning B and both batch norms (the
  * level's smoothing steps share them, as they share B; each application in a tracking mode
  * moves the running statistics once, the backward's recomputation never). gamma and beta are
- * learned with the other parameters (parts RB_VNET_BN_R, RB_VNET_BN_B).
+ * learned with the other parameters (parts RB_VNET_BN_R, RB_VNET_BN_B). In a net with
+ * projections (MgNet) the transfers are normalised as in that code too:
+ *     u_{l+1} = sigma(BN(Pi * u)),   f_{l+1} = sigma(BN(R * (f - A u))) + A_{l+1} u_{l+1}
+ * (parts RB_VNET_BN_PI, RB_VNET_BN_RT; R and Pi then name the convolutions inside).
  *
  * With C = 1, sigma = identity and rb_vnet_set_poisson (A = -Laplacian, B = D^{-1},
  * h = omega, R = full weighting, P = bilinear) the network is the damped-Jacobi
@@ -58,9 +61,11 @@ typedef struct rb_vnet_config {
 /* 2D, n = 31, 3 levels, C = 1, N = 1, V(1,1), identity, coarse solve, seed 1, no normalisation. */
 rb_vnet_config rb_vnet_config_default(void);
 
-/* BN_R, BN_B: the smoother's batch norms (of f - A u, of B's output); NULL without normalisation. */
+/* BN_R, BN_B: the smoother's batch norms (of f - A u, of B's output); BN_RT, BN_PI: those of the
+ * restriction's and the projection's outputs (normalised nets with projections); NULL where absent. */
 typedef enum rb_vnet_part {
-    RB_VNET_A, RB_VNET_B, RB_VNET_R, RB_VNET_P, RB_VNET_PI, RB_VNET_BN_R, RB_VNET_BN_B, RB_VNET_PART_COUNT
+    RB_VNET_A, RB_VNET_B, RB_VNET_R, RB_VNET_P, RB_VNET_PI, RB_VNET_BN_R, RB_VNET_BN_B, RB_VNET_BN_RT, RB_VNET_BN_PI,
+    RB_VNET_PART_COUNT
 } rb_vnet_part;
 
 typedef struct rb_vnet rb_vnet;
@@ -104,7 +109,7 @@ size_t rb_vnet_nlearned(const rb_vnet *net);
 rb_op *rb_vnet_learned(const rb_vnet *net, size_t i);
 
 /* ---- normalisation ----------------------------------------------------------------------------
- * The net's batch-norm layers (level by level: BN_R, BN_B), for mode switches, checkpoints and
+ * The net's batch-norm layers (level by level: BN_R, BN_B, then BN_RT, BN_PI where present), for mode switches, checkpoints and
  * export; i < rb_vnet_nbn(net), NULL past the end. */
 size_t rb_vnet_nbn(const rb_vnet *net);
 rb_op *rb_vnet_bn(const rb_vnet *net, size_t i);
