@@ -382,7 +382,7 @@ static void test_normalised_running_stats(void **state)
     assert_memory_equal(gt, gn, np * sizeof(double));
     stats_of(net, s3);
     assert_memory_equal(s2, s3, ns * sizeof(double));
-    /* a held layer is released to tracking, a layer set otherwise meanwhile is left alone */
+    /* holding switches tracking layers to RB_BN_TRAIN, releasing switches them back */
     RB_CHECK(ctx, rb_vnet_set_mode(ctx, net, RB_BN_TRAIN_TRACK));
     RB_CHECK(ctx, rb_vnet_hold_tracking(ctx, net, true));
     assert_int_equal(rb_op_batchnorm_mode(rb_vnet_bn(net, 0)), RB_BN_TRAIN);
