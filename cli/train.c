@@ -18,7 +18,7 @@ enum { DATA_FMNIST, DATA_SYNTHETIC, DATA_POISSON };
 #define POISSON_SEED 7 /* the data's draw (the same pairs for every --seed of the net) */
 static const char *const opt_choices[] = {"sgd", "adam", NULL};
 static const char *const sched_choices[] = {"constant", "step", "cosine", NULL};
-static const char *const norm_choices[] = {"none", "batch", NULL}; /* rb_norm_kind's order */
+static const char *const norm_choices[] = {"none", "batch", "batch-all", NULL}; /* rb_norm_kind's order */
 
 /* Fashion-MNIST's training-set pixel mean and standard deviation (tests/test_data.c checks them). */
 #define FMNIST_MEAN 0.2860
@@ -36,7 +36,7 @@ static void usage(FILE *f, int eval)
             "usage: resbridge train [--model resnet|plain|mlp|mgnet|unet] [--depth D] [--width W] [--block v1|v2|highway|dense|plain]\n"
             "         [--data fashion-mnist|synthetic|poisson] [--n N] [--epochs E] [--batch B] [--optimizer sgd|adam] [--lr X]\n"
             "         [--schedule constant|step|cosine] [--momentum M] [--weight-decay L] [--h H] [--seed S]\n"
-            "         [--threads T] [--limit N] [--test-limit N] [--data-dir DIR] [--checkpoint FILE] [--resume FILE] [--stop-after K]\n         [--export PREFIX] [--norm none|batch] [--json]\n\n"
+            "         [--threads T] [--limit N] [--test-limit N] [--data-dir DIR] [--checkpoint FILE] [--resume FILE] [--stop-after K]\n         [--export PREFIX] [--norm none|batch|batch-all] [--json]\n\n"
             "Trains a network with mini-batch SGD or Adam. Without options: the reference ResNet of the nets issue\n"
             "(3x3 conv to 16 + BN + ReLU, three basic blocks at 16, one stride-2 block to 32, pooling, linear 10;\n"
             "29,050 parameters) on Fashion-MNIST, SGD momentum 0.9, weight decay 5e-4, lr 0.1 cosine over 5 epochs,\n"
@@ -46,7 +46,8 @@ static void usage(FILE *f, int eval)
             "  --model mgnet  MgNet: the down-leg of the network-mode V-cycle (3x3 data-feature conv to W channels,\n"
             "              D smoothing steps u += relu(B * relu(f - A * u)) per level on 31, 15, 7, 3, projections,\n"
             "              pooling, linear 10); --width W (16), --depth D (0: 2); --norm batch: the smoothers of He & Xu's\n"
-            "              code, u += relu(BN(B * relu(BN(f - A * u)))) (inference-mode BN when evaluating)\n"
+            "              code, u += relu(BN(B * relu(BN(f - A * u)))) (inference-mode BN when evaluating); --norm batch-all:\n"
+            "              also the transfers, u' = relu(BN(Pi * u)), f' = relu(BN(R * (f - A * u))) + A' * u'\n"
             "  --model unet   the U-Net that solves -div(a grad u) = f (data: --data poisson, pairs (f, log a) -> u from\n"
             "              the multigrid solver on n x n grids, --n N (31)): lift 2 -> W channels, D network-mode V(1,1)\n"
             "              cycles (tanh) to 3 points, projection W -> 1; --width W (8), --depth D (0: 2). Defaults: Adam\n"
@@ -160,7 +161,7 @@ static int parse(int argc, char **argv, opts *o, int eval)
         return 2;
     }
     if (o->model.norm != RB_NORM_NONE && kind != RB_MODEL_MGNET) {
-        fprintf(stderr, "resbridge train: --norm batch normalises MgNet's smoothers: use --model mgnet\n");
+        fprintf(stderr, "resbridge train: --norm %s normalises MgNet's cycle: use --model mgnet\n", norm_choices[o->model.norm]);
         return 2;
     }
     o->model.kind = (rb_model_kind)kind;

@@ -581,7 +581,7 @@ rb_bn_mode rb_op_batchnorm_mode(const rb_op *bn)
     return rb_op_is_batchnorm(bn) ? ((const norm_state *)bn->state)->mode : RB_BN_MODE_COUNT;
 }
 
-static const char *const norm_kind_names[] = {"none", "batch"};
+static const char *const norm_kind_names[] = {"none", "batch", "batch-all"};
 _Static_assert(sizeof norm_kind_names / sizeof *norm_kind_names == RB_NORM_KIND_COUNT, "one name per normalisation");
 
 const char *rb_norm_kind_name(rb_norm_kind kind) { return (unsigned)kind < RB_NORM_KIND_COUNT ? norm_kind_names[kind] : "unknown"; }

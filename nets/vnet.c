@@ -107,7 +107,7 @@ static rb_status conv(rb_context *ctx, const rb_vnet_config *c, int stride, bool
  * ReLU fused where sigma is the ReLU; no sigma for the identity). */
 static rb_status append_sigma(rb_context *ctx, const rb_vnet_config *c, rb_op **parts, size_t *n, rb_op **bn)
 {
-    const bool norm = c->norm == RB_NORM_BATCH, fused = norm && c->act == RB_ACT_RELU;
+    const bool norm = c->norm != RB_NORM_NONE, fused = norm && c->act == RB_ACT_RELU;
     rb_status st = RB_OK;
     if (norm) {
         st = fused ? rb_op_batchnorm_relu_create(ctx, c->channels, 1e-5, 0.1, &parts[*n])
@@ -215,7 +215,7 @@ static rb_status build(rb_context *ctx, rb_vnet *net, gsl_rng *rng)
         net->learned[net->nlearned++] = v->S;
         if (v->bn_r != NULL) net->bn[net->nbn++] = v->bn_r, net->bn[net->nbn++] = v->bn_b;
         st = rb_op_smoother_create(ctx, v->A, v->S, &lv->f, &v->F);
-        const bool norm_transfers = c->norm != RB_NORM_NONE && c->projection;
+        const bool norm_transfers = c->norm == RB_NORM_BATCH_ALL && c->projection;
         if (st == RB_OK && !coarsest) st = conv(ctx, c, 2, false, rng, &v->R);
         if (st == RB_OK && !coarsest && norm_transfers) st = normalised_transfer(ctx, c, v->R, &v->Rn, &v->bn_rt);
         if (st == RB_OK && !coarsest) net->learned[net->nlearned++] = v->Rn ? v->Rn : v->R;

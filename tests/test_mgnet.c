@@ -94,9 +94,14 @@ static void test_normalised_conformance(void **state)
 {
     rb_context *ctx = *state;
     rb_op *op = NULL;
-    RB_CHECK(ctx, rb_op_mgnet_create_norm(ctx, 1, 5, 6, 2, 1, 3, RB_NORM_BATCH, 7, &op)); /* grids 15, 7, 3 */
+    RB_CHECK(ctx, rb_op_mgnet_create_norm(ctx, 1, 5, 6, 2, 1, 3, RB_NORM_BATCH_ALL, 7, &op)); /* grids 15, 7, 3 */
     rb_vnet *net = rb_op_mgnet_vnet(op);
     assert_int_equal(rb_vnet_nbn(net), 10); /* BN_r, BN_B on each level, BN_RT, BN_PI on the two finer ones */
+    rb_op *smoothers_only = NULL;
+    RB_CHECK(ctx, rb_op_mgnet_create_norm(ctx, 1, 5, 6, 2, 1, 3, RB_NORM_BATCH, 7, &smoothers_only));
+    assert_int_equal(rb_vnet_nbn(rb_op_mgnet_vnet(smoothers_only)), 6); /* RB_NORM_BATCH: the smoothers' only */
+    assert_int_equal(smoothers_only->nparams, op->nparams - 4 * 2 * 2);
+    rb_op_free(ctx, smoothers_only);
     rb_conformance_case c = rb_conformance_default(op, rb_shape_2d(3, 1, 5, 6), "mgnet, batch norm");
     rb_conformance_run(ctx, &c);
     rb_tensor x3, x5, y3, y3b, y5;
@@ -162,7 +167,7 @@ static void test_normalised_model(void **state)
     snprintf(path, sizeof path, "%s/bn.ckpt", dir);
     snprintf(prefix, sizeof prefix, "%s/bn_", dir);
     rb_model_desc d = rb_model_desc_default(RB_MODEL_MGNET);
-    d.width = 3, d.depth = 1, d.in_h = d.in_w = 6, d.outputs = 3, d.norm = RB_NORM_BATCH;
+    d.width = 3, d.depth = 1, d.in_h = d.in_w = 6, d.outputs = 3, d.norm = RB_NORM_BATCH_ALL;
     rb_model *m = NULL, *m2 = NULL, *plain = NULL;
     RB_CHECK(ctx, rb_model_create(ctx, &d, &m));
     assert_int_equal(m->nbn, 10); /* grids 15, 7, 3: BN_r, BN_B each, BN_RT, BN_PI on 15 and 7 */
@@ -211,7 +216,7 @@ static void test_normalised_model(void **state)
     /* peek names the normalisation; a fresh model of it loads the file; one without refuses it */
     rb_model_desc pd;
     RB_CHECK(ctx, rb_checkpoint_peek(ctx, path, &pd, NULL));
-    assert_int_equal(pd.norm, RB_NORM_BATCH);
+    assert_int_equal(pd.norm, RB_NORM_BATCH_ALL);
     RB_CHECK(ctx, rb_model_create(ctx, &pd, &m2));
     RB_CHECK(ctx, rb_checkpoint_load(ctx, path, m2, NULL));
     model_stats(m2, s2);
@@ -224,7 +229,7 @@ static void test_normalised_model(void **state)
     rb_model_free(ctx, plain);
     /* the NPY export: parameters and running statistics into a fresh model */
     RB_CHECK(ctx, rb_model_export_npy(ctx, m, prefix));
-    d.norm = RB_NORM_BATCH, d.seed = 99;
+    d.norm = RB_NORM_BATCH_ALL, d.seed = 99;
     RB_CHECK(ctx, rb_model_create(ctx, &d, &m2));
     RB_CHECK(ctx, rb_model_import_npy(ctx, m2, prefix));
     model_stats(m2, s2);

@@ -278,9 +278,11 @@ static void test_normalised_gradients_fd(void **state)
     fd_case(ctx, c, 2, "normalised C=2 tanh V(1,1), 2 cycles");
     assert_int_equal(bn_params_checked, 3 * 2 * 3); /* 3 levels, 2 batch norms, 3 samples each */
     c.n = 31, c.levels = 4, c.act = RB_ACT_RELU, c.projection = true, c.cycle = RB_CYCLE_DOWN, c.pre = 2, c.seed = 14;
-    fd_case(ctx, c, 1, "normalised MgNet down-leg C=2, BN + ReLU fused, projections");
+    c.norm = RB_NORM_BATCH_ALL;
+    fd_case(ctx, c, 1, "normalised MgNet down-leg C=2, BN + ReLU fused, projections and transfers");
     assert_int_equal(bn_params_checked, 18 + (4 * 2 + 3 * 2) * 3); /* and the transfers' BN_RT, BN_PI on 3 levels */
     c.act = RB_ACT_IDENTITY, c.cycle = RB_CYCLE_W, c.projection = false, c.pre = 1, c.post = 1, c.levels = 3, c.n = 15, c.seed = 15;
+    c.norm = RB_NORM_BATCH;
     fd_case(ctx, c, 2, "normalised C=2 identity W(1,1), 2 cycles");
 }
 

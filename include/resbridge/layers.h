@@ -55,10 +55,11 @@ int rb_op_is_batchnorm(const rb_op *op);
 /* Its mode (RB_BN_MODE_COUNT if bn is not a batch-norm op). */
 rb_bn_mode rb_op_batchnorm_mode(const rb_op *bn);
 
-/* Normalisation inside the network-mode cycle's smoothers (vnet.h; MgNet, mgnet.h): none, or
- * batch normalisation before each activation, u <- u + sigma(BN(B * sigma(BN(f - A u)))). */
-typedef enum rb_norm_kind { RB_NORM_NONE, RB_NORM_BATCH, RB_NORM_KIND_COUNT } rb_norm_kind;
-const char *rb_norm_kind_name(rb_norm_kind kind); /* "none", "batch" */
+/* Normalisation inside the network-mode cycle (vnet.h; MgNet, mgnet.h): none; BATCH, batch
+ * normalisation before each activation of the smoothers, u <- u + sigma(BN(B * sigma(BN(f - A u))));
+ * BATCH_ALL, in nets with projections also of the transfers' outputs (He & Xu's MgNet code). */
+typedef enum rb_norm_kind { RB_NORM_NONE, RB_NORM_BATCH, RB_NORM_BATCH_ALL, RB_NORM_KIND_COUNT } rb_norm_kind;
+const char *rb_norm_kind_name(rb_norm_kind kind); /* "none", "batch", "batch-all" */
 
 /* Layer normalisation over each sample's `size` values (C*D*H*W), with an
  * elementwise affine map (torch.nn.LayerNorm(normalized_shape = the sample shape)):

@@ -10,7 +10,7 @@
  *
  * with sigma = ReLU. With batch normalisation (rb_op_mgnet_create_norm, norm = RB_NORM_BATCH) the
  * smoother is that of He & Xu's MgNet code, u <- u + sigma(BN(B_l * sigma(BN(f - A_l * u)))) (vnet.h;
- * the level's steps share B_l and its two batch norms) and so are the transfers,
+ * the level's steps share B_l and its two batch norms); with RB_NORM_BATCH_ALL so are the transfers,
  * u_{l+1} = sigma(BN(Pi_l * u)), f_{l+1} = sigma(BN(R_l * (f - A_l * u))) + A_{l+1} * u_{l+1}; the
  * data-feature map stays unnormalised, and each batch's statistics are over its own samples (a
  * short last batch is not padded). One flat parameter vector (K, then every level's A, S, R, Pi,

@@ -16,8 +16,8 @@
  * S = sigma o BN_B o B o sigma o BN_r, one chain per level owning B and both batch norms (the
  * level's smoothing steps share them, as they share B; each application in a tracking mode
  * moves the running statistics once, the backward's recomputation never). gamma and beta are
- * learned with the other parameters (parts RB_VNET_BN_R, RB_VNET_BN_B). In a net with
- * projections (MgNet) the transfers are normalised as in that code too:
+ * learned with the other parameters (parts RB_VNET_BN_R, RB_VNET_BN_B). With RB_NORM_BATCH_ALL,
+ * in a net with projections (MgNet) the transfers are normalised as in that code too:
  *     u_{l+1} = sigma(BN(Pi * u)),   f_{l+1} = sigma(BN(R * (f - A u))) + A_{l+1} u_{l+1}
  * (parts RB_VNET_BN_PI, RB_VNET_BN_RT; R and Pi then name the convolutions inside).
  *
@@ -55,7 +55,8 @@ typedef struct rb_vnet_config {
     bool projection;     /* MgNet's feature projection Pi_l (stride-2 conv C -> C): the coarse iterate
                           * starts at Pi u and f_{l+1} = R (f - A u) + A_{l+1} Pi u (a network, not a solver) */
     unsigned long seed;  /* weight initialisation (uniform, +-1/sqrt(fan-in)) */
-    rb_norm_kind norm;   /* NONE, or BATCH: the smoothers normalised (eps 1e-5, momentum 0.1, gamma 1, beta 0) */
+    rb_norm_kind norm;   /* NONE; BATCH: the smoothers normalised (eps 1e-5, momentum 0.1, gamma 1, beta 0);
+                          * BATCH_ALL: with projections, the transfers as well */
 } rb_vnet_config;
 
 /* 2D, n = 31, 3 levels, C = 1, N = 1, V(1,1), identity, coarse solve, seed 1, no normalisation. */
