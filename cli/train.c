@@ -359,9 +359,12 @@ int rb_cli_train(int argc, char **argv)
         rc = fail(ctx, st);
         if (o.checkpoint) fprintf(stderr, "resbridge: the last checkpoint (%s) is intact\n", o.checkpoint);
     } else if (o.json) {
-        printf("{\"model\":\"%s\",\"block\":\"%s\",\"depth\":%zu,\"width\":%zu,\"norm\":\"%s\",\"params\":%zu,\"data\":\"%s\",\"epochs\":%zu,"
+        /* blocks belong to the ResNet, its plain twin and the MLP; MgNet and the U-Net have none */
+        const bool blocks = o.model.kind != RB_MODEL_MGNET && o.model.kind != RB_MODEL_UNET;
+        printf("{\"model\":\"%s\",\"block\":%s%s%s,\"depth\":%zu,\"width\":%zu,\"norm\":\"%s\",\"params\":%zu,\"data\":\"%s\",\"epochs\":%zu,"
                "\"batch\":%zu,\"optimizer\":\"%s\",\"lr\":%g,\"seed\":%lu,\"threads\":%d,\"first_epoch\":%zu,\"train_loss\":",
-               rb_model_kind_name(o.model.kind), rb_block_kind_name(o.model.block), o.model.depth, o.model.width, rb_norm_kind_name(o.model.norm),
+               rb_model_kind_name(o.model.kind), blocks ? "\"" : "", blocks ? rb_block_kind_name(o.model.block) : "null",
+               blocks ? "\"" : "", o.model.depth, o.model.width, rb_norm_kind_name(o.model.norm),
                m->net->nparams, data_choices[o.data], E, o.tc.batch, rb_optimizer_name(o.tc.opt.kind), o.tc.lr, o.tc.seed,
                o.threads, first + 1);
         print_list(tl + first, last > first ? last - first : 0, 0);
