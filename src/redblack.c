@@ -160,13 +160,7 @@ static inline void row_kernel(int nr, const row_args *a, size_t first, size_t W,
 
 /* ---- the class kernel ------------------------------------------------------------------------ */
 
-#define CLASS_LANES 8
-#define CLASS_PF_ROWS 4
-#if defined(__GNUC__)
-#define PREFETCH_W(p) __builtin_prefetch((p), 0, 3)
-#else
-#define PREFETCH_W(p) ((void)(p))
-#endif
+#define CLASS_LANES RB_TAP_LANES
 
 long long rb_redblack_class_first(bool parity, int cls, size_t z, size_t y)
 {
@@ -222,7 +216,7 @@ static size_t class_inner(const rb_class_step *c, double *u, const double *b, si
     double *row = u + base;
     const double *brow = b + base;
     /* more weight streams than the hardware prefetchers follow: prefetched rows ahead */
-    const size_t ahead = c->wstep && nt > 7 ? CLASS_PF_ROWS * W : 0;
+    const size_t ahead = c->wstep ? rb_weight_prefetch_ahead(nt, W) : 0;
 #if defined(RB_REDBLACK_AVX2)
     /* the same with AVX2 intrinsics: mul then add per tap (as the scalar sums, unfused), the
      * update for all lanes, blended into the old values at the class's lanes 0 and 2 (the
@@ -233,7 +227,7 @@ static size_t class_inner(const rb_class_step *c, double *u, const double *b, si
         if (c->wstep)
             for (int t = 0; t < nt; t++) {
                 const double *wt = wp[t] + xx, *ut = up[t] + xx;
-                if (ahead) PREFETCH_W(wt + ahead);
+                if (ahead) rb_prefetch_weights(wt + ahead);
                 a0 = _mm256_add_pd(a0, _mm256_mul_pd(_mm256_loadu_pd(wt), _mm256_loadu_pd(ut)));
                 a1 = _mm256_add_pd(a1, _mm256_mul_pd(_mm256_loadu_pd(wt + 4), _mm256_loadu_pd(ut + 4)));
             }
@@ -259,11 +253,7 @@ static size_t class_inner(const rb_class_step *c, double *u, const double *b, si
     for (; xx + CLASS_LANES < W; xx += CLASS_LANES) {
         double ax[CLASS_LANES] = {0};
         if (c->wstep)
-            for (int t = 0; t < nt; t++) {
-                const double *wt = wp[t] + xx, *ut = up[t] + xx;
-                if (ahead) PREFETCH_W(wt + ahead);
-                for (size_t i = 0; i < CLASS_LANES; i++) ax[i] += wt[i] * ut[i];
-            }
+            rb_tap_sums(nt, wp, up, xx, ahead, ax);
         else
             for (int t = 0; t < nt; t++) {
                 const double wt = *wp[t], *ut = up[t] + xx;

@@ -54,39 +54,22 @@ static inline void gather_point(const vs_state *vs, const double *W, const doubl
     dst[p] = adjoint ? dst[p] + alpha * acc : acc;
 }
 
-#define LANES 8
-/* Stencils with more than 7 taps read that many weight streams, more than the hardware
- * prefetchers follow: their weights are prefetched PF_ROWS rows ahead (measured on 27-point
- * Galerkin operators: 1.5x; the 7-point star is faster without). */
-#ifndef PF_ROWS
-#define PF_ROWS 4
-#endif
-#if defined(__GNUC__)
-#define PREFETCH(p) __builtin_prefetch((p), 0, 3)
-#else
-#define PREFETCH(p) ((void)(p))
-#endif
-
 /* `count` points of a row whose taps all lie inside the grid: the same sums in the same
  * order as gather_point, eight points at a time (the compiler keeps the eight sums in vector
- * registers across the taps), so both agree bit for bit. w[t], s[t]: the weights and the
+ * registers across the taps: rb_tap_sums), so both agree bit for bit. w[t], s[t]: the weights and the
  * input that tap t reads for the first point; dst: the first point's output; ahead: how far
  * (in doubles) to prefetch each weight stream, 0 for not at all. */
 static void gather_interior(int ntaps, const double *const *w, const double *const *s, size_t count, double alpha,
                             bool adjoint, double *dst, size_t ahead)
 {
     size_t x = 0;
-    for (; x + LANES <= count; x += LANES) {
-        double acc[LANES] = {0};
-        for (int t = 0; t < ntaps; t++) {
-            const double *wt = w[t] + x, *st = s[t] + x;
-            if (ahead) PREFETCH(wt + ahead);
-            for (int i = 0; i < LANES; i++) acc[i] += wt[i] * st[i];
-        }
+    for (; x + RB_TAP_LANES <= count; x += RB_TAP_LANES) {
+        double acc[RB_TAP_LANES];
+        rb_tap_sums(ntaps, w, s, x, ahead, acc);
         if (adjoint)
-            for (int i = 0; i < LANES; i++) dst[x + (size_t)i] = dst[x + (size_t)i] + alpha * acc[i];
+            for (int i = 0; i < RB_TAP_LANES; i++) dst[x + (size_t)i] = dst[x + (size_t)i] + alpha * acc[i];
         else
-            for (int i = 0; i < LANES; i++) dst[x + (size_t)i] = acc[i];
+            for (int i = 0; i < RB_TAP_LANES; i++) dst[x + (size_t)i] = acc[i];
     }
     for (; x < count; x++) {
         double acc = 0.0;
@@ -125,7 +108,7 @@ static void vs_gather(rb_context *ctx, const vs_state *vs, const double *W, size
             w[t] = W + (size_t)t * vs->points + (adjoint ? q1 : p1);
         }
         gather_point(vs, W, src, alpha, adjoint, dst, z, yy, 0);
-        gather_interior(vs->ntaps, w, s, Wd - 2, alpha, adjoint, dst + p1, vs->ntaps > 7 ? PF_ROWS * Wd : 0);
+        gather_interior(vs->ntaps, w, s, Wd - 2, alpha, adjoint, dst + p1, rb_weight_prefetch_ahead(vs->ntaps, Wd));
         gather_point(vs, W, src, alpha, adjoint, dst, z, yy, Wd - 1);
     }
 }
