@@ -7,12 +7,29 @@
 
 #include "redblack_internal.h"
 #include "resbridge/residual.h"
+#include "resbridge/varstencil.h"
 
 typedef struct colour_state {
     const rb_op *base;
     int colour;  /* red-black: 0 or 1; parity: the class 0..7 */
     bool parity; /* a parity class (rb_op_parity_create) instead of a red-black colour */
+    double *packed;    /* rb_op_parity_pack's copy of the class's weights, or NULL */
+    rb_shape packed_grid;
 } colour_state;
+
+/* The class kernel's state for the colour ops' classes, with their packed weights where
+ * rb_op_parity_pack made them for this grid. */
+static bool class_kernel(const colour_state *const *cs, int n, rb_shape s, double h, rb_class_step *c, rb_redblack *k)
+{
+    int cls[8];
+    for (int i = 0; i < n; i++) cls[i] = cs[i]->colour;
+    if (!rb_redblack_class_init(cs[0]->base, s, h, cs[0]->parity, cls, n, c, k)) return false;
+    for (int i = 0; i < n; i++)
+        if (cs[i]->packed != NULL && c->wstep == 1 && cs[i]->packed_grid.d == s.d && cs[i]->packed_grid.h == s.h &&
+            cs[i]->packed_grid.w == s.w)
+            c->packed[cs[i]->colour] = cs[i]->packed;
+    return true;
+}
 
 /* Zero every entry of t whose grid point is not one of the op's. */
 static void mask(rb_tensor *t, const colour_state *cs)
@@ -97,8 +114,7 @@ static rb_status colour_fused(rb_context *ctx, const rb_op *op, double h, const 
     const colour_state *cs = op->state;
     rb_redblack k;
     rb_class_step c;
-    if ((cs->parity || !rb_redblack_init(cs->base, x->shape, h, &k)) &&
-        !rb_redblack_class_init(cs->base, x->shape, h, cs->parity, &cs->colour, 1, &c, &k))
+    if ((cs->parity || !rb_redblack_init(cs->base, x->shape, h, &k)) && !class_kernel(&cs, 1, x->shape, h, &c, &k))
         return rb_residual_step_generic(ctx, op, h, x, y, work);
     if (x->data != y->data) memcpy(y->data, x->data, rb_tensor_count(x) * sizeof(double));
     k.u = y->data;
@@ -106,7 +122,12 @@ static rb_status colour_fused(rb_context *ctx, const rb_op *op, double h, const 
     return RB_OK;
 }
 
-static void colour_destroy(rb_context *ctx, rb_op *op) { rb_free(ctx, op->state); }
+static void colour_destroy(rb_context *ctx, rb_op *op)
+{
+    colour_state *cs = op->state;
+    rb_free(ctx, cs->packed);
+    rb_free(ctx, cs);
+}
 
 static const rb_op_type colour_type = {
     .name = "colour",
@@ -147,6 +168,31 @@ rb_status rb_op_colour_create(rb_context *ctx, const rb_op *base, int colour, rb
 rb_status rb_op_parity_create(rb_context *ctx, const rb_op *base, int cls, rb_op **out)
 {
     return class_create(ctx, "rb_op_parity_create", base, cls, true, out);
+}
+
+rb_status rb_op_parity_pack(rb_context *ctx, rb_op *op)
+{
+    static const char fn[] = "rb_op_parity_pack";
+    if (ctx == NULL) return RB_ENULL;
+    if (op == NULL) return rb_fail(ctx, RB_ENULL, "%s: op is NULL", fn);
+    colour_state *cs = op->type == &colour_type ? op->state : NULL;
+    if (cs == NULL || !cs->parity)
+        return rb_fail(ctx, RB_EINVAL, "%s: op is a %s op, not a parity class (rb_op_parity_create)", fn,
+                       cs != NULL ? "red-black colour" : op->type->name);
+    int dims, nt, centre;
+    rb_shape grid;
+    const rb_jacobi_state *js = rb_jacobi_state_of(cs->base);
+    const rb_op *A = js != NULL ? js->A : NULL;
+    if (A == NULL || !rb_op_varstencil_info(A, &dims, &nt, &centre, &grid))
+        return rb_fail(ctx, RB_EUNSUPPORTED, "%s: the class's base (%s) is not a Jacobi operator over a varstencil: "
+                       "there are no point weights to pack", fn, cs->base->type->name);
+    const size_t count = rb_redblack_class_pack_count(grid, nt, cs->colour);
+    double *p = count > 0 ? rb_malloc(ctx, count * sizeof(double)) : NULL;
+    if (count > 0 && p == NULL) return RB_ENOMEM;
+    if (p != NULL) rb_redblack_class_pack(A->params, grid, nt, cs->colour, p);
+    rb_free(ctx, cs->packed);
+    cs->packed = p, cs->packed_grid = grid;
+    return RB_OK;
 }
 
 /* ---- Gauss-Seidel sweeps over colours: one residual step ------------------------------------- */
@@ -235,18 +281,16 @@ static rb_status sweep_vjp(rb_context *ctx, const rb_op *op, const rb_tensor *x,
 static bool sweep_kernel(const sweep_state *ss, double h, rb_shape s, rb_redblack *k, rb_class_step *c, int *colour0)
 {
     if (h != ss->omega) return false;
-    int cls[SWEEP_MAX_COLOURS];
-    const colour_state *c0 = NULL;
+    const colour_state *cs[SWEEP_MAX_COLOURS];
     for (int i = 0; i < ss->ncolours; i++) {
         if (ss->colour[i]->type != &colour_type) return false;
-        const colour_state *ci = ss->colour[i]->state;
-        if (i == 0) c0 = ci;
-        else if (ci->base != c0->base || ci->parity != c0->parity) return false;
-        cls[i] = ci->colour;
+        cs[i] = ss->colour[i]->state;
+        if (i > 0 && (cs[i]->base != cs[0]->base || cs[i]->parity != cs[0]->parity)) return false;
     }
-    *colour0 = c0->colour;
-    if (!c0->parity && ss->ncolours == 2 && cls[0] != cls[1] && rb_redblack_init(c0->base, s, h, k)) return true;
-    return rb_redblack_class_init(c0->base, s, h, c0->parity, cls, ss->ncolours, c, k);
+    *colour0 = cs[0]->colour;
+    if (!cs[0]->parity && ss->ncolours == 2 && cs[0]->colour != cs[1]->colour && rb_redblack_init(cs[0]->base, s, h, k))
+        return true;
+    return class_kernel(cs, ss->ncolours, s, h, c, k);
 }
 
 /* The fused kernel: all sweeps in one pass of the red-black kernel -- exactly the colour

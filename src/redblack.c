@@ -161,6 +161,7 @@ static inline void row_kernel(int nr, const row_args *a, size_t first, size_t W,
 /* ---- the class kernel ------------------------------------------------------------------------ */
 
 #define CLASS_LANES RB_TAP_LANES
+_Static_assert(CLASS_LANES == 8, "the class kernel's blocks (and the packed layout) are two vectors of 4 doubles");
 
 long long rb_redblack_class_first(bool parity, int cls, size_t z, size_t y)
 {
@@ -175,9 +176,10 @@ static inline double class_update(const rb_class_step *c, double u, double r, si
     return u + c->h * (c->dvar != NULL ? r / c->dvar[g] : r * c->inv);
 }
 
-/* Point p (grid point g = (z, y, x)), every tap checked against the grid (D, H, W). */
+/* Point p (grid point g = (z, y, x)), every tap checked against the grid (D, H, W); tap t's
+ * weight is w[t * ts]. */
 static void class_point_checked(const rb_class_step *c, double *u, const double *b, size_t p, size_t g, size_t z,
-                                size_t y, size_t x, size_t D, size_t H, size_t W)
+                                size_t y, size_t x, size_t D, size_t H, size_t W, const double *w, size_t ts)
 {
     double ax = 0.0;
     for (int t = 0; t < c->nt; t++) {
@@ -185,17 +187,68 @@ static void class_point_checked(const rb_class_step *c, double *u, const double 
         if ((dz < 0 && z == 0) || (dz > 0 && z + 1 == D) || (dy < 0 && y == 0) || (dy > 0 && y + 1 == H) ||
             (dx < 0 && x == 0) || (dx > 0 && x + 1 == W))
             continue;
-        ax += c->w[(size_t)t * c->tstride + g * c->wstep] * u[(long long)p + c->off[t]];
+        ax += w[(size_t)t * ts] * u[(long long)p + c->off[t]];
     }
     u[p] = class_update(c, u[p], b[p] - ax, g);
 }
 
 /* Point p (grid point g) whose taps all lie inside the grid. */
-static inline void class_point_inside(const rb_class_step *c, double *u, const double *b, size_t p, size_t g)
+static inline void class_point_inside(const rb_class_step *c, double *u, const double *b, size_t p, size_t g,
+                                      const double *w, size_t ts)
 {
     double ax = 0.0;
-    for (int t = 0; t < c->nt; t++) ax += c->w[(size_t)t * c->tstride + g * c->wstep] * u[(long long)p + c->off[t]];
+    for (int t = 0; t < c->nt; t++) ax += w[(size_t)t * ts] * u[(long long)p + c->off[t]];
     u[p] = class_update(c, u[p], b[p] - ax, g);
+}
+
+/* The packed layout (rb_redblack_class_pack). A row's slot holds its class points' weights:
+ * x = 0 if the class has it (x0 = 2, else x0 = 1), the blocks class_inner runs from x0, then
+ * the points after them (xt on). */
+static inline size_t pack_slot(size_t z, size_t y, size_t H) { return (z / 2) * ((H + 1) / 2) + y / 2; }
+static inline size_t pack_blocks(size_t W, size_t x0)
+{
+    return x0 + CLASS_LANES < W ? (W - x0 - CLASS_LANES - 1) / CLASS_LANES + 1 : 0;
+}
+static inline size_t pack_row(size_t W, size_t x0, int nt) { return (W - (x0 & 1) + 1) / 2 * (size_t)nt; }
+
+/* Point x's weights in the row's slot pw: tap 0's, and *ts the stride between taps. */
+static inline const double *packed_point(const double *pw, size_t W, size_t x0, int nt, size_t x, size_t *ts)
+{
+    static const size_t lane[4] = {0, 2, 1, 3}; /* block lanes: x, x+4, x+2, x+6 */
+    const size_t head = x0 == 2 ? (size_t)nt : 0, nb = pack_blocks(W, x0), xt = x0 + CLASS_LANES * nb;
+    if (x < x0) return *ts = 1, pw;
+    if (x < xt) {
+        const size_t k = (x - x0) / CLASS_LANES, i = (x - x0) % CLASS_LANES / 2;
+        return *ts = 4, pw + head + k * (size_t)nt * 4 + lane[i];
+    }
+    return *ts = 1, pw + head + nb * (size_t)nt * 4 + (x - xt) / 2 * (size_t)nt;
+}
+
+/* Point x's weights: packed (pw != NULL) or in place. */
+static inline const double *point_weights(const rb_class_step *c, const double *pw, size_t W, size_t x0, size_t g,
+                                          size_t x, size_t *ts)
+{
+    if (pw != NULL) return packed_point(pw, W, x0, c->nt, x, ts);
+    *ts = c->tstride;
+    return c->w + g * c->wstep;
+}
+
+size_t rb_redblack_class_pack_count(rb_shape grid, int nt, int cls)
+{
+    return ((grid.d + 1) / 2) * ((grid.h + 1) / 2) * pack_row(grid.w, (cls & 1) ? 1 : 2, nt);
+}
+
+void rb_redblack_class_pack(const double *w, rb_shape grid, int nt, int cls, double *out)
+{
+    const size_t D = grid.d, H = grid.h, W = grid.w, points = D * H * W, x0 = (cls & 1) ? 1 : 2;
+    const size_t row = pack_row(W, x0, nt);
+    for (size_t z = (size_t)(cls >> 2) & 1; z < D; z += 2)
+        for (size_t y = (size_t)(cls >> 1) & 1; y < H; y += 2)
+            for (size_t x = (size_t)(cls & 1); x < W; x += 2) {
+                size_t ts;
+                double *o = (double *)packed_point(out + pack_slot(z, y, H) * row, W, x0, nt, x, &ts);
+                for (int t = 0; t < nt; t++) o[(size_t)t * ts] = w[(size_t)t * points + (z * H + y) * W + x];
+            }
 }
 
 /* The class's points x = xx, xx + 2, ... of a row whose taps all lie inside, as far as whole
@@ -205,7 +258,7 @@ static inline void class_point_inside(const rb_class_step *c, double *u, const d
  * point the operations of class_point_inside. base / local: the row's first point in u /
  * in the grid. Returns the next xx. */
 static size_t class_inner(const rb_class_step *c, double *u, const double *b, size_t base, size_t local, size_t xx,
-                          size_t W)
+                          size_t W, const double *pw)
 {
     const int nt = c->nt;
     const double *wp[RB_CONV_MAX_TAPS], *up[RB_CONV_MAX_TAPS];
@@ -222,6 +275,26 @@ static size_t class_inner(const rb_class_step *c, double *u, const double *b, si
      * update for all lanes, blended into the old values at the class's lanes 0 and 2 (the
      * others are written back unchanged) */
     const __m256d vh = _mm256_set1_pd(c->h), vinv = _mm256_set1_pd(c->inv);
+    /* with packed weights (point-dependent, rb_redblack_class_pack): only the class's 4 points
+     * of each block, its values split off by unpacklo (lanes x, x+4, x+2, x+6, as the packed
+     * weights), the same operations per point, interleaved back with the other points */
+    if (pw != NULL && c->dvar != NULL)
+        for (; xx + CLASS_LANES < W; xx += CLASS_LANES, pw += (size_t)nt * 4) {
+            __m256d a = _mm256_setzero_pd();
+            for (int t = 0; t < nt; t++) {
+                const double *ut = up[t] + xx;
+                const __m256d v = _mm256_unpacklo_pd(_mm256_loadu_pd(ut), _mm256_loadu_pd(ut + 4));
+                a = _mm256_add_pd(a, _mm256_mul_pd(_mm256_loadu_pd(pw + 4 * t), v));
+            }
+            const double *d = c->dvar + local + xx;
+            const __m256d A = _mm256_loadu_pd(row + xx), B = _mm256_loadu_pd(row + xx + 4);
+            const __m256d uc = _mm256_unpacklo_pd(A, B), uo = _mm256_unpackhi_pd(A, B);
+            __m256d r = _mm256_sub_pd(_mm256_unpacklo_pd(_mm256_loadu_pd(brow + xx), _mm256_loadu_pd(brow + xx + 4)), a);
+            r = _mm256_div_pd(r, _mm256_unpacklo_pd(_mm256_loadu_pd(d), _mm256_loadu_pd(d + 4)));
+            const __m256d v = _mm256_add_pd(uc, _mm256_mul_pd(vh, r));
+            _mm256_storeu_pd(row + xx, _mm256_unpacklo_pd(v, uo));
+            _mm256_storeu_pd(row + xx + 4, _mm256_unpackhi_pd(v, uo));
+        }
     for (; xx + CLASS_LANES < W; xx += CLASS_LANES) {
         __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
         if (c->wstep)
@@ -249,6 +322,8 @@ static size_t class_inner(const rb_class_step *c, double *u, const double *b, si
         _mm256_storeu_pd(row + xx, _mm256_blend_pd(u0, _mm256_add_pd(u0, _mm256_mul_pd(vh, r0)), 0x5));
         _mm256_storeu_pd(row + xx + 4, _mm256_blend_pd(u1, _mm256_add_pd(u1, _mm256_mul_pd(vh, r1)), 0x5));
     }
+#else
+    (void)pw;
 #endif
     for (; xx + CLASS_LANES < W; xx += CLASS_LANES) {
         double ax[CLASS_LANES] = {0};
@@ -272,16 +347,28 @@ static void class_row(const rb_redblack *k, int cls, size_t s, size_t z, size_t 
     const size_t D = k->d, H = k->h, W = k->w;
     const long long first = rb_redblack_class_first(c->parity, cls, z, y);
     if (first < 0) return;
-    const size_t local = (z * H + y) * W, base = s * D * H * W + local;
+    const size_t local = (z * H + y) * W, base = s * D * H * W + local, x0 = first == 0 ? 2 : 1;
     double *u = k->u;
     const double *b = k->b;
-    size_t x = (size_t)first;
+    const double *pw = c->packed[cls] != NULL ? c->packed[cls] + pack_slot(z, y, H) * pack_row(W, x0, c->nt) : NULL;
+    size_t x = (size_t)first, ts;
+    const double *w;
     if ((!c->reach_z || (z > 0 && z + 1 < D)) && (!c->reach_y || (y > 0 && y + 1 < H)) && W >= 3) {
-        if (x == 0) class_point_checked(c, u, b, base, local, z, y, 0, D, H, W), x = 2;
-        x = class_inner(c, u, b, base, local, x, W);
-        for (; x + 1 < W; x += 2) class_point_inside(c, u, b, base + x, local + x);
+        if (x == 0) {
+            w = point_weights(c, pw, W, x0, local, 0, &ts);
+            class_point_checked(c, u, b, base, local, z, y, 0, D, H, W, w, ts);
+            x = 2;
+        }
+        x = class_inner(c, u, b, base, local, x, W, pw != NULL ? packed_point(pw, W, x0, c->nt, x, &ts) : NULL);
+        for (; x + 1 < W; x += 2) {
+            w = point_weights(c, pw, W, x0, local + x, x, &ts);
+            class_point_inside(c, u, b, base + x, local + x, w, ts);
+        }
     }
-    for (; x < W; x += 2) class_point_checked(c, u, b, base + x, local + x, z, y, x, D, H, W);
+    for (; x < W; x += 2) {
+        w = point_weights(c, pw, W, x0, local + x, x, &ts);
+        class_point_checked(c, u, b, base + x, local + x, z, y, x, D, H, W, w, ts);
+    }
 }
 
 bool rb_redblack_class_init(const rb_op *J, rb_shape s, double h, bool parity, const int *cls, int ncls, rb_class_step *c,

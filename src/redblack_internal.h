@@ -72,6 +72,8 @@ typedef struct rb_class_step {
     bool reach_z, reach_y;  /* some tap leaves the plane / the row */
     bool parity;            /* the classes are parity classes, not red-black colours */
     int ncls, cls[8];       /* step j works on class cls[j mod ncls] */
+    const double *packed[8]; /* by class: its weights in the packed layout (rb_redblack_class_pack),
+                              * or NULL (read from w in place); parity classes of a varstencil only */
 } rb_class_step;
 
 typedef struct rb_redblack {
@@ -113,6 +115,18 @@ long long rb_redblack_class_first(bool parity, int cls, size_t z, size_t y);
  * holds; cs holds the kernel's state and must live as long as k is used. */
 bool rb_redblack_class_init(const rb_op *J, rb_shape s, double h, bool parity, const int *cls, int ncls, rb_class_step *cs,
                             rb_redblack *k);
+
+/* The parity class cls's point weights (a varstencil's, nt planes of `grid`'s points) packed for
+ * the class kernel's vectorised blocks: per row (z, y) of the class, slot (z/2) ((H+1)/2) + y/2,
+ * the blocks of 4 class points x, x+2, x+4, x+6 that the kernel runs (x from 2 or 1, while
+ * x + 8 < W), each block nt taps of 4 lanes in the order x, x+4, x+2, x+6 (the order the kernel's
+ * unpacklo of 8 consecutive values gives), then the row's class points after the blocks up to
+ * x = W - 2, nt taps each. (Points x = 0 and W - 1 and rows on the grid's faces read w in
+ * place.) The class's weights are then one contiguous stream,
+ * read once per class step, instead of nt streams of which every row's other half is skipped.
+ * count: doubles the layout holds (0 when the grid has no such blocks). */
+size_t rb_redblack_class_pack_count(rb_shape grid, int nt, int cls);
+void rb_redblack_class_pack(const double *w, rb_shape grid, int nt, int cls, double *out);
 
 /* `steps` colour steps on k->u in place, colours colour0, 1 - colour0, ... (with a class
  * kernel: its classes in turn; colour0 unused), with k->first's stage before them and

@@ -2,7 +2,8 @@
  * colour: conformance (fused vs generic, vjp by finite differences); the parity classes
  * of full stencils and the colours of point-dependent stars (conformance, the fused step
  * equal to the generic path bit for bit, every point in one class), and their sweep ops (all
- * sweeps in one pass) equal to the colour steps one after another bit for bit; and one
+ * sweeps in one pass) equal to the colour steps one after another bit for bit, also with a
+ * varstencil's class weights packed (rb_op_parity_pack); and one
  * red-black Gauss-Seidel sweep against the same sweep done with the
  * LAPACK-assembled dense matrix. */
 #include "conformance.h"
@@ -101,15 +102,40 @@ static void test_parity_classes(void **state)
                         rb_arena work = {0};
                         RB_CHECK(ctx, rb_arena_reserve(ctx, &work, rb_residual_workspace(C, s) + 4096));
                         RB_CHECK(ctx, rb_residual_step_generic(ctx, C, 0.9, &x, &yg, &work));
-                        for (int threads = 1; threads <= 3; threads++) {
-                            RB_CHECK(ctx, rb_context_set_threads(ctx, threads));
+                        /* a varstencil's class also with its weights packed (rb_op_parity_pack) */
+                        for (int packed = 0; packed <= (kind == 1); packed++) {
+                            if (packed) RB_CHECK(ctx, rb_op_parity_pack(ctx, C));
+                            for (int threads = 1; threads <= 3; threads++) {
+                                RB_CHECK(ctx, rb_context_set_threads(ctx, threads));
+                                RB_CHECK(ctx, rb_residual_step(ctx, C, 0.9, &x, &yf, &work));
+                                for (size_t i = 0; i < rb_tensor_count(&x); i++)
+                                    if (yf.data[i] != yg.data[i])
+                                        fail_msg("%s%s, %d threads: point %zu differs from the generic path", label,
+                                                 packed ? " (packed)" : "", threads, i);
+                                rb_tensor_copy(ctx, &x, &yf);
+                                RB_CHECK(ctx, rb_residual_step(ctx, C, 0.9, &yf, &yf, &work));
+                                for (size_t i = 0; i < rb_tensor_count(&x); i++)
+                                    if (yf.data[i] != yg.data[i])
+                                        fail_msg("%s%s, %d threads, in place: point %zu differs", label, packed ? " (packed)" : "",
+                                                 threads, i);
+                            }
+                        }
+                        if (kind == 1) {
+                            /* the packed weights are a snapshot: new weights packed again are the ones used */
+                            const size_t all = rb_shape_count(grid) * (size_t)(dims == 1 ? 3 : dims == 2 ? 9 : 27);
+                            double *keep = test_malloc(all * sizeof *keep);
+                            for (size_t i = 0; i < all; i++) keep[i] = A->params[i], A->params[i] *= 0.75;
+                            rb_tensor y2;
+                            RB_CHECK(ctx, rb_tensor_alloc(ctx, &y2, s));
+                            RB_CHECK(ctx, rb_residual_step_generic(ctx, C, 0.9, &x, &y2, &work));
+                            RB_CHECK(ctx, rb_op_parity_pack(ctx, C));
                             RB_CHECK(ctx, rb_residual_step(ctx, C, 0.9, &x, &yf, &work));
                             for (size_t i = 0; i < rb_tensor_count(&x); i++)
-                                if (yf.data[i] != yg.data[i]) fail_msg("%s, %d threads: point %zu differs from the generic path", label, threads, i);
-                            rb_tensor_copy(ctx, &x, &yf);
-                            RB_CHECK(ctx, rb_residual_step(ctx, C, 0.9, &yf, &yf, &work));
-                            for (size_t i = 0; i < rb_tensor_count(&x); i++)
-                                if (yf.data[i] != yg.data[i]) fail_msg("%s, %d threads, in place: point %zu differs", label, threads, i);
+                                if (yf.data[i] != y2.data[i]) fail_msg("%s, packed again after new weights: point %zu differs", label, i);
+                            for (size_t i = 0; i < all; i++) A->params[i] = keep[i];
+                            RB_CHECK(ctx, rb_op_parity_pack(ctx, C));
+                            test_free(keep);
+                            rb_tensor_release(ctx, &y2);
                         }
                         RB_CHECK(ctx, rb_context_set_threads(ctx, 1));
                         for (size_t i = 0; i < rb_tensor_count(&x); i++) cover.data[i] += yg.data[i] != x.data[i];
@@ -156,10 +182,13 @@ static void test_class_sweeps(void **state)
                 if (kind == 1) RB_CHECK(ctx, rb_op_parity_create(ctx, J, c, &C[c]));
                 else RB_CHECK(ctx, rb_op_colour_create(ctx, J, c, &C[c]));
             }
-            for (int order = 0; order < 2; order++)
+            for (int order = 0; order < 4; order++) /* 2, 3: the parity classes packed (rb_op_parity_pack) */
                 for (int sweeps = 1; sweeps <= 2; sweeps++) {
+                    if (order >= 2 && kind != 1) continue;
+                    if (order == 2 && sweeps == 1)
+                        for (int c = 0; c < nc; c++) RB_CHECK(ctx, rb_op_parity_pack(ctx, C[c]));
                     const rb_op *cols[8];
-                    for (int c = 0; c < nc; c++) cols[c] = C[order ? nc - 1 - c : c];
+                    for (int c = 0; c < nc; c++) cols[c] = C[order % 2 ? nc - 1 - c : c];
                     rb_op *G;
                     RB_CHECK(ctx, rb_op_colour_sweep_create(ctx, cols, nc, 1.1, sweeps, &G));
                     rb_arena work = {0};
@@ -172,8 +201,9 @@ static void test_class_sweeps(void **state)
                         RB_CHECK(ctx, rb_residual_step(ctx, G, 1.1, &y, &y, &work));
                         for (size_t i = 0; i < rb_tensor_count(&x); i++)
                             if (y.data[i] != ref.data[i])
-                                fail_msg("%dD grid %zu %s, order %d, %d sweeps, %d threads: point %zu: sweep op %.17g, "
-                                         "colour steps %.17g", dims, gi, kind == 1 ? "parity classes" : "red-black", order,
+                                fail_msg("%dD grid %zu %s, order %d%s, %d sweeps, %d threads: point %zu: sweep op %.17g, "
+                                         "colour steps %.17g", dims, gi, kind == 1 ? "parity classes" : "red-black", order % 2,
+                                         order >= 2 ? " (packed)" : "",
                                          sweeps, threads, i, y.data[i], ref.data[i]);
                     }
                     RB_CHECK(ctx, rb_context_set_threads(ctx, 1));
@@ -246,6 +276,15 @@ static void test_bad_input(void **state)
     RB_EXPECT(ctx, RB_EINVAL, "cls = -1", rb_op_parity_create(ctx, a, -1, &c));
     RB_EXPECT(ctx, RB_ENULL, "out", rb_op_parity_create(ctx, a, 0, NULL));
     assert_null(c);
+    /* packing: only a parity class, only over point weights */
+    RB_EXPECT(ctx, RB_ENULL, "op is NULL", rb_op_parity_pack(ctx, NULL));
+    RB_EXPECT(ctx, RB_EINVAL, "not a parity class", rb_op_parity_pack(ctx, a));
+    RB_CHECK(ctx, rb_op_colour_create(ctx, a, 0, &c));
+    RB_EXPECT(ctx, RB_EINVAL, "red-black colour op, not a parity class", rb_op_parity_pack(ctx, c));
+    rb_op_free(ctx, c);
+    RB_CHECK(ctx, rb_op_parity_create(ctx, a, 1, &c));
+    RB_EXPECT(ctx, RB_EUNSUPPORTED, "no point weights to pack", rb_op_parity_pack(ctx, c));
+    rb_op_free(ctx, c);
     rb_op_free(ctx, a);
 }
 

@@ -45,6 +45,17 @@ rb_status rb_op_colour_create(rb_context *ctx, const rb_op *base, int colour, rb
  * a point-dependent star. base is referenced, not owned. */
 rb_status rb_op_parity_create(rb_context *ctx, const rb_op *base, int cls, rb_op **out);
 
+/* For a parity class whose base is a Jacobi operator over a varstencil (point weights, e.g.
+ * a Galerkin coarse operator): a copy of the class's weights in the layout its fused kernel
+ * streams (the class's points contiguous, in the order its vector blocks take them) -- one
+ * stream read once per class step instead of 3^d, each row of which is half skipped (a
+ * 27-point class sweep 4-5x faster, bench/RESULTS.md §2b). The copy is a snapshot: the kernel
+ * reads it, not the base's weights, until this is called again, so call it again after
+ * changing them. It costs the class's share of the weights' memory (all 2^d classes: the
+ * weights once more); rb_op_free releases it. RB_EINVAL for an op that is not a parity class,
+ * RB_EUNSUPPORTED for a base without point weights. */
+rb_status rb_op_parity_pack(rb_context *ctx, rb_op *op);
+
 /* Gauss-Seidel sweeps over colours as one residual step: with S one sweep (the
  * colour steps u <- u + omega F_c(u) in order, each through rb_residual_step),
  *

@@ -331,6 +331,8 @@ static rb_status gauss_seidel_colours(rb_context *ctx, rb_mg *mg, size_t l)
         for (int k = 0; k < (1 << d); k++) {
             if (((k & 1) + ((k >> 1) & 1) + ((k >> 2) & 1)) % 2 != parity) continue;
             rb_status st = rb_op_parity_create(ctx, mg->J[l], k, &mg->colour[l][nc]);
+            /* the level's operator is fixed from here on: its class weights packed for the kernel */
+            if (st == RB_OK) st = rb_op_parity_pack(ctx, mg->colour[l][nc]);
             if (st != RB_OK) return st;
             nc++;
         }
