@@ -141,7 +141,7 @@ static void test_probe_galerkin(void **state)
 {
     rb_context *ctx = *state;
     for (int dims = 1; dims <= 3; dims++) {
-        size_t k = dims == 3 ? 3 : 7, n = 2 * k + 1;
+        size_t k = 7, n = 2 * k + 1; /* coarse points inside and on the faces */
         rb_shape fine = {1, 1, dims == 3 ? n : 1, dims >= 2 ? n : 1, n};
         rb_shape coarse = {1, 1, dims == 3 ? k : 1, dims >= 2 ? k : 1, k};
         /* a variable fine operator: random positive star weights */
@@ -160,12 +160,33 @@ static void test_probe_galerkin(void **state)
         rb_op *RAP;
         RB_CHECK(ctx, rb_op_chain_create(ctx, parts, 3, &RAP));
         RB_CHECK(ctx, rb_op_varstencil_probe(ctx, RAP, dims, coarse, &G));
-        /* R, A, P referenced instead of chained: the same probes, the same stencil */
+        /* R, A, P referenced instead of chained: the product from their weights (the sum of
+         * R_r A_s P_p per coarse point and tap), equal to the chain's probe to rounding; and
+         * the probes of the referenced operators when the direct product does not apply (an
+         * operator that is not a conv: the chain of R alone), bit for bit */
         rb_op *G2;
         RB_CHECK(ctx, rb_op_varstencil_galerkin(ctx, R, A, P, dims, coarse, &G2));
         assert_int_equal(G2->nparams, G->nparams);
+        double gmax = 0.0, dmax = 0.0;
+        size_t pattern = 0; /* entries zero in one and not the other (taps leaving the grid are 0) */
+        for (size_t i = 0; i < G->nparams; i++) {
+            gmax = fmax(gmax, fabs(G->params[i]));
+            dmax = fmax(dmax, fabs(G2->params[i] - G->params[i]));
+            pattern += (G2->params[i] == 0.0) != (G->params[i] == 0.0);
+        }
+        if (!(gmax > 0) || !(dmax <= 1e-14 * gmax) || pattern > 0)
+            fail_msg("%dD: rb_op_varstencil_galerkin differs from the chain's probe by %.3g (max %.3g, %zu zero patterns)",
+                     dims, dmax, gmax, pattern);
+        rb_op_free(ctx, G2);
+        rb_op *Rc, *R2;
+        rb_conv_desc dr = rb_conv_desc_default(dims, 1, 1);
+        dr.stride = 2;
+        RB_CHECK(ctx, rb_op_conv_create(ctx, &dr, w, &R2));
+        RB_CHECK(ctx, rb_op_chain_create(ctx, &R2, 1, &Rc)); /* owns R2 */
+        RB_CHECK(ctx, rb_op_varstencil_galerkin(ctx, Rc, A, P, dims, coarse, &G2));
         for (size_t i = 0; i < G->nparams; i++)
-            if (G2->params[i] != G->params[i]) fail_msg("%dD: rb_op_varstencil_galerkin differs from the chain's probe at %zu", dims, i);
+            if (G2->params[i] != G->params[i]) fail_msg("%dD: the probes of R, A, P differ from the chain's at %zu", dims, i);
+        rb_op_free(ctx, Rc);
         RB_EXPECT(ctx, RB_ESHAPE, "rb_op_varstencil_galerkin: operator 1 (varstencil): varstencil on grid",
                   rb_op_varstencil_galerkin(ctx, R, A, P, dims, fine, &(rb_op *){NULL}));
         RB_EXPECT(ctx, RB_ENULL, "operator 1 is NULL", rb_op_varstencil_galerkin(ctx, R, NULL, P, dims, coarse, &(rb_op *){NULL}));

@@ -29,9 +29,13 @@ rb_status rb_op_varstencil_create(rb_context *ctx, int dims, rb_stencil pattern,
  * applications (e.g. the Galerkin product R A P). */
 rb_status rb_op_varstencil_probe(rb_context *ctx, const rb_op *F, int dims, rb_shape grid, rb_op **out);
 
-/* The Galerkin operator R A P on the coarse grid, probed as above with P, A and R applied in
- * turn (referenced, not copied: no chain of copies of a large A). P maps the coarse grid
- * to A's grid, R back. */
+/* The Galerkin operator R A P on the coarse grid. P maps the coarse grid to A's grid, R
+ * back. For single-channel convs R (plain) and P (transposed) of one stride (the transfers
+ * rb_mg_transfers_create makes) and a varstencil A, it is summed from their weights:
+ * (R A P)[I][T] = sum of R_r A_s(i) P_p over the fine points i under I and their neighbours
+ * j = i + s under I + T (equal to the probes' stencil to rounding; 255^3 fine grid: 3 s
+ * instead of 9). Other linear operators are probed as above, with P, A and R applied in
+ * turn (referenced, not copied: no chain of copies of a large A). */
 rb_status rb_op_varstencil_galerkin(rb_context *ctx, const rb_op *R, const rb_op *A, const rb_op *P, int dims,
                                     rb_shape coarse, rb_op **out);
 
