@@ -5,6 +5,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "conv_internal.h"
 #include "redblack_internal.h"
 #include "resbridge/residual.h"
 #include "resbridge/varstencil.h"
@@ -334,12 +335,17 @@ static rb_status sweep_fused_pass(rb_context *ctx, const rb_op *op, double h, rb
     const size_t mark = work != NULL ? rb_arena_mark(work) : 0;
     if (pass->A != NULL && (pass->norm2 != NULL || pass->R != NULL)) {
         t.f = pass->f->data;
-        if (!rb_stencil_any_init(pass->A, u->shape, &t.A)) return RB_OK;
+        /* the residual lines of a constant stencil, or of a point-dependent one (varstencil) */
+        if (!rb_stencil_any_init(pass->A, u->shape, &t.A)) {
+            if (!rb_varstencil_on(pass->A, u->shape)) return RB_OK;
+            t.vA = pass->A;
+        }
         if (pass->R != NULL) {
             rb_stencil_any pair;
             rb_shape cs;
-            if (!rb_transfer_restrict_pair(pass->A, pass->R, u->shape, &pair, &t.g) ||
-                rb_op_shape(ctx, pass->R, u->shape, &cs) != RB_OK || !rb_shape_equal(cs, pass->coarse->shape))
+            const bool plan = t.vA != NULL ? rb_transfer_restrict_plan(pass->R, k.dims, u->shape, &t.g)
+                                           : rb_transfer_restrict_pair(pass->A, pass->R, u->shape, &pair, &t.g);
+            if (!plan || rb_op_shape(ctx, pass->R, u->shape, &cs) != RB_OK || !rb_shape_equal(cs, pass->coarse->shape))
                 return RB_OK;
             t.rw = pass->R->params, t.coarse = pass->coarse->data;
         }

@@ -90,6 +90,8 @@ size_t rb_transfer_restrict_residual_workspace(const rb_op *A, const rb_op *R, r
  * pair it takes (filling the stencil and R's geometry), and coarse line C of sample n
  * (a row in 2D, a plane in 3D) from the residual lines 2C, 2C+1, 2C+2 under it. */
 bool rb_transfer_restrict_pair(const rb_op *A, const rb_op *R, rb_shape fine, rb_stencil_any *k, rb_conv_geom *g);
+/* R's half of that: whether R is a restriction of `dims` dimensions those lines take on this grid. */
+bool rb_transfer_restrict_plan(const rb_op *R, int dims, rb_shape fine, rb_conv_geom *g);
 void rb_transfer_restrict_line(const rb_conv_geom *g, int dims, const double *w, size_t n, size_t C,
                                const double *const lines[3], double *coarse);
 

@@ -20,6 +20,8 @@
  */
 #include "redblack_internal.h"
 
+#include "conv_internal.h"
+
 #include "resbridge/varstencil.h"
 
 #include <math.h>
@@ -473,7 +475,8 @@ static double *residual_line(const rb_redblack *k, const then_run *r, size_t s, 
 {
     const rb_redblack_then *t = k->then;
     double *slot = r->ring + (size_t)(l % 3) * t->line;
-    rb_stencil_residual_line(&t->A, grid_of(k), k->u, t->f, s, (size_t)l, slot);
+    if (t->vA != NULL) rb_varstencil_residual_line(t->vA, k->dims, k->u, t->f, s, (size_t)l, slot);
+    else rb_stencil_residual_line(&t->A, grid_of(k), k->u, t->f, s, (size_t)l, slot);
     return slot;
 }
 

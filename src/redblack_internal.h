@@ -40,6 +40,7 @@
  * threads' runs share is restricted from its three residual lines computed again. */
 typedef struct rb_redblack_then {
     rb_stencil_any A;
+    const rb_op *vA;       /* or a varstencil (rb_varstencil_residual_line) instead of A */
     const double *f;
     bool norm;             /* sum r^2 into norm2 */
     double norm2;          /* out: summed per line, lines in order per thread, threads in order */

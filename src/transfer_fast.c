@@ -261,22 +261,30 @@ void rb_transfer_restrict_line(const rb_conv_geom *g, int dims, const double *w,
 /* Doubles in one fine line: a row (2D) or a plane (3D). */
 static size_t line_size(rb_shape fine, int dims) { return dims == 3 ? fine.h * fine.w : fine.w; }
 
-bool rb_transfer_restrict_pair(const rb_op *A, const rb_op *R, rb_shape fine, rb_stencil_any *k, rb_conv_geom *g)
+bool rb_transfer_restrict_plan(const rb_op *R, int dims, rb_shape fine, rb_conv_geom *g)
 {
     const rb_conv_state *cs = rb_conv_state_of(R);
     rb_shape out;
-    if (!transfer_conv(cs) || cs->desc.transposed || !rb_stencil_any_init(A, fine, k) || k->dims != cs->desc.dims)
-        return false;
-    if (rb_conv_geometry(NULL, R, fine, g, &out) != RB_OK || !transfer_geom(cs, g)) return false;
-    return true;
+    return transfer_conv(cs) && !cs->desc.transposed && cs->desc.dims == dims &&
+           rb_conv_geometry(NULL, R, fine, g, &out) == RB_OK && transfer_geom(cs, g);
+}
+
+bool rb_transfer_restrict_pair(const rb_op *A, const rb_op *R, rb_shape fine, rb_stencil_any *k, rb_conv_geom *g)
+{
+    return rb_stencil_any_init(A, fine, k) && rb_transfer_restrict_plan(R, k->dims, fine, g);
 }
 
 size_t rb_transfer_restrict_residual_workspace(const rb_op *A, const rb_op *R, rb_shape fine)
 {
     rb_stencil_any k;
     rb_conv_geom g;
-    if (A == NULL || R == NULL || !rb_transfer_restrict_pair(A, R, fine, &k, &g)) return 0;
-    return rb_arena_bytes(FUSED_MAX_THREADS * 3 * line_size(fine, k.dims) * sizeof(double));
+    if (A == NULL || R == NULL) return 0;
+    int dims = 0;
+    if (rb_transfer_restrict_pair(A, R, fine, &k, &g)) dims = k.dims;
+    else if (rb_varstencil_on(A, fine)) /* the red-black wavefront's residual lines of a varstencil */
+        dims = fine.d > 1 ? 3 : 2;
+    if (dims == 0) return 0;
+    return rb_arena_bytes(FUSED_MAX_THREADS * 3 * line_size(fine, dims) * sizeof(double));
 }
 
 bool rb_transfer_restrict_residual(rb_context *ctx, const rb_op *A, const rb_op *R, const rb_tensor *u,

@@ -43,7 +43,7 @@ static inline bool neighbour(const vs_state *vs, size_t z, size_t y, size_t x, i
  * The taps are symmetric in order (tap[ntaps-1-t] = -tap[t]), so the adjoint
  * reaches q - tap_t through tap ntaps-1-t. */
 static inline void gather_point(const vs_state *vs, const double *W, const double *src, double alpha, bool adjoint,
-                                double *dst, size_t z, size_t yy, size_t xx)
+                                double *drow, size_t z, size_t yy, size_t xx)
 {
     size_t p = (z * vs->grid.h + yy) * vs->grid.w + xx, q;
     double acc = 0.0;
@@ -51,7 +51,7 @@ static inline void gather_point(const vs_state *vs, const double *W, const doubl
         if (!neighbour(vs, z, yy, xx, adjoint ? vs->ntaps - 1 - t : t, &q)) continue;
         acc += W[(size_t)t * vs->points + (adjoint ? q : p)] * src[q];
     }
-    dst[p] = adjoint ? dst[p] + alpha * acc : acc;
+    drow[xx] = adjoint ? drow[xx] + alpha * acc : acc;
 }
 
 /* `count` points of a row whose taps all lie inside the grid: the same sums in the same
@@ -81,35 +81,54 @@ static void gather_interior(int ntaps, const double *const *w, const double *con
 /* One gather for both products (gather_point), parallel over rows of (sample, z, y). Rows
  * whose neighbour rows and planes all lie inside the grid run their interior points
  * through gather_interior; the rest point by point. */
+/* Row (z, yy) of one sample (src: its input; drow: the row's output). */
+static void gather_row(const vs_state *vs, const double *W, const double *src, double alpha, bool adjoint, double *drow,
+                       size_t z, size_t yy)
+{
+    const size_t D = vs->grid.d, H = vs->grid.h, Wd = vs->grid.w;
+    const bool inside = (vs->dims < 3 || (z > 0 && z + 1 < D)) && (vs->dims < 2 || (yy > 0 && yy + 1 < H));
+    if (!inside || Wd < 3) {
+        for (size_t xx = 0; xx < Wd; xx++) gather_point(vs, W, src, alpha, adjoint, drow, z, yy, xx);
+        return;
+    }
+    const size_t p1 = (z * H + yy) * Wd + 1; /* the row's point x = 1 */
+    const double *w[RB_CONV_MAX_TAPS], *s[RB_CONV_MAX_TAPS];
+    for (int t = 0; t < vs->ntaps; t++) {
+        const int r = adjoint ? vs->ntaps - 1 - t : t;
+        const long long off = ((long long)vs->tap[r][0] * (long long)H + vs->tap[r][1]) * (long long)Wd + vs->tap[r][2];
+        const size_t q1 = (size_t)((long long)p1 + off);
+        s[t] = src + q1;
+        w[t] = W + (size_t)t * vs->points + (adjoint ? q1 : p1);
+    }
+    gather_point(vs, W, src, alpha, adjoint, drow, z, yy, 0);
+    gather_interior(vs->ntaps, w, s, Wd - 2, alpha, adjoint, drow + 1, rb_weight_prefetch_ahead(vs->ntaps, Wd));
+    gather_point(vs, W, src, alpha, adjoint, drow, z, yy, Wd - 1);
+}
+
 static void vs_gather(rb_context *ctx, const vs_state *vs, const double *W, size_t batch, const double *in, double alpha,
                       bool adjoint, double *out)
 {
-    const size_t D = vs->grid.d, H = vs->grid.h, Wd = vs->grid.w;
+    const size_t D = vs->grid.d, H = vs->grid.h;
     const long long total = (long long)(batch * D * H);
     const int threads = rb_context_threads(ctx);
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && total >= 64)
     for (long long row = 0; row < total; row++) {
         size_t n = (size_t)row / (D * H), zy = (size_t)row % (D * H);
-        size_t z = zy / H, yy = zy % H;
-        const double *src = in + n * vs->points;
-        double *dst = out + n * vs->points;
-        const bool inside = (vs->dims < 3 || (z > 0 && z + 1 < D)) && (vs->dims < 2 || (yy > 0 && yy + 1 < H));
-        if (!inside || Wd < 3) {
-            for (size_t xx = 0; xx < Wd; xx++) gather_point(vs, W, src, alpha, adjoint, dst, z, yy, xx);
-            continue;
-        }
-        const size_t p1 = zy * Wd + 1; /* the row's point x = 1 */
-        const double *w[RB_CONV_MAX_TAPS], *s[RB_CONV_MAX_TAPS];
-        for (int t = 0; t < vs->ntaps; t++) {
-            const int r = adjoint ? vs->ntaps - 1 - t : t;
-            const long long off = ((long long)vs->tap[r][0] * (long long)H + vs->tap[r][1]) * (long long)Wd + vs->tap[r][2];
-            const size_t q1 = (size_t)((long long)p1 + off);
-            s[t] = src + q1;
-            w[t] = W + (size_t)t * vs->points + (adjoint ? q1 : p1);
-        }
-        gather_point(vs, W, src, alpha, adjoint, dst, z, yy, 0);
-        gather_interior(vs->ntaps, w, s, Wd - 2, alpha, adjoint, dst + p1, rb_weight_prefetch_ahead(vs->ntaps, Wd));
-        gather_point(vs, W, src, alpha, adjoint, dst, z, yy, Wd - 1);
+        gather_row(vs, W, in + n * vs->points, alpha, adjoint, out + n * vs->points + zy * vs->grid.w, zy / H, zy % H);
+    }
+}
+
+void rb_varstencil_residual_line(const rb_op *A, int line_dims, const double *u, const double *f, size_t n, size_t l,
+                                 double *r_line)
+{
+    const vs_state *vs = A->state;
+    const size_t H = vs->grid.h, Wd = vs->grid.w, z = line_dims == 3 ? l : 0, rows = line_dims == 3 ? H : 1;
+    const double *src = u + n * vs->points;
+    for (size_t i = 0; i < rows; i++) {
+        const size_t yy = line_dims == 3 ? i : l, off = n * vs->points + (z * H + yy) * Wd;
+        double *r = r_line + i * Wd;
+        gather_row(vs, A->params, src, 1.0, false, r, z, yy);
+        for (size_t x = 0; x < Wd; x++) r[x] = f[off + x] - r[x];
     }
 }
 
@@ -157,6 +176,13 @@ static const rb_op_type vs_type = {
     .param_grad = vs_param_grad,
     .destroy = vs_destroy,
 };
+
+bool rb_varstencil_on(const rb_op *A, rb_shape s)
+{
+    const vs_state *vs = A != NULL && A->type == &vs_type ? A->state : NULL;
+    return vs != NULL && s.c == 1 && s.d == vs->grid.d && s.h == vs->grid.h && s.w == vs->grid.w;
+}
+
 
 bool rb_op_varstencil_info(const rb_op *op, int *dims, int *ntaps, int *centre, rb_shape *grid)
 {

@@ -48,6 +48,24 @@ static rb_op *random_star(rb_context *ctx, int dims, uint64_t seed)
     return A;
 }
 
+/* A point-dependent star (full: 3^dims-point) stencil on the grid of s with random
+ * off-centre weights and a dominant centre. */
+static rb_op *random_point_stencil(rb_context *ctx, int dims, bool full, rb_shape s, uint64_t seed)
+{
+    rb_op *A;
+    s.n = 1;
+    RB_CHECK(ctx, rb_op_varstencil_create(ctx, dims, full ? RB_STENCIL_FULL : RB_STENCIL_STAR, s, NULL, &A));
+    int vd, nt, ce;
+    rb_shape g;
+    assert_true(rb_op_varstencil_info(A, &vd, &nt, &ce, &g));
+    const size_t pts = rb_shape_count(g);
+    rb_test_rng r = {seed};
+    for (int t = 0; t < nt; t++)
+        for (size_t p = 0; p < pts; p++)
+            A->params[(size_t)t * pts + p] = t == ce ? rb_test_uniform(&r, 1.5 * nt, 2.0 * nt) : rb_test_uniform(&r, -1.5, -0.2);
+    return A;
+}
+
 static rb_tensor alloc_random(rb_context *ctx, rb_shape s, uint64_t seed)
 {
     rb_tensor t;
@@ -250,7 +268,7 @@ static void test_stencil3d_vs_gather(void **state)
 static void test_residual_vs_reference(void **state)
 {
     rb_context *ctx = *state;
-    for (int kind = 0; kind < 3; kind++) {
+    for (int kind = 0; kind < 5; kind++) {
         const int dims = kind == 2 ? 3 : 2;
         for (size_t si = 0; si < nshapes(dims); si++) {
             rb_shape s = shape_of(dims, si);
@@ -400,7 +418,7 @@ static void test_transfers_vs_reference(void **state)
 static void test_restrict_residual_vs_reference(void **state)
 {
     rb_context *ctx = *state;
-    for (int kind = 0; kind < 3; kind++) {
+    for (int kind = 0; kind < 5; kind++) {
         const int dims = kind == 2 ? 3 : 2;
         for (size_t si = 0; si < sizeof COARSE / sizeof *COARSE; si++) {
             rb_shape cs, fs;
@@ -467,12 +485,15 @@ static const size_t PASS_COARSE[][4] = {{1, 1, 1, 1}, {2, 1, 2, 3}, {1, 3, 1, 2}
  * equal to the colour steps), the residual by the reference loop (rb_conv_gather), its
  * plain sum of squares and R by rb_conv_gather. The grids equal bit for bit, the norm to
  * 1e-13. The residual operator may be another stencil than the smoother's (kind 1: a
- * 3x3 stencil in 2D). Every combination of the three parts. */
+ * 3x3 stencil in 2D). Kinds 3 and 4: point-dependent stencils (varstencils; the residual
+ * by applying the op, itself checked against the definition in test_varstencil): a 2D
+ * star with red-black colours, and a 3D 27-point stencil with its 8 parity classes, packed.
+ * Every combination of the three parts. */
 static void test_sweep_pass_vs_reference(void **state)
 {
     rb_context *ctx = *state;
-    for (int kind = 0; kind < 3; kind++) {
-        const int dims = kind == 2 ? 3 : 2;
+    for (int kind = 0; kind < 5; kind++) {
+        const int dims = kind == 2 || kind == 4 ? 3 : 2;
         for (size_t si = 0; si < sizeof PASS_COARSE / sizeof *PASS_COARSE; si++) {
             const size_t *c = PASS_COARSE[si];
             if (dims == 2 && c[1] != 1) continue;
@@ -480,7 +501,10 @@ static void test_sweep_pass_vs_reference(void **state)
             rb_shape fs = dims == 2 ? rb_shape_2d(c[0], 1, 2 * c[2] + 1, 2 * c[3] + 1)
                                     : rb_shape_3d(c[0], 1, 2 * c[1] + 1, 2 * c[2] + 1, 2 * c[3] + 1);
             const size_t nc = rb_shape_count(cs), nf = rb_shape_count(fs);
-            rb_op *Asm = random_star(ctx, dims, 81 + si), *A = Asm, *J, *C[2];
+            if (kind == 4 && (nf / fs.n > 20000 || c[1] == 1)) continue; /* small 3D grids (threads: kind 3) */
+            rb_op *Asm = kind < 3 ? random_star(ctx, dims, 81 + si) : random_point_stencil(ctx, dims, kind == 4, fs, 81 + si);
+            rb_op *A = Asm, *J, *C[8];
+            const int ncol = kind == 4 ? 8 : 2;
             if (kind == 1) {
                 rb_test_rng r = {83 + si};
                 double w[9];
@@ -495,8 +519,14 @@ static void test_sweep_pass_vs_reference(void **state)
             RB_CHECK(ctx, rb_tensor_alloc(ctx, &u2, fs));
             RB_CHECK(ctx, rb_tensor_alloc(ctx, &yc, cs));
             RB_CHECK(ctx, rb_op_jacobi_create(ctx, Asm, &f, &J));
-            RB_CHECK(ctx, rb_op_colour_create(ctx, J, 0, &C[0]));
-            RB_CHECK(ctx, rb_op_colour_create(ctx, J, 1, &C[1]));
+            for (int k = 0; k < ncol; k++) {
+                if (kind == 4) {
+                    RB_CHECK(ctx, rb_op_parity_create(ctx, J, k, &C[k]));
+                    RB_CHECK(ctx, rb_op_parity_pack(ctx, C[k]));
+                } else {
+                    RB_CHECK(ctx, rb_op_colour_create(ctx, J, k, &C[k]));
+                }
+            }
             double *r = test_malloc(nf * sizeof *r), *ref = test_malloc(nc * sizeof *ref);
             rb_conv_geom g, gp;
             rb_shape out;
@@ -506,16 +536,24 @@ static void test_sweep_pass_vs_reference(void **state)
             for (size_t i = 0; i < nf; i++) xp.data[i] = x.data[i] + r[i]; /* x + P c */
             for (int sweeps = 1; sweeps <= 2; sweeps++)
                 for (int order = 0; order < 2; order++) {
-                    const rb_op *cols[2] = {C[order], C[1 - order]};
+                    if (kind == 4 && (sweeps == 2 || order == 1)) continue; /* (the sweeps' variants: test_colour) */
+                    const rb_op *cols[8];
+                    for (int k = 0; k < ncol; k++) cols[k] = C[order ? ncol - 1 - k : k];
                     const double omega = sweeps == 1 ? 1.15 : 1.0;
                     rb_op *G;
-                    RB_CHECK(ctx, rb_op_colour_sweep_create(ctx, cols, 2, omega, sweeps, &G));
+                    RB_CHECK(ctx, rb_op_colour_sweep_create(ctx, cols, ncol, omega, sweeps, &G));
                     rb_arena work = {0};
                     RB_CHECK(ctx, rb_arena_reserve(ctx, &work, rb_transfer_restrict_residual_workspace(A, R, fs) + 4096));
                     for (int with_p = 0; with_p < 2; with_p++) {
                         rb_tensor_copy(ctx, with_p ? &xp : &x, &u1);
                         RB_CHECK(ctx, rb_residual_step(ctx, G, omega, &u1, &u1, &work));
-                        gather_ref(ctx, A, &u1, r);
+                        if (kind < 3) {
+                            gather_ref(ctx, A, &u1, r);
+                        } else {
+                            rb_tensor rt;
+                            RB_CHECK(ctx, rb_tensor_view(ctx, &rt, r, fs));
+                            RB_CHECK(ctx, rb_op_apply(ctx, A, &u1, &rt, NULL));
+                        }
                         double s2 = 0.0;
                         for (size_t i = 0; i < nf; i++) r[i] = f.data[i] - r[i], s2 += r[i] * r[i];
                         rb_conv_gather(1, rb_conv_state_of(R), &g, R->params, NULL, r, 1.0, 0.0, ref);
@@ -549,7 +587,8 @@ static void test_sweep_pass_vs_reference(void **state)
                 }
             test_free(r), test_free(ref);
             if (A != Asm) rb_op_free(ctx, A);
-            rb_op_free(ctx, C[0]), rb_op_free(ctx, C[1]), rb_op_free(ctx, J), rb_op_free(ctx, Asm);
+            for (int k = 0; k < ncol; k++) rb_op_free(ctx, C[k]);
+            rb_op_free(ctx, J), rb_op_free(ctx, Asm);
             rb_op_free(ctx, R), rb_op_free(ctx, P);
             rb_tensor_release(ctx, &f), rb_tensor_release(ctx, &x), rb_tensor_release(ctx, &cu);
             rb_tensor_release(ctx, &xp), rb_tensor_release(ctx, &u1), rb_tensor_release(ctx, &u2);
