@@ -10,7 +10,9 @@
  * it (rb_residual_step_pass, residual.h; the red-black colour sweep op does): the last
  * pre-smoothing step also writes f_{l+1} = R (f - A u), the first post-smoothing step
  * adds the correction P u_{l+1} just ahead of its sweeps, and for rb_vcycle_run_norm the
- * last post-smoothing step also sums (f - A u)^2. Otherwise the separate calls run. */
+ * last post-smoothing step also sums (f - A u)^2 -- for constant stencils and for
+ * point-dependent ones (varstencils: Galerkin and rediscretised variable-coefficient
+ * levels) alike. Otherwise the separate calls run. */
 #include "resbridge/vcycle.h"
 
 #include <math.h>
