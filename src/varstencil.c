@@ -92,7 +92,7 @@ static void gather_row(const vs_state *vs, const double *W, const double *src, d
         return;
     }
     const size_t p1 = (z * H + yy) * Wd + 1; /* the row's point x = 1 */
-    const double *w[RB_CONV_MAX_TAPS], *s[RB_CONV_MAX_TAPS];
+    const double *w[RB_CONV_MAX_TAPS] = {NULL}, *s[RB_CONV_MAX_TAPS] = {NULL};
     for (int t = 0; t < vs->ntaps; t++) {
         const int r = adjoint ? vs->ntaps - 1 - t : t;
         const long long off = ((long long)vs->tap[r][0] * (long long)H + vs->tap[r][1]) * (long long)Wd + vs->tap[r][2];
