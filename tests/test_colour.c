@@ -35,22 +35,6 @@ static void test_conformance(void **state)
         }
 }
 
-/* A Jacobi operator over a point-dependent stencil (random weights, dominant centre). */
-static rb_op *random_varstencil(rb_context *ctx, int dims, rb_stencil pat, rb_shape grid, uint64_t seed)
-{
-    rb_op *A;
-    RB_CHECK(ctx, rb_op_varstencil_create(ctx, dims, pat, grid, NULL, &A));
-    int vd, nt, ce;
-    rb_shape g;
-    assert_true(rb_op_varstencil_info(A, &vd, &nt, &ce, &g));
-    const size_t pts = rb_shape_count(grid);
-    rb_test_rng r = {seed};
-    for (int t = 0; t < nt; t++)
-        for (size_t p = 0; p < pts; p++)
-            A->params[(size_t)t * pts + p] = t == ce ? rb_test_uniform(&r, 2.0 * nt, 3.0 * nt) : rb_test_uniform(&r, -1.5, 0.2);
-    return A;
-}
-
 /* The parity classes (and red-black over point-dependent stars): conformance, i.e. the
  * vjp by finite differences and the fused step against the generic path (mask of F,
  * then x + h F); then the fused step, in place and out of place and on 1..3 threads,
@@ -83,7 +67,7 @@ static void test_parity_classes(void **state)
                     w[(nt - 1) / 2] = 2.0 * nt;
                     RB_CHECK(ctx, rb_op_stencil_create(ctx, dims, RB_STENCIL_FULL, w, &A));
                 } else {
-                    A = random_varstencil(ctx, dims, kind == 1 ? RB_STENCIL_FULL : RB_STENCIL_STAR, grid, 7u + (uint64_t)dims);
+                    A = rb_test_varstencil(ctx, dims, kind == 1 ? RB_STENCIL_FULL : RB_STENCIL_STAR, grid, 7u + (uint64_t)dims);
                 }
                 RB_CHECK(ctx, rb_op_jacobi_create(ctx, A, &b, &J));
                 const int nclass = kind == 2 ? 2 : 1 << dims;
@@ -174,7 +158,7 @@ static void test_class_sweeps(void **state)
             rb_test_rng r = {(uint64_t)(gi * 10 + (size_t)kind)};
             rb_test_fill(&r, &b, -1, 1);
             rb_test_fill(&r, &x, -1, 1);
-            rb_op *A = random_varstencil(ctx, dims, kind == 1 ? RB_STENCIL_FULL : RB_STENCIL_STAR, s, 3 + gi), *J;
+            rb_op *A = rb_test_varstencil(ctx, dims, kind == 1 ? RB_STENCIL_FULL : RB_STENCIL_STAR, s, 3 + gi), *J;
             RB_CHECK(ctx, rb_op_jacobi_create(ctx, A, &b, &J));
             const int nc = kind == 1 ? 1 << dims : 2;
             rb_op *C[8];

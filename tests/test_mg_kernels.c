@@ -48,24 +48,6 @@ static rb_op *random_star(rb_context *ctx, int dims, uint64_t seed)
     return A;
 }
 
-/* A point-dependent star (full: 3^dims-point) stencil on the grid of s with random
- * off-centre weights and a dominant centre. */
-static rb_op *random_point_stencil(rb_context *ctx, int dims, bool full, rb_shape s, uint64_t seed)
-{
-    rb_op *A;
-    s.n = 1;
-    RB_CHECK(ctx, rb_op_varstencil_create(ctx, dims, full ? RB_STENCIL_FULL : RB_STENCIL_STAR, s, NULL, &A));
-    int vd, nt, ce;
-    rb_shape g;
-    assert_true(rb_op_varstencil_info(A, &vd, &nt, &ce, &g));
-    const size_t pts = rb_shape_count(g);
-    rb_test_rng r = {seed};
-    for (int t = 0; t < nt; t++)
-        for (size_t p = 0; p < pts; p++)
-            A->params[(size_t)t * pts + p] = t == ce ? rb_test_uniform(&r, 1.5 * nt, 2.0 * nt) : rb_test_uniform(&r, -1.5, -0.2);
-    return A;
-}
-
 static rb_tensor alloc_random(rb_context *ctx, rb_shape s, uint64_t seed)
 {
     rb_tensor t;
@@ -502,7 +484,7 @@ static void test_sweep_pass_vs_reference(void **state)
                                     : rb_shape_3d(c[0], 1, 2 * c[1] + 1, 2 * c[2] + 1, 2 * c[3] + 1);
             const size_t nc = rb_shape_count(cs), nf = rb_shape_count(fs);
             if (kind == 4 && (nf / fs.n > 20000 || c[1] == 1)) continue; /* small 3D grids (threads: kind 3) */
-            rb_op *Asm = kind < 3 ? random_star(ctx, dims, 81 + si) : random_point_stencil(ctx, dims, kind == 4, fs, 81 + si);
+            rb_op *Asm = kind < 3 ? random_star(ctx, dims, 81 + si) : rb_test_varstencil(ctx, dims, kind == 4 ? RB_STENCIL_FULL : RB_STENCIL_STAR, fs, 81 + si);
             rb_op *A = Asm, *J, *C[8];
             const int ncol = kind == 4 ? 8 : 2;
             if (kind == 1) {

@@ -38,6 +38,22 @@ void rb_test_fill(rb_test_rng *r, rb_tensor *t, double lo, double hi)
     for (size_t i = 0; i < n; i++) t->data[i] = rb_test_uniform(r, lo, hi);
 }
 
+rb_op *rb_test_varstencil(rb_context *ctx, int dims, rb_stencil pat, rb_shape grid, uint64_t seed)
+{
+    rb_op *A;
+    grid.n = 1;
+    RB_CHECK(ctx, rb_op_varstencil_create(ctx, dims, pat, grid, NULL, &A));
+    int vd, nt, ce;
+    rb_shape g;
+    assert_true(rb_op_varstencil_info(A, &vd, &nt, &ce, &g));
+    const size_t pts = rb_shape_count(g);
+    rb_test_rng r = {seed};
+    for (int t = 0; t < nt; t++)
+        for (size_t p = 0; p < pts; p++)
+            A->params[(size_t)t * pts + p] = t == ce ? rb_test_uniform(&r, 2.0 * nt, 3.0 * nt) : rb_test_uniform(&r, -1.5, 0.2);
+    return A;
+}
+
 static void *failing_alloc(size_t bytes, void *user)
 {
     rb_failing_alloc *s = user;

@@ -39,6 +39,10 @@ typedef struct rb_test_rng { uint64_t s; } rb_test_rng;
 double rb_test_uniform(rb_test_rng *r, double lo, double hi);
 void rb_test_fill(rb_test_rng *r, rb_tensor *t, double lo, double hi);
 
+/* A point-dependent stencil (varstencil, pattern pat) on the grid of `grid` (its batch
+ * ignored) with random weights: off-centre in [-1.5, 0.2), a dominant centre in [2, 3) x taps. */
+rb_op *rb_test_varstencil(rb_context *ctx, int dims, rb_stencil pat, rb_shape grid, uint64_t seed);
+
 /* A fresh scratch directory "<RB_TEST_DATA or /tmp>/<prefix>_XXXXXX" into buf (0 on success),
  * and removing a directory tree (files and subdirectories). */
 int rb_test_scratch_dir(char *buf, size_t len, const char *prefix);
