@@ -187,11 +187,14 @@ rb_status rb_op_parity_pack(rb_context *ctx, rb_op *op)
     if (A == NULL || !rb_op_varstencil_info(A, &dims, &nt, &centre, &grid))
         return rb_fail(ctx, RB_EUNSUPPORTED, "%s: the class's base (%s) is not a Jacobi operator over a varstencil: "
                        "there are no point weights to pack", fn, cs->base->type->name);
-    const size_t count = rb_redblack_class_pack_count(grid, nt, cs->colour);
-    double *p = count > 0 ? rb_malloc(ctx, count * sizeof(double)) : NULL;
-    if (count > 0 && p == NULL) return RB_ENOMEM;
-    if (p != NULL) rb_redblack_class_pack(A->params, grid, nt, cs->colour, p);
+    /* the old copy goes first: should the new one fail, the kernel reads the weights in place */
     rb_free(ctx, cs->packed);
+    cs->packed = NULL;
+    const size_t count = rb_redblack_class_pack_count(grid, nt, cs->colour);
+    if (count == 0) return RB_OK;
+    double *p = rb_malloc(ctx, count * sizeof(double));
+    if (p == NULL) return RB_ENOMEM;
+    rb_redblack_class_pack(A->params, grid, nt, cs->colour, p);
     cs->packed = p, cs->packed_grid = grid;
     return RB_OK;
 }

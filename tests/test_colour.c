@@ -272,6 +272,45 @@ static void test_bad_input(void **state)
     rb_op_free(ctx, a);
 }
 
+/* Packing again after new weights when memory runs out: RB_ENOMEM, and the class reads its
+ * (new) weights in place, so the fused step still equals the generic path; nothing leaks. */
+static void test_pack_out_of_memory(void **state)
+{
+    (void)state;
+    rb_failing_alloc fa = {-1, 0};
+    rb_allocator al = rb_failing_allocator(&fa);
+    rb_context *ctx;
+    assert_int_equal(rb_context_create(&ctx, &al), RB_OK);
+    rb_shape s = {1, 1, 9, 10, 37};
+    rb_tensor b, x, yg, yf;
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &b, s));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &x, s));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &yg, s));
+    RB_CHECK(ctx, rb_tensor_alloc(ctx, &yf, s));
+    rb_test_rng r = {5};
+    rb_test_fill(&r, &b, -1, 1);
+    rb_test_fill(&r, &x, -1, 1);
+    rb_op *A = rb_test_varstencil(ctx, 3, RB_STENCIL_FULL, s, 17), *J, *C;
+    RB_CHECK(ctx, rb_op_jacobi_create(ctx, A, &b, &J));
+    RB_CHECK(ctx, rb_op_parity_create(ctx, J, 5, &C));
+    RB_CHECK(ctx, rb_op_parity_pack(ctx, C));
+    rb_arena work = {0};
+    RB_CHECK(ctx, rb_arena_reserve(ctx, &work, rb_residual_workspace(C, s) + 4096));
+    for (size_t i = 0; i < A->nparams; i++) A->params[i] *= 1.25;
+    fa.budget = 0;
+    RB_EXPECT(ctx, RB_ENOMEM, "allocation", rb_op_parity_pack(ctx, C));
+    fa.budget = -1;
+    RB_CHECK(ctx, rb_residual_step_generic(ctx, C, 0.9, &x, &yg, &work));
+    RB_CHECK(ctx, rb_residual_step(ctx, C, 0.9, &x, &yf, &work));
+    for (size_t i = 0; i < rb_tensor_count(&x); i++)
+        if (yf.data[i] != yg.data[i]) fail_msg("after a failed pack: point %zu differs from the generic path", i);
+    rb_arena_release(ctx, &work);
+    rb_op_free(ctx, C), rb_op_free(ctx, J), rb_op_free(ctx, A);
+    rb_tensor_release(ctx, &b), rb_tensor_release(ctx, &x), rb_tensor_release(ctx, &yg), rb_tensor_release(ctx, &yf);
+    rb_context_free(ctx);
+    assert_int_equal(fa.live, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -280,6 +319,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_class_sweeps, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_rbgs_against_dense, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_bad_input, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test(test_pack_out_of_memory),
     };
     return cmocka_run_group_tests_name("colour", tests, NULL, NULL);
 }
