@@ -53,7 +53,8 @@ rb_status rb_op_parity_create(rb_context *ctx, const rb_op *base, int cls, rb_op
  * reads it, not the base's weights, until this is called again, so call it again after
  * changing them. It costs the class's share of the weights' memory (all 2^d classes: the
  * weights once more); rb_op_free releases it. RB_EINVAL for an op that is not a parity class,
- * RB_EUNSUPPORTED for a base without point weights. */
+ * RB_EUNSUPPORTED for a base without point weights, RB_ENOMEM with the old copy dropped (the
+ * kernel then reads the weights in place, as without packing). */
 rb_status rb_op_parity_pack(rb_context *ctx, rb_op *op);
 
 /* Gauss-Seidel sweeps over colours as one residual step: with S one sweep (the
