@@ -118,14 +118,13 @@ bool rb_redblack_class_init(const rb_op *J, rb_shape s, double h, bool parity, c
                             rb_redblack *k);
 
 /* The parity class cls's point weights (a varstencil's, nt planes of `grid`'s points) packed for
- * the class kernel's vectorised blocks: per row (z, y) of the class, slot (z/2) ((H+1)/2) + y/2,
- * the blocks of 4 class points x, x+2, x+4, x+6 that the kernel runs (x from 2 or 1, while
- * x + 8 < W), each block nt taps of 4 lanes in the order x, x+4, x+2, x+6 (the order the kernel's
- * unpacklo of 8 consecutive values gives), then the row's class points after the blocks up to
- * x = W - 2, nt taps each. (Points x = 0 and W - 1 and rows on the grid's faces read w in
- * place.) The class's weights are then one contiguous stream,
- * read once per class step, instead of nt streams of which every row's other half is skipped.
- * count: doubles the layout holds (0 when the grid has no such blocks). */
+ * the class kernel: per row (z, y) of the class, slot (z/2) ((H+1)/2) + y/2, holding all the
+ * row's class points -- x = 0 if the class has it (nt taps), the blocks of 4 class points
+ * x, x+2, x+4, x+6 that the kernel vectorises (x from 2 or 1, while x + 8 < W), each nt taps of
+ * 4 lanes in the order x, x+4, x+2, x+6 (the order the kernel's unpacklo of 8 consecutive
+ * values gives), then the points after the blocks (nt taps each). The class's weights are then
+ * one contiguous stream, read once per class step, instead of nt streams of which every row's
+ * other half is skipped. count: the doubles of the layout (nt per class point). */
 size_t rb_redblack_class_pack_count(rb_shape grid, int nt, int cls);
 void rb_redblack_class_pack(const double *w, rb_shape grid, int nt, int cls, double *out);
 
