@@ -141,7 +141,7 @@ static void test_probe_galerkin(void **state)
 {
     rb_context *ctx = *state;
     for (int dims = 1; dims <= 3; dims++) {
-        size_t k = 7, n = 2 * k + 1; /* coarse points inside and on the faces */
+        size_t k = 15, n = 2 * k + 1; /* coarse points inside (8 and 4 at a time) and on the faces */
         rb_shape fine = {1, 1, dims == 3 ? n : 1, dims >= 2 ? n : 1, n};
         rb_shape coarse = {1, 1, dims == 3 ? k : 1, dims >= 2 ? k : 1, k};
         /* a variable fine operator: random positive star weights */
