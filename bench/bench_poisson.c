@@ -31,7 +31,14 @@
  * restarts itself (see bench_stencil.c).
  *
  *     bench_poisson --dim 2 --n 1023 --threads 1,2 --reps 10
+ * --class-sweeps: one Gauss-Seidel sweep (one step of the colour sweep op) over 3D
+ * point-dependent stencils on n^3, as the variable-coefficient levels run them: the 7-point
+ * star over red-black colours, and the 27-point stencil of Galerkin levels over its 8 parity
+ * classes with the weights read in place and packed (rb_op_parity_pack); kinds interleaved,
+ * best of --reps, in nanoseconds per grid point.
+ *
  *     bench_poisson --sweeps --n 2047 --threads 1,2 --reps 30
+ *     bench_poisson --class-sweeps --n 127 --threads 1,2 --reps 10
  */
 #include <math.h>
 #include <stdio.h>
@@ -101,7 +108,7 @@ static int fail(rb_context *ctx, rb_status st, const char *what)
 }
 
 typedef struct options {
-    int dim, reps, pre, post, sweeps, fmg, smooth, rediscretise;
+    int dim, reps, pre, post, sweeps, fmg, smooth, rediscretise, class_sweeps;
     size_t n;
     double omega;
     long threads[MAX_LIST];
@@ -375,16 +382,94 @@ static int sweep_case(rb_context *ctx, const options *o, int T)
     return rc;
 }
 
+/* ---- one Gauss-Seidel sweep over point-dependent stencils (--class-sweeps) ----------------- */
+
+/* A 3D point-dependent stencil on n^3 (the 27-point Galerkin shape, or the 7-point star) with
+ * weights varying smoothly and a dominant centre, as a Galerkin level of the smooth problem
+ * has. */
+static rb_status bench_varstencil(rb_context *ctx, size_t n, bool full, rb_op **A)
+{
+    const rb_shape g = rb_shape_3d(1, 1, n, n, n);
+    rb_status st = rb_op_varstencil_create(ctx, 3, full ? RB_STENCIL_FULL : RB_STENCIL_STAR, g, NULL, A);
+    if (st != RB_OK) return st;
+    int vd, nt, ce;
+    rb_shape gg;
+    rb_op_varstencil_info(*A, &vd, &nt, &ce, &gg);
+    const size_t pts = n * n * n;
+    for (int t = 0; t < nt; t++)
+        for (size_t p = 0; p < pts; p++)
+            (*A)->params[(size_t)t * pts + p] = t == ce ? 2.0 * nt : -1.0 - 0.5 * sin(0.001 * (double)p + (double)t);
+    return RB_OK;
+}
+
+enum { C_STAR, C_FULL, C_FULL_PACKED, C_COUNT };
+static const char *const class_names[C_COUNT] = {
+    "7-point star, red-black colours", "27-point, 8 parity classes, weights in place",
+    "27-point, 8 parity classes, packed (rb_op_parity_pack)"};
+
+static int class_sweep_case(rb_context *ctx, const options *o, int T)
+{
+    const size_t n = o->n;
+    const rb_shape sh = rb_shape_3d(1, 1, n, n, n);
+    rb_status st = rb_context_set_threads(ctx, T);
+    rb_tensor u = {0}, b = {0};
+    rb_op *A[2] = {NULL, NULL}, *J[2] = {NULL, NULL}, *C[2 + 16] = {NULL}, *G[C_COUNT] = {NULL};
+    rb_arena work = {0};
+    if (st == RB_OK) st = rb_tensor_alloc(ctx, &u, sh);
+    if (st == RB_OK) st = rb_tensor_alloc(ctx, &b, sh);
+    for (int k = 0; k < 2 && st == RB_OK; k++) st = bench_varstencil(ctx, n, k == 1, &A[k]);
+    for (int k = 0; k < 2 && st == RB_OK; k++) st = rb_op_jacobi_create(ctx, A[k], &b, &J[k]);
+    for (int c = 0; c < 2 && st == RB_OK; c++) st = rb_op_colour_create(ctx, J[0], c, &C[c]);
+    for (int c = 0; c < 16 && st == RB_OK; c++) st = rb_op_parity_create(ctx, J[1], c % 8, &C[2 + c]);
+    for (int c = 8; c < 16 && st == RB_OK; c++) st = rb_op_parity_pack(ctx, C[2 + c]);
+    if (st == RB_OK) st = rb_op_colour_sweep_create(ctx, (const rb_op *const *)C, 2, 1.0, 1, &G[C_STAR]);
+    if (st == RB_OK) st = rb_op_colour_sweep_create(ctx, (const rb_op *const *)C + 2, 8, 1.0, 1, &G[C_FULL]);
+    if (st == RB_OK) st = rb_op_colour_sweep_create(ctx, (const rb_op *const *)C + 10, 8, 1.0, 1, &G[C_FULL_PACKED]);
+    if (st == RB_OK) st = rb_arena_reserve(ctx, &work, rb_residual_workspace(G[C_FULL], sh) + 4096);
+    int rc = 0;
+    if (st != RB_OK) rc = fail(ctx, st, "class sweep set-up");
+    double best[C_COUNT];
+    for (int k = 0; k < C_COUNT; k++) best[k] = INFINITY;
+    const double load_before = load_average();
+    if (rc == 0) {
+        first_touch(u.data, n * n * n, 0.5, T), first_touch(b.data, n * n * n, 1.0, T);
+        for (int round = 0; round <= o->reps && rc == 0; round++) /* round 0 warms up; kinds interleaved */
+            for (int k = 0; k < C_COUNT && rc == 0; k++) {
+                const double t0 = now();
+                st = rb_residual_step(ctx, G[k], 1.0, &u, &u, &work);
+                const double t = now() - t0;
+                if (st != RB_OK) rc = fail(ctx, st, "class sweep");
+                if (round > 0 && t < best[k]) best[k] = t;
+            }
+    }
+    if (rc == 0) {
+        for (int k = 0; k < C_COUNT; k++)
+            printf("{\"bench\":\"class_sweep\",\"kernel\":\"%s\",\"n\":%zu,\"threads\":%d,\"seconds\":%.6e,"
+                   "\"ns_per_point\":%.3f,\"reps\":%d,\"loadavg_before\":%.2f,\"loadavg_after\":%.2f}\n",
+                   class_names[k], n, T, best[k], best[k] / (double)(n * n * n) * 1e9, o->reps, load_before, load_average());
+        fflush(stdout);
+    }
+    rb_arena_release(ctx, &work);
+    for (int k = 0; k < C_COUNT; k++) rb_op_free(ctx, G[k]);
+    for (int c = 0; c < 18; c++) rb_op_free(ctx, C[c]);
+    for (int k = 0; k < 2; k++) rb_op_free(ctx, J[k]), rb_op_free(ctx, A[k]);
+    rb_tensor_release(ctx, &u), rb_tensor_release(ctx, &b);
+    return rc;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f, "usage: bench_poisson [--dim 2|3] [--n N] [--threads 1,2] [--reps R] [--omega W] [--pre A --post B]\n"
                "       bench_poisson --sweeps [--n N] [--threads 1,2] [--reps R]\n"
                "       bench_poisson --fmg [--dim 2|3] [--n N] [--coef const|smooth] [--coarse galerkin|rediscretise]\n"
                "                     [--threads 1,2] [--reps R]\n"
+               "       bench_poisson --class-sweeps [--n N] [--threads 1,2] [--reps R]\n"
                "  Time to ||f - A u|| <= 1e-8 ||f|| for -Delta u = 1, u = 0 on the boundary, from u = 0\n"
                "  (best of R solves after one set-up); or (--sweeps) the red-black sweep's bandwidth\n"
                "  against a STREAM triad; or (--fmg) full multigrid to the discretisation error in unknowns\n"
-               "  per second. Defaults: --dim 2 --n 1023 --threads 1 --reps 5.\n");
+               "  per second; or (--class-sweeps) one Gauss-Seidel sweep over 3D point-dependent stencils\n"
+               "  (7-point red-black, 27-point parity classes with weights in place and packed), in ns per\n"
+               "  point. Defaults: --dim 2 --n 1023 --threads 1 --reps 5.\n");
 }
 
 int main(int argc, char **argv)
@@ -406,6 +491,9 @@ int main(int argc, char **argv)
             continue;
         } else if (!strcmp(a, "--fmg")) {
             o.fmg = 1;
+            continue;
+        } else if (!strcmp(a, "--class-sweeps")) {
+            o.class_sweeps = 1;
             continue;
         } else if (v != NULL && !strcmp(a, "--coef")) {
             ok = !strcmp(v, "const") || !strcmp(v, "smooth"), o.smooth = !strcmp(v, "smooth");
@@ -445,8 +533,9 @@ int main(int argc, char **argv)
     if (rb_context_create(&ctx, NULL) != RB_OK) return 1;
     int rc = 0;
     for (int i = 0; i < o.nthreads && rc == 0; i++)
-        rc = o.sweeps ? sweep_case(ctx, &o, (int)o.threads[i])
-             : o.fmg  ? fmg_case(ctx, &o, (int)o.threads[i])
+        rc = o.sweeps         ? sweep_case(ctx, &o, (int)o.threads[i])
+             : o.class_sweeps ? class_sweep_case(ctx, &o, (int)o.threads[i])
+             : o.fmg          ? fmg_case(ctx, &o, (int)o.threads[i])
                       : solve_case(ctx, &o, (int)o.threads[i]);
     rb_context_free(ctx);
     return rc;
