@@ -240,7 +240,7 @@ rb_status rb_mg_transfers_create(rb_context *ctx, int d, rb_op **R, rb_op **P)
     return st;
 }
 
-/* The Galerkin stencil R A P of level l + 1, probed. */
+/* The Galerkin stencil R A P of level l + 1 (summed from the weights of R, A and P). */
 static rb_status galerkin(rb_context *ctx, rb_mg *mg, size_t l, rb_op **out)
 {
     return rb_op_varstencil_galerkin(ctx, mg->R[l], mg->A[l], mg->P[l], mg->pb.dim, grid_shape(mg->pb.dim, mg->n[l + 1]), out);
