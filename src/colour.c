@@ -14,21 +14,19 @@ typedef struct colour_state {
     const rb_op *base;
     int colour;  /* red-black: 0 or 1; parity: the class 0..7 */
     bool parity; /* a parity class (rb_op_parity_create) instead of a red-black colour */
-    double *packed;    /* rb_op_parity_pack's copy of the class's weights, or NULL */
-    rb_shape packed_grid;
+    double *packed; /* rb_op_parity_pack's copy of the class's weights (on its varstencil's grid), or NULL */
 } colour_state;
 
 /* The class kernel's state for the colour ops' classes, with their packed weights where
- * rb_op_parity_pack made them for this grid. */
+ * rb_op_parity_pack made them (the kernel takes a varstencil base only on its own grid, the
+ * grid the weights were packed for). */
 static bool class_kernel(const colour_state *const *cs, int n, rb_shape s, double h, rb_class_step *c, rb_redblack *k)
 {
     int cls[8];
     for (int i = 0; i < n; i++) cls[i] = cs[i]->colour;
     if (!rb_redblack_class_init(cs[0]->base, s, h, cs[0]->parity, cls, n, c, k)) return false;
     for (int i = 0; i < n; i++)
-        if (cs[i]->packed != NULL && c->wstep == 1 && cs[i]->packed_grid.d == s.d && cs[i]->packed_grid.h == s.h &&
-            cs[i]->packed_grid.w == s.w)
-            c->packed[cs[i]->colour] = cs[i]->packed;
+        if (cs[i]->packed != NULL && c->wstep == 1) c->packed[cs[i]->colour] = cs[i]->packed;
     return true;
 }
 
@@ -195,7 +193,7 @@ rb_status rb_op_parity_pack(rb_context *ctx, rb_op *op)
     double *p = rb_malloc(ctx, count * sizeof(double));
     if (p == NULL) return RB_ENOMEM;
     rb_redblack_class_pack(A->params, grid, nt, cs->colour, p);
-    cs->packed = p, cs->packed_grid = grid;
+    cs->packed = p;
     return RB_OK;
 }
 

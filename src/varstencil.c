@@ -386,8 +386,9 @@ static bool galerkin_direct(rb_context *ctx, const rb_op *R, const rb_op *A, con
     if (tm == NULL) return false;
     int nterms = 0;
     bool ok = true;
-    /* the terms grouped by coarse tap: each tap's sum in registers */
-    for (int ts = 0; ts < vs->ntaps && ok; ts++)
+    /* the terms grouped by coarse tap (tap ts's are first[ts] .. first[ts + 1]): each tap's sum in registers */
+    int first[RB_CONV_MAX_TAPS + 1] = {0};
+    for (int ts = 0; ts < vs->ntaps && ok; first[++ts] = nterms)
         for (int r = 0; r < cr->ntaps && ok; r++)
             for (int sa = 0; sa < va->ntaps && ok; sa++)
                 for (int p = 0; p < cp->ntaps; p++) {
@@ -409,9 +410,6 @@ static bool galerkin_direct(rb_context *ctx, const rb_op *R, const rb_op *A, con
                     if (nterms == RAP_MAX_TERMS) { ok = false; break; }
                     tm[nterms++] = t;
                 }
-    int first[RB_CONV_MAX_TAPS + 1] = {0};
-    for (int i = 0; i < nterms; i++) first[tm[i].ts + 1] = i + 1;
-    for (int ts = 1; ts <= vs->ntaps; ts++) if (first[ts] < first[ts - 1]) first[ts] = first[ts - 1];
     if (ok) {
         const size_t ce[3] = {coarse.d, coarse.h, coarse.w}, fe[3] = {va->grid.d, va->grid.h, va->grid.w};
         const size_t pf = va->points, pc = vs->points;
