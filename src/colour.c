@@ -276,6 +276,8 @@ static rb_status sweep_vjp(rb_context *ctx, const rb_op *op, const rb_tensor *x,
     return st;
 }
 
+static const rb_op_type sweep_type;
+
 /* Whether the fused kernel takes the step with h = omega: colour ops of one Jacobi base,
  * either red and black (either order) over a constant 2D / 3D star (the red-black kernel),
  * or any classes the class kernel takes (red-black colours of a point-dependent star, the
@@ -316,14 +318,19 @@ static rb_status sweep_fused(rb_context *ctx, const rb_op *op, double h, const r
  * residual operator rb_stencil_any takes and, if asked, a restriction
  * rb_transfer_restrict_pair takes onto pass->coarse, with ring lines from work (as many
  * threads as it has room for). Anything else: declined, nothing done. */
-static rb_status sweep_fused_pass(rb_context *ctx, const rb_op *op, double h, rb_tensor *u, const rb_residual_pass *pass,
-                                  bool *done, rb_arena *work)
+rb_status rb_colour_sweep_pass(rb_context *ctx, const rb_op *op, double h, rb_tensor *u, const rb_residual_pass *pass,
+                               const double *split_b, bool *done, rb_arena *work)
 {
+    const bool split = split_b != NULL;
+    if (op->type != &sweep_type) return RB_OK;
     const sweep_state *ss = op->state;
     rb_redblack k;
     rb_class_step c;
     int colour0;
     if (!sweep_kernel(ss, h, u->shape, &k, &c, &colour0)) return RB_OK;
+    if (split && (k.cls != NULL || k.dims != 2)) return RB_OK; /* the split rows: 2D star kernel only */
+    k.split = split;
+    if (split) k.b = split_b;
     rb_redblack_first first;
     if (pass->P != NULL) {
         if (!rb_transfer_prolong_plan(pass->P, pass->c->shape, u->shape, &first.g)) return RB_OK;
@@ -338,9 +345,10 @@ static rb_status sweep_fused_pass(rb_context *ctx, const rb_op *op, double h, rb
         t.f = pass->f->data;
         /* the residual lines of a constant stencil, or of a point-dependent one (varstencil) */
         if (!rb_stencil_any_init(pass->A, u->shape, &t.A)) {
-            if (!rb_varstencil_on(pass->A, u->shape)) return RB_OK;
+            if (split || !rb_varstencil_on(pass->A, u->shape)) return RB_OK;
             t.vA = pass->A;
         }
+        if (split && !rb_stencil_split_takes(&t.A)) return RB_OK;
         if (pass->R != NULL) {
             rb_stencil_any pair;
             rb_shape cs;
@@ -365,6 +373,12 @@ static rb_status sweep_fused_pass(rb_context *ctx, const rb_op *op, double h, rb
     if (pass->norm2 != NULL) *pass->norm2 = t.norm2;
     *done = true;
     return RB_OK;
+}
+
+static rb_status sweep_fused_pass(rb_context *ctx, const rb_op *op, double h, rb_tensor *u, const rb_residual_pass *pass,
+                                  bool *done, rb_arena *work)
+{
+    return rb_colour_sweep_pass(ctx, op, h, u, pass, NULL, done, work);
 }
 
 static void sweep_destroy(rb_context *ctx, rb_op *op) { rb_free(ctx, op->state); }

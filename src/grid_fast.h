@@ -47,6 +47,12 @@ bool rb_stencil_any_init(const rb_op *A, rb_shape s, rb_stencil_any *k);
 void rb_stencil_residual_line(const rb_stencil_any *k, rb_shape s, const double *u, const double *f, size_t n,
                               size_t l, double *r_line);
 
+/* The same with u, f and r_line stored split (each row's even points, then its odd ones:
+ * xsplit.h), for stencils rb_stencil_split_takes (the 2D 5-point star): the same r, bit for bit. */
+bool rb_stencil_split_takes(const rb_stencil_any *k);
+void rb_stencil_residual_line_split(const rb_stencil_any *k, rb_shape s, const double *u, const double *f, size_t n,
+                                    size_t l, double *restrict r_line);
+
 /* r = f - A u over the whole grid, and, if norm2 != NULL, the sum of r^2 into *norm2
  * (summed in an order fixed by the build, W and the thread count). Same r as
  * rb_op_apply then f - Au. r == NULL: the norm only, each thread's rows going through
@@ -73,10 +79,11 @@ bool rb_transfer_prolong_add(rb_context *ctx, const rb_op *P, const rb_tensor *c
 
 /* Its pieces, for the red-black wavefront's first stage (redblack.c): whether P maps the
  * coarse shape onto the fine one as such a prolongation (filling its geometry), and
- * fine line l of sample n (a row in 2D, a plane in 3D) += (P coarse) there. */
+ * fine line l of sample n (a row in 2D, a plane in 3D) += (P coarse) there; split: the fine
+ * rows are stored even points first, then odd ones (xsplit.h), the same sums. */
 bool rb_transfer_prolong_plan(const rb_op *P, rb_shape coarse, rb_shape fine, rb_conv_geom *g);
 void rb_transfer_prolong_add_line(const rb_conv_geom *g, int dims, const double *w, const double *coarse, size_t n,
-                                  size_t l, double *fine_line);
+                                  size_t l, double *fine_line, bool split);
 
 /* coarse = R (f - A u) in one pass, for a stencil A that rb_stencil_any_init takes and a
  * plain conv R that rb_transfer_fast_apply handles. Scratch: residual lines from work
@@ -92,7 +99,8 @@ size_t rb_transfer_restrict_residual_workspace(const rb_op *A, const rb_op *R, r
 bool rb_transfer_restrict_pair(const rb_op *A, const rb_op *R, rb_shape fine, rb_stencil_any *k, rb_conv_geom *g);
 /* R's half of that: whether R is a restriction of `dims` dimensions those lines take on this grid. */
 bool rb_transfer_restrict_plan(const rb_op *R, int dims, rb_shape fine, rb_conv_geom *g);
+/* (split: the fine lines' rows stored even points first, then odd ones, xsplit.h) */
 void rb_transfer_restrict_line(const rb_conv_geom *g, int dims, const double *w, size_t n, size_t C,
-                               const double *const lines[3], double *coarse);
+                               const double *const lines[3], double *coarse, bool split);
 
 #endif

@@ -58,6 +58,7 @@ static void grid_of_kernel(rb_redblack *k, rb_shape s, const double *b, const rb
     k->then = NULL;
     k->cls = cls;
     k->step0 = 0;
+    k->split = false;
 }
 
 bool rb_redblack_init(const rb_op *J, rb_shape s, double h, rb_redblack *k)
@@ -100,15 +101,25 @@ typedef struct row_args {
     size_t b_reach;        /* doubles readable from b on */
 } row_args;
 
-/* One point x of the row; left / right neighbour where inside the row. */
+/* Where point x of a row is stored: x, or in a split row (xsplit.h, odd = (W + 1) / 2) x / 2
+ * for even x and odd + x / 2 for odd x. */
+static inline size_t at(size_t x, size_t odd) { return odd == 0 ? x : (x & 1) ? odd + x / 2 : x / 2; }
+
+/* One point x of the row; left / right neighbour where inside the row. odd: as at(). */
+static inline void point_at(int nr, const row_args *a, size_t x, size_t W, double cb, double cc, size_t odd)
+{
+    const size_t p = at(x, odd);
+    double v = cb * a->b[p];
+    for (int i = 0; i < nr / 2; i++) v = MADD(a->c[i], a->o[i][p], v);
+    if (x > 0) v = MADD(a->c[nr / 2], a->m[at(x - 1, odd)], v);
+    if (x + 1 < W) v = MADD(a->c[nr / 2 + 1], a->m[at(x + 1, odd)], v);
+    for (int i = nr / 2; i < nr; i++) v = MADD(a->c[i + 2], a->o[i][p], v);
+    a->m[p] = MADD(cc, a->m[p], v);
+}
+
 static inline void point(int nr, const row_args *a, size_t x, size_t W, double cb, double cc)
 {
-    double v = cb * a->b[x];
-    for (int i = 0; i < nr / 2; i++) v = MADD(a->c[i], a->o[i][x], v);
-    if (x > 0) v = MADD(a->c[nr / 2], a->m[x - 1], v);
-    if (x + 1 < W) v = MADD(a->c[nr / 2 + 1], a->m[x + 1], v);
-    for (int i = nr / 2; i < nr; i++) v = MADD(a->c[i + 2], a->o[i][x], v);
-    a->m[x] = MADD(cc, a->m[x], v);
+    point_at(nr, a, x, W, cb, cc, 0);
 }
 
 static inline void prefetch_ahead(const double *p, size_t x, size_t reach, size_t ahead)
@@ -158,6 +169,47 @@ static inline void row_kernel(int nr, const row_args *a, size_t first, size_t W,
     }
 #endif
     for (; x < W; x += 2) point(nr, a, x, W, cb, cc);
+}
+
+/* The row kernel for rows stored split (xsplit.h: the row's even points m[0 .. Ke), then its odd
+ * points m[Ke .. W)), 2D: the colour's points of the row are one half (t: 0 even, Ke odd; KT of
+ * them), their left / right neighbours the other half (s; KS) at k + first - 1 and k + first,
+ * their neighbour rows' values and b at the same place as the point. The same operations as
+ * row_kernel in the same order: the same numbers, bit for bit, and no shuffles. */
+static void split_row_kernel(const row_args *a, size_t first, size_t W, double cb, double cc)
+{
+    const size_t Ke = (W + 1) / 2, t = first ? Ke : 0, s = first ? 0 : Ke, KT = first ? W / 2 : Ke, KS = W - KT;
+    double *T = a->m + t;
+    const double *S = a->m + s, *up = a->o[0] + t, *dn = a->o[1] + t, *b = a->b + t;
+    /* k has both neighbours for k + first in [1, KS) */
+    const size_t kb = 1 - first, ke = KS - first < KT ? KS - first : KT;
+    size_t k = 0;
+    for (; k < kb && k < KT; k++) point_at(2, a, 2 * k + first, W, cb, cc, Ke);
+#if defined(RB_REDBLACK_AVX2)
+    const __m256d c0 = _mm256_set1_pd(a->c[0]), cl = _mm256_set1_pd(a->c[1]), cr = _mm256_set1_pd(a->c[2]),
+                  c1 = _mm256_set1_pd(a->c[3]), vcb = _mm256_set1_pd(cb), vcc = _mm256_set1_pd(cc);
+    for (; k + 4 <= ke; k += 4) {
+        if ((k & 63) == 0) {
+            prefetch_ahead(dn, k, a->lead_reach > t ? a->lead_reach - t : 0, PF_LEAD / 2);
+            prefetch_ahead(b, k, a->b_reach > t ? a->b_reach - t : 0, PF_B / 2);
+        }
+        __m256d v = _mm256_mul_pd(vcb, _mm256_loadu_pd(b + k));
+        v = _mm256_fmadd_pd(c0, _mm256_loadu_pd(up + k), v);
+        v = _mm256_fmadd_pd(cl, _mm256_loadu_pd(S + k + first - 1), v);
+        v = _mm256_fmadd_pd(cr, _mm256_loadu_pd(S + k + first), v);
+        v = _mm256_fmadd_pd(c1, _mm256_loadu_pd(dn + k), v);
+        _mm256_storeu_pd(T + k, _mm256_fmadd_pd(vcc, _mm256_loadu_pd(T + k), v));
+    }
+#endif
+    for (; k < ke; k++) {
+        double v = cb * b[k];
+        v = MADD(a->c[0], up[k], v);
+        v = MADD(a->c[1], S[k + first - 1], v);
+        v = MADD(a->c[2], S[k + first], v);
+        v = MADD(a->c[3], dn[k], v);
+        T[k] = MADD(cc, T[k], v);
+    }
+    for (; k < KT; k++) point_at(2, a, 2 * k + first, W, cb, cc, Ke);
 }
 
 /* ---- the class kernel ------------------------------------------------------------------------ */
@@ -435,7 +487,8 @@ static void line(const rb_redblack *k, size_t s, int colour0, int st, size_t l)
         a.c[3] = l + 1 < H ? k->cn[3] : 0.0;
         a.lead_reach = l + 1 < H ? total - off - W : W;
         a.b_reach = total - off;
-        row_kernel(2, &a, (l + (size_t)colour) & 1, W, k->cb, k->cc);
+        if (k->split) split_row_kernel(&a, (l + (size_t)colour) & 1, W, k->cb, k->cc);
+        else row_kernel(2, &a, (l + (size_t)colour) & 1, W, k->cb, k->cc);
         return;
     }
     for (size_t y = 0; y < H; y++) {
@@ -476,6 +529,7 @@ static double *residual_line(const rb_redblack *k, const then_run *r, size_t s, 
     const rb_redblack_then *t = k->then;
     double *slot = r->ring + (size_t)(l % 3) * t->line;
     if (t->vA != NULL) rb_varstencil_residual_line(t->vA, k->dims, k->u, t->f, s, (size_t)l, slot);
+    else if (k->split) rb_stencil_residual_line_split(&t->A, grid_of(k), k->u, t->f, s, (size_t)l, slot);
     else rb_stencil_residual_line(&t->A, grid_of(k), k->u, t->f, s, (size_t)l, slot);
     return slot;
 }
@@ -486,7 +540,7 @@ static void restrict_from_ring(const rb_redblack *k, const then_run *r, size_t s
     const rb_redblack_then *t = k->then;
     const double *lines[3];
     for (int i = 0; i < 3; i++) lines[i] = r->ring + (size_t)((2 * C + i) % 3) * t->line;
-    rb_transfer_restrict_line(&t->g, k->dims, t->rw, s, (size_t)C, lines, t->coarse);
+    rb_transfer_restrict_line(&t->g, k->dims, t->rw, s, (size_t)C, lines, t->coarse, k->split);
 }
 
 /* The residual stage on line l: the line's residual, its squares, and the coarse line
@@ -519,7 +573,8 @@ static void stage(const rb_redblack *k, then_run *r, size_t s, int colour0, int 
     if (k->first != NULL && st-- == 0) {
         const rb_redblack_first *p = k->first;
         const size_t len = k->dims == 2 ? k->w : k->h * k->w;
-        rb_transfer_prolong_add_line(&p->g, k->dims, p->w, p->c, s, (size_t)l, k->u + (s * (k->dims == 2 ? k->h : k->d) + (size_t)l) * len);
+        rb_transfer_prolong_add_line(&p->g, k->dims, p->w, p->c, s, (size_t)l,
+                                     k->u + (s * (k->dims == 2 ? k->h : k->d) + (size_t)l) * len, k->split);
     } else if (st < steps) {
         line(k, s, colour0, st, (size_t)l);
     } else {

@@ -89,6 +89,8 @@ typedef struct rb_redblack {
     rb_redblack_then *then; /* NULL: none after them */
     const rb_class_step *cls; /* NULL: the constant-star row kernel; else the class kernel */
     int step0;             /* the class kernel's first step is its class cls[step0 mod ncls] (0 from init) */
+    bool split;            /* 2D star kernel only: u, b, the residual's f and lines stored split, each row's
+                            * even points first, then its odd ones (xsplit.h); false from init */
 } rb_redblack;
 
 /* Fill k for colour steps of size h with the Jacobi operator J on a grid of
@@ -132,5 +134,15 @@ void rb_redblack_class_pack(const double *w, rb_shape grid, int nt, int cls, dou
  * kernel: its classes in turn; colour0 unused), with k->first's stage before them and
  * k->then's after them where set. */
 void rb_redblack_run(const rb_redblack *k, int colour0, int steps, int threads);
+
+/* The colour sweep op's fused pass (colour.c; rb_op_type.residual_fused_pass), and with split_b
+ * the same on a grid stored split (xsplit.h): u, pass->f and the residual's rows even points
+ * first, then odd ones, and split_b the Jacobi operator's right-hand side so stored (in place of
+ * the plain one it references); pass->P, A and R the plain operators, whose kernels then read
+ * and write split rows. *done = false, nothing done: op is not a colour sweep op or the kernels
+ * do not take it (split: the 2D 5-point star only). pass may ask for nothing (the sweeps alone). */
+struct rb_residual_pass;
+rb_status rb_colour_sweep_pass(rb_context *ctx, const rb_op *op, double h, rb_tensor *u,
+                               const struct rb_residual_pass *pass, const double *split_b, bool *done, rb_arena *work);
 
 #endif

@@ -64,16 +64,22 @@ bool rb_stencil2d_init(const rb_conv_state *cs, const double *w, rb_stencil2d *s
 }
 
 /* sum_t w[t] x[row dy_t][j + dx_t] over the taps inside the grid, in tap order. */
-static double point_ax(const rb_stencil2d *s, size_t W, const double *const rows[3], size_t j)
+/* odd != 0: the rows are stored split (xsplit.h), point c at c / 2 or odd + c / 2 (odd = (W + 1) / 2). */
+static double point_ax_at(const rb_stencil2d *s, size_t W, const double *const rows[3], size_t j, size_t odd)
 {
     double acc = 0.0;
     for (int t = 0; t < s->ntaps; t++) {
         const double *r = rows[s->dy[t] + 1];
         long long c = (long long)j + s->dx[t];
         if (r == NULL || c < 0 || c >= (long long)W) continue;
-        acc += s->w[t] * r[c];
+        acc += s->w[t] * r[odd == 0 ? (size_t)c : (c & 1) ? odd + (size_t)c / 2 : (size_t)c / 2];
     }
     return acc;
+}
+
+static double point_ax(const rb_stencil2d *s, size_t W, const double *const rows[3], size_t j)
+{
+    return point_ax_at(s, W, rows, j, 0);
 }
 
 static void point(const rb_stencil2d *s, size_t W, const double *const rows[3], const double *b, double inv,
@@ -495,6 +501,34 @@ static void residual_row(const rb_stencil_any *k, rb_shape s, const double *u, c
     const double *mid = u + o;
     stencil2d_residual_row(&k->s2, W, yy > 0 ? mid - W : NULL, mid, yy + 1 < H ? mid + W : NULL, f + o, r,
                            total - o - W, total - o);
+}
+
+bool rb_stencil_split_takes(const rb_stencil_any *k) { return k->dims == 2 && k->s2.ntaps == 5; }
+
+void rb_stencil_residual_line_split(const rb_stencil_any *k, rb_shape s, const double *u, const double *f, size_t n,
+                                    size_t l, double *restrict r)
+{
+    const rb_stencil2d *st = &k->s2;
+    const size_t H = s.h, W = s.w, Ke = (W + 1) / 2, Ko = W / 2, o = (n * H + l) * W;
+    const double *mid = u + o, *up = l > 0 ? mid - W : NULL, *dn = l + 1 < H ? mid + W : NULL;
+    const double *const rows[3] = {up, mid, dn};
+    f += o;
+    /* interior: even points x = 2k for k in [1, Ko) (neighbours O[k-1], O[k]), odd x = 2k+1 for
+     * k in [0, Ke - 1) (neighbours E[k], E[k+1]), in AX_STAR's order */
+    size_t eb = 1, ee = Ko, ob = 0, oe = Ke - 1 < Ko ? Ke - 1 : Ko;
+    if (up == NULL || dn == NULL || W < 3) eb = ee = ob = oe = 0;
+    const double w0 = st->w[0], w1 = st->w[1], w2 = st->w[2], w3 = st->w[3], w4 = st->w[4];
+#pragma omp simd
+    for (size_t j = eb; j < ee; j++)
+        r[j] = f[j] - (w0 * up[j] + w1 * mid[Ke + j - 1] + w2 * mid[j] + w3 * mid[Ke + j] + w4 * dn[j]);
+#pragma omp simd
+    for (size_t j = ob; j < oe; j++)
+        r[Ke + j] = f[Ke + j] - (w0 * up[Ke + j] + w1 * mid[j] + w2 * mid[Ke + j] + w3 * mid[j + 1] + w4 * dn[Ke + j]);
+    /* the rest point by point */
+    for (size_t j = 0; j < Ke; j++)
+        if (j < eb || j >= ee) r[j] = f[j] - point_ax_at(st, W, rows, 2 * j, Ke);
+    for (size_t j = 0; j < Ko; j++)
+        if (j < ob || j >= oe) r[Ke + j] = f[Ke + j] - point_ax_at(st, W, rows, 2 * j + 1, Ke);
 }
 
 void rb_stencil_residual_line(const rb_stencil_any *k, rb_shape s, const double *u, const double *f, size_t n,

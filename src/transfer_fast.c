@@ -60,14 +60,30 @@ static bool transfer_geom(const rb_conv_state *cs, const rb_conv_geom *g)
 
 /* ---- restriction ------------------------------------------------------------------------------ */
 
-/* out[X] = sum over rows k, then dx: w[3k + dx + 1] fr[k][2X + 1 + dx], X < cw. */
-static void restrict_row(int K, const double *const *fr, const double *w, size_t cw, double *out)
+/* out[X] = sum over rows k, then dx: w[3k + dx + 1] fr[k][2X + 1 + dx], X < cw. split: the fine
+ * rows are stored even points first, then odd ones (xsplit.h): fine point 2X at fr[k][X], 2X + 1
+ * at fr[k][cw + 1 + X] -- the same sums, read without deinterleaving. */
+static void restrict_row(int K, const double *const *fr, const double *w, size_t cw, double *out, bool split)
 {
     size_t X = 0;
+    const size_t odd = cw + 1;
+#define FINE(k, i) (split ? fr[k][((i) & 1) ? odd + (i) / 2 : (i) / 2] : fr[k][i])
 #if defined(__AVX2__)
     __m256d wv[27];
     for (int t = 0; t < 3 * K; t++) wv[t] = _mm256_set1_pd(w[t]);
-    for (; X + 5 <= cw; X += 4) { /* reads fine 2X .. 2X+9 */
+    if (split) {
+        for (; X + 4 <= cw; X += 4) { /* reads E[X .. X+4], O[X .. X+3] */
+            __m256d acc = _mm256_setzero_pd();
+            for (int k = 0; k < K; k++) {
+                const double *e = fr[k] + X, *o = fr[k] + odd + X;
+                acc = _mm256_add_pd(acc, _mm256_mul_pd(wv[3 * k], _mm256_loadu_pd(e)));
+                acc = _mm256_add_pd(acc, _mm256_mul_pd(wv[3 * k + 1], _mm256_loadu_pd(o)));
+                acc = _mm256_add_pd(acc, _mm256_mul_pd(wv[3 * k + 2], _mm256_loadu_pd(e + 1)));
+            }
+            _mm256_storeu_pd(out + X, acc);
+        }
+    }
+    for (; !split && X + 5 <= cw; X += 4) { /* reads fine 2X .. 2X+9 */
         __m256d acc = _mm256_setzero_pd();
         for (int k = 0; k < K; k++) {
             const double *f = fr[k] + 2 * X;
@@ -84,9 +100,10 @@ static void restrict_row(int K, const double *const *fr, const double *w, size_t
     for (; X < cw; X++) {
         double acc = 0.0;
         for (int k = 0; k < K; k++)
-            for (int dx = 0; dx < 3; dx++) acc += w[3 * k + dx] * fr[k][2 * X + (size_t)dx];
+            for (size_t dx = 0; dx < 3; dx++) acc += w[3 * k + (int)dx] * FINE(k, 2 * X + dx);
         out[X] = acc;
     }
+#undef FINE
 }
 
 /* Coarse row (n, Z, Y): the 3 (2D) or 9 (3D) fine rows under it, in tap order. */
@@ -99,23 +116,27 @@ static void restrict_coarse_row(const rb_conv_geom *g, int dims, const double *w
         const size_t pz = dims == 3 ? 2 * Z + (size_t)dz : 0;
         for (int dy = 0; dy < 3; dy++) fr[K++] = fine + ((n * g->fd + pz) * g->fh + 2 * Y + (size_t)dy) * g->fw;
     }
-    restrict_row(K, fr, w, g->cw, out);
+    restrict_row(K, fr, w, g->cw, out, false);
 }
 
 /* ---- prolongation ----------------------------------------------------------------------------- */
 
 /* Fine row from K coarse rows cr[k] with weight rows wk[k] (w[-1], w[0], w[+1] along x):
  * even px = 2X: sum_k (wk[k][0] cr[k][X] if X < cw) + (wk[k][2] cr[k][X-1] if X >= 1);
- * odd px = 2X+1: sum_k wk[k][1] cr[k][X]. add: out += that, else out = that. */
-static void prolong_row(int K, const double *const *cr, const double *const *wk, size_t cw, double *out, bool add)
+ * odd px = 2X+1: sum_k wk[k][1] cr[k][X]. add: out += that, else out = that. split: the fine
+ * row is stored even points first, then odd ones (xsplit.h): 2X at out[X], 2X+1 at out[cw+1+X]. */
+static void prolong_row(int K, const double *const *cr, const double *const *wk, size_t cw, double *out, bool add,
+                        bool split)
 {
     const size_t fw = 2 * cw + 1;
+    double *const ev = out, *const od = split ? out + cw + 1 : out + 1; /* fine 2X at ev[s X], 2X+1 at od[s X] */
+    const size_t s = split ? 1 : 2;
     /* X = 0: fine points 0 and 1 */
     double e = 0.0, o = 0.0;
     for (int k = 0; k < K; k++) e += wk[k][0] * cr[k][0];
     for (int k = 0; k < K; k++) o += wk[k][1] * cr[k][0];
-    out[0] = add ? out[0] + e : e;
-    out[1] = add ? out[1] + o : o;
+    ev[0] = add ? ev[0] + e : e;
+    od[0] = add ? od[0] + o : o;
     size_t X = 1;
 #if defined(__AVX2__)
     __m256d w0[4], w1[4], w2[4];
@@ -129,12 +150,16 @@ static void prolong_row(int K, const double *const *cr, const double *const *wk,
             E = _mm256_add_pd(E, _mm256_mul_pd(w2[k], _mm256_loadu_pd(cr[k] + X - 1)));
         }
         for (int k = 0; k < K; k++) O = _mm256_add_pd(O, _mm256_mul_pd(w1[k], _mm256_loadu_pd(cr[k] + X)));
-        const __m256d lo = _mm256_unpacklo_pd(E, O), hi = _mm256_unpackhi_pd(E, O);
-        __m256d v0 = _mm256_permute2f128_pd(lo, hi, 0x20), v1 = _mm256_permute2f128_pd(lo, hi, 0x31);
-        double *p = out + 2 * X;
-        if (add) v0 = _mm256_add_pd(_mm256_loadu_pd(p), v0), v1 = _mm256_add_pd(_mm256_loadu_pd(p + 4), v1);
-        _mm256_storeu_pd(p, v0);
-        _mm256_storeu_pd(p + 4, v1);
+        __m256d v0 = E, v1 = O;
+        double *p0 = ev + X, *p1 = od + X;
+        if (!split) { /* interleaved: 2X .. 2X+7 */
+            const __m256d lo = _mm256_unpacklo_pd(E, O), hi = _mm256_unpackhi_pd(E, O);
+            v0 = _mm256_permute2f128_pd(lo, hi, 0x20), v1 = _mm256_permute2f128_pd(lo, hi, 0x31);
+            p0 = out + 2 * X, p1 = p0 + 4;
+        }
+        if (add) v0 = _mm256_add_pd(_mm256_loadu_pd(p0), v0), v1 = _mm256_add_pd(_mm256_loadu_pd(p1), v1);
+        _mm256_storeu_pd(p0, v0);
+        _mm256_storeu_pd(p1, v1);
     }
 #endif
     for (; X < cw; X++) {
@@ -144,13 +169,14 @@ static void prolong_row(int K, const double *const *cr, const double *const *wk,
             e += wk[k][2] * cr[k][X - 1];
         }
         for (int k = 0; k < K; k++) o += wk[k][1] * cr[k][X];
-        out[2 * X] = add ? out[2 * X] + e : e;
-        out[2 * X + 1] = add ? out[2 * X + 1] + o : o;
+        ev[s * X] = add ? ev[s * X] + e : e;
+        od[s * X] = add ? od[s * X] + o : o;
     }
     /* the last fine point 2cw: only tap +1 of coarse point cw-1 */
     e = 0.0;
     for (int k = 0; k < K; k++) e += wk[k][2] * cr[k][cw - 1];
-    out[fw - 1] = add ? out[fw - 1] + e : e;
+    double *last = split ? ev + cw : out + fw - 1;
+    *last = add ? *last + e : e;
 }
 
 /* Along one axis: the coarse indices over fine index p, in tap order (tap -1, 0, +1),
@@ -168,7 +194,7 @@ static int over(size_t p, size_t extent, size_t o[2], int t[2])
 
 /* Fine row (n, pz, py) of the prolongation. */
 static void prolong_fine_row(const rb_conv_geom *g, int dims, const double *w, const double *coarse, size_t n,
-                             size_t pz, size_t py, double *out, bool add)
+                             size_t pz, size_t py, double *out, bool add, bool split)
 {
     size_t oz[2] = {0, 0}, oy[2];
     int tz[2] = {1, 1}, ty[2];
@@ -181,7 +207,7 @@ static void prolong_fine_row(const rb_conv_geom *g, int dims, const double *w, c
             wk[K] = w + (dims == 3 ? 9 * tz[a] : 0) + 3 * ty[b];
             K++;
         }
-    prolong_row(K, cr, wk, g->cw, out, add);
+    prolong_row(K, cr, wk, g->cw, out, add, split);
 }
 
 static void prolong(int threads, const rb_conv_geom *g, int dims, const double *w, const double *coarse, double *fine,
@@ -191,7 +217,7 @@ static void prolong(int threads, const rb_conv_geom *g, int dims, const double *
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && rows * (long long)g->fw >= PARALLEL_MIN)
     for (long long r = 0; r < rows; r++) {
         const size_t py = (size_t)r % g->fh, pz = (size_t)r / g->fh % g->fd, n = (size_t)r / g->fh / g->fd;
-        prolong_fine_row(g, dims, w, coarse, n, pz, py, fine + (size_t)r * g->fw, add);
+        prolong_fine_row(g, dims, w, coarse, n, pz, py, fine + (size_t)r * g->fw, add, false);
     }
 }
 
@@ -232,29 +258,30 @@ bool rb_transfer_prolong_add(rb_context *ctx, const rb_op *P, const rb_tensor *c
 }
 
 void rb_transfer_prolong_add_line(const rb_conv_geom *g, int dims, const double *w, const double *coarse, size_t n,
-                                  size_t l, double *fine_line)
+                                  size_t l, double *fine_line, bool split)
 {
     if (dims == 2) {
-        prolong_fine_row(g, 2, w, coarse, n, 0, l, fine_line, true);
+        prolong_fine_row(g, 2, w, coarse, n, 0, l, fine_line, true, split);
         return;
     }
-    for (size_t py = 0; py < g->fh; py++) prolong_fine_row(g, 3, w, coarse, n, l, py, fine_line + py * g->fw, true);
+    for (size_t py = 0; py < g->fh; py++)
+        prolong_fine_row(g, 3, w, coarse, n, l, py, fine_line + py * g->fw, true, split);
 }
 
 /* ---- the residual, restricted in one pass ----------------------------------------------------- */
 
 void rb_transfer_restrict_line(const rb_conv_geom *g, int dims, const double *w, size_t n, size_t C,
-                               const double *const lines[3], double *coarse)
+                               const double *const lines[3], double *coarse, bool split)
 {
     if (dims == 2) {
-        restrict_row(3, lines, w, g->cw, coarse + (n * g->ch + C) * g->cw);
+        restrict_row(3, lines, w, g->cw, coarse + (n * g->ch + C) * g->cw, split);
         return;
     }
     for (size_t Y = 0; Y < g->ch; Y++) {
         const double *fr[9];
         for (int dz = 0; dz < 3; dz++)
             for (int dy = 0; dy < 3; dy++) fr[3 * dz + dy] = lines[dz] + (2 * Y + (size_t)dy) * g->fw;
-        restrict_row(9, fr, w, g->cw, coarse + ((n * g->cd + C) * g->ch + Y) * g->cw);
+        restrict_row(9, fr, w, g->cw, coarse + ((n * g->cd + C) * g->ch + Y) * g->cw, split);
     }
 }
 
@@ -318,7 +345,7 @@ bool rb_transfer_restrict_residual(rb_context *ctx, const rb_op *A, const rb_op 
                     rb_stencil_residual_line(&k, u->shape, u->data, f->data, n, l, ring + (l % 3) * line);
                 const double *lines[3] = {ring + (2 * C % 3) * line, ring + ((2 * C + 1) % 3) * line,
                                           ring + ((2 * C + 2) % 3) * line};
-                rb_transfer_restrict_line(&g, dims, w, n, C, lines, coarse->data);
+                rb_transfer_restrict_line(&g, dims, w, n, C, lines, coarse->data, false);
             }
         }
     }

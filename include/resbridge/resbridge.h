@@ -21,6 +21,7 @@
 #include "resbridge/chain.h"
 #include "resbridge/colour.h"
 #include "resbridge/varstencil.h"
+#include "resbridge/xsplit.h"
 #include "resbridge/npy.h"
 #include "resbridge/reference.h"
 #include "resbridge/ode.h"
