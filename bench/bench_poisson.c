@@ -311,18 +311,20 @@ static double triad_seconds(double *a, const double *b, const double *c, size_t 
     return now() - t0;
 }
 
-enum { K_TRIAD, K_COLOURS, K_SWEEP1, K_SWEEP2, K_COUNT };
+enum { K_TRIAD, K_COLOURS, K_SWEEP1, K_SWEEP2, K_SPLIT1, K_SPLIT2, K_COUNT };
 static const char *const sweep_names[K_COUNT] = {"STREAM triad", "RB-GS sweep: red step + black step",
                                                  "RB-GS sweep: colour sweep op, 1 sweep per pass",
-                                                 "RB-GS sweep: colour sweep op, 2 sweeps per pass (time / 2)"};
+                                                 "RB-GS sweep: colour sweep op, 2 sweeps per pass (time / 2)",
+                                                 "RB-GS sweep: split grid (xsplit), 1 sweep per pass",
+                                                 "RB-GS sweep: split grid (xsplit), 2 sweeps per pass (time / 2)"};
 
 static int sweep_case(rb_context *ctx, const options *o, int T)
 {
     const size_t n = o->n, len = n * n;
     const rb_shape sh = rb_shape_2d(1, 1, n, n);
     rb_status st = rb_context_set_threads(ctx, T);
-    rb_tensor u = {0}, b = {0};
-    rb_op *A = NULL, *J = NULL, *red = NULL, *black = NULL, *gs1 = NULL, *gs2 = NULL;
+    rb_tensor u = {0}, b = {0}, bs = {0};
+    rb_op *A = NULL, *J = NULL, *red = NULL, *black = NULL, *gs1 = NULL, *gs2 = NULL, *xs1 = NULL, *xs2 = NULL;
     rb_arena work = {0};
     double *ta = rb_malloc(ctx, len * sizeof(double)), *tb = rb_malloc(ctx, len * sizeof(double));
     double *tc = rb_malloc(ctx, len * sizeof(double));
@@ -336,6 +338,12 @@ static int sweep_case(rb_context *ctx, const options *o, int T)
     const rb_op *rb[2] = {red, black};
     if (st == RB_OK) st = rb_op_colour_sweep_create(ctx, rb, 2, 1.0, 1, &gs1);
     if (st == RB_OK) st = rb_op_colour_sweep_create(ctx, rb, 2, 1.0, 2, &gs2);
+    /* the same sweeps on the grid stored split (xsplit.h), as rb_mg_solve keeps its finest 2D grid */
+    if (st == RB_OK) st = rb_tensor_alloc(ctx, &bs, sh);
+    if (st == RB_OK) st = rb_op_xsplit_create(ctx, gs1, true, true, &xs1);
+    if (st == RB_OK) st = rb_op_xsplit_create(ctx, gs2, true, true, &xs2);
+    if (st == RB_OK) st = rb_op_xsplit_rhs(ctx, xs1, &bs, &b);
+    if (st == RB_OK) st = rb_op_xsplit_rhs(ctx, xs2, &bs, &b);
     if (st == RB_OK) st = rb_arena_reserve(ctx, &work, rb_residual_workspace(red, sh));
     int rc = 0;
     if (st != RB_OK) rc = fail(ctx, st, "sweep set-up");
@@ -344,7 +352,7 @@ static int sweep_case(rb_context *ctx, const options *o, int T)
     const double load_before = load_average();
     if (rc == 0) {
         first_touch(ta, len, 0.0, T), first_touch(tb, len, 1.0, T), first_touch(tc, len, 2.0, T);
-        first_touch(u.data, len, 0.5, T), first_touch(b.data, len, 1.0, T);
+        first_touch(u.data, len, 0.5, T), first_touch(b.data, len, 1.0, T), first_touch(bs.data, len, 1.0, T);
         for (int round = 0; round <= o->reps && rc == 0; round++) { /* round 0 warms up */
             double t[K_COUNT];
             t[K_TRIAD] = triad_seconds(ta, tb, tc, len, T);
@@ -358,6 +366,12 @@ static int sweep_case(rb_context *ctx, const options *o, int T)
             t0 = now();
             if (st == RB_OK) st = rb_residual_step(ctx, gs2, 1.0, &u, &u, &work);
             t[K_SWEEP2] = 0.5 * (now() - t0);
+            t0 = now();
+            if (st == RB_OK) st = rb_residual_step(ctx, xs1, 1.0, &u, &u, &work);
+            t[K_SPLIT1] = now() - t0;
+            t0 = now();
+            if (st == RB_OK) st = rb_residual_step(ctx, xs2, 1.0, &u, &u, &work);
+            t[K_SPLIT2] = 0.5 * (now() - t0);
             if (st != RB_OK) rc = fail(ctx, st, "sweep");
             for (int k = 0; k < K_COUNT && round > 0; k++)
                 if (t[k] < best[k]) best[k] = t[k];
@@ -375,9 +389,9 @@ static int sweep_case(rb_context *ctx, const options *o, int T)
         fflush(stdout);
     }
     rb_arena_release(ctx, &work);
-    rb_op_free(ctx, gs1), rb_op_free(ctx, gs2);
+    rb_op_free(ctx, gs1), rb_op_free(ctx, gs2), rb_op_free(ctx, xs1), rb_op_free(ctx, xs2);
     rb_op_free(ctx, red), rb_op_free(ctx, black), rb_op_free(ctx, J), rb_op_free(ctx, A);
-    rb_tensor_release(ctx, &u), rb_tensor_release(ctx, &b);
+    rb_tensor_release(ctx, &u), rb_tensor_release(ctx, &b), rb_tensor_release(ctx, &bs);
     rb_free(ctx, ta), rb_free(ctx, tb), rb_free(ctx, tc);
     return rc;
 }

@@ -46,6 +46,7 @@
 #define PF_B 2048    /* and on b (16 KB; x and b often share their address mod 4 KB) */
 #endif
 #define PARALLEL_MIN 32768 /* grid points per sample below which one thread runs */
+#define SPLIT_AHEAD 2      /* rows the split kernel prefetches ahead */
 
 /* The fields both kernels fill alike: the grid's extents, b, the class kernel (or NULL), and
  * nothing yet for u and the stages around the steps. */
@@ -176,7 +177,8 @@ static inline void row_kernel(int nr, const row_args *a, size_t first, size_t W,
  * them), their left / right neighbours the other half (s; KS) at k + first - 1 and k + first,
  * their neighbour rows' values and b at the same place as the point. The same operations as
  * row_kernel in the same order: the same numbers, bit for bit, and no shuffles. */
-static void split_row_kernel(const row_args *a, size_t first, size_t W, double cb, double cc)
+static void split_row_kernel(const row_args *a, size_t first, size_t W, double cb, double cc, const char *pu,
+                             const char *pb)
 {
     const size_t Ke = (W + 1) / 2, t = first ? Ke : 0, s = first ? 0 : Ke, KT = first ? W / 2 : Ke, KS = W - KT;
     double *T = a->m + t;
@@ -188,10 +190,13 @@ static void split_row_kernel(const row_args *a, size_t first, size_t W, double c
 #if defined(RB_REDBLACK_AVX2)
     const __m256d c0 = _mm256_set1_pd(a->c[0]), cl = _mm256_set1_pd(a->c[1]), cr = _mm256_set1_pd(a->c[2]),
                   c1 = _mm256_set1_pd(a->c[3]), vcb = _mm256_set1_pd(cb), vcc = _mm256_set1_pd(cc);
+    const size_t row_bytes = W * sizeof(double);
+    size_t pos = 0;
     for (; k + 4 <= ke; k += 4) {
-        if ((k & 63) == 0) {
-            prefetch_ahead(dn, k, a->lead_reach > t ? a->lead_reach - t : 0, PF_LEAD / 2);
-            prefetch_ahead(b, k, a->b_reach > t ? a->b_reach - t : 0, PF_B / 2);
+        if (pu != NULL && pos < row_bytes) { /* 2 of the W / 8 lines of each row per 4 points */
+            __builtin_prefetch(pu + pos, 0, 2), __builtin_prefetch(pu + pos + 64, 0, 2);
+            __builtin_prefetch(pb + pos, 0, 2), __builtin_prefetch(pb + pos + 64, 0, 2);
+            pos += 128;
         }
         __m256d v = _mm256_mul_pd(vcb, _mm256_loadu_pd(b + k));
         v = _mm256_fmadd_pd(c0, _mm256_loadu_pd(up + k), v);
@@ -487,8 +492,15 @@ static void line(const rb_redblack *k, size_t s, int colour0, int st, size_t l)
         a.c[3] = l + 1 < H ? k->cn[3] : 0.0;
         a.lead_reach = l + 1 < H ? total - off - W : W;
         a.b_reach = total - off;
-        if (k->split) split_row_kernel(&a, (l + (size_t)colour) & 1, W, k->cb, k->cc);
-        else row_kernel(2, &a, (l + (size_t)colour) & 1, W, k->cb, k->cc);
+        if (k->split) { /* the first step prefetches rows l + 2 of u and b whole (its neighbour row
+                         * l + 1 is half read; the hardware prefetchers miss the half-row runs) */
+            const bool ahead = st == 0 && l + SPLIT_AHEAD < H;
+            split_row_kernel(&a, (l + (size_t)colour) & 1, W, k->cb, k->cc,
+                             ahead ? (const char *)(a.m + SPLIT_AHEAD * W) : NULL,
+                             ahead ? (const char *)(a.b + SPLIT_AHEAD * W) : NULL);
+        } else {
+            row_kernel(2, &a, (l + (size_t)colour) & 1, W, k->cb, k->cc);
+        }
         return;
     }
     for (size_t y = 0; y < H; y++) {

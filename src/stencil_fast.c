@@ -524,11 +524,14 @@ void rb_stencil_residual_line_split(const rb_stencil_any *k, rb_shape s, const d
 #pragma omp simd
     for (size_t j = ob; j < oe; j++)
         r[Ke + j] = f[Ke + j] - (w0 * up[Ke + j] + w1 * mid[j] + w2 * mid[Ke + j] + w3 * mid[j + 1] + w4 * dn[Ke + j]);
-    /* the rest point by point */
-    for (size_t j = 0; j < Ke; j++)
-        if (j < eb || j >= ee) r[j] = f[j] - point_ax_at(st, W, rows, 2 * j, Ke);
-    for (size_t j = 0; j < Ko; j++)
-        if (j < ob || j >= oe) r[Ke + j] = f[Ke + j] - point_ax_at(st, W, rows, 2 * j + 1, Ke);
+    /* the rest point by point: even [0, eb) and [max(eb, ee), Ke), odd likewise */
+    for (int half = 0; half < 2; half++) {
+        const size_t b = half ? ob : eb, e = half ? oe : ee, count = half ? Ko : Ke, at = half ? Ke : 0;
+        for (size_t j = 0; j < count; j++) {
+            if (j == b && e > b) j = e; /* past the interior */
+            if (j < count) r[at + j] = f[at + j] - point_ax_at(st, W, rows, 2 * j + (size_t)half, Ke);
+        }
+    }
 }
 
 void rb_stencil_residual_line(const rb_stencil_any *k, rb_shape s, const double *u, const double *f, size_t n,

@@ -7,34 +7,59 @@
  * neighbours and the neighbour rows' values are contiguous runs of a split row. */
 #include "resbridge/xsplit.h"
 
-#include "redblack_internal.h"
 #include "op_internal.h"
+#include "redblack_internal.h"
+#include "xsplit_internal.h"
 #include "resbridge/residual.h"
 
 #include <string.h>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 typedef struct xs_state {
     const rb_op *inner;
     bool in_split, out_split;
     const rb_tensor *rhs; /* the inner op's right-hand side, split (rb_op_xsplit_rhs), or NULL */
+    rb_tensor *rhs_plain; /* the plain one the inner op reads, filled from rhs by the reference path */
 } xs_state;
 
 static const rb_op_type xs_type, xs_type_linear;
 static bool is_xs(const rb_op *op) { return op->type == &xs_type || op->type == &xs_type_linear; }
 
+void rb_xsplit_row(const double *in, double *out, size_t W, bool to_split)
+{
+    const size_t odd = (W + 1) / 2;
+    size_t x = 0;
+#if defined(__AVX2__)
+    /* 8 values at a time: unpack even / odd lanes (x, x+4, x+2, x+6 order), then put them in order */
+    if (to_split) {
+        for (; x + 8 <= W; x += 8) {
+            const __m256d A = _mm256_loadu_pd(in + x), B = _mm256_loadu_pd(in + x + 4);
+            _mm256_storeu_pd(out + x / 2, _mm256_permute4x64_pd(_mm256_unpacklo_pd(A, B), 0xD8));
+            _mm256_storeu_pd(out + odd + x / 2, _mm256_permute4x64_pd(_mm256_unpackhi_pd(A, B), 0xD8));
+        }
+    } else {
+        for (; x + 8 <= W; x += 8) {
+            const __m256d E = _mm256_permute4x64_pd(_mm256_loadu_pd(in + x / 2), 0xD8);
+            const __m256d O = _mm256_permute4x64_pd(_mm256_loadu_pd(in + odd + x / 2), 0xD8);
+            _mm256_storeu_pd(out + x, _mm256_unpacklo_pd(E, O));
+            _mm256_storeu_pd(out + x + 4, _mm256_unpackhi_pd(E, O));
+        }
+    }
+#endif
+    for (; x < W; x++) {
+        const size_t p = (x & 1) ? odd + x / 2 : x / 2;
+        if (to_split) out[p] = in[x];
+        else out[x] = in[p];
+    }
+}
+
 /* rows of W values: in -> out split (to_split) or back. */
 static void split_rows(int threads, const double *in, double *out, size_t rows, size_t W, bool to_split)
 {
-    const size_t odd = (W + 1) / 2;
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (size_t r = 0; r < rows; r++) {
-        const double *a = in + r * W;
-        double *b = out + r * W;
-        if (to_split)
-            for (size_t x = 0; x < W; x++) b[(x & 1) ? odd + x / 2 : x / 2] = a[x];
-        else
-            for (size_t x = 0; x < W; x++) b[x] = a[(x & 1) ? odd + x / 2 : x / 2];
-    }
+    for (size_t r = 0; r < rows; r++) rb_xsplit_row(in + r * W, out + r * W, W, to_split);
 }
 
 static void layout(rb_context *ctx, const rb_tensor *x, rb_tensor *y, bool to_split)
@@ -142,8 +167,9 @@ static rb_status xs_fused(rb_context *ctx, const rb_op *op, double h, const rb_t
         if (s->rhs != NULL && rb_shape_equal(s->rhs->shape, x->shape))
             st = rb_colour_sweep_pass(ctx, s->inner, h, y, &none, s->rhs->data, &done, work);
         if (st != RB_OK || done) return st;
-        return rb_residual_step_generic(ctx, op, h, y, y, work);
+        x = y;
     }
+    if (s->rhs != NULL) layout(ctx, s->rhs, s->rhs_plain, false); /* the reference path reads it plain */
     return rb_residual_step_generic(ctx, op, h, x, y, work);
 }
 
@@ -208,15 +234,28 @@ bool rb_op_xsplit_info(const rb_op *op, const rb_op **inner, bool *in_split, boo
     return true;
 }
 
-rb_status rb_op_xsplit_rhs(rb_context *ctx, rb_op *op, const rb_tensor *f_split)
+rb_status rb_op_xsplit_rhs(rb_context *ctx, rb_op *op, const rb_tensor *f_split, rb_tensor *f_plain)
 {
     if (ctx == NULL) return RB_ENULL;
     if (op == NULL || op->type == NULL || !is_xs(op))
         return rb_fail(ctx, RB_EINVAL, "rb_op_xsplit_rhs: op (%s) is not an xsplit op", op && op->type ? op->type->name : "NULL");
     xs_state *s = op->state;
-    if (f_split != NULL && f_split->data == NULL) return rb_fail(ctx, RB_ENULL, "rb_op_xsplit_rhs: f_split has no data");
+    if ((f_split == NULL) != (f_plain == NULL))
+        return rb_fail(ctx, RB_ENULL, "rb_op_xsplit_rhs: f_split and f_plain go together (%s is NULL)",
+                       f_split == NULL ? "f_split" : "f_plain");
+    if (f_split != NULL && (f_split->data == NULL || f_plain->data == NULL))
+        return rb_fail(ctx, RB_ENULL, "rb_op_xsplit_rhs: %s has no data", f_split->data == NULL ? "f_split" : "f_plain");
+    if (f_split != NULL && !rb_shape_equal(f_split->shape, f_plain->shape)) {
+        char a[64], b[64];
+        return rb_fail(ctx, RB_ESHAPE, "rb_op_xsplit_rhs: f_split is %s but f_plain is %s",
+                       rb_shape_format(f_split->shape, a, sizeof a), rb_shape_format(f_plain->shape, b, sizeof b));
+    }
+    if (f_split != NULL && f_split->data < f_plain->data + rb_tensor_count(f_plain) &&
+        f_plain->data < f_split->data + rb_tensor_count(f_split))
+        return rb_fail(ctx, RB_EINVAL, "rb_op_xsplit_rhs: f_split and f_plain overlap");
     if (f_split != NULL && (!s->in_split || !s->out_split))
         return rb_fail(ctx, RB_EINVAL, "rb_op_xsplit_rhs: only a view split on both sides reads a right-hand side");
-    s->rhs = f_split;
+    s->rhs = f_split, s->rhs_plain = f_plain;
     return RB_OK;
 }
+

@@ -480,7 +480,7 @@ static void check_split_pass(rb_context *ctx, const rb_op *G, double omega, cons
     RB_CHECK(ctx, rb_tensor_alloc(ctx, &back, fs));
     RB_CHECK(ctx, rb_xsplit(ctx, f, &fsplit, true));
     RB_CHECK(ctx, rb_xsplit(ctx, x, &us, true));
-    RB_CHECK(ctx, rb_op_xsplit_rhs(ctx, Gs, &fsplit));
+    RB_CHECK(ctx, rb_op_xsplit_rhs(ctx, Gs, &fsplit, (rb_tensor *)f)); /* (f: the plain rhs G's Jacobi op reads) */
     rb_residual_pass pass = *plain;
     double t2 = -1.0;
     if (plain->P != NULL) {

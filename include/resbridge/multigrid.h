@@ -64,6 +64,11 @@ typedef struct rb_mg_options {
     size_t coarse_max;   /* coarsen while n > coarse_max (and n is odd) */
     double cheb_ratio;   /* Chebyshev interval [cheb_ratio * lmax, lmax] of D^{-1} A */
     rb_coarse coarse;    /* coarse operators for point coefficients (default GALERKIN) */
+    bool plain_fine;     /* rb_mg_solve keeps the finest grid in the plain layout. By default a 2D
+                          * RB-GS hierarchy over a constant 5-point star stores it split while it
+                          * cycles (each row's even points, then its odd ones: xsplit.h), which its
+                          * smoothing and transfer kernels read without deinterleaving: the same
+                          * numbers (the norms to rounding), faster. true: for comparison. */
 } rb_mg_options;
 
 rb_mg_options rb_mg_options_default(int dim);

@@ -23,8 +23,8 @@
  * rb_residual_step has a fused kernel working on the split rows, and rb_residual_step_pass
  * fuses with it the split views of the prolongation, residual and restriction that the
  * plain sweep op fuses: the same numbers as the plain op on the plain grid, bit for bit.
- * That kernel reads the Jacobi operator's right-hand side split too: name a split copy of it
- * with rb_op_xsplit_rhs (without one the view takes the reference path). */
+ * That kernel reads the Jacobi operator's right-hand side split too: name the split right-hand
+ * side with rb_op_xsplit_rhs (without one the view takes the reference path). */
 #ifndef RESBRIDGE_XSPLIT_H
 #define RESBRIDGE_XSPLIT_H
 
@@ -43,10 +43,12 @@ rb_status rb_xsplit(rb_context *ctx, const rb_tensor *x, rb_tensor *y, bool to_s
 rb_status rb_op_xsplit_create(rb_context *ctx, const rb_op *inner, bool in_split, bool out_split, rb_op **out);
 
 /* For a view split on both sides whose inner op reads a right-hand side (a colour sweep op over
- * a Jacobi operator): f_split holds that right-hand side in the split layout, for the fused
- * kernel, which reads it instead of the plain one. The reference path reads the plain one: the
- * caller keeps the two equal (f_split is referenced; NULL: none, the reference path only). */
-rb_status rb_op_xsplit_rhs(rb_context *ctx, rb_op *op, const rb_tensor *f_split);
+ * a Jacobi operator, which references f_plain): f_split holds that right-hand side in the split
+ * layout. The fused kernel reads f_split instead of f_plain; the reference path first writes
+ * f_split into f_plain in the plain layout, so that the inner op reads the same values. Both
+ * are referenced, of one shape, not overlapping; both NULL: none (the reference path only, f_plain
+ * as it is). */
+rb_status rb_op_xsplit_rhs(rb_context *ctx, rb_op *op, const rb_tensor *f_split, rb_tensor *f_plain);
 
 /* The plain operator an xsplit op views and its sides; false if op is not an xsplit op. */
 bool rb_op_xsplit_info(const rb_op *op, const rb_op **inner, bool *in_split, bool *out_split);

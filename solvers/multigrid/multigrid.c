@@ -15,6 +15,8 @@
 #include "resbridge/reference.h"
 #include "resbridge/residual.h"
 #include "resbridge/varstencil.h"
+#include "resbridge/xsplit.h"
+#include "xsplit_internal.h"
 
 #define MAX_LEVELS 32
 #define MAX_COLOURS 8                       /* 2^dim parity classes of a full 3^dim-point stencil */
@@ -36,6 +38,16 @@ struct rb_mg {
     rb_vstep steps[MAX_LEVELS][3][MAX_STEPS]; /* [level][pre, post, symmetric post][step] */
     size_t nsym[MAX_LEVELS], nsteps_post[MAX_LEVELS];
     rb_vcycle vc;
+    /* rb_mg_solve's cycles with the finest grid stored split (xsplit.h; 2D RB-GS over a constant
+     * star, unless opt.plain_fine): level 0's operators and sweeps seen split, the other levels
+     * as in vc. Level 0's u and r hold split values while such a solve runs; fs is its f split,
+     * which the sweeps' reference path writes into the plain f their Jacobi operator reads. */
+    bool split;
+    rb_op *xs_A, *xs_R, *xs_P, *xs_sweep[2];
+    rb_vstep xs_steps[2];
+    rb_vlevel xs_level[MAX_LEVELS];
+    rb_tensor fs;
+    rb_vcycle vc_split;
     double *band;                 /* coarsest operator, Cholesky-factorised (LAPACK band storage) */
     size_t kd, ncoarse;
     rb_tensor x, r, z, p, q;      /* finest-level vectors for CG (allocated by its first call) */
@@ -97,7 +109,7 @@ rb_status rb_cycle_parse(rb_context *ctx, const char *name, rb_cycle *c)
 rb_mg_options rb_mg_options_default(int dim)
 {
     (void)dim;
-    rb_mg_options o = {RB_SMOOTHER_RBGS, 0.0, 2, 1, RB_CYCLE_V, 7, 0.3, RB_COARSE_GALERKIN};
+    rb_mg_options o = {RB_SMOOTHER_RBGS, 0.0, 2, 1, RB_CYCLE_V, 7, 0.3, RB_COARSE_GALERKIN, false};
     return o;
 }
 
@@ -466,6 +478,9 @@ void rb_mg_free(rb_context *ctx, rb_mg *mg)
         rb_tensor_release(ctx, &mg->level[l].u), rb_tensor_release(ctx, &mg->level[l].f);
         rb_tensor_release(ctx, &mg->level[l].r);
     }
+    rb_op_free(ctx, mg->xs_A), rb_op_free(ctx, mg->xs_R), rb_op_free(ctx, mg->xs_P);
+    rb_op_free(ctx, mg->xs_sweep[0]), rb_op_free(ctx, mg->xs_sweep[1]);
+    rb_tensor_release(ctx, &mg->fs);
     rb_tensor_release(ctx, &mg->x), rb_tensor_release(ctx, &mg->r), rb_tensor_release(ctx, &mg->z);
     rb_tensor_release(ctx, &mg->p), rb_tensor_release(ctx, &mg->q);
     rb_free(ctx, mg->band);
@@ -484,6 +499,38 @@ static rb_status grid_alloc(rb_context *ctx, rb_tensor *t, rb_shape s)
     if (d == NULL) return RB_ENOMEM;
     *t = (rb_tensor){s, d, true};
     return RB_OK;
+}
+
+/* The split finest level (see struct rb_mg), where its sweeps' kernel takes it: 2D, RB-GS
+ * over a constant 5-point star (the colour sweep ops' red-black kernel), pre- and post-smoothing. */
+static rb_status split_setup(rb_context *ctx, rb_mg *mg)
+{
+    if (mg->opt.plain_fine || mg->pb.dim != 2 || mg->pb.coef != NULL || mg->opt.smoother != RB_SMOOTHER_RBGS ||
+        mg->nlevels < 2 || mg->sweep[0][0] == NULL || mg->sweep[0][1] == NULL || mg->ncolours[0] != 2)
+        return RB_OK;
+    rb_vlevel *lv = &mg->xs_level[0];
+    rb_status st = grid_alloc(ctx, &mg->fs, mg->level[0].f.shape);
+    if (st == RB_OK) st = rb_op_xsplit_create(ctx, mg->A[0], true, true, &mg->xs_A);
+    if (st == RB_OK) st = rb_op_xsplit_create(ctx, mg->R[0], true, false, &mg->xs_R);
+    if (st == RB_OK) st = rb_op_xsplit_create(ctx, mg->P[0], false, true, &mg->xs_P);
+    for (int k = 0; k < 2 && st == RB_OK; k++) {
+        st = rb_op_xsplit_create(ctx, mg->sweep[0][k], true, true, &mg->xs_sweep[k]);
+        if (st == RB_OK) st = rb_op_xsplit_rhs(ctx, mg->xs_sweep[k], &mg->fs, &mg->level[0].f);
+        mg->xs_steps[k] = (rb_vstep){mg->xs_sweep[k], mg->opt.omega, NULL};
+    }
+    if (st != RB_OK) return st;
+    memcpy(mg->xs_level, mg->level, mg->nlevels * sizeof *mg->level);
+    lv->f = mg->fs;
+    lv->f.owns = false;
+    lv->A = mg->xs_A, lv->R = mg->xs_R, lv->P = mg->xs_P;
+    lv->pre = &mg->xs_steps[0], lv->npre = 1, lv->post = &mg->xs_steps[1], lv->npost = 1;
+    mg->vc_split = mg->vc;
+    mg->vc_split.level = mg->xs_level;
+    st = rb_vcycle_check(ctx, &mg->vc_split);
+    size_t need = rb_vcycle_workspace(&mg->vc_split);
+    if (st == RB_OK && need + 4096 > mg->work.cap) st = rb_arena_reserve(ctx, &mg->work, need + mg->work.cap);
+    mg->split = st == RB_OK;
+    return st;
 }
 
 static rb_status setup(rb_context *ctx, rb_mg *mg)
@@ -539,6 +586,7 @@ static rb_status setup(rb_context *ctx, rb_mg *mg)
     size_t need = rb_vcycle_workspace(&mg->vc);
     if (need + 4096 > mg->work.cap) st = rb_arena_reserve(ctx, &mg->work, need + ws + 4096);
     if (st == RB_OK) st = rb_vcycle_check(ctx, &mg->vc);
+    if (st == RB_OK) st = split_setup(ctx, mg);
     /* coarsest level: banded Cholesky, once */
     size_t lc = mg->nlevels - 1;
     if (st == RB_OK) st = rb_ref_band(ctx, mg->A[lc], grid_shape(d, mg->n[lc]), &mg->kd, &mg->band);
@@ -664,32 +712,45 @@ static rb_status check_fu(rb_context *ctx, const rb_mg *mg, const rb_tensor *f, 
     return RB_OK;
 }
 
-/* dst = src[0 .. n) on the context's threads; if sumsq: the plain sum of squares of src
- * (NaN or infinite if src has a NaN or infinity; summed per thread, threads in order);
- * if nonzero: whether src has an entry != 0. */
-static void copy_scan(rb_context *ctx, double *dst, const double *src, size_t n, double *sumsq, bool *nonzero)
+/* dst = src[0 .. n) on the context's threads, stored split (xsplit.h) along rows of W values if
+ * W > 0, plain if W == 0; if sumsq: the plain sum of
+ * squares of src (NaN or infinite if src has a NaN or infinity; summed per thread, threads in
+ * order); if nonzero: whether src has an entry != 0. */
+static void copy_scan(rb_context *ctx, double *dst, const double *src, size_t n, size_t W, double *sumsq, bool *nonzero)
 {
     int threads = n >= 65536 ? rb_context_threads(ctx) : 1;
     if (threads > 64) threads = 64;
     double part[64] = {0};
     int nz[64] = {0}, used = 1;
+    const size_t unit = W > 0 ? W : 1, units = n / unit;
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         const size_t T = (size_t)omp_get_num_threads(), t = (size_t)omp_get_thread_num();
-        const size_t lo = n * t / T, hi = n * (t + 1) / T;
+        const size_t lo = units * t / T * unit, hi = units * (t + 1) / T * unit;
 #pragma omp single
         used = (int)T;
-        if (sumsq == NULL && nonzero == NULL) {
+        if (W == 0 && sumsq == NULL && nonzero == NULL) {
             memcpy(dst + lo, src + lo, (hi - lo) * sizeof(double));
         } else {
             double s = 0.0;
             int z = 0;
+            if (W == 0) {
 #pragma omp simd reduction(+ : s) reduction(| : z)
-            for (size_t i = lo; i < hi; i++) {
-                const double v = src[i];
-                dst[i] = v;
-                s += v * v;
-                z |= v != 0.0;
+                for (size_t i = lo; i < hi; i++) {
+                    const double v = src[i];
+                    dst[i] = v;
+                    s += v * v;
+                    z |= v != 0.0;
+                }
+            }
+            for (size_t row = lo; W > 0 && row < hi; row += W) { /* split rows; the row's sums from cache */
+                const double *x = src + row;
+                rb_xsplit_row(x, dst + row, W, true);
+#pragma omp simd reduction(+ : s) reduction(| : z)
+                for (size_t i = 0; i < W; i++) {
+                    s += x[i] * x[i];
+                    z |= x[i] != 0.0;
+                }
             }
             part[t] = s, nz[t] = z;
         }
@@ -770,15 +831,17 @@ rb_status rb_mg_solve(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor 
     if (!(tol > 0) || !(tol < 1)) return rb_fail(ctx, RB_EINVAL, "rb_mg_solve: tol = %g must lie in (0, 1)", tol);
     if (max_cycles < 1 || max_cycles >= RB_MG_MAX_HISTORY)
         return rb_fail(ctx, RB_EINVAL, "rb_mg_solve: max_cycles = %d, must be 1..%d", max_cycles, RB_MG_MAX_HISTORY - 1);
-    rb_vlevel *top = &mg->level[0];
-    size_t n = rb_tensor_count(f);
+    /* the finest grid stored split where it can be (see struct rb_mg) */
+    const rb_vcycle *vc = mg->split ? &mg->vc_split : &mg->vc;
+    rb_vlevel *top = &vc->level[0];
+    const size_t n = rb_tensor_count(f), W = mg->split ? f->shape.w : 0;
     /* f and u in, in one pass each: the sums of squares say whether they are finite (a
      * NaN or infinity makes them so; then the check that names the entry), and u's
-     * nonzeros whether the initial residual is f itself */
+     * nonzeros whether the initial residual is f itself. */
     double f2, u2;
     bool u_nonzero;
-    copy_scan(ctx, top->f.data, f->data, n, &f2, NULL);
-    copy_scan(ctx, top->u.data, u->data, n, &u2, &u_nonzero);
+    copy_scan(ctx, top->f.data, f->data, n, W, &f2, NULL);
+    copy_scan(ctx, top->u.data, u->data, n, W, &u2, &u_nonzero);
     if (!isfinite(f2) || !isfinite(u2)) {
         st = check_fu(ctx, mg, f, u, true, "rb_mg_solve");
         if (st != RB_OK) return st;
@@ -791,12 +854,12 @@ rb_status rb_mg_solve(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor 
         rep->rel_residual = 0, rep->converged = true;
         return RB_OK;
     }
-    if (u_nonzero) st = residual_norm(ctx, mg, &top->u, &top->f, &r0); /* else f - A 0 = f */
+    if (u_nonzero) st = residual_norm(ctx, mg, u, f, &r0); /* (the caller's u and f: plain) else f - A 0 = f */
     if (st != RB_OK) return st;
     rep->history[0] = rep->rel_residual = r0 / fn;
     while (st == RB_OK && rep->rel_residual > tol && rep->cycles < max_cycles) {
         double rn;
-        st = rb_vcycle_run_norm(ctx, &mg->vc, 0, &rn, &mg->work); /* the norm from the last smoothing pass */
+        st = rb_vcycle_run_norm(ctx, vc, 0, &rn, &mg->work); /* the norm from the last smoothing pass */
         if (st == RB_OK) st = rb_mg_report_record(ctx, rep, rn / fn, "multigrid");
     }
     rb_mg_report_end(rep);
@@ -805,7 +868,8 @@ rb_status rb_mg_solve(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor 
         return rb_fail(ctx, RB_EMAXITER, "rb_mg_solve: relative residual %.3g > tol %.3g after %d cycles", rep->rel_residual,
                        tol, rep->cycles);
     rep->converged = true;
-    copy_scan(ctx, u->data, top->u.data, n, NULL, NULL);
+    if (mg->split) return rb_xsplit(ctx, &top->u, u, false);
+    copy_scan(ctx, u->data, top->u.data, n, 0, NULL, NULL);
     return RB_OK;
 }
 
