@@ -793,6 +793,52 @@ static void test_cycle_norm_matches_separate(void **state)
     }
 }
 
+/* The finest 2D grid stored split while rb_mg_solve cycles (xsplit.h; the default for RB-GS over
+ * a constant star). Oracle: the same solve with it plain (rb_mg_options.plain_fine). The split
+ * kernels do the plain ones' operations: the same cycles and u bit for bit; the residual norms
+ * are summed in another order (history to 1e-12). V, W and F cycles, 1 and 2 threads, a
+ * nonzero initial guess, widths n = m 2^k - 1 of several m. */
+static void test_split_fine_grid_matches_plain(void **state)
+{
+    rb_context *ctx = *state;
+    mg_setup cases[4] = {rbgs(2, 63, 2, 1), rbgs(2, 95, 1, 2), rbgs(2, 159, 1, 1), rbgs(2, 223, 2, 2)};
+    cases[1].omega = 1.15, cases[1].cycle = RB_CYCLE_W;
+    cases[2].cycle = RB_CYCLE_F;
+    for (size_t c = 0; c < 4; c++)
+        for (int threads = 1; threads <= 2; threads++) {
+            RB_CHECK(ctx, rb_context_set_threads(ctx, threads));
+            rb_mg *mg[2];
+            rb_tensor f, u[2];
+            rb_mg_report rep[2];
+            for (int plain = 0; plain < 2; plain++) {
+                rb_mg_problem pb = {2, cases[c].n, NULL, 1.0};
+                rb_mg_options o = rb_mg_options_default(2);
+                o.pre = cases[c].pre, o.post = cases[c].post, o.cycle = cases[c].cycle, o.plain_fine = plain == 1;
+                if (cases[c].omega > 0) o.omega = cases[c].omega;
+                RB_CHECK(ctx, rb_mg_create(ctx, &pb, &o, &mg[plain]));
+                u[plain] = grid_tensor(ctx, mg[plain]);
+                rb_test_rng r = {900 + c};
+                rb_test_fill(&r, &u[plain], -1.0, 1.0);
+            }
+            f = grid_tensor(ctx, mg[0]);
+            random_rhs(&f, 901 + c);
+            for (int plain = 0; plain < 2; plain++) RB_CHECK(ctx, rb_mg_solve(ctx, mg[plain], &f, &u[plain], 1e-10, 60, &rep[plain]));
+            double dh = 0.0;
+            for (int k = 0; k <= rep[0].cycles && k < RB_MG_MAX_HISTORY; k++)
+                dh = fmax(dh, fabs(rep[0].history[k] - rep[1].history[k]) / rep[1].history[k]);
+            size_t differ = 0;
+            for (size_t i = 0; i < rb_tensor_count(&f); i++) differ += u[0].data[i] != u[1].data[i];
+            print_message("2D n = %zu %s V(%d,%d), %d threads: split %d cycles, plain %d; u differs at %zu points; history "
+                          "%.1e (<= 1e-12)\n", cases[c].n, rb_cycle_name(cases[c].cycle), cases[c].pre, cases[c].post, threads,
+                          rep[0].cycles, rep[1].cycles, differ, dh);
+            if (rep[0].cycles != rep[1].cycles || differ != 0 || !(dh <= 1e-12))
+                fail_msg("case %zu, %d threads: the split solve differs from the plain one", c, threads);
+            for (int plain = 0; plain < 2; plain++) rb_tensor_release(ctx, &u[plain]), rb_mg_free(ctx, mg[plain]);
+            rb_tensor_release(ctx, &f);
+        }
+    RB_CHECK(ctx, rb_context_set_threads(ctx, 1));
+}
+
 /* ---- FMG ----------------------------------------------------------------------------------------- */
 
 /* Oracle: the discretisation error. FMG with RB-GS V(2,1) ends within 2.2x (one cycle
@@ -1024,6 +1070,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_convergence_factors, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_w_and_f_cycles, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_cycle_norm_matches_separate, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_split_fine_grid_matches_plain, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_fmg_reaches_discretisation_accuracy, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_pcg_versus_lapack, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_setup_once_many_rhs, rb_test_setup, rb_test_teardown),
