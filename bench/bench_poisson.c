@@ -108,7 +108,7 @@ static int fail(rb_context *ctx, rb_status st, const char *what)
 }
 
 typedef struct options {
-    int dim, reps, pre, post, sweeps, fmg, smooth, rediscretise, class_sweeps;
+    int dim, reps, pre, post, fine_pre, fine_post, plain_fine, sweeps, fmg, smooth, rediscretise, class_sweeps;
     size_t n;
     double omega;
     long threads[MAX_LIST];
@@ -126,6 +126,7 @@ static int solve_case(rb_context *ctx, const options *o, int T)
     opt.omega = o->omega;
     if (o->pre >= 0) opt.pre = o->pre;
     if (o->post >= 0) opt.post = o->post;
+    opt.fine_pre = o->fine_pre, opt.fine_post = o->fine_post, opt.plain_fine = o->plain_fine != 0;
     const double load_before = load_average();
     rb_mg *mg = NULL;
     double t0 = now();
@@ -151,12 +152,17 @@ static int solve_case(rb_context *ctx, const options *o, int T)
         double best = t[0];
         for (int r = 1; r < o->reps; r++)
             if (t[r] < best) best = t[r];
-        printf("{\"peer\":\"resbridge\",\"config\":\"rbgs V(%d,%d)%s\",\"dim\":%d,\"n\":%zu,\"threads\":%d,"
+        char fine[64] = "";
+        if (o->fine_pre >= 0 || o->fine_post >= 0)
+            snprintf(fine, sizeof fine, ", finest (%d,%d)", o->fine_pre >= 0 ? o->fine_pre : opt.pre,
+                     o->fine_post >= 0 ? o->fine_post : opt.post);
+        printf("{\"peer\":\"resbridge\",\"config\":\"rbgs V(%d,%d)%s%s%s\",\"dim\":%d,\"n\":%zu,\"threads\":%d,"
                "\"cycles\":%d,\"rel_residual\":%.6e,\"convergence_factor\":%.4f,\"levels\":%zu,"
                "\"seconds_setup\":%.6f,\"seconds_solve\":%.6f,\"seconds_solve_median\":%.6f,"
                "\"seconds_first_solve\":%.6f,\"reps\":%d,\"omega\":%.4f,"
                "\"loadavg_before\":%.2f,\"loadavg_after\":%.2f}\n",
-               opt.pre, opt.post, o->omega > 0 ? " omega" : "", o->dim, o->n, T, rep.cycles, rep.rel_residual,
+               opt.pre, opt.post, fine, o->omega > 0 ? " omega" : "", o->plain_fine ? ", plain finest grid" : "", o->dim,
+               o->n, T, rep.cycles, rep.rel_residual,
                rep.convergence_factor, rb_mg_levels(mg), setup, best, median(t, o->reps), t[0], o->reps,
                o->omega > 0 ? o->omega : 1.0, load_before, load_average());
         fflush(stdout);
@@ -474,6 +480,7 @@ static int class_sweep_case(rb_context *ctx, const options *o, int T)
 static void usage(FILE *f)
 {
     fprintf(f, "usage: bench_poisson [--dim 2|3] [--n N] [--threads 1,2] [--reps R] [--omega W] [--pre A --post B]\n"
+               "                     [--fine-pre A --fine-post B] [--plain-fine]\n"
                "       bench_poisson --sweeps [--n N] [--threads 1,2] [--reps R]\n"
                "       bench_poisson --fmg [--dim 2|3] [--n N] [--coef const|smooth] [--coarse galerkin|rediscretise]\n"
                "                     [--threads 1,2] [--reps R]\n"
@@ -492,7 +499,8 @@ int main(int argc, char **argv)
         execv("/proc/self/exe", argv);
         /* not restarted: measure anyway */
     }
-    options o = {.dim = 2, .reps = 5, .pre = -1, .post = -1, .n = 1023, .threads = {1}, .nthreads = 1};
+    options o = {.dim = 2, .reps = 5, .pre = -1, .post = -1, .fine_pre = -1, .fine_post = -1, .n = 1023, .threads = {1},
+                 .nthreads = 1};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         long x[1];
@@ -509,6 +517,9 @@ int main(int argc, char **argv)
         } else if (!strcmp(a, "--class-sweeps")) {
             o.class_sweeps = 1;
             continue;
+        } else if (!strcmp(a, "--plain-fine")) {
+            o.plain_fine = 1;
+            continue;
         } else if (v != NULL && !strcmp(a, "--coef")) {
             ok = !strcmp(v, "const") || !strcmp(v, "smooth"), o.smooth = !strcmp(v, "smooth");
         } else if (v != NULL && !strcmp(a, "--coarse")) {
@@ -521,11 +532,11 @@ int main(int argc, char **argv)
             ok = parse_list(v, x, 1) == 1, o.n = (size_t)x[0];
         } else if (!strcmp(a, "--reps")) {
             ok = parse_list(v, x, 1) == 1 && x[0] <= MAX_REPS, o.reps = (int)x[0];
-        } else if (!strcmp(a, "--pre") || !strcmp(a, "--post")) {
+        } else if (!strcmp(a, "--pre") || !strcmp(a, "--post") || !strcmp(a, "--fine-pre") || !strcmp(a, "--fine-post")) {
             char *end;
             long k = strtol(v, &end, 10);
             ok = *end == 0 && end != v && k >= 0 && k <= 16;
-            *(!strcmp(a, "--pre") ? &o.pre : &o.post) = (int)k;
+            *(!strcmp(a, "--pre") ? &o.pre : !strcmp(a, "--post") ? &o.post : !strcmp(a, "--fine-pre") ? &o.fine_pre : &o.fine_post) = (int)k;
         } else if (!strcmp(a, "--threads")) {
             o.nthreads = parse_list(v, o.threads, MAX_LIST);
             ok = o.nthreads >= 1;

@@ -20,7 +20,8 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: resbridge poisson --dim {1,2,3} --n N [--coef const|jump|smooth] [--smoother jacobi|rbgs|chebyshev]\n"
-            "         [--omega W] [--pre A --post B] [--cycle V|W|F] [--coarse galerkin|rediscretise] [--fmg] [--pcg]\n"
+            "         [--omega W] [--pre A --post B] [--fine-pre A --fine-post B] [--cycle V|W|F]\n"
+            "         [--coarse galerkin|rediscretise] [--fmg] [--pcg]\n"
             "         [--tol T] [--max-cycles K]\n"
             "         [--rhs sine|ones|random] [--seed S] [--threads T] [--check lapack] [--json]\n\n"
             "Solves -div(a grad u) = f on the unit interval/square/cube, zero Dirichlet values, n = m 2^k - 1\n"
@@ -32,6 +33,8 @@ static void usage(FILE *f)
             "  --coarse   coarse operators for --coef jump|smooth: galerkin (R A P, 3^d points; robust for jumps)\n"
             "             or rediscretise (a injected to each coarse grid, 2d+1-point star; for smooth a only:\n"
             "             with jumps it can diverge, reported as such)\n"
+            "  --fine-pre, --fine-post  smoothing steps on the finest level only (default: --pre, --post); with\n"
+            "             --fine-pre 0 each cycle's last pass also restricts the residual for the next cycle\n"
             "  --fmg      full multigrid (one cycle per level) as the initial guess, then cycles to --tol\n"
             "  --pcg      conjugate gradients preconditioned by one symmetric cycle\n"
             "  --check lapack  compare with LAPACK banded Cholesky on the full system (small problems)\n"
@@ -74,6 +77,10 @@ static int parse(int argc, char **argv, opts *o)
             if (rb_args_long(&a, opt, 0, 16, &v)) o->mg.pre = (int)v;
         } else if (!strcmp(opt, "--post")) {
             if (rb_args_long(&a, opt, 0, 16, &v)) o->mg.post = (int)v;
+        } else if (!strcmp(opt, "--fine-pre")) {
+            if (rb_args_long(&a, opt, 0, 16, &v)) o->mg.fine_pre = (int)v;
+        } else if (!strcmp(opt, "--fine-post")) {
+            if (rb_args_long(&a, opt, 0, 16, &v)) o->mg.fine_post = (int)v;
         } else if (!strcmp(opt, "--cycle")) {
             if (rb_args_choice(&a, opt, cycle_choices, &c)) o->mg.cycle = (rb_cycle)c;
         } else if (!strcmp(opt, "--coarse")) {
@@ -202,11 +209,12 @@ int rb_cli_poisson(int argc, char **argv)
     const char *method = o.pcg ? "pcg" : o.fmg ? "fmg" : "cycles";
     if (o.json) {
         printf("{\"command\":\"poisson\",\"dim\":%d,\"n\":%ld,\"unknowns\":%zu,\"levels\":%zu,\"coef\":\"%s\",\"rhs\":\"%s\","
-               "\"coarse\":\"%s\",\"smoother\":\"%s\",\"pre\":%d,\"post\":%d,\"cycle\":\"%s\",\"method\":\"%s\","
-               "\"threads\":%d,\"cycles\":%d,\"residual_history\":[",
+               "\"coarse\":\"%s\",\"smoother\":\"%s\",\"pre\":%d,\"post\":%d,\"fine_pre\":%d,\"fine_post\":%d,"
+               "\"cycle\":\"%s\",\"method\":\"%s\",\"threads\":%d,\"cycles\":%d,\"residual_history\":[",
                o.dim, o.n, rb_tensor_count(&f), rb_mg_levels(mg), coef_names[o.coef], rhs_names[o.rhs],
-               o.coef == 0 ? "rediscretise" : rb_coarse_name(o.mg.coarse), rb_smoother_name(o.mg.smoother), o.mg.pre, o.mg.post, rb_cycle_name(o.mg.cycle), method,
-               rb_context_threads(ctx), rep.cycles);
+               o.coef == 0 ? "rediscretise" : rb_coarse_name(o.mg.coarse), rb_smoother_name(o.mg.smoother), o.mg.pre, o.mg.post,
+               o.mg.fine_pre >= 0 ? o.mg.fine_pre : o.mg.pre, o.mg.fine_post >= 0 ? o.mg.fine_post : o.mg.post,
+               rb_cycle_name(o.mg.cycle), method, rb_context_threads(ctx), rep.cycles);
         for (int k = 0; k <= rep.cycles && k < RB_MG_MAX_HISTORY; k++) printf("%s%.6e", k ? "," : "", rep.history[k]);
         printf("],\"convergence_factor\":%.6f,\"rel_residual\":%.6e,\"converged\":%s,", rep.convergence_factor,
                rep.rel_residual, solve_st == RB_OK ? "true" : "false");

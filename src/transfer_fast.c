@@ -21,6 +21,8 @@
  */
 #include "grid_fast.h"
 
+#include "resbridge/xsplit.h"
+
 #include <omp.h>
 #include <stdint.h>
 #if defined(__AVX2__)
@@ -301,13 +303,37 @@ bool rb_transfer_restrict_pair(const rb_op *A, const rb_op *R, rb_shape fine, rb
     return rb_stencil_any_init(A, fine, k) && rb_transfer_restrict_plan(R, k->dims, fine, g);
 }
 
+/* The pair, or the split views (xsplit.h) of one on a split fine grid: A split on both sides, R
+ * split in and plain out, the stencil one the split residual lines take. *split: which; *plain_R:
+ * the restriction whose weights apply. */
+static bool restrict_pair_any(const rb_op *A, const rb_op *R, rb_shape fine, rb_stencil_any *k, rb_conv_geom *g,
+                              bool *split, const rb_op **plain_R)
+{
+    const rb_op *a;
+    bool ai, ao, ri, ro;
+    *plain_R = R;
+    *split = rb_op_xsplit_info(A, &a, &ai, &ao) && rb_op_xsplit_info(R, plain_R, &ri, &ro);
+    if (!*split) return rb_transfer_restrict_pair(A, R, fine, k, g);
+    return ai && ao && ri && !ro && rb_transfer_restrict_pair(a, *plain_R, fine, k, g) && rb_stencil_split_takes(k);
+}
+
+/* Residual line l of sample n, plain or split. */
+static void residual_line(const rb_stencil_any *k, bool split, rb_shape s, const double *u, const double *f, size_t n,
+                          size_t l, double *r)
+{
+    if (split) rb_stencil_residual_line_split(k, s, u, f, n, l, r);
+    else rb_stencil_residual_line(k, s, u, f, n, l, r);
+}
+
 size_t rb_transfer_restrict_residual_workspace(const rb_op *A, const rb_op *R, rb_shape fine)
 {
     rb_stencil_any k;
     rb_conv_geom g;
+    bool split;
+    const rb_op *plain_R;
     if (A == NULL || R == NULL) return 0;
     int dims = 0;
-    if (rb_transfer_restrict_pair(A, R, fine, &k, &g)) dims = k.dims;
+    if (restrict_pair_any(A, R, fine, &k, &g, &split, &plain_R)) dims = k.dims;
     else if (rb_varstencil_on(A, fine)) /* the red-black wavefront's residual lines of a varstencil */
         dims = fine.d > 1 ? 3 : 2;
     if (dims == 0) return 0;
@@ -319,7 +345,11 @@ bool rb_transfer_restrict_residual(rb_context *ctx, const rb_op *A, const rb_op 
 {
     rb_stencil_any k;
     rb_conv_geom g;
-    if (!rb_transfer_restrict_pair(A, R, u->shape, &k, &g) || work == NULL || work->measuring || work->used > work->cap) return false;
+    bool split;
+    const rb_op *plain_R;
+    if (!restrict_pair_any(A, R, u->shape, &k, &g, &split, &plain_R) || work == NULL || work->measuring ||
+        work->used > work->cap)
+        return false;
     const int dims = k.dims;
     const size_t line = line_size(u->shape, dims), lines_c = dims == 3 ? g.cd : g.ch;
     const size_t per_thread = 3 * line * sizeof(double), room = work->cap - work->used;
@@ -332,20 +362,20 @@ bool rb_transfer_restrict_residual(rb_context *ctx, const rb_op *A, const rb_op 
     const size_t mark = rb_arena_mark(work);
     double *buf = rb_arena_alloc(ctx, work, (size_t)threads * per_thread);
     if (buf == NULL) return false;
-    const double *w = R->params;
+    const double *w = plain_R->params;
     for (size_t n = 0; n < g.n; n++) {
 #pragma omp parallel num_threads(threads) if (threads > 1)
         {
             const size_t T = (size_t)omp_get_num_threads(), t = (size_t)omp_get_thread_num();
             const size_t c0 = lines_c * t / T, c1 = lines_c * (t + 1) / T;
             double *ring = buf + t * 3 * line; /* fine line l lives in slot l % 3 */
-            if (c0 < c1) rb_stencil_residual_line(&k, u->shape, u->data, f->data, n, 2 * c0, ring + (2 * c0 % 3) * line);
+            if (c0 < c1) residual_line(&k, split, u->shape, u->data, f->data, n, 2 * c0, ring + (2 * c0 % 3) * line);
             for (size_t C = c0; C < c1; C++) {
                 for (size_t l = 2 * C + 1; l <= 2 * C + 2; l++)
-                    rb_stencil_residual_line(&k, u->shape, u->data, f->data, n, l, ring + (l % 3) * line);
+                    residual_line(&k, split, u->shape, u->data, f->data, n, l, ring + (l % 3) * line);
                 const double *lines[3] = {ring + (2 * C % 3) * line, ring + ((2 * C + 1) % 3) * line,
                                           ring + ((2 * C + 2) % 3) * line};
-                rb_transfer_restrict_line(&g, dims, w, n, C, lines, coarse->data, false);
+                rb_transfer_restrict_line(&g, dims, w, n, C, lines, coarse->data, split);
             }
         }
     }

@@ -279,9 +279,11 @@ static rb_status smooth(rb_context *ctx, rb_vlevel *lv, rb_vlevel *coarse, const
 }
 
 /* One cycle on level l; norm != NULL: also ||f - A u|| of level l afterwards;
- * tape != NULL: recording what rb_vcycle_backward needs. */
+ * tape != NULL: recording what rb_vcycle_backward needs. ready != NULL (rb_vcycle_run_next):
+ * level l without pre-smoothing or projection takes f_{l+1} as it is if *ready, and its last
+ * pass restricts the new residual for the next cycle (then *ready = true). */
 static rb_status cycle(rb_context *ctx, const rb_vcycle *vc, size_t l, rb_cycle kind, double *norm, rb_vtape *tape,
-                       rb_arena *work)
+                       rb_arena *work, bool *ready)
 {
     rb_vlevel *lv = &vc->level[l];
     if (l + 1 == vc->nlevels) {
@@ -295,25 +297,29 @@ static rb_status cycle(rb_context *ctx, const rb_vcycle *vc, size_t l, rb_cycle 
         return st == RB_OK && norm != NULL ? level_norm(ctx, lv, NULL, norm, work) : st;
     }
     rb_vlevel *coarse = &vc->level[l + 1];
-    /* pre-smoothing, then f_{l+1} = R (f - A u) */
-    rb_status st = smooth(ctx, lv, coarse, lv->pre, lv->npre, false, true, NULL, l, tape, work);
+    const bool chain = ready != NULL && lv->npre == 0 && lv->Pi == NULL && tape == NULL && kind != RB_CYCLE_DOWN;
+    if (ready != NULL && !chain) *ready = false;
+    /* pre-smoothing, then f_{l+1} = R (f - A u) (already there: the last cycle's last pass) */
+    rb_status st = chain && *ready ? RB_OK : smooth(ctx, lv, coarse, lv->pre, lv->npre, false, true, NULL, l, tape, work);
+    if (chain) *ready = false;
     if (st == RB_OK) st = start_coarse(ctx, lv, coarse, tape, work); /* u_{l+1} = 0 (or Pi u) */
     if (st != RB_OK) return st;
     switch (kind) {
     case RB_CYCLE_DOWN: /* the down-leg: nothing comes back up */
-        st = cycle(ctx, vc, l + 1, RB_CYCLE_DOWN, NULL, tape, work);
+        st = cycle(ctx, vc, l + 1, RB_CYCLE_DOWN, NULL, tape, work, NULL);
         return st == RB_OK && norm != NULL ? level_norm(ctx, lv, NULL, norm, work) : st;
-    case RB_CYCLE_V: st = cycle(ctx, vc, l + 1, RB_CYCLE_V, NULL, tape, work); break;
+    case RB_CYCLE_V: st = cycle(ctx, vc, l + 1, RB_CYCLE_V, NULL, tape, work, NULL); break;
     case RB_CYCLE_W:
-        st = cycle(ctx, vc, l + 1, RB_CYCLE_W, NULL, tape, work);
-        if (st == RB_OK && l + 2 < vc->nlevels) st = cycle(ctx, vc, l + 1, RB_CYCLE_W, NULL, tape, work);
+        st = cycle(ctx, vc, l + 1, RB_CYCLE_W, NULL, tape, work, NULL);
+        if (st == RB_OK && l + 2 < vc->nlevels) st = cycle(ctx, vc, l + 1, RB_CYCLE_W, NULL, tape, work, NULL);
         break;
     default:
-        st = cycle(ctx, vc, l + 1, RB_CYCLE_F, NULL, tape, work);
-        if (st == RB_OK && l + 2 < vc->nlevels) st = cycle(ctx, vc, l + 1, RB_CYCLE_V, NULL, tape, work);
+        st = cycle(ctx, vc, l + 1, RB_CYCLE_F, NULL, tape, work, NULL);
+        if (st == RB_OK && l + 2 < vc->nlevels) st = cycle(ctx, vc, l + 1, RB_CYCLE_V, NULL, tape, work, NULL);
     }
-    /* u += P u_{l+1}, then post-smoothing (and the norm) */
-    if (st == RB_OK) st = smooth(ctx, lv, coarse, lv->post, lv->npost, true, false, norm, l, tape, work);
+    /* u += P u_{l+1}, then post-smoothing (and the norm; chained: f_{l+1} = R (f - A u) for the next cycle) */
+    if (st == RB_OK) st = smooth(ctx, lv, coarse, lv->post, lv->npost, true, chain, norm, l, tape, work);
+    if (st == RB_OK && chain) *ready = true;
     return st;
 }
 
@@ -394,7 +400,7 @@ rb_status rb_vcycle_run(rb_context *ctx, const rb_vcycle *vc, size_t from, rb_ar
     if (ctx == NULL) return RB_ENULL;
     if (vc == NULL || vc->level == NULL) return rb_fail(ctx, RB_ENULL, "rb_vcycle_run: hierarchy is NULL");
     if (from >= vc->nlevels) return rb_fail(ctx, RB_EINVAL, "rb_vcycle_run: from = %zu, only %zu levels", from, vc->nlevels);
-    return cycle(ctx, vc, from, vc->cycle, NULL, NULL, work);
+    return cycle(ctx, vc, from, vc->cycle, NULL, NULL, work, NULL);
 }
 
 rb_status rb_vcycle_run_norm(rb_context *ctx, const rb_vcycle *vc, size_t from, double *norm, rb_arena *work)
@@ -404,7 +410,22 @@ rb_status rb_vcycle_run_norm(rb_context *ctx, const rb_vcycle *vc, size_t from, 
     if (from >= vc->nlevels)
         return rb_fail(ctx, RB_EINVAL, "rb_vcycle_run_norm: from = %zu, only %zu levels", from, vc->nlevels);
     if (norm == NULL) return rb_fail(ctx, RB_ENULL, "rb_vcycle_run_norm: norm is NULL");
-    return cycle(ctx, vc, from, vc->cycle, norm, NULL, work);
+    return cycle(ctx, vc, from, vc->cycle, norm, NULL, work, NULL);
+}
+
+rb_status rb_vcycle_run_next(rb_context *ctx, const rb_vcycle *vc, size_t from, double *norm, bool *restricted,
+                             rb_arena *work)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (vc == NULL || vc->level == NULL) return rb_fail(ctx, RB_ENULL, "rb_vcycle_run_next: hierarchy is NULL");
+    if (from >= vc->nlevels)
+        return rb_fail(ctx, RB_EINVAL, "rb_vcycle_run_next: from = %zu, only %zu levels", from, vc->nlevels);
+    if (norm == NULL || restricted == NULL)
+        return rb_fail(ctx, RB_ENULL, "rb_vcycle_run_next: %s is NULL", norm == NULL ? "norm" : "restricted");
+    if (from + 1 == vc->nlevels) *restricted = false;
+    rb_status st = cycle(ctx, vc, from, vc->cycle, norm, NULL, work, from + 1 < vc->nlevels ? restricted : NULL);
+    if (st != RB_OK) *restricted = false;
+    return st;
 }
 
 /* ---- network mode: the taped cycle and its backward ----------------------------------------------- */
@@ -491,7 +512,7 @@ rb_status rb_vcycle_run_taped(rb_context *ctx, const rb_vcycle *vc, size_t from,
     fcur[from] = vc->level[from].f.data;
     b->fcur = fcur;
     tape->begin = b;
-    rb_status st = cycle(ctx, vc, from, vc->cycle, NULL, tape, work);
+    rb_status st = cycle(ctx, vc, from, vc->cycle, NULL, tape, work, NULL);
     tape->begin = NULL; /* read only while recording */
     if (st != RB_OK) rb_arena_reset(&tape->mem, mark), tape->last = last; /* nothing half-recorded stays */
     return st;

@@ -64,6 +64,11 @@ typedef struct rb_mg_options {
     size_t coarse_max;   /* coarsen while n > coarse_max (and n is odd) */
     double cheb_ratio;   /* Chebyshev interval [cheb_ratio * lmax, lmax] of D^{-1} A */
     rb_coarse coarse;    /* coarse operators for point coefficients (default GALERKIN) */
+    int fine_pre, fine_post; /* smoothing steps on the finest level; -1: pre / post (the default).
+                          * fine_pre = 0 (e.g. 0 and pre + post, with coarse levels V(pre, post)):
+                          * rb_mg_solve restricts each cycle's new residual in the pass that
+                          * computes its norm (rb_vcycle_run_next), one pass over the finest grid
+                          * per cycle instead of two */
     bool plain_fine;     /* rb_mg_solve keeps the finest grid in the plain layout. By default a 2D
                           * RB-GS hierarchy over a constant 5-point star stores it split while it
                           * cycles (each row's even points, then its odd ones: xsplit.h), which its

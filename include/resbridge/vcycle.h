@@ -88,6 +88,16 @@ rb_status rb_vcycle_run(rb_context *ctx, const rb_vcycle *vc, size_t from, rb_ar
  * own (rb_vcycle_residual). Equal to rb_vcycle_run then rb_vcycle_residual to rounding. */
 rb_status rb_vcycle_run_norm(rb_context *ctx, const rb_vcycle *vc, size_t from, double *norm, rb_arena *work);
 
+/* rb_vcycle_run_norm for a driver that runs cycles one after another on one f: where level
+ * `from` has no pre-smoothing (and no projection), the residual the cycle's last pass computes
+ * for the norm is also restricted there, f_{from+1} = R (f - A u), and the next cycle starts from
+ * it instead of a pass of its own. *restricted: on entry whether level[from+1].f holds that
+ * restriction for the current u (false for a first cycle, and whenever u, f or level from+1's
+ * f changed since the last call); on return whether it does now. The same numbers as
+ * rb_vcycle_run_norm. */
+rb_status rb_vcycle_run_next(rb_context *ctx, const rb_vcycle *vc, size_t from, double *norm, bool *restricted,
+                             rb_arena *work);
+
 /* ---- network mode: the cycle taped, and its backward ------------------------------------------
  *
  * The same cycle (cycle() in vcycle.c) records what its backward needs on a tape: the

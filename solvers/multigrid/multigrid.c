@@ -109,7 +109,7 @@ rb_status rb_cycle_parse(rb_context *ctx, const char *name, rb_cycle *c)
 rb_mg_options rb_mg_options_default(int dim)
 {
     (void)dim;
-    rb_mg_options o = {RB_SMOOTHER_RBGS, 0.0, 2, 1, RB_CYCLE_V, 7, 0.3, RB_COARSE_GALERKIN, false};
+    rb_mg_options o = {RB_SMOOTHER_RBGS, 0.0, 2, 1, RB_CYCLE_V, 7, 0.3, RB_COARSE_GALERKIN, -1, -1, false};
     return o;
 }
 
@@ -356,7 +356,9 @@ static rb_status gauss_seidel_colours(rb_context *ctx, rb_mg *mg, size_t l)
  * reverse), and for CG the symmetric post-smoother, the adjoint of pre. */
 static rb_status make_steps(rb_context *ctx, rb_mg *mg, size_t l)
 {
-    const rb_mg_options *o = &mg->opt;
+    rb_mg_options level_opt = mg->opt, *o = &level_opt; /* the finest level: its own step counts */
+    if (l == 0 && o->fine_pre >= 0) o->pre = o->fine_pre;
+    if (l == 0 && o->fine_post >= 0) o->post = o->fine_post;
     rb_vlevel *lv = &mg->level[l];
     rb_vstep *pre = mg->steps[l][0], *post = mg->steps[l][1], *sym = mg->steps[l][2];
     size_t npre = 0, npost = 0;
@@ -452,6 +454,11 @@ static rb_status check_problem(rb_context *ctx, const rb_mg_problem *pb, const r
     if (o->pre < 0 || o->post < 0 || o->pre + o->post < 1 || o->pre > 16 || o->post > 16)
         return rb_fail(ctx, RB_EINVAL, "rb_mg_create: pre = %d, post = %d smoothing steps (0..16 each, at least one)",
                        o->pre, o->post);
+    const int fpre = o->fine_pre >= 0 ? o->fine_pre : o->pre, fpost = o->fine_post >= 0 ? o->fine_post : o->post;
+    if (o->fine_pre < -1 || o->fine_post < -1 || o->fine_pre > 16 || o->fine_post > 16 || fpre + fpost < 1)
+        return rb_fail(ctx, RB_EINVAL,
+                       "rb_mg_create: fine_pre = %d, fine_post = %d smoothing steps on the finest level (-1: pre / post; "
+                       "0..16 each, at least one)", o->fine_pre, o->fine_post);
     if (!isfinite(o->omega) || o->omega < 0)
         return rb_fail(ctx, RB_EINVAL, "rb_mg_create: omega = %g must be finite and >= 0 (0: default)", o->omega);
     if (o->smoother == RB_SMOOTHER_JACOBI && o->omega > 1.0)
@@ -506,14 +513,15 @@ static rb_status grid_alloc(rb_context *ctx, rb_tensor *t, rb_shape s)
 static rb_status split_setup(rb_context *ctx, rb_mg *mg)
 {
     if (mg->opt.plain_fine || mg->pb.dim != 2 || mg->pb.coef != NULL || mg->opt.smoother != RB_SMOOTHER_RBGS ||
-        mg->nlevels < 2 || mg->sweep[0][0] == NULL || mg->sweep[0][1] == NULL || mg->ncolours[0] != 2)
+        mg->nlevels < 2 || mg->ncolours[0] != 2)
         return RB_OK;
     rb_vlevel *lv = &mg->xs_level[0];
     rb_status st = grid_alloc(ctx, &mg->fs, mg->level[0].f.shape);
     if (st == RB_OK) st = rb_op_xsplit_create(ctx, mg->A[0], true, true, &mg->xs_A);
     if (st == RB_OK) st = rb_op_xsplit_create(ctx, mg->R[0], true, false, &mg->xs_R);
     if (st == RB_OK) st = rb_op_xsplit_create(ctx, mg->P[0], false, true, &mg->xs_P);
-    for (int k = 0; k < 2 && st == RB_OK; k++) {
+    for (int k = 0; k < 2 && st == RB_OK; k++) { /* pre, post: one colour sweep op each (or none) */
+        if (mg->sweep[0][k] == NULL) continue;
         st = rb_op_xsplit_create(ctx, mg->sweep[0][k], true, true, &mg->xs_sweep[k]);
         if (st == RB_OK) st = rb_op_xsplit_rhs(ctx, mg->xs_sweep[k], &mg->fs, &mg->level[0].f);
         mg->xs_steps[k] = (rb_vstep){mg->xs_sweep[k], mg->opt.omega, NULL};
@@ -523,7 +531,8 @@ static rb_status split_setup(rb_context *ctx, rb_mg *mg)
     lv->f = mg->fs;
     lv->f.owns = false;
     lv->A = mg->xs_A, lv->R = mg->xs_R, lv->P = mg->xs_P;
-    lv->pre = &mg->xs_steps[0], lv->npre = 1, lv->post = &mg->xs_steps[1], lv->npost = 1;
+    lv->pre = &mg->xs_steps[0], lv->npre = mg->xs_sweep[0] != NULL, lv->post = &mg->xs_steps[1];
+    lv->npost = mg->xs_sweep[1] != NULL;
     mg->vc_split = mg->vc;
     mg->vc_split.level = mg->xs_level;
     st = rb_vcycle_check(ctx, &mg->vc_split);
@@ -857,9 +866,10 @@ rb_status rb_mg_solve(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor 
     if (u_nonzero) st = residual_norm(ctx, mg, u, f, &r0); /* (the caller's u and f: plain) else f - A 0 = f */
     if (st != RB_OK) return st;
     rep->history[0] = rep->rel_residual = r0 / fn;
+    bool restricted = false; /* whether level 1's f holds R (f - A u) (rb_vcycle_run_next) */
     while (st == RB_OK && rep->rel_residual > tol && rep->cycles < max_cycles) {
         double rn;
-        st = rb_vcycle_run_norm(ctx, vc, 0, &rn, &mg->work); /* the norm from the last smoothing pass */
+        st = rb_vcycle_run_next(ctx, vc, 0, &rn, &restricted, &mg->work); /* the norm from the last smoothing pass */
         if (st == RB_OK) st = rb_mg_report_record(ctx, rep, rn / fn, "multigrid");
     }
     rb_mg_report_end(rep);
@@ -964,8 +974,9 @@ rb_status rb_mg_pcg(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *u
     if (max_iter < 1 || max_iter >= RB_MG_MAX_HISTORY)
         return rb_fail(ctx, RB_EINVAL, "rb_mg_pcg: max_iter = %d, must be 1..%d", max_iter, RB_MG_MAX_HISTORY - 1);
     rb_mg_report local, *rep = report ? report : &local;
-    if (mg->opt.pre < 1)
-        return rb_fail(ctx, RB_EINVAL, "rb_mg_pcg: the symmetric cycle needs pre-smoothing (pre = 0)");
+    if (mg->opt.pre < 1 || mg->opt.fine_pre == 0)
+        return rb_fail(ctx, RB_EINVAL, "rb_mg_pcg: the symmetric cycle needs pre-smoothing (pre = %d, fine_pre = %d)",
+                       mg->opt.pre, mg->opt.fine_pre);
     rb_tensor *vec[5] = {&mg->x, &mg->r, &mg->z, &mg->p, &mg->q}; /* each written before it is read */
     for (int i = 0; i < 5 && st == RB_OK; i++)
         if (vec[i]->data == NULL) st = grid_alloc(ctx, vec[i], rb_mg_shape(mg));
