@@ -801,10 +801,11 @@ static void test_cycle_norm_matches_separate(void **state)
 static void test_split_fine_grid_matches_plain(void **state)
 {
     rb_context *ctx = *state;
-    mg_setup cases[4] = {rbgs(2, 63, 2, 1), rbgs(2, 95, 1, 2), rbgs(2, 159, 1, 1), rbgs(2, 223, 2, 2)};
+    mg_setup cases[5] = {rbgs(2, 63, 2, 1), rbgs(2, 95, 1, 2), rbgs(2, 159, 1, 1), rbgs(2, 223, 2, 2), rbgs(2, 255, 1, 2)};
     cases[1].omega = 1.15, cases[1].cycle = RB_CYCLE_W;
     cases[2].cycle = RB_CYCLE_F;
-    for (size_t c = 0; c < 4; c++)
+    cases[4].omega = 1.15; /* and on the finest level (0, 3): each cycle's last pass restricts for the next */
+    for (size_t c = 0; c < 5; c++)
         for (int threads = 1; threads <= 2; threads++) {
             RB_CHECK(ctx, rb_context_set_threads(ctx, threads));
             rb_mg *mg[2];
@@ -814,6 +815,7 @@ static void test_split_fine_grid_matches_plain(void **state)
                 rb_mg_problem pb = {2, cases[c].n, NULL, 1.0};
                 rb_mg_options o = rb_mg_options_default(2);
                 o.pre = cases[c].pre, o.post = cases[c].post, o.cycle = cases[c].cycle, o.plain_fine = plain == 1;
+                if (c == 4) o.fine_pre = 0, o.fine_post = 3;
                 if (cases[c].omega > 0) o.omega = cases[c].omega;
                 RB_CHECK(ctx, rb_mg_create(ctx, &pb, &o, &mg[plain]));
                 u[plain] = grid_tensor(ctx, mg[plain]);
@@ -837,6 +839,84 @@ static void test_split_fine_grid_matches_plain(void **state)
             rb_tensor_release(ctx, &f);
         }
     RB_CHECK(ctx, rb_context_set_threads(ctx, 1));
+}
+
+/* rb_vcycle_run_next on a hierarchy whose top level has no pre-smoothing (fine_pre = 0): each
+ * cycle's last pass also restricts the new residual, and the next cycle starts from it. Oracle:
+ * the same cycles by rb_vcycle_run_norm, which restricts in a pass of its own: u bit for bit,
+ * the norms equal, cycle after cycle, on 1 and 2 threads, V, W and F, 2D (plain layout here)
+ * and 3D. A cycle started with *restricted = false restricts first (the same numbers again). */
+static void test_cycle_chain_matches_separate(void **state)
+{
+    rb_context *ctx = *state;
+    mg_setup cases[3] = {rbgs(2, 127, 1, 2), rbgs(2, 63, 1, 1), rbgs(3, 31, 2, 1)};
+    cases[1].cycle = RB_CYCLE_W, cases[2].cycle = RB_CYCLE_F;
+    for (size_t c = 0; c < 3; c++) {
+        rb_mg_problem pb = {cases[c].dim, cases[c].n, NULL, 1.0};
+        rb_mg_options o = rb_mg_options_default(cases[c].dim);
+        o.pre = cases[c].pre, o.post = cases[c].post, o.cycle = cases[c].cycle, o.fine_pre = 0, o.fine_post = 3;
+        rb_mg *mg;
+        RB_CHECK(ctx, rb_mg_create(ctx, &pb, &o, &mg));
+        const rb_vcycle *vc = rb_mg_vcycle(mg);
+        rb_vlevel *top = &vc->level[0];
+        assert_int_equal(top->npre, 0);
+        const size_t N = rb_tensor_count(&top->u);
+        rb_arena w = cycle_arena(ctx, mg);
+        rb_tensor u0, u1[4];
+        RB_CHECK(ctx, rb_tensor_alloc(ctx, &u0, top->u.shape));
+        for (int k = 0; k < 4; k++) RB_CHECK(ctx, rb_tensor_alloc(ctx, &u1[k], top->u.shape));
+        rb_test_rng r = {501 + c};
+        rb_test_fill(&r, &u0, -1.0, 1.0);
+        random_rhs(&top->f, 503 + c);
+        for (int threads = 1; threads <= 2; threads++) {
+            RB_CHECK(ctx, rb_context_set_threads(ctx, threads));
+            double ref[4], nrm;
+            memcpy(top->u.data, u0.data, N * sizeof(double));
+            for (int k = 0; k < 4; k++) {
+                RB_CHECK(ctx, rb_vcycle_run_norm(ctx, vc, 0, &ref[k], &w));
+                memcpy(u1[k].data, top->u.data, N * sizeof(double));
+            }
+            memcpy(top->u.data, u0.data, N * sizeof(double));
+            bool restricted = false;
+            for (int k = 0; k < 4; k++) {
+                if (k == 2) restricted = false; /* told nothing is there: restricts again */
+                RB_CHECK(ctx, rb_vcycle_run_next(ctx, vc, 0, &nrm, &restricted, &w));
+                assert_true(restricted);
+                for (size_t i = 0; i < N; i++)
+                    if (top->u.data[i] != u1[k].data[i]) fail_msg("case %zu, %d threads, cycle %d: u[%zu] differs", c, threads, k, i);
+                if (!(fabs(nrm - ref[k]) <= 1e-13 * ref[k]))
+                    fail_msg("case %zu, %d threads, cycle %d: norm %.17g vs %.17g", c, threads, k, nrm, ref[k]);
+            }
+        }
+        RB_CHECK(ctx, rb_context_set_threads(ctx, 1));
+        double nrm;
+        bool restricted = false;
+        RB_EXPECT(ctx, RB_ENULL, "restricted", rb_vcycle_run_next(ctx, vc, 0, &nrm, NULL, &w));
+        RB_EXPECT(ctx, RB_ENULL, "norm", rb_vcycle_run_next(ctx, vc, 0, NULL, &restricted, &w));
+        RB_EXPECT(ctx, RB_EINVAL, "from", rb_vcycle_run_next(ctx, vc, 99, &nrm, &restricted, &w));
+        rb_arena_release(ctx, &w);
+        rb_tensor_release(ctx, &u0);
+        for (int k = 0; k < 4; k++) rb_tensor_release(ctx, &u1[k]);
+        rb_mg_free(ctx, mg);
+    }
+}
+
+/* The finest level smoothed apart (fine_pre = 0, fine_post = 3 over coarse V(1,2)): oracle
+ * LAPACK dpbsv, 2D (its finest grid split) and 3D, to 1e-10. */
+static void test_fine_smoothing_versus_lapack(void **state)
+{
+    rb_context *ctx = *state;
+    for (int d = 2; d <= 3; d++) {
+        rb_mg_problem pb = {d, d == 2 ? 127 : 15, NULL, 1.0};
+        rb_mg_options o = rb_mg_options_default(d);
+        o.pre = 1, o.post = 2, o.omega = 1.15, o.fine_pre = 0, o.fine_post = 3;
+        rb_mg *mg;
+        RB_CHECK(ctx, rb_mg_create(ctx, &pb, &o, &mg));
+        double err = versus_lapack(ctx, mg, false, false, 1e-13, 77 + (uint64_t)d);
+        print_message("LAPACK, finest level (0,3) over V(1,2), %dD n = %zu: %.2e (<= 1e-10)\n", d, pb.n, err);
+        if (!(err <= 1e-10)) fail_msg("%dD: %.3g", d, err);
+        rb_mg_free(ctx, mg);
+    }
 }
 
 /* ---- FMG ----------------------------------------------------------------------------------------- */
@@ -960,6 +1040,23 @@ static void test_bad_input(void **state)
     expect_create(ctx, RB_EINVAL, "cheb_ratio", pb, oj);
     oj = o, oj.coarse = (rb_coarse)7;
     expect_create(ctx, RB_EINVAL, "coarse = 7", pb, oj);
+    oj = o, oj.fine_pre = -2;
+    expect_create(ctx, RB_EINVAL, "fine_pre = -2", pb, oj);
+    oj = o, oj.fine_post = 17;
+    expect_create(ctx, RB_EINVAL, "fine_post = 17", pb, oj);
+    oj = o, oj.fine_pre = 0, oj.fine_post = 0;
+    expect_create(ctx, RB_EINVAL, "on the finest level", pb, oj);
+    {
+        rb_mg *m0 = NULL;
+        oj = o, oj.fine_pre = 0, oj.fine_post = 3;
+        RB_CHECK(ctx, rb_mg_create(ctx, &pb, &oj, &m0));
+        rb_tensor f0 = grid_tensor(ctx, m0), u0 = grid_tensor(ctx, m0);
+        random_rhs(&f0, 5);
+        rb_mg_report r0;
+        RB_EXPECT(ctx, RB_EINVAL, "fine_pre = 0", rb_mg_pcg(ctx, m0, &f0, &u0, 1e-8, 10, &r0));
+        rb_tensor_release(ctx, &f0), rb_tensor_release(ctx, &u0);
+        rb_mg_free(ctx, m0);
+    }
     RB_EXPECT(ctx, RB_ENULL, "problem", rb_mg_create(ctx, NULL, &o, &(rb_mg *){NULL}));
 
     rb_mg *mg = make_mg(ctx, rbgs(2, 15, 2, 1));
@@ -1071,6 +1168,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_w_and_f_cycles, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_cycle_norm_matches_separate, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_split_fine_grid_matches_plain, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_cycle_chain_matches_separate, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_fine_smoothing_versus_lapack, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_fmg_reaches_discretisation_accuracy, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_pcg_versus_lapack, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_setup_once_many_rhs, rb_test_setup, rb_test_teardown),
