@@ -28,10 +28,12 @@ CASES=${CASES:-"2:1023 2:2047 3:127 3:255"}
 CORES=${CORES:-"1 2"}
 SWEEP_N=${SWEEP_N:-2047}
 PYTHON=${PYTHON:-/usr/bin/python3}
-# resbridge configurations, separated by '|': RB-GS V(2,1) (the default), and red-black SOR
-# (over-relaxed Gauss-Seidel smoothing, which takes fewer cycles).
-RB_CONFIGS_2=${RB_CONFIGS_2:-"--pre 2 --post 1|--pre 1 --post 2 --omega 1.15"}
-RB_CONFIGS_3=${RB_CONFIGS_3:-"--pre 2 --post 1|--pre 2 --post 1 --omega 1.25|--pre 1 --post 2 --omega 1.25"}
+# resbridge configurations, separated by '|': RB-GS V(2,1) (the default), red-black SOR
+# (over-relaxed Gauss-Seidel smoothing, which takes fewer cycles), and SOR with the finest level
+# smoothed (0, 3) over coarse V(1,2) or V(2,1) (--fine-pre 0: one pass over the finest grid per
+# cycle, which also restricts the residual for the next cycle).
+RB_CONFIGS_2=${RB_CONFIGS_2:-"--pre 2 --post 1|--pre 1 --post 2 --omega 1.15|--pre 1 --post 2 --omega 1.15 --fine-pre 0 --fine-post 3"}
+RB_CONFIGS_3=${RB_CONFIGS_3:-"--pre 2 --post 1|--pre 2 --post 1 --omega 1.25|--pre 1 --post 2 --omega 1.25|--pre 2 --post 1 --omega 1.25 --fine-pre 0 --fine-post 3"}
 HYPRE_CONFIGS=${HYPRE_CONFIGS:-"--config all"}
 JSON=""
 if [ "${1:-}" = "--json" ]; then JSON=${2:?--json needs a file name}; fi
