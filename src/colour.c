@@ -319,7 +319,7 @@ static rb_status sweep_fused(rb_context *ctx, const rb_op *op, double h, const r
  * rb_transfer_restrict_pair takes onto pass->coarse, with ring lines from work (as many
  * threads as it has room for). Anything else: declined, nothing done. */
 rb_status rb_colour_sweep_pass(rb_context *ctx, const rb_op *op, double h, rb_tensor *u, const rb_residual_pass *pass,
-                               const double *split_b, bool *done, rb_arena *work)
+                               const double *split_b, bool coarse_split, bool *done, rb_arena *work)
 {
     const bool split = split_b != NULL;
     if (op->type != &sweep_type) return RB_OK;
@@ -331,13 +331,14 @@ rb_status rb_colour_sweep_pass(rb_context *ctx, const rb_op *op, double h, rb_te
     if (split && (k.cls != NULL || k.dims != 2)) return RB_OK; /* the split rows: 2D star kernel only */
     k.split = split;
     if (split) k.b = split_b;
-    rb_redblack_first first;
+    rb_redblack_first first = {.csplit = split && coarse_split};
     if (pass->P != NULL) {
         if (!rb_transfer_prolong_plan(pass->P, pass->c->shape, u->shape, &first.g)) return RB_OK;
         first.w = pass->P->params, first.c = pass->c->data;
         k.first = &first;
     }
-    rb_redblack_then t = {.norm = pass->norm2 != NULL, .line = k.dims == 3 ? k.h * k.w : k.w, .max_threads = 64};
+    rb_redblack_then t = {.norm = pass->norm2 != NULL, .line = k.dims == 3 ? k.h * k.w : k.w, .max_threads = 64,
+                          .csplit = split && coarse_split};
     int threads = rb_context_threads(ctx);
     if (threads > 64) threads = 64;
     const size_t mark = work != NULL ? rb_arena_mark(work) : 0;
@@ -378,7 +379,7 @@ rb_status rb_colour_sweep_pass(rb_context *ctx, const rb_op *op, double h, rb_te
 static rb_status sweep_fused_pass(rb_context *ctx, const rb_op *op, double h, rb_tensor *u, const rb_residual_pass *pass,
                                   bool *done, rb_arena *work)
 {
-    return rb_colour_sweep_pass(ctx, op, h, u, pass, NULL, done, work);
+    return rb_colour_sweep_pass(ctx, op, h, u, pass, NULL, false, done, work);
 }
 
 static void sweep_destroy(rb_context *ctx, rb_op *op) { rb_free(ctx, op->state); }

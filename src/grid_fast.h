@@ -80,10 +80,11 @@ bool rb_transfer_prolong_add(rb_context *ctx, const rb_op *P, const rb_tensor *c
 /* Its pieces, for the red-black wavefront's first stage (redblack.c): whether P maps the
  * coarse shape onto the fine one as such a prolongation (filling its geometry), and
  * fine line l of sample n (a row in 2D, a plane in 3D) += (P coarse) there; split: the fine
- * rows are stored even points first, then odd ones (xsplit.h), the same sums. */
+ * rows are stored even points first, then odd ones (xsplit.h), the same sums; csplit (with
+ * split): the coarse rows too. */
 bool rb_transfer_prolong_plan(const rb_op *P, rb_shape coarse, rb_shape fine, rb_conv_geom *g);
 void rb_transfer_prolong_add_line(const rb_conv_geom *g, int dims, const double *w, const double *coarse, size_t n,
-                                  size_t l, double *fine_line, bool split);
+                                  size_t l, double *fine_line, bool split, bool csplit);
 
 /* coarse = R (f - A u) in one pass, for a stencil A that rb_stencil_any_init takes and a
  * plain conv R that rb_transfer_fast_apply handles. Scratch: residual lines from work
@@ -99,8 +100,9 @@ size_t rb_transfer_restrict_residual_workspace(const rb_op *A, const rb_op *R, r
 bool rb_transfer_restrict_pair(const rb_op *A, const rb_op *R, rb_shape fine, rb_stencil_any *k, rb_conv_geom *g);
 /* R's half of that: whether R is a restriction of `dims` dimensions those lines take on this grid. */
 bool rb_transfer_restrict_plan(const rb_op *R, int dims, rb_shape fine, rb_conv_geom *g);
-/* (split: the fine lines' rows stored even points first, then odd ones, xsplit.h) */
+/* (split: the fine lines' rows stored even points first, then odd ones, xsplit.h; csplit: the
+ * coarse rows so stored) */
 void rb_transfer_restrict_line(const rb_conv_geom *g, int dims, const double *w, size_t n, size_t C,
-                               const double *const lines[3], double *coarse, bool split);
+                               const double *const lines[3], double *coarse, bool split, bool csplit);
 
 #endif

@@ -552,7 +552,7 @@ static void restrict_from_ring(const rb_redblack *k, const then_run *r, size_t s
     const rb_redblack_then *t = k->then;
     const double *lines[3];
     for (int i = 0; i < 3; i++) lines[i] = r->ring + (size_t)((2 * C + i) % 3) * t->line;
-    rb_transfer_restrict_line(&t->g, k->dims, t->rw, s, (size_t)C, lines, t->coarse, k->split);
+    rb_transfer_restrict_line(&t->g, k->dims, t->rw, s, (size_t)C, lines, t->coarse, k->split, k->split && t->csplit);
 }
 
 /* The residual stage on line l: the line's residual, its squares, and the coarse line
@@ -586,7 +586,8 @@ static void stage(const rb_redblack *k, then_run *r, size_t s, int colour0, int 
         const rb_redblack_first *p = k->first;
         const size_t len = k->dims == 2 ? k->w : k->h * k->w;
         rb_transfer_prolong_add_line(&p->g, k->dims, p->w, p->c, s, (size_t)l,
-                                     k->u + (s * (k->dims == 2 ? k->h : k->d) + (size_t)l) * len, k->split);
+                                     k->u + (s * (k->dims == 2 ? k->h : k->d) + (size_t)l) * len, k->split,
+                                     k->split && p->csplit);
     } else if (st < steps) {
         line(k, s, colour0, st, (size_t)l);
     } else {

@@ -50,6 +50,7 @@ typedef struct rb_redblack_then {
     double *ring;          /* max_threads * 3 * line doubles */
     size_t line;           /* doubles per line: W (2D) or H*W (3D) */
     int max_threads;       /* threads the ring has room for (>= 1) */
+    bool csplit;           /* with a split kernel (rb_redblack.split): the coarse grid stored split too */
 } rb_redblack_then;
 
 /* An optional first stage of a run (one line ahead of the first colour step): the
@@ -58,6 +59,7 @@ typedef struct rb_redblack_first {
     rb_conv_geom g;        /* P's geometry */
     const double *w;       /* P->params */
     const double *c;       /* the coarse grid */
+    bool csplit;           /* with a split kernel (rb_redblack.split): the coarse grid stored split too */
 } rb_redblack_first;
 
 /* The class kernel's view of a Jacobi base J = D^{-1} (b - A u) (see rb_redblack_class_init):
@@ -139,10 +141,12 @@ void rb_redblack_run(const rb_redblack *k, int colour0, int steps, int threads);
  * the same on a grid stored split (xsplit.h): u, pass->f and the residual's rows even points
  * first, then odd ones, and split_b the Jacobi operator's right-hand side so stored (in place of
  * the plain one it references); pass->P, A and R the plain operators, whose kernels then read
- * and write split rows. *done = false, nothing done: op is not a colour sweep op or the kernels
- * do not take it (split: the 2D 5-point star only). pass may ask for nothing (the sweeps alone). */
+ * and write split rows, and with coarse_split the coarse grid's rows (pass->c, pass->coarse)
+ * split too. *done = false, nothing done: op is not a colour sweep op or the kernels do not take
+ * it (split: the 2D 5-point star only). pass may ask for nothing (the sweeps alone). */
 struct rb_residual_pass;
 rb_status rb_colour_sweep_pass(rb_context *ctx, const rb_op *op, double h, rb_tensor *u,
-                               const struct rb_residual_pass *pass, const double *split_b, bool *done, rb_arena *work);
+                               const struct rb_residual_pass *pass, const double *split_b, bool coarse_split, bool *done,
+                               rb_arena *work);
 
 #endif

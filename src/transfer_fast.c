@@ -62,50 +62,52 @@ static bool transfer_geom(const rb_conv_state *cs, const rb_conv_geom *g)
 
 /* ---- restriction ------------------------------------------------------------------------------ */
 
+/* Where point x of a row of W is stored: x, or split (xsplit.h) x / 2 (even) and (W + 1) / 2 + x / 2 (odd). */
+static inline size_t at(size_t x, size_t W, bool split) { return !split ? x : (x & 1) ? (W + 1) / 2 + x / 2 : x / 2; }
+
 /* out[X] = sum over rows k, then dx: w[3k + dx + 1] fr[k][2X + 1 + dx], X < cw. split: the fine
  * rows are stored even points first, then odd ones (xsplit.h): fine point 2X at fr[k][X], 2X + 1
- * at fr[k][cw + 1 + X] -- the same sums, read without deinterleaving. */
-static void restrict_row(int K, const double *const *fr, const double *w, size_t cw, double *out, bool split)
+ * at fr[k][cw + 1 + X] -- the same sums, read without deinterleaving; csplit: the coarse row
+ * (out) stored so too. */
+static void restrict_row(int K, const double *const *fr, const double *w, size_t cw, double *out, bool split, bool csplit)
 {
     size_t X = 0;
-    const size_t odd = cw + 1;
-#define FINE(k, i) (split ? fr[k][((i) & 1) ? odd + (i) / 2 : (i) / 2] : fr[k][i])
+    const size_t fw = 2 * cw + 1, odd = cw + 1, codd = (cw + 1) / 2;
 #if defined(__AVX2__)
     __m256d wv[27];
     for (int t = 0; t < 3 * K; t++) wv[t] = _mm256_set1_pd(w[t]);
-    if (split) {
-        for (; X + 4 <= cw; X += 4) { /* reads E[X .. X+4], O[X .. X+3] */
-            __m256d acc = _mm256_setzero_pd();
-            for (int k = 0; k < K; k++) {
-                const double *e = fr[k] + X, *o = fr[k] + odd + X;
-                acc = _mm256_add_pd(acc, _mm256_mul_pd(wv[3 * k], _mm256_loadu_pd(e)));
-                acc = _mm256_add_pd(acc, _mm256_mul_pd(wv[3 * k + 1], _mm256_loadu_pd(o)));
-                acc = _mm256_add_pd(acc, _mm256_mul_pd(wv[3 * k + 2], _mm256_loadu_pd(e + 1)));
-            }
-            _mm256_storeu_pd(out + X, acc);
-        }
-    }
-    for (; !split && X + 5 <= cw; X += 4) { /* reads fine 2X .. 2X+9 */
-        __m256d acc = _mm256_setzero_pd();
+    for (; X + 4 + !split <= cw; X += 4) { /* split: reads E[X .. X+4], O[X .. X+3]; plain: fine 2X .. 2X+9 */
+        __m256d acc = _mm256_setzero_pd(); /* lanes: coarse points X, X+1, X+2, X+3 (split) or X, X+2, X+1, X+3 */
         for (int k = 0; k < K; k++) {
-            const double *f = fr[k] + 2 * X;
-            const __m256d A = _mm256_loadu_pd(f), B = _mm256_loadu_pd(f + 4);
-            const __m256d E2 = _mm256_unpacklo_pd(_mm256_loadu_pd(f + 2), _mm256_loadu_pd(f + 6));
-            /* lanes: coarse points X, X+2, X+1, X+3 */
-            acc = _mm256_add_pd(acc, _mm256_mul_pd(wv[3 * k], _mm256_unpacklo_pd(A, B)));
-            acc = _mm256_add_pd(acc, _mm256_mul_pd(wv[3 * k + 1], _mm256_unpackhi_pd(A, B)));
-            acc = _mm256_add_pd(acc, _mm256_mul_pd(wv[3 * k + 2], E2));
+            __m256d a, b, c;
+            if (split) {
+                const double *e = fr[k] + X, *o = fr[k] + odd + X;
+                a = _mm256_loadu_pd(e), b = _mm256_loadu_pd(o), c = _mm256_loadu_pd(e + 1);
+            } else {
+                const double *f = fr[k] + 2 * X;
+                const __m256d A = _mm256_loadu_pd(f), B = _mm256_loadu_pd(f + 4);
+                a = _mm256_unpacklo_pd(A, B), b = _mm256_unpackhi_pd(A, B);
+                c = _mm256_unpacklo_pd(_mm256_loadu_pd(f + 2), _mm256_loadu_pd(f + 6));
+            }
+            acc = _mm256_add_pd(acc, _mm256_mul_pd(wv[3 * k], a));
+            acc = _mm256_add_pd(acc, _mm256_mul_pd(wv[3 * k + 1], b));
+            acc = _mm256_add_pd(acc, _mm256_mul_pd(wv[3 * k + 2], c));
         }
-        _mm256_storeu_pd(out + X, _mm256_permute4x64_pd(acc, 0xD8));
+        if (split) acc = _mm256_permute4x64_pd(acc, 0xD8); /* X, X+2, X+1, X+3 */
+        if (csplit) { /* X is a multiple of 4: X, X+2 even, X+1, X+3 odd */
+            _mm_storeu_pd(out + X / 2, _mm256_castpd256_pd128(acc));
+            _mm_storeu_pd(out + codd + X / 2, _mm256_extractf128_pd(acc, 1));
+        } else {
+            _mm256_storeu_pd(out + X, _mm256_permute4x64_pd(acc, 0xD8));
+        }
     }
 #endif
     for (; X < cw; X++) {
         double acc = 0.0;
         for (int k = 0; k < K; k++)
-            for (size_t dx = 0; dx < 3; dx++) acc += w[3 * k + (int)dx] * FINE(k, 2 * X + dx);
-        out[X] = acc;
+            for (size_t dx = 0; dx < 3; dx++) acc += w[3 * k + (int)dx] * fr[k][at(2 * X + dx, fw, split)];
+        out[at(X, cw, csplit)] = acc;
     }
-#undef FINE
 }
 
 /* Coarse row (n, Z, Y): the 3 (2D) or 9 (3D) fine rows under it, in tap order. */
@@ -118,17 +120,33 @@ static void restrict_coarse_row(const rb_conv_geom *g, int dims, const double *w
         const size_t pz = dims == 3 ? 2 * Z + (size_t)dz : 0;
         for (int dy = 0; dy < 3; dy++) fr[K++] = fine + ((n * g->fd + pz) * g->fh + 2 * Y + (size_t)dy) * g->fw;
     }
-    restrict_row(K, fr, w, g->cw, out, false);
+    restrict_row(K, fr, w, g->cw, out, false, false);
 }
 
 /* ---- prolongation ----------------------------------------------------------------------------- */
 
+/* Fine points 2X and 2X+1 (0 < X < cw) from K coarse rows: into *e and *o. csplit: the coarse rows
+ * stored split (xsplit.h). */
+static inline void prolong_pair(int K, const double *const *cr, const double *const *wk, size_t cw, size_t X, bool csplit,
+                                double *e, double *o)
+{
+    const size_t c0 = at(X, cw, csplit), c1 = at(X - 1, cw, csplit);
+    double a = 0.0, b = 0.0;
+    for (int k = 0; k < K; k++) {
+        a += wk[k][0] * cr[k][c0];
+        a += wk[k][2] * cr[k][c1];
+    }
+    for (int k = 0; k < K; k++) b += wk[k][1] * cr[k][c0];
+    *e = a, *o = b;
+}
+
 /* Fine row from K coarse rows cr[k] with weight rows wk[k] (w[-1], w[0], w[+1] along x):
  * even px = 2X: sum_k (wk[k][0] cr[k][X] if X < cw) + (wk[k][2] cr[k][X-1] if X >= 1);
  * odd px = 2X+1: sum_k wk[k][1] cr[k][X]. add: out += that, else out = that. split: the fine
- * row is stored even points first, then odd ones (xsplit.h): 2X at out[X], 2X+1 at out[cw+1+X]. */
+ * row is stored even points first, then odd ones (xsplit.h): 2X at out[X], 2X+1 at out[cw+1+X];
+ * csplit: the coarse rows stored so too (with split only). */
 static void prolong_row(int K, const double *const *cr, const double *const *wk, size_t cw, double *out, bool add,
-                        bool split)
+                        bool split, bool csplit)
 {
     const size_t fw = 2 * cw + 1;
     double *const ev = out, *const od = split ? out + cw + 1 : out + 1; /* fine 2X at ev[s X], 2X+1 at od[s X] */
@@ -144,7 +162,40 @@ static void prolong_row(int K, const double *const *cr, const double *const *wk,
     __m256d w0[4], w1[4], w2[4];
     for (int k = 0; k < K; k++)
         w0[k] = _mm256_set1_pd(wk[k][0]), w1[k] = _mm256_set1_pd(wk[k][1]), w2[k] = _mm256_set1_pd(wk[k][2]);
-    for (; X + 4 <= cw; X += 4) {
+    if (csplit && split && cw >= 2) {
+        /* coarse pairs m .. m+3 (c[2m] = CE[m], c[2m+1] = CO[m]) give fine X = 2m .. 2m+7: the even
+         * X and the odd X apart, then interleaved into E[2m ..] and O[2m ..] */
+        prolong_pair(K, cr, wk, cw, 1, csplit, &e, &o); /* X = 1 first */
+        ev[1] = add ? ev[1] + e : e;
+        od[1] = add ? od[1] + o : o;
+        const size_t codd = (cw + 1) / 2;
+        size_t m = 1;
+        for (; 2 * m + 8 <= cw; m += 4) {
+            __m256d eE = _mm256_setzero_pd(), eO = _mm256_setzero_pd(), oE = _mm256_setzero_pd(), oO = _mm256_setzero_pd();
+            for (int k = 0; k < K; k++) {
+                const __m256d ce = _mm256_loadu_pd(cr[k] + m), co = _mm256_loadu_pd(cr[k] + codd + m);
+                eE = _mm256_add_pd(eE, _mm256_mul_pd(w0[k], ce));
+                eE = _mm256_add_pd(eE, _mm256_mul_pd(w2[k], _mm256_loadu_pd(cr[k] + codd + m - 1)));
+                eO = _mm256_add_pd(eO, _mm256_mul_pd(w0[k], co));
+                eO = _mm256_add_pd(eO, _mm256_mul_pd(w2[k], ce));
+            }
+            for (int k = 0; k < K; k++) {
+                oE = _mm256_add_pd(oE, _mm256_mul_pd(w1[k], _mm256_loadu_pd(cr[k] + m)));
+                oO = _mm256_add_pd(oO, _mm256_mul_pd(w1[k], _mm256_loadu_pd(cr[k] + codd + m)));
+            }
+            const __m256d el = _mm256_unpacklo_pd(eE, eO), eh = _mm256_unpackhi_pd(eE, eO);
+            const __m256d ol = _mm256_unpacklo_pd(oE, oO), oh = _mm256_unpackhi_pd(oE, oO);
+            __m256d v[4] = {_mm256_permute2f128_pd(el, eh, 0x20), _mm256_permute2f128_pd(el, eh, 0x31),
+                            _mm256_permute2f128_pd(ol, oh, 0x20), _mm256_permute2f128_pd(ol, oh, 0x31)};
+            double *p[4] = {ev + 2 * m, ev + 2 * m + 4, od + 2 * m, od + 2 * m + 4};
+            for (int j = 0; j < 4; j++) {
+                if (add) v[j] = _mm256_add_pd(_mm256_loadu_pd(p[j]), v[j]);
+                _mm256_storeu_pd(p[j], v[j]);
+            }
+        }
+        X = 2 * m;
+    }
+    for (; !csplit && X + 4 <= cw; X += 4) {
         __m256d E = _mm256_setzero_pd(), O = _mm256_setzero_pd();
         for (int k = 0; k < K; k++) {
             const __m256d c = _mm256_loadu_pd(cr[k] + X);
@@ -165,18 +216,13 @@ static void prolong_row(int K, const double *const *cr, const double *const *wk,
     }
 #endif
     for (; X < cw; X++) {
-        e = 0.0, o = 0.0;
-        for (int k = 0; k < K; k++) {
-            e += wk[k][0] * cr[k][X];
-            e += wk[k][2] * cr[k][X - 1];
-        }
-        for (int k = 0; k < K; k++) o += wk[k][1] * cr[k][X];
+        prolong_pair(K, cr, wk, cw, X, csplit, &e, &o);
         ev[s * X] = add ? ev[s * X] + e : e;
         od[s * X] = add ? od[s * X] + o : o;
     }
     /* the last fine point 2cw: only tap +1 of coarse point cw-1 */
     e = 0.0;
-    for (int k = 0; k < K; k++) e += wk[k][2] * cr[k][cw - 1];
+    for (int k = 0; k < K; k++) e += wk[k][2] * cr[k][at(cw - 1, cw, csplit)];
     double *last = split ? ev + cw : out + fw - 1;
     *last = add ? *last + e : e;
 }
@@ -196,7 +242,7 @@ static int over(size_t p, size_t extent, size_t o[2], int t[2])
 
 /* Fine row (n, pz, py) of the prolongation. */
 static void prolong_fine_row(const rb_conv_geom *g, int dims, const double *w, const double *coarse, size_t n,
-                             size_t pz, size_t py, double *out, bool add, bool split)
+                             size_t pz, size_t py, double *out, bool add, bool split, bool csplit)
 {
     size_t oz[2] = {0, 0}, oy[2];
     int tz[2] = {1, 1}, ty[2];
@@ -209,7 +255,7 @@ static void prolong_fine_row(const rb_conv_geom *g, int dims, const double *w, c
             wk[K] = w + (dims == 3 ? 9 * tz[a] : 0) + 3 * ty[b];
             K++;
         }
-    prolong_row(K, cr, wk, g->cw, out, add, split);
+    prolong_row(K, cr, wk, g->cw, out, add, split, csplit);
 }
 
 static void prolong(int threads, const rb_conv_geom *g, int dims, const double *w, const double *coarse, double *fine,
@@ -219,7 +265,7 @@ static void prolong(int threads, const rb_conv_geom *g, int dims, const double *
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && rows * (long long)g->fw >= PARALLEL_MIN)
     for (long long r = 0; r < rows; r++) {
         const size_t py = (size_t)r % g->fh, pz = (size_t)r / g->fh % g->fd, n = (size_t)r / g->fh / g->fd;
-        prolong_fine_row(g, dims, w, coarse, n, pz, py, fine + (size_t)r * g->fw, add, false);
+        prolong_fine_row(g, dims, w, coarse, n, pz, py, fine + (size_t)r * g->fw, add, false, false);
     }
 }
 
@@ -260,30 +306,30 @@ bool rb_transfer_prolong_add(rb_context *ctx, const rb_op *P, const rb_tensor *c
 }
 
 void rb_transfer_prolong_add_line(const rb_conv_geom *g, int dims, const double *w, const double *coarse, size_t n,
-                                  size_t l, double *fine_line, bool split)
+                                  size_t l, double *fine_line, bool split, bool csplit)
 {
     if (dims == 2) {
-        prolong_fine_row(g, 2, w, coarse, n, 0, l, fine_line, true, split);
+        prolong_fine_row(g, 2, w, coarse, n, 0, l, fine_line, true, split, csplit);
         return;
     }
     for (size_t py = 0; py < g->fh; py++)
-        prolong_fine_row(g, 3, w, coarse, n, l, py, fine_line + py * g->fw, true, split);
+        prolong_fine_row(g, 3, w, coarse, n, l, py, fine_line + py * g->fw, true, split, csplit);
 }
 
 /* ---- the residual, restricted in one pass ----------------------------------------------------- */
 
 void rb_transfer_restrict_line(const rb_conv_geom *g, int dims, const double *w, size_t n, size_t C,
-                               const double *const lines[3], double *coarse, bool split)
+                               const double *const lines[3], double *coarse, bool split, bool csplit)
 {
     if (dims == 2) {
-        restrict_row(3, lines, w, g->cw, coarse + (n * g->ch + C) * g->cw, split);
+        restrict_row(3, lines, w, g->cw, coarse + (n * g->ch + C) * g->cw, split, csplit);
         return;
     }
     for (size_t Y = 0; Y < g->ch; Y++) {
         const double *fr[9];
         for (int dz = 0; dz < 3; dz++)
             for (int dy = 0; dy < 3; dy++) fr[3 * dz + dy] = lines[dz] + (2 * Y + (size_t)dy) * g->fw;
-        restrict_row(9, fr, w, g->cw, coarse + ((n * g->cd + C) * g->ch + Y) * g->cw, split);
+        restrict_row(9, fr, w, g->cw, coarse + ((n * g->cd + C) * g->ch + Y) * g->cw, split, csplit);
     }
 }
 
@@ -304,17 +350,17 @@ bool rb_transfer_restrict_pair(const rb_op *A, const rb_op *R, rb_shape fine, rb
 }
 
 /* The pair, or the split views (xsplit.h) of one on a split fine grid: A split on both sides, R
- * split in and plain out, the stencil one the split residual lines take. *split: which; *plain_R:
- * the restriction whose weights apply. */
+ * split in (and *csplit: out), the stencil one the split residual lines take. *split: which;
+ * *plain_R: the restriction whose weights apply. */
 static bool restrict_pair_any(const rb_op *A, const rb_op *R, rb_shape fine, rb_stencil_any *k, rb_conv_geom *g,
-                              bool *split, const rb_op **plain_R)
+                              bool *split, bool *csplit, const rb_op **plain_R)
 {
     const rb_op *a;
-    bool ai, ao, ri, ro;
-    *plain_R = R;
-    *split = rb_op_xsplit_info(A, &a, &ai, &ao) && rb_op_xsplit_info(R, plain_R, &ri, &ro);
+    bool ai, ao, ri;
+    *plain_R = R, *csplit = false;
+    *split = rb_op_xsplit_info(A, &a, &ai, &ao) && rb_op_xsplit_info(R, plain_R, &ri, csplit);
     if (!*split) return rb_transfer_restrict_pair(A, R, fine, k, g);
-    return ai && ao && ri && !ro && rb_transfer_restrict_pair(a, *plain_R, fine, k, g) && rb_stencil_split_takes(k);
+    return ai && ao && ri && rb_transfer_restrict_pair(a, *plain_R, fine, k, g) && rb_stencil_split_takes(k);
 }
 
 /* Residual line l of sample n, plain or split. */
@@ -329,11 +375,11 @@ size_t rb_transfer_restrict_residual_workspace(const rb_op *A, const rb_op *R, r
 {
     rb_stencil_any k;
     rb_conv_geom g;
-    bool split;
+    bool split, csplit;
     const rb_op *plain_R;
     if (A == NULL || R == NULL) return 0;
     int dims = 0;
-    if (restrict_pair_any(A, R, fine, &k, &g, &split, &plain_R)) dims = k.dims;
+    if (restrict_pair_any(A, R, fine, &k, &g, &split, &csplit, &plain_R)) dims = k.dims;
     else if (rb_varstencil_on(A, fine)) /* the red-black wavefront's residual lines of a varstencil */
         dims = fine.d > 1 ? 3 : 2;
     if (dims == 0) return 0;
@@ -345,9 +391,9 @@ bool rb_transfer_restrict_residual(rb_context *ctx, const rb_op *A, const rb_op 
 {
     rb_stencil_any k;
     rb_conv_geom g;
-    bool split;
+    bool split, csplit;
     const rb_op *plain_R;
-    if (!restrict_pair_any(A, R, u->shape, &k, &g, &split, &plain_R) || work == NULL || work->measuring ||
+    if (!restrict_pair_any(A, R, u->shape, &k, &g, &split, &csplit, &plain_R) || work == NULL || work->measuring ||
         work->used > work->cap)
         return false;
     const int dims = k.dims;
@@ -375,7 +421,7 @@ bool rb_transfer_restrict_residual(rb_context *ctx, const rb_op *A, const rb_op 
                     residual_line(&k, split, u->shape, u->data, f->data, n, l, ring + (l % 3) * line);
                 const double *lines[3] = {ring + (2 * C % 3) * line, ring + ((2 * C + 1) % 3) * line,
                                           ring + ((2 * C + 2) % 3) * line};
-                rb_transfer_restrict_line(&g, dims, w, n, C, lines, coarse->data, split);
+                rb_transfer_restrict_line(&g, dims, w, n, C, lines, coarse->data, split, csplit);
             }
         }
     }

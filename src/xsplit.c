@@ -165,7 +165,7 @@ static rb_status xs_fused(rb_context *ctx, const rb_op *op, double h, const rb_t
         if (x->data != y->data) memcpy(y->data, x->data, rb_tensor_count(x) * sizeof(double));
         rb_status st = RB_OK;
         if (s->rhs != NULL && rb_shape_equal(s->rhs->shape, x->shape))
-            st = rb_colour_sweep_pass(ctx, s->inner, h, y, &none, s->rhs->data, &done, work);
+            st = rb_colour_sweep_pass(ctx, s->inner, h, y, &none, s->rhs->data, false, &done, work);
         if (st != RB_OK || done) return st;
         x = y;
     }
@@ -173,28 +173,33 @@ static rb_status xs_fused(rb_context *ctx, const rb_op *op, double h, const rb_t
     return rb_residual_step_generic(ctx, op, h, x, y, work);
 }
 
-/* The plain operator behind a split view with these sides (NULL op: none asked). */
-static bool unwrap(const rb_op *op, bool in_split, bool out_split, const rb_op **inner)
+/* The plain operator behind a split view whose fine side (in: its input) is split; *coarse: whether
+ * its other side is split too (-1 on entry: either, else it must agree). NULL op: none asked. */
+static bool unwrap(const rb_op *op, bool fine_is_input, const rb_op **inner, int *coarse)
 {
     if (op == NULL) return true;
     if (!is_xs(op)) return false;
     const xs_state *s = op->state;
-    *inner = s->inner;
-    return s->in_split == in_split && s->out_split == out_split;
+    const bool fine = fine_is_input ? s->in_split : s->out_split, other = fine_is_input ? s->out_split : s->in_split;
+    if (!fine || (*coarse >= 0 && *coarse != (int)other)) return false;
+    *inner = s->inner, *coarse = other;
+    return true;
 }
 
 /* The fused pass of the plain sweep op, on split rows: the correction from a split view of a
- * prolongation (plain coarse grid in), the residual of a split view of the stencil, its
- * restriction by a split view of a restriction (plain coarse grid out). */
+ * prolongation, the residual of a split view of the stencil, its restriction by a split view of
+ * a restriction; the coarse grid of the last two plain or split, alike. */
 static rb_status xs_fused_pass(rb_context *ctx, const rb_op *op, double h, rb_tensor *u, const rb_residual_pass *pass,
                                bool *done, rb_arena *work)
 {
     const xs_state *s = op->state;
     rb_residual_pass p = *pass;
+    int coarse = -1, same = 1;
     if (!s->in_split || !s->out_split || s->rhs == NULL || !rb_shape_equal(s->rhs->shape, u->shape) ||
-        !unwrap(pass->P, false, true, &p.P) || !unwrap(pass->A, true, true, &p.A) || !unwrap(pass->R, true, false, &p.R))
+        !unwrap(pass->P, false, &p.P, &coarse) || !unwrap(pass->A, true, &p.A, &same) || same != 1 ||
+        !unwrap(pass->R, true, &p.R, &coarse))
         return RB_OK;
-    return rb_colour_sweep_pass(ctx, s->inner, h, u, &p, s->rhs->data, done, work);
+    return rb_colour_sweep_pass(ctx, s->inner, h, u, &p, s->rhs->data, coarse == 1, done, work);
 }
 
 static void xs_destroy(rb_context *ctx, rb_op *op) { rb_free(ctx, op->state); }

@@ -463,18 +463,19 @@ static const size_t PASS_COARSE[][4] = {{1, 1, 1, 1}, {2, 1, 2, 3}, {1, 3, 1, 2}
                                         {1, 1, 100, 90}, {2, 1, 97, 83}, {1, 12, 48, 50}, {1, 15, 30, 33}};
 
 /* The same pass on the grid stored split (xsplit.h): the split views of G, P, A and R, u and f
- * split, G's right-hand side split (rb_op_xsplit_rhs); u brought back to the plain layout must
- * equal u1 (the plain pass's oracle) bit for bit, the coarse grid ref, the norm s2 to 1e-13. A
+ * split, G's right-hand side split (rb_op_xsplit_rhs), and with coarse_split the coarse grids
+ * (P's c, R's output) split too; u brought back to the plain layout must equal u1 (the plain
+ * pass's oracle) bit for bit, the coarse grid (brought back) ref, the norm s2 to 1e-13. A
  * residual stencil the split kernel does not take (kind 1: 3x3): declined, nothing changed. */
 static void check_split_pass(rb_context *ctx, const rb_op *G, double omega, const rb_residual_pass *plain,
                              const rb_tensor *x, const rb_tensor *f, const rb_tensor *u1, const double *ref, double s2,
-                             bool takes, rb_arena *work, const char *what)
+                             bool takes, rb_arena *work, const char *what, bool coarse_split)
 {
     const rb_shape fs = x->shape;
     const size_t nf = rb_shape_count(fs);
     rb_op *Gs, *Ps = NULL, *As = NULL, *Rs = NULL;
     RB_CHECK(ctx, rb_op_xsplit_create(ctx, G, true, true, &Gs));
-    rb_tensor fsplit, us, back, yc;
+    rb_tensor fsplit, us, back, yc, ycs, cs;
     RB_CHECK(ctx, rb_tensor_alloc(ctx, &fsplit, fs));
     RB_CHECK(ctx, rb_tensor_alloc(ctx, &us, fs));
     RB_CHECK(ctx, rb_tensor_alloc(ctx, &back, fs));
@@ -484,24 +485,31 @@ static void check_split_pass(rb_context *ctx, const rb_op *G, double omega, cons
     rb_residual_pass pass = *plain;
     double t2 = -1.0;
     if (plain->P != NULL) {
-        RB_CHECK(ctx, rb_op_xsplit_create(ctx, plain->P, false, true, &Ps));
+        RB_CHECK(ctx, rb_op_xsplit_create(ctx, plain->P, coarse_split, true, &Ps));
         pass.P = Ps;
+        if (coarse_split) { /* the coarse grid c split too */
+            RB_CHECK(ctx, rb_tensor_alloc(ctx, &cs, plain->c->shape));
+            RB_CHECK(ctx, rb_xsplit(ctx, plain->c, &cs, true));
+            pass.c = &cs;
+        }
     }
     if (plain->A != NULL) {
         RB_CHECK(ctx, rb_op_xsplit_create(ctx, plain->A, true, true, &As));
         pass.A = As, pass.f = &fsplit;
     }
     if (plain->R != NULL) {
-        RB_CHECK(ctx, rb_op_xsplit_create(ctx, plain->R, true, false, &Rs));
+        RB_CHECK(ctx, rb_op_xsplit_create(ctx, plain->R, true, coarse_split, &Rs));
         pass.R = Rs;
         RB_CHECK(ctx, rb_tensor_alloc(ctx, &yc, plain->coarse->shape));
+        RB_CHECK(ctx, rb_tensor_alloc(ctx, &ycs, plain->coarse->shape));
         rb_tensor_fill(ctx, &yc, 7.0);
-        pass.coarse = &yc;
+        pass.coarse = coarse_split ? &ycs : &yc;
     }
     if (plain->norm2 != NULL) pass.norm2 = &t2;
     bool done = false;
     RB_CHECK(ctx, rb_residual_step_pass(ctx, Gs, omega, &us, &pass, &done, work));
     RB_CHECK(ctx, rb_xsplit(ctx, &us, &back, false));
+    if (done && coarse_split && pass.R != NULL) RB_CHECK(ctx, rb_xsplit(ctx, &ycs, &yc, false));
     if (!takes) {
         if (done || max_abs_diff(back.data, x->data, nf) != 0.0) fail_msg("%s: split pass not declined", what);
     } else {
@@ -513,7 +521,8 @@ static void check_split_pass(rb_context *ctx, const rb_op *G, double omega, cons
         if (eu != 0.0 || ec != 0.0 || !(en <= 1e-13))
             fail_msg("%s, split: grid %.3g, coarse %.3g, norm %.3g vs reference", what, eu, ec, en);
     }
-    if (Rs != NULL) rb_tensor_release(ctx, &yc);
+    if (Rs != NULL) rb_tensor_release(ctx, &yc), rb_tensor_release(ctx, &ycs);
+    if (Ps != NULL && coarse_split) rb_tensor_release(ctx, &cs);
     rb_op_free(ctx, Gs), rb_op_free(ctx, Ps), rb_op_free(ctx, As), rb_op_free(ctx, Rs);
     rb_tensor_release(ctx, &fsplit), rb_tensor_release(ctx, &us), rb_tensor_release(ctx, &back);
 }
@@ -619,9 +628,9 @@ static void test_sweep_pass_vs_reference(void **state)
                                          kind, si, sweeps, order, with_p, THREADS[ti], what);
                                 if (eu != 0.0 || ec != 0.0 || !(en <= 1e-13))
                                     fail_msg("%s: grid %.3g, coarse %.3g, norm %.3g vs reference", label, eu, ec, en);
-                                if (kind <= 1)
+                                for (int cs_ = 0; kind <= 1 && cs_ < 2; cs_++) /* the coarse grid plain, then split */
                                     check_split_pass(ctx, G, omega, &pass, &x, &f, &u1, ref, s2, kind == 0 || what == 3,
-                                                     &work, label);
+                                                     &work, label, cs_ == 1);
                             }
                     }
                     rb_arena_release(ctx, &work);
