@@ -38,15 +38,16 @@ struct rb_mg {
     rb_vstep steps[MAX_LEVELS][3][MAX_STEPS]; /* [level][pre, post, symmetric post][step] */
     size_t nsym[MAX_LEVELS], nsteps_post[MAX_LEVELS];
     rb_vcycle vc;
-    /* rb_mg_solve's cycles with the finest grid stored split (xsplit.h; 2D RB-GS over a constant
-     * star, unless opt.plain_fine): level 0's operators and sweeps seen split, the other levels
-     * as in vc. Level 0's u and r hold split values while such a solve runs; fs is its f split,
-     * which the sweeps' reference path writes into the plain f their Jacobi operator reads. */
+    /* rb_mg_solve's cycles with the grids stored split (xsplit.h; 2D RB-GS over a constant star,
+     * unless opt.plain_fine): every level but the coarsest (which the banded Cholesky solves
+     * plain) with its operators and sweeps seen split. Their u and r hold split values while such
+     * a solve runs; fs[l] is level l's f split, which the sweeps' reference path writes into the
+     * plain f their Jacobi operator reads. */
     bool split;
-    rb_op *xs_A, *xs_R, *xs_P, *xs_sweep[2];
-    rb_vstep xs_steps[2];
+    rb_op *xs_A[MAX_LEVELS], *xs_R[MAX_LEVELS], *xs_P[MAX_LEVELS], *xs_sweep[MAX_LEVELS][2];
+    rb_vstep xs_steps[MAX_LEVELS][2];
     rb_vlevel xs_level[MAX_LEVELS];
-    rb_tensor fs;
+    rb_tensor fs[MAX_LEVELS];
     rb_vcycle vc_split;
     double *band;                 /* coarsest operator, Cholesky-factorised (LAPACK band storage) */
     size_t kd, ncoarse;
@@ -485,9 +486,11 @@ void rb_mg_free(rb_context *ctx, rb_mg *mg)
         rb_tensor_release(ctx, &mg->level[l].u), rb_tensor_release(ctx, &mg->level[l].f);
         rb_tensor_release(ctx, &mg->level[l].r);
     }
-    rb_op_free(ctx, mg->xs_A), rb_op_free(ctx, mg->xs_R), rb_op_free(ctx, mg->xs_P);
-    rb_op_free(ctx, mg->xs_sweep[0]), rb_op_free(ctx, mg->xs_sweep[1]);
-    rb_tensor_release(ctx, &mg->fs);
+    for (size_t l = 0; l < MAX_LEVELS; l++) {
+        rb_op_free(ctx, mg->xs_A[l]), rb_op_free(ctx, mg->xs_R[l]), rb_op_free(ctx, mg->xs_P[l]);
+        rb_op_free(ctx, mg->xs_sweep[l][0]), rb_op_free(ctx, mg->xs_sweep[l][1]);
+        rb_tensor_release(ctx, &mg->fs[l]);
+    }
     rb_tensor_release(ctx, &mg->x), rb_tensor_release(ctx, &mg->r), rb_tensor_release(ctx, &mg->z);
     rb_tensor_release(ctx, &mg->p), rb_tensor_release(ctx, &mg->q);
     rb_free(ctx, mg->band);
@@ -508,31 +511,37 @@ static rb_status grid_alloc(rb_context *ctx, rb_tensor *t, rb_shape s)
     return RB_OK;
 }
 
-/* The split finest level (see struct rb_mg), where its sweeps' kernel takes it: 2D, RB-GS
- * over a constant 5-point star (the colour sweep ops' red-black kernel), pre- and post-smoothing. */
+/* The split levels (see struct rb_mg), where their sweeps' kernel takes them: 2D, RB-GS over a
+ * constant 5-point star (the colour sweep ops' red-black kernel). */
 static rb_status split_setup(rb_context *ctx, rb_mg *mg)
 {
     if (mg->opt.plain_fine || mg->pb.dim != 2 || mg->pb.coef != NULL || mg->opt.smoother != RB_SMOOTHER_RBGS ||
-        mg->nlevels < 2 || mg->ncolours[0] != 2)
+        mg->nlevels < 2)
         return RB_OK;
-    rb_vlevel *lv = &mg->xs_level[0];
-    rb_status st = grid_alloc(ctx, &mg->fs, mg->level[0].f.shape);
-    if (st == RB_OK) st = rb_op_xsplit_create(ctx, mg->A[0], true, true, &mg->xs_A);
-    if (st == RB_OK) st = rb_op_xsplit_create(ctx, mg->R[0], true, false, &mg->xs_R);
-    if (st == RB_OK) st = rb_op_xsplit_create(ctx, mg->P[0], false, true, &mg->xs_P);
-    for (int k = 0; k < 2 && st == RB_OK; k++) { /* pre, post: one colour sweep op each (or none) */
-        if (mg->sweep[0][k] == NULL) continue;
-        st = rb_op_xsplit_create(ctx, mg->sweep[0][k], true, true, &mg->xs_sweep[k]);
-        if (st == RB_OK) st = rb_op_xsplit_rhs(ctx, mg->xs_sweep[k], &mg->fs, &mg->level[0].f);
-        mg->xs_steps[k] = (rb_vstep){mg->xs_sweep[k], mg->opt.omega, NULL};
-    }
-    if (st != RB_OK) return st;
     memcpy(mg->xs_level, mg->level, mg->nlevels * sizeof *mg->level);
-    lv->f = mg->fs;
-    lv->f.owns = false;
-    lv->A = mg->xs_A, lv->R = mg->xs_R, lv->P = mg->xs_P;
-    lv->pre = &mg->xs_steps[0], lv->npre = mg->xs_sweep[0] != NULL, lv->post = &mg->xs_steps[1];
-    lv->npost = mg->xs_sweep[1] != NULL;
+    rb_status st = RB_OK;
+    const size_t last = mg->nlevels - 1; /* the coarsest: plain */
+    for (size_t l = 0; l < last && st == RB_OK; l++) {
+        rb_vlevel *lv = &mg->xs_level[l];
+        const bool coarse_split = l + 1 < last;
+        if (mg->ncolours[l] != 2) return RB_OK;
+        st = grid_alloc(ctx, &mg->fs[l], mg->level[l].f.shape);
+        if (st == RB_OK) st = rb_op_xsplit_create(ctx, mg->A[l], true, true, &mg->xs_A[l]);
+        if (st == RB_OK) st = rb_op_xsplit_create(ctx, mg->R[l], true, coarse_split, &mg->xs_R[l]);
+        if (st == RB_OK) st = rb_op_xsplit_create(ctx, mg->P[l], coarse_split, true, &mg->xs_P[l]);
+        for (int k = 0; k < 2 && st == RB_OK; k++) { /* pre, post: one colour sweep op each (or none) */
+            if (mg->sweep[l][k] == NULL) continue;
+            st = rb_op_xsplit_create(ctx, mg->sweep[l][k], true, true, &mg->xs_sweep[l][k]);
+            if (st == RB_OK) st = rb_op_xsplit_rhs(ctx, mg->xs_sweep[l][k], &mg->fs[l], &mg->level[l].f);
+            mg->xs_steps[l][k] = (rb_vstep){mg->xs_sweep[l][k], mg->opt.omega, NULL};
+        }
+        if (st != RB_OK) return st;
+        lv->f = mg->fs[l];
+        lv->f.owns = false;
+        lv->A = mg->xs_A[l], lv->R = mg->xs_R[l], lv->P = mg->xs_P[l];
+        lv->pre = &mg->xs_steps[l][0], lv->npre = mg->xs_sweep[l][0] != NULL;
+        lv->post = &mg->xs_steps[l][1], lv->npost = mg->xs_sweep[l][1] != NULL;
+    }
     mg->vc_split = mg->vc;
     mg->vc_split.level = mg->xs_level;
     st = rb_vcycle_check(ctx, &mg->vc_split);
