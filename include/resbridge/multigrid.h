@@ -69,11 +69,12 @@ typedef struct rb_mg_options {
                           * rb_mg_solve restricts each cycle's new residual in the pass that
                           * computes its norm (rb_vcycle_run_next), one pass over the finest grid
                           * per cycle instead of two */
-    bool plain_fine;     /* rb_mg_solve keeps the finest grid in the plain layout. By default a 2D
-                          * RB-GS hierarchy over a constant 5-point star stores it split while it
-                          * cycles (each row's even points, then its odd ones: xsplit.h), which its
-                          * smoothing and transfer kernels read without deinterleaving: the same
-                          * numbers (the norms to rounding), faster. true: for comparison. */
+    bool plain_fine;     /* rb_mg_solve keeps its grids in the plain layout. By default a 2D RB-GS
+                          * hierarchy over a constant 5-point star stores every level but the
+                          * coarsest split while it cycles (each row's even points, then its odd
+                          * ones: xsplit.h), which its smoothing and transfer kernels read without
+                          * deinterleaving: the same iterates bit for bit (the norms to rounding),
+                          * faster. true: for comparison. The caller's f and u stay plain. */
 } rb_mg_options;
 
 rb_mg_options rb_mg_options_default(int dim);
@@ -102,7 +103,9 @@ size_t rb_mg_level_n(const rb_mg *mg, size_t level);
 rb_shape rb_mg_shape(const rb_mg *mg);
 /* The fine-grid operator A (for residuals, LAPACK checks). */
 const rb_op *rb_mg_operator(const rb_mg *mg);
-/* The cycle over the hierarchy (the generic skeleton of vcycle.h). */
+/* The cycle over the hierarchy (the generic skeleton of vcycle.h), on grids in the plain layout.
+ * Its level grids are the drivers' work memory: each driver fills them on entry (rb_mg_solve
+ * leaves them in the split layout when it used it, see plain_fine). */
 const rb_vcycle *rb_mg_vcycle(const rb_mg *mg);
 
 /* Full weighting R (the tensor product of [1/4 1/2 1/4], a 3^dim stride-2 vertex-grid
