@@ -215,9 +215,16 @@ int rb_cli_poisson(int argc, char **argv)
                o.coef == 0 ? "rediscretise" : rb_coarse_name(o.mg.coarse), rb_smoother_name(o.mg.smoother), o.mg.pre, o.mg.post,
                o.mg.fine_pre >= 0 ? o.mg.fine_pre : o.mg.pre, o.mg.fine_post >= 0 ? o.mg.fine_post : o.mg.post,
                rb_cycle_name(o.mg.cycle), method, rb_context_threads(ctx), rep.cycles);
-        for (int k = 0; k <= rep.cycles && k < RB_MG_MAX_HISTORY; k++) printf("%s%.6e", k ? "," : "", rep.history[k]);
-        printf("],\"convergence_factor\":%.6f,\"rel_residual\":%.6e,\"converged\":%s,", rep.convergence_factor,
-               rep.rel_residual, solve_st == RB_OK ? "true" : "false");
+        /* JSON has no NaN or infinity: null (a factor with no ratio to take, a diverged residual) */
+        for (int k = 0; k <= rep.cycles && k < RB_MG_MAX_HISTORY; k++) {
+            if (isfinite(rep.history[k])) printf("%s%.6e", k ? "," : "", rep.history[k]);
+            else printf("%snull", k ? "," : "");
+        }
+        if (isfinite(rep.convergence_factor)) printf("],\"convergence_factor\":%.6f,", rep.convergence_factor);
+        else printf("],\"convergence_factor\":null,");
+        if (isfinite(rep.rel_residual)) printf("\"rel_residual\":%.6e,", rep.rel_residual);
+        else printf("\"rel_residual\":null,");
+        printf("\"converged\":%s,", solve_st == RB_OK ? "true" : "false");
         if (isnan(err)) printf("\"error_vs_exact\":null,");
         else printf("\"error_vs_exact\":%.6e,", err);
         if (o.check) {
