@@ -205,6 +205,8 @@ static void split_row_kernel(const row_args *a, size_t first, size_t W, double c
         v = _mm256_fmadd_pd(c1, _mm256_loadu_pd(dn + k), v);
         _mm256_storeu_pd(T + k, _mm256_fmadd_pd(vcc, _mm256_loadu_pd(T + k), v));
     }
+#else
+    (void)pu, (void)pb;
 #endif
     for (; k < ke; k++) {
         double v = cb * b[k];

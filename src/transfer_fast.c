@@ -72,8 +72,9 @@ static inline size_t at(size_t x, size_t W, bool split) { return !split ? x : (x
 static void restrict_row(int K, const double *const *fr, const double *w, size_t cw, double *out, bool split, bool csplit)
 {
     size_t X = 0;
-    const size_t fw = 2 * cw + 1, odd = cw + 1, codd = (cw + 1) / 2;
+    const size_t fw = 2 * cw + 1;
 #if defined(__AVX2__)
+    const size_t odd = cw + 1, codd = (cw + 1) / 2;
     __m256d wv[27];
     for (int t = 0; t < 3 * K; t++) wv[t] = _mm256_set1_pd(w[t]);
     for (; X + 4 + !split <= cw; X += 4) { /* split: reads E[X .. X+4], O[X .. X+3]; plain: fine 2X .. 2X+9 */

@@ -122,7 +122,10 @@ static rb_status xs_apply(rb_context *ctx, const rb_op *op, const rb_tensor *x, 
     const size_t mark = work != NULL ? rb_arena_mark(work) : 0;
     rb_tensor xp, yp = *y;
     rb_status st = plain(ctx, work, x, s->in_split, &xp);
-    if (st == RB_OK && s->out_split) st = plain(ctx, work, y, true, &yp); /* (its values are overwritten) */
+    if (st == RB_OK && s->out_split) { /* the plain output in scratch (its old values are not needed) */
+        st = rb_arena_tensor(ctx, work, &yp, y->shape);
+        if (st == RB_OK && yp.data == NULL) st = rb_fail(ctx, RB_EINVAL, "xsplit: work arena is in measuring mode");
+    }
     if (st == RB_OK) st = rb_op_apply(ctx, s->inner, &xp, &yp, work);
     if (st == RB_OK && s->out_split) layout(ctx, &yp, y, true);
     if (work != NULL) rb_arena_reset(work, mark);

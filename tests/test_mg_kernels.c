@@ -436,6 +436,33 @@ static void test_restrict_residual_vs_reference(void **state)
                 double e = max_abs_diff(yc.data, ref, nc);
                 if (e != 0.0) fail_msg("kind %d coarse shape %zu threads %d: fused vs reference %.3g", kind, si, THREADS[ti], e);
                 assert_int_equal(work.used, 0);
+                /* the same on split grids (xsplit.h): u and f split, the coarse grid plain or split, through
+                 * the split views of A and R; a stencil the split residual lines do not take: declined */
+                for (int csplit = 0; dims == 2 && csplit < 2; csplit++) {
+                    rb_op *As, *Rs;
+                    rb_tensor us, fsp, ycs, back;
+                    RB_CHECK(ctx, rb_op_xsplit_create(ctx, A, true, true, &As));
+                    RB_CHECK(ctx, rb_op_xsplit_create(ctx, R, true, csplit == 1, &Rs));
+                    RB_CHECK(ctx, rb_tensor_alloc(ctx, &us, fs));
+                    RB_CHECK(ctx, rb_tensor_alloc(ctx, &fsp, fs));
+                    RB_CHECK(ctx, rb_tensor_alloc(ctx, &ycs, cs));
+                    RB_CHECK(ctx, rb_tensor_alloc(ctx, &back, cs));
+                    RB_CHECK(ctx, rb_xsplit(ctx, &u, &us, true));
+                    RB_CHECK(ctx, rb_xsplit(ctx, &f, &fsp, true));
+                    rb_tensor_fill(ctx, &ycs, 7.0);
+                    const bool took = rb_transfer_restrict_residual(ctx, As, Rs, &us, &fsp, &ycs, &work);
+                    if (took != (kind != 1)) fail_msg("kind %d coarse shape %zu: split views %s", kind, si, took ? "taken" : "declined");
+                    if (csplit) RB_CHECK(ctx, rb_xsplit(ctx, &ycs, &back, false));
+                    else rb_tensor_copy(ctx, &ycs, &back);
+                    double es = took ? max_abs_diff(back.data, ref, nc) : 0.0;
+                    if (es != 0.0)
+                        fail_msg("kind %d coarse shape %zu threads %d, split (coarse %s): %.3g vs reference", kind, si,
+                                 THREADS[ti], csplit ? "split" : "plain", es);
+                    assert_int_equal(work.used, 0);
+                    rb_op_free(ctx, As), rb_op_free(ctx, Rs);
+                    rb_tensor_release(ctx, &us), rb_tensor_release(ctx, &fsp), rb_tensor_release(ctx, &ycs);
+                    rb_tensor_release(ctx, &back);
+                }
             }
             /* no room for the line buffers: declined, nothing written */
             rb_arena small = {0};

@@ -64,7 +64,8 @@ typedef struct rb_mg_options {
     size_t coarse_max;   /* coarsen while n > coarse_max (and n is odd) */
     double cheb_ratio;   /* Chebyshev interval [cheb_ratio * lmax, lmax] of D^{-1} A */
     rb_coarse coarse;    /* coarse operators for point coefficients (default GALERKIN) */
-    int fine_pre, fine_post; /* smoothing steps on the finest level; -1: pre / post (the default).
+    int fine_pre, fine_post; /* smoothing steps on the finest level; -1: pre / post (the default from
+                          * rb_mg_options_default, which options should start from).
                           * fine_pre = 0 (e.g. 0 and pre + post, with coarse levels V(pre, post)):
                           * rb_mg_solve restricts each cycle's new residual in the pass that
                           * computes its norm (rb_vcycle_run_next), one pass over the finest grid

@@ -7,9 +7,9 @@
  * Why: a red-black colour of a 2D grid is, row by row, either the even or the odd points. In
  * this layout a colour step over the 5-point star reads its points, its left and right
  * neighbours and its neighbour rows' values as contiguous runs: no deinterleaving, half the
- * vector instructions of the interleaved kernel. The multigrid solver keeps its finest 2D
- * grid this way (rb_mg_solve; multigrid.h); the transfers to and from the next grid read and
- * write the split rows directly (the coarse grid stays plain).
+ * vector instructions of the interleaved kernel. The 2D multigrid solver keeps every grid but
+ * the coarsest this way while it cycles (rb_mg_solve, rb_mg_options.plain_fine; multigrid.h);
+ * the transfers between grids read and write split rows directly.
  *
  * The operators that work on split grids are the plain ones seen through the layout:
  *
@@ -22,7 +22,8 @@
  * colours of a Jacobi operator over a constant 2D 5-point star, seen split on both sides,
  * rb_residual_step has a fused kernel working on the split rows, and rb_residual_step_pass
  * fuses with it the split views of the prolongation, residual and restriction that the
- * plain sweep op fuses: the same numbers as the plain op on the plain grid, bit for bit.
+ * plain sweep op fuses: the same numbers as the plain op on the plain grid, bit for bit (the
+ * residual's sum of squares to rounding: it is summed over the permuted rows).
  * That kernel reads the Jacobi operator's right-hand side split too: name the split right-hand
  * side with rb_op_xsplit_rhs (without one the view takes the reference path). */
 #ifndef RESBRIDGE_XSPLIT_H

@@ -519,6 +519,8 @@ static rb_status split_setup(rb_context *ctx, rb_mg *mg)
         mg->nlevels < 2)
         return RB_OK;
     memcpy(mg->xs_level, mg->level, mg->nlevels * sizeof *mg->level);
+    for (size_t l = 0; l < mg->nlevels; l++) /* views of the hierarchy's grids: rb_mg_free releases those */
+        mg->xs_level[l].u.owns = mg->xs_level[l].f.owns = mg->xs_level[l].r.owns = false;
     rb_status st = RB_OK;
     const size_t last = mg->nlevels - 1; /* the coarsest: plain */
     for (size_t l = 0; l < last && st == RB_OK; l++) {
@@ -983,6 +985,8 @@ rb_status rb_mg_pcg(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *u
     if (max_iter < 1 || max_iter >= RB_MG_MAX_HISTORY)
         return rb_fail(ctx, RB_EINVAL, "rb_mg_pcg: max_iter = %d, must be 1..%d", max_iter, RB_MG_MAX_HISTORY - 1);
     rb_mg_report local, *rep = report ? report : &local;
+    /* (the symmetric cycle post-smooths with the adjoint of each level's pre-smoothing: fine_post and
+     * post do not enter it) */
     if (mg->opt.pre < 1 || mg->opt.fine_pre == 0)
         return rb_fail(ctx, RB_EINVAL, "rb_mg_pcg: the symmetric cycle needs pre-smoothing (pre = %d, fine_pre = %d)",
                        mg->opt.pre, mg->opt.fine_pre);
