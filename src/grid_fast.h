@@ -100,6 +100,10 @@ size_t rb_transfer_restrict_residual_workspace(const rb_op *A, const rb_op *R, r
 bool rb_transfer_restrict_pair(const rb_op *A, const rb_op *R, rb_shape fine, rb_stencil_any *k, rb_conv_geom *g);
 /* R's half of that: whether R is a restriction of `dims` dimensions those lines take on this grid. */
 bool rb_transfer_restrict_plan(const rb_op *R, int dims, rb_shape fine, rb_conv_geom *g);
+/* coarse = R fine for a 2D restriction R those lines take, fine stored split (xsplit.h), coarse
+ * split too if csplit: the plain restriction's sums, bit for bit. false: not taken, nothing done. */
+bool rb_transfer_restrict_split(rb_context *ctx, const rb_op *R, const rb_tensor *fine, rb_tensor *coarse, bool csplit);
+
 /* (split: the fine lines' rows stored even points first, then odd ones, xsplit.h; csplit: the
  * coarse rows so stored) */
 void rb_transfer_restrict_line(const rb_conv_geom *g, int dims, const double *w, size_t n, size_t C,

@@ -345,6 +345,25 @@ bool rb_transfer_restrict_plan(const rb_op *R, int dims, rb_shape fine, rb_conv_
            rb_conv_geometry(NULL, R, fine, g, &out) == RB_OK && transfer_geom(cs, g);
 }
 
+bool rb_transfer_restrict_split(rb_context *ctx, const rb_op *R, const rb_tensor *fine, rb_tensor *coarse, bool csplit)
+{
+    rb_conv_geom g;
+    rb_shape out;
+    if (fine->shape.d != 1 || !rb_transfer_restrict_plan(R, 2, fine->shape, &g) ||
+        rb_op_shape(NULL, R, fine->shape, &out) != RB_OK || !rb_shape_equal(out, coarse->shape))
+        return false;
+    const long long rows = (long long)(g.n * g.ch);
+    const int threads = rb_context_threads(ctx);
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && rows * (long long)g.fw >= PARALLEL_MIN / 2)
+    for (long long r = 0; r < rows; r++) {
+        const size_t C = (size_t)r % g.ch, n = (size_t)r / g.ch;
+        const double *lines[3];
+        for (int i = 0; i < 3; i++) lines[i] = fine->data + (n * g.fh + 2 * C + (size_t)i) * g.fw;
+        rb_transfer_restrict_line(&g, 2, R->params, n, C, lines, coarse->data, true, csplit);
+    }
+    return true;
+}
+
 bool rb_transfer_restrict_pair(const rb_op *A, const rb_op *R, rb_shape fine, rb_stencil_any *k, rb_conv_geom *g)
 {
     return rb_stencil_any_init(A, fine, k) && rb_transfer_restrict_plan(R, k->dims, fine, g);

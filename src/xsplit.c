@@ -7,6 +7,7 @@
  * neighbours and the neighbour rows' values are contiguous runs of a split row. */
 #include "resbridge/xsplit.h"
 
+#include "grid_fast.h"
 #include "op_internal.h"
 #include "redblack_internal.h"
 #include "xsplit_internal.h"
@@ -119,6 +120,8 @@ static rb_status plain(rb_context *ctx, rb_arena *work, const rb_tensor *x, bool
 static rb_status xs_apply(rb_context *ctx, const rb_op *op, const rb_tensor *x, rb_tensor *y, rb_arena *work)
 {
     const xs_state *s = op->state;
+    /* a 2D restriction from a split grid: its rows read as they are stored */
+    if (s->in_split && rb_transfer_restrict_split(ctx, s->inner, x, y, s->out_split)) return RB_OK;
     const size_t mark = work != NULL ? rb_arena_mark(work) : 0;
     rb_tensor xp, yp = *y;
     rb_status st = plain(ctx, work, x, s->in_split, &xp);

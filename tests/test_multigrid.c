@@ -901,6 +901,44 @@ static void test_cycle_chain_matches_separate(void **state)
     }
 }
 
+/* rb_mg_solve from u = 0 with no pre-smoothing on the finest level restricts f itself for the
+ * first cycle (no residual pass). Oracle: the same number of cycles run by rb_vcycle_run_next on
+ * the hierarchy's plain cycle from u = 0, which restricts f - A 0: u equal at every point, for the
+ * solve on split grids (2D) and on plain ones (2D plain_fine, 3D). */
+static void test_zero_start_matches_cycles(void **state)
+{
+    rb_context *ctx = *state;
+    for (int c = 0; c < 3; c++) {
+        const int d = c == 2 ? 3 : 2;
+        rb_mg_problem pb = {d, d == 2 ? 127 : 31, NULL, 1.0};
+        rb_mg_options o = rb_mg_options_default(d);
+        o.pre = 1, o.post = 2, o.omega = 1.15, o.fine_pre = 0, o.fine_post = 3, o.plain_fine = c == 1;
+        rb_mg *mg;
+        RB_CHECK(ctx, rb_mg_create(ctx, &pb, &o, &mg));
+        rb_tensor f = grid_tensor(ctx, mg), u = grid_tensor(ctx, mg);
+        random_rhs(&f, 611 + (uint64_t)c);
+        rb_mg_report rep;
+        RB_CHECK(ctx, rb_mg_solve(ctx, mg, &f, &u, 1e-9, 50, &rep));
+        const rb_vcycle *vc = rb_mg_vcycle(mg);
+        rb_vlevel *top = &vc->level[0];
+        const size_t N = rb_tensor_count(&f);
+        memcpy(top->f.data, f.data, N * sizeof(double));
+        memset(top->u.data, 0, N * sizeof(double));
+        rb_arena w = cycle_arena(ctx, mg);
+        bool restricted = false;
+        double nrm;
+        for (int k = 0; k < rep.cycles; k++) RB_CHECK(ctx, rb_vcycle_run_next(ctx, vc, 0, &nrm, &restricted, &w));
+        size_t differ = 0;
+        for (size_t i = 0; i < N; i++) differ += top->u.data[i] != u.data[i];
+        print_message("%dD n = %zu%s, from u = 0: %d cycles, u differs at %zu points from the cycles run apart\n", d, pb.n,
+                      c == 1 ? " (plain grids)" : d == 2 ? " (split grids)" : "", rep.cycles, differ);
+        if (differ != 0) fail_msg("case %d: the zero start changed u", c);
+        rb_arena_release(ctx, &w);
+        rb_tensor_release(ctx, &f), rb_tensor_release(ctx, &u);
+        rb_mg_free(ctx, mg);
+    }
+}
+
 /* The finest level smoothed apart (fine_pre = 0, fine_post = 3 over coarse V(1,2)): oracle
  * LAPACK dpbsv, 2D (its finest grid split) and 3D, to 1e-10. */
 static void test_fine_smoothing_versus_lapack(void **state)
@@ -1170,6 +1208,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_split_fine_grid_matches_plain, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_cycle_chain_matches_separate, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_fine_smoothing_versus_lapack, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_zero_start_matches_cycles, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_fmg_reaches_discretisation_accuracy, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_pcg_versus_lapack, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_setup_once_many_rhs, rb_test_setup, rb_test_teardown),

@@ -52,8 +52,9 @@ static void test_layout(void **state)
     }
 }
 
-/* The split views of a 2D star, of a restriction and of a prolongation: the conformance
- * suite, and apply equal to the plain op on the plain grid, permuted. */
+/* The split views of a 2D star, of a restriction and of a prolongation (the restriction's apply
+ * reads the split rows directly): the conformance suite, and apply equal to the plain op on the
+ * plain grid, permuted. */
 static void test_views_of_plain_ops(void **state)
 {
     rb_context *ctx = *state;
@@ -69,8 +70,10 @@ static void test_views_of_plain_ops(void **state)
         const char *label;
     } cases[] = {{A, true, true, fine, "split star"},
                  {R, true, false, fine, "restriction from a split grid"},
-                 {P, false, true, coarse, "prolongation onto a split grid"}};
-    for (int c = 0; c < 3; c++) {
+                 {R, true, true, fine, "restriction between split grids"},
+                 {P, false, true, coarse, "prolongation onto a split grid"},
+                 {P, true, true, coarse, "prolongation between split grids"}};
+    for (int c = 0; c < 5; c++) {
         rb_op *V;
         RB_CHECK(ctx, rb_op_xsplit_create(ctx, cases[c].op, cases[c].in, cases[c].out, &V));
         rb_conformance_case cc = rb_conformance_default(V, cases[c].s, cases[c].label);

@@ -878,6 +878,12 @@ rb_status rb_mg_solve(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor 
     if (st != RB_OK) return st;
     rep->history[0] = rep->rel_residual = r0 / fn;
     bool restricted = false; /* whether level 1's f holds R (f - A u) (rb_vcycle_run_next) */
+    if (!u_nonzero && vc->nlevels > 1 && top->npre == 0 && top->Pi == NULL) {
+        /* from u = 0 the first cycle's restriction is R f: no residual pass (the same numbers) */
+        st = rb_op_apply(ctx, top->R, &top->f, &vc->level[1].f, &mg->work);
+        if (st != RB_OK) return st;
+        restricted = true;
+    }
     while (st == RB_OK && rep->rel_residual > tol && rep->cycles < max_cycles) {
         double rn;
         st = rb_vcycle_run_next(ctx, vc, 0, &rn, &restricted, &mg->work); /* the norm from the last smoothing pass */
