@@ -21,6 +21,7 @@
 #include "redblack_internal.h"
 
 #include "conv_internal.h"
+#include "xsplit_internal.h"
 
 #include "resbridge/varstencil.h"
 
@@ -102,18 +103,14 @@ typedef struct row_args {
     size_t b_reach;        /* doubles readable from b on */
 } row_args;
 
-/* Where point x of a row is stored: x, or in a split row (xsplit.h, odd = (W + 1) / 2) x / 2
- * for even x and odd + x / 2 for odd x. */
-static inline size_t at(size_t x, size_t odd) { return odd == 0 ? x : (x & 1) ? odd + x / 2 : x / 2; }
-
-/* One point x of the row; left / right neighbour where inside the row. odd: as at(). */
+/* One point x of the row; left / right neighbour where inside the row. odd: as rb_xsplit_at(). */
 static inline void point_at(int nr, const row_args *a, size_t x, size_t W, double cb, double cc, size_t odd)
 {
-    const size_t p = at(x, odd);
+    const size_t p = rb_xsplit_at(x, odd);
     double v = cb * a->b[p];
     for (int i = 0; i < nr / 2; i++) v = MADD(a->c[i], a->o[i][p], v);
-    if (x > 0) v = MADD(a->c[nr / 2], a->m[at(x - 1, odd)], v);
-    if (x + 1 < W) v = MADD(a->c[nr / 2 + 1], a->m[at(x + 1, odd)], v);
+    if (x > 0) v = MADD(a->c[nr / 2], a->m[rb_xsplit_at(x - 1, odd)], v);
+    if (x + 1 < W) v = MADD(a->c[nr / 2 + 1], a->m[rb_xsplit_at(x + 1, odd)], v);
     for (int i = nr / 2; i < nr; i++) v = MADD(a->c[i + 2], a->o[i][p], v);
     a->m[p] = MADD(cc, a->m[p], v);
 }

@@ -20,6 +20,7 @@
  * C loops run (same results).
  */
 #include "grid_fast.h"
+#include "xsplit_internal.h"
 
 #include <stdint.h>
 #include <string.h>
@@ -64,7 +65,7 @@ bool rb_stencil2d_init(const rb_conv_state *cs, const double *w, rb_stencil2d *s
 }
 
 /* sum_t w[t] x[row dy_t][j + dx_t] over the taps inside the grid, in tap order. */
-/* odd != 0: the rows are stored split (xsplit.h), point c at c / 2 or odd + c / 2 (odd = (W + 1) / 2). */
+/* odd != 0: the rows are stored split (xsplit.h; odd as rb_xsplit_at). */
 static double point_ax_at(const rb_stencil2d *s, size_t W, const double *const rows[3], size_t j, size_t odd)
 {
     double acc = 0.0;
@@ -72,7 +73,7 @@ static double point_ax_at(const rb_stencil2d *s, size_t W, const double *const r
         const double *r = rows[s->dy[t] + 1];
         long long c = (long long)j + s->dx[t];
         if (r == NULL || c < 0 || c >= (long long)W) continue;
-        acc += s->w[t] * r[odd == 0 ? (size_t)c : (c & 1) ? odd + (size_t)c / 2 : (size_t)c / 2];
+        acc += s->w[t] * r[rb_xsplit_at((size_t)c, odd)];
     }
     return acc;
 }

@@ -20,6 +20,7 @@
  * buffers per thread: the full-size residual grid is never written or read.
  */
 #include "grid_fast.h"
+#include "xsplit_internal.h"
 
 #include "resbridge/xsplit.h"
 
@@ -62,8 +63,8 @@ static bool transfer_geom(const rb_conv_state *cs, const rb_conv_geom *g)
 
 /* ---- restriction ------------------------------------------------------------------------------ */
 
-/* Where point x of a row of W is stored: x, or split (xsplit.h) x / 2 (even) and (W + 1) / 2 + x / 2 (odd). */
-static inline size_t at(size_t x, size_t W, bool split) { return !split ? x : (x & 1) ? (W + 1) / 2 + x / 2 : x / 2; }
+/* Where point x of a row of W is stored, plain or split (xsplit.h). */
+static inline size_t at(size_t x, size_t W, bool split) { return rb_xsplit_at(x, split ? (W + 1) / 2 : 0); }
 
 /* out[X] = sum over rows k, then dx: w[3k + dx + 1] fr[k][2X + 1 + dx], X < cw. split: the fine
  * rows are stored even points first, then odd ones (xsplit.h): fine point 2X at fr[k][X], 2X + 1

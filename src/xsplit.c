@@ -50,7 +50,7 @@ void rb_xsplit_row(const double *in, double *out, size_t W, bool to_split)
     }
 #endif
     for (; x < W; x++) {
-        const size_t p = (x & 1) ? odd + x / 2 : x / 2;
+        const size_t p = rb_xsplit_at(x, odd);
         if (to_split) out[p] = in[x];
         else out[x] = in[p];
     }
@@ -151,10 +151,7 @@ static rb_status xs_vjp(rb_context *ctx, const rb_op *op, const rb_tensor *x, co
     if (st == RB_OK) st = rb_op_vjp(ctx, s->inner, &xp, &dyp, alpha, &dxp, work);
     if (st == RB_OK && s->in_split) { /* dx += S dxp */
         const size_t W = dx->shape.w, odd = (W + 1) / 2, n = rb_tensor_count(dx);
-        for (size_t i = 0; i < n; i++) {
-            const size_t x0 = i % W;
-            dx->data[i - x0 + ((x0 & 1) ? odd + x0 / 2 : x0 / 2)] += dxp.data[i];
-        }
+        for (size_t i = 0; i < n; i++) dx->data[i - i % W + rb_xsplit_at(i % W, odd)] += dxp.data[i];
     }
     if (work != NULL) rb_arena_reset(work, mark);
     return st;
