@@ -108,7 +108,7 @@ static int fail(rb_context *ctx, rb_status st, const char *what)
 }
 
 typedef struct options {
-    int dim, reps, pre, post, fine_pre, fine_post, plain_fine, sweeps, fmg, smooth, rediscretise, class_sweeps;
+    int dim, reps, pre, post, fine_pre, fine_post, plain_fine, fmg_start, sweeps, fmg, smooth, rediscretise, class_sweeps;
     rb_cycle cycle;
     size_t n;
     double omega;
@@ -128,6 +128,7 @@ static int solve_case(rb_context *ctx, const options *o, int T)
     if (o->pre >= 0) opt.pre = o->pre;
     if (o->post >= 0) opt.post = o->post;
     opt.fine_pre = o->fine_pre, opt.fine_post = o->fine_post, opt.plain_fine = o->plain_fine != 0, opt.cycle = o->cycle;
+    opt.fmg_start = o->fmg_start != 0;
     const double load_before = load_average();
     rb_mg *mg = NULL;
     double t0 = now();
@@ -157,12 +158,12 @@ static int solve_case(rb_context *ctx, const options *o, int T)
         if (o->fine_pre >= 0 || o->fine_post >= 0)
             snprintf(fine, sizeof fine, ", finest (%d,%d)", o->fine_pre >= 0 ? o->fine_pre : opt.pre,
                      o->fine_post >= 0 ? o->fine_post : opt.post);
-        printf("{\"peer\":\"resbridge\",\"config\":\"rbgs %s(%d,%d)%s%s%s\",\"dim\":%d,\"n\":%zu,\"threads\":%d,"
+        printf("{\"peer\":\"resbridge\",\"config\":\"rbgs %s(%d,%d)%s%s%s%s\",\"dim\":%d,\"n\":%zu,\"threads\":%d,"
                "\"cycles\":%d,\"rel_residual\":%.6e,\"convergence_factor\":%.4f,\"levels\":%zu,"
                "\"seconds_setup\":%.6f,\"seconds_solve\":%.6f,\"seconds_solve_median\":%.6f,"
                "\"seconds_first_solve\":%.6f,\"reps\":%d,\"omega\":%.4f,"
                "\"loadavg_before\":%.2f,\"loadavg_after\":%.2f}\n",
-               rb_cycle_name(opt.cycle), opt.pre, opt.post, fine, o->omega > 0 ? " omega" : "", o->plain_fine ? ", plain finest grid" : "", o->dim,
+               rb_cycle_name(opt.cycle), opt.pre, opt.post, fine, o->fmg_start ? ", FMG start" : "", o->omega > 0 ? " omega" : "", o->plain_fine ? ", plain finest grid" : "", o->dim,
                o->n, T, rep.cycles, rep.rel_residual,
                rep.convergence_factor, rb_mg_levels(mg), setup, best, median(t, o->reps), t[0], o->reps,
                o->omega > 0 ? o->omega : 1.0, load_before, load_average());
@@ -481,7 +482,7 @@ static int class_sweep_case(rb_context *ctx, const options *o, int T)
 static void usage(FILE *f)
 {
     fprintf(f, "usage: bench_poisson [--dim 2|3] [--n N] [--threads 1,2] [--reps R] [--omega W] [--pre A --post B]\n"
-               "                     [--fine-pre A --fine-post B] [--cycle V|W|F] [--plain-fine]\n"
+               "                     [--fine-pre A --fine-post B] [--cycle V|W|F] [--plain-fine] [--fmg-start]\n"
                "       bench_poisson --sweeps [--n N] [--threads 1,2] [--reps R]\n"
                "       bench_poisson --fmg [--dim 2|3] [--n N] [--coef const|smooth] [--coarse galerkin|rediscretise]\n"
                "                     [--threads 1,2] [--reps R]\n"
@@ -520,6 +521,9 @@ int main(int argc, char **argv)
             continue;
         } else if (!strcmp(a, "--plain-fine")) {
             o.plain_fine = 1;
+            continue;
+        } else if (!strcmp(a, "--fmg-start")) {
+            o.fmg_start = 1;
             continue;
         } else if (v != NULL && !strcmp(a, "--cycle")) {
             ok = !strcmp(v, "V") || !strcmp(v, "W") || !strcmp(v, "F");

@@ -31,8 +31,9 @@ PYTHON=${PYTHON:-/usr/bin/python3}
 # resbridge configurations, separated by '|': RB-GS V(2,1) (the default), red-black SOR
 # (over-relaxed Gauss-Seidel smoothing, which takes fewer cycles), and SOR with the finest level
 # smoothed (0, 3) over coarse V(1,2) or V(2,1) (--fine-pre 0: one pass over the finest grid per
-# cycle, which also restricts the residual for the next cycle).
-RB_CONFIGS_2=${RB_CONFIGS_2:-"--pre 2 --post 1|--pre 1 --post 2 --omega 1.15|--pre 1 --post 2 --omega 1.15 --fine-pre 0 --fine-post 3"}
+# cycle, which also restricts the residual for the next cycle); in 2D also that with the FMG start
+# (--fmg-start: the first cycle's coarse-grid problem solved by full multigrid; 4 cycles instead of 5).
+RB_CONFIGS_2=${RB_CONFIGS_2:-"--pre 2 --post 1|--pre 1 --post 2 --omega 1.15|--pre 1 --post 2 --omega 1.15 --fine-pre 0 --fine-post 3|--pre 1 --post 2 --omega 1.14 --fine-pre 0 --fine-post 3 --fmg-start"}
 RB_CONFIGS_3=${RB_CONFIGS_3:-"--pre 2 --post 1|--pre 2 --post 1 --omega 1.25|--pre 1 --post 2 --omega 1.25|--pre 2 --post 1 --omega 1.25 --fine-pre 0 --fine-post 3"}
 HYPRE_CONFIGS=${HYPRE_CONFIGS:-"--config all"}
 JSON=""

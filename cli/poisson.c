@@ -21,7 +21,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: resbridge poisson --dim {1,2,3} --n N [--coef const|jump|smooth] [--smoother jacobi|rbgs|chebyshev]\n"
             "         [--omega W] [--pre A --post B] [--fine-pre A --fine-post B] [--cycle V|W|F]\n"
-            "         [--coarse galerkin|rediscretise] [--fmg] [--pcg]\n"
+            "         [--coarse galerkin|rediscretise] [--fmg | --fmg-start] [--pcg]\n"
             "         [--tol T] [--max-cycles K]\n"
             "         [--rhs sine|ones|random] [--seed S] [--threads T] [--check lapack] [--json]\n\n"
             "Solves -div(a grad u) = f on the unit interval/square/cube, zero Dirichlet values, n = m 2^k - 1\n"
@@ -36,6 +36,8 @@ static void usage(FILE *f)
             "  --fine-pre, --fine-post  smoothing steps on the finest level only (default: --pre, --post); with\n"
             "             --fine-pre 0 each cycle's last pass also restricts the residual for the next cycle\n"
             "  --fmg      full multigrid (one cycle per level) as the initial guess, then cycles to --tol\n"
+            "  --fmg-start  the first cycle's coarse-grid problem solved by full multigrid (one cycle per\n"
+            "             level), then the finest level's interpolation and post-smoothing, then cycles\n"
             "  --pcg      conjugate gradients preconditioned by one symmetric cycle\n"
             "  --check lapack  compare with LAPACK banded Cholesky on the full system (small problems)\n"
             "Defaults: --coef const --smoother rbgs --pre 2 --post 1 --cycle V --coarse galerkin --tol 1e-8 --max-cycles 50\n"
@@ -87,6 +89,8 @@ static int parse(int argc, char **argv, opts *o)
             if (rb_args_choice(&a, opt, coarse_choices, &c)) o->mg.coarse = (rb_coarse)c;
         } else if (!strcmp(opt, "--fmg")) {
             o->fmg = 1;
+        } else if (!strcmp(opt, "--fmg-start")) {
+            o->mg.fmg_start = true;
         } else if (!strcmp(opt, "--pcg")) {
             o->pcg = 1;
         } else if (!strcmp(opt, "--tol")) {
@@ -112,8 +116,8 @@ static int parse(int argc, char **argv, opts *o)
         fprintf(stderr, "resbridge poisson: --dim and --n are required (try --help)\n");
         return 2;
     }
-    if (o->fmg && o->pcg) {
-        fprintf(stderr, "resbridge poisson: choose one of --fmg and --pcg\n");
+    if (o->fmg + o->pcg + o->mg.fmg_start > 1) {
+        fprintf(stderr, "resbridge poisson: choose one of --fmg, --fmg-start and --pcg\n");
         return 2;
     }
     return -1;
@@ -206,7 +210,7 @@ int rb_cli_poisson(int argc, char **argv)
             if (solve_st == RB_OK) lapack = rb_tensor_max_rel_diff(&u, &ul);
         }
     }
-    const char *method = o.pcg ? "pcg" : o.fmg ? "fmg" : "cycles";
+    const char *method = o.pcg ? "pcg" : o.fmg ? "fmg" : o.mg.fmg_start ? "fmg-start" : "cycles";
     if (o.json) {
         printf("{\"command\":\"poisson\",\"dim\":%d,\"n\":%ld,\"unknowns\":%zu,\"levels\":%zu,\"coef\":\"%s\",\"rhs\":\"%s\","
                "\"coarse\":\"%s\",\"smoother\":\"%s\",\"pre\":%d,\"post\":%d,\"fine_pre\":%d,\"fine_post\":%d,"
@@ -236,7 +240,7 @@ int rb_cli_poisson(int argc, char **argv)
         printf("Poisson %dD, n = %ld (%zu unknowns), a: %s, f: %s\n", o.dim, o.n, rb_tensor_count(&f), coef_names[o.coef],
                rhs_names[o.rhs]);
         printf("multigrid: %zu levels, %s %s(%d,%d)%s, %d threads\n", rb_mg_levels(mg), rb_smoother_name(o.mg.smoother),
-               rb_cycle_name(o.mg.cycle), o.mg.pre, o.mg.post, o.pcg ? " as CG preconditioner" : o.fmg ? " after FMG" : "",
+               rb_cycle_name(o.mg.cycle), o.mg.pre, o.mg.post, o.pcg ? " as CG preconditioner" : o.fmg ? " after FMG" : o.mg.fmg_start ? ", FMG start" : "",
                rb_context_threads(ctx));
         printf("  %6s  %14s  %8s\n", o.pcg ? "iter" : "cycle", "|f-Au|/|f|", "ratio");
         for (int k = 0; k <= rep.cycles && k < RB_MG_MAX_HISTORY; k++) {

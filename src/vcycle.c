@@ -278,12 +278,31 @@ static rb_status smooth(rb_context *ctx, rb_vlevel *lv, rb_vlevel *coarse, const
     return st;
 }
 
+/* Whether level l's cycles chain (rb_vcycle_run_next): no pre-smoothing, no projection, not
+ * taped, something coming back up. */
+static bool chains(const rb_vlevel *lv, rb_cycle kind, const rb_vtape *tape)
+{
+    return lv->npre == 0 && lv->Pi == NULL && tape == NULL && kind != RB_CYCLE_DOWN;
+}
+
+/* The up-leg on level l below the coarsest: u += P u_{l+1}, then the post-smoothing (and the
+ * norm; chained: f_{l+1} = R (f - A u) for the next cycle, then *ready = true). */
+static rb_status up(rb_context *ctx, const rb_vcycle *vc, size_t l, double *norm, rb_vtape *tape, rb_arena *work,
+                    bool chain, bool *ready)
+{
+    rb_vlevel *lv = &vc->level[l];
+    rb_status st = smooth(ctx, lv, &vc->level[l + 1], lv->post, lv->npost, true, chain, norm, l, tape, work);
+    if (st == RB_OK && chain) *ready = true;
+    return st;
+}
+
 /* One cycle on level l; norm != NULL: also ||f - A u|| of level l afterwards;
  * tape != NULL: recording what rb_vcycle_backward needs. ready != NULL (rb_vcycle_run_next):
  * level l without pre-smoothing or projection takes f_{l+1} as it is if *ready, and its last
- * pass restricts the new residual for the next cycle (then *ready = true). */
+ * pass restricts the new residual for the next cycle (then *ready = true). interp: u += P u_{l+1}
+ * first, ahead of the pre-smoothing (full multigrid's interpolation; u zeroed before). */
 static rb_status cycle(rb_context *ctx, const rb_vcycle *vc, size_t l, rb_cycle kind, double *norm, rb_vtape *tape,
-                       rb_arena *work, bool *ready)
+                       rb_arena *work, bool *ready, bool interp)
 {
     rb_vlevel *lv = &vc->level[l];
     if (l + 1 == vc->nlevels) {
@@ -297,29 +316,39 @@ static rb_status cycle(rb_context *ctx, const rb_vcycle *vc, size_t l, rb_cycle 
         return st == RB_OK && norm != NULL ? level_norm(ctx, lv, NULL, norm, work) : st;
     }
     rb_vlevel *coarse = &vc->level[l + 1];
-    const bool chain = ready != NULL && lv->npre == 0 && lv->Pi == NULL && tape == NULL && kind != RB_CYCLE_DOWN;
+    const bool chain = ready != NULL && chains(lv, kind, tape);
     if (ready != NULL && !chain) *ready = false;
     /* pre-smoothing, then f_{l+1} = R (f - A u) (already there: the last cycle's last pass) */
-    rb_status st = chain && *ready ? RB_OK : smooth(ctx, lv, coarse, lv->pre, lv->npre, false, true, NULL, l, tape, work);
+    rb_status st = chain && *ready ? RB_OK : smooth(ctx, lv, coarse, lv->pre, lv->npre, interp, true, NULL, l, tape, work);
     if (chain) *ready = false;
     if (st == RB_OK) st = start_coarse(ctx, lv, coarse, tape, work); /* u_{l+1} = 0 (or Pi u) */
     if (st != RB_OK) return st;
     switch (kind) {
     case RB_CYCLE_DOWN: /* the down-leg: nothing comes back up */
-        st = cycle(ctx, vc, l + 1, RB_CYCLE_DOWN, NULL, tape, work, NULL);
+        st = cycle(ctx, vc, l + 1, RB_CYCLE_DOWN, NULL, tape, work, NULL, false);
         return st == RB_OK && norm != NULL ? level_norm(ctx, lv, NULL, norm, work) : st;
-    case RB_CYCLE_V: st = cycle(ctx, vc, l + 1, RB_CYCLE_V, NULL, tape, work, NULL); break;
+    case RB_CYCLE_V: st = cycle(ctx, vc, l + 1, RB_CYCLE_V, NULL, tape, work, NULL, false); break;
     case RB_CYCLE_W:
-        st = cycle(ctx, vc, l + 1, RB_CYCLE_W, NULL, tape, work, NULL);
-        if (st == RB_OK && l + 2 < vc->nlevels) st = cycle(ctx, vc, l + 1, RB_CYCLE_W, NULL, tape, work, NULL);
+        st = cycle(ctx, vc, l + 1, RB_CYCLE_W, NULL, tape, work, NULL, false);
+        if (st == RB_OK && l + 2 < vc->nlevels) st = cycle(ctx, vc, l + 1, RB_CYCLE_W, NULL, tape, work, NULL, false);
         break;
     default:
-        st = cycle(ctx, vc, l + 1, RB_CYCLE_F, NULL, tape, work, NULL);
-        if (st == RB_OK && l + 2 < vc->nlevels) st = cycle(ctx, vc, l + 1, RB_CYCLE_V, NULL, tape, work, NULL);
+        st = cycle(ctx, vc, l + 1, RB_CYCLE_F, NULL, tape, work, NULL, false);
+        if (st == RB_OK && l + 2 < vc->nlevels) st = cycle(ctx, vc, l + 1, RB_CYCLE_V, NULL, tape, work, NULL, false);
     }
-    /* u += P u_{l+1}, then post-smoothing (and the norm; chained: f_{l+1} = R (f - A u) for the next cycle) */
-    if (st == RB_OK) st = smooth(ctx, lv, coarse, lv->post, lv->npost, true, chain, norm, l, tape, work);
-    if (st == RB_OK && chain) *ready = true;
+    return st == RB_OK ? up(ctx, vc, l, norm, tape, work, chain, ready) : st;
+}
+
+/* Full multigrid on level l for its f (u_l is output): f_{l+1} = R f_l, the same on level l+1,
+ * then u_l = P u_{l+1} and `cycles` cycles; the coarsest level is solved (or smoothed from 0). */
+static rb_status fmg(rb_context *ctx, const rb_vcycle *vc, size_t l, int cycles, rb_arena *work)
+{
+    rb_vlevel *lv = &vc->level[l];
+    zero(ctx, &lv->u);
+    if (l + 1 == vc->nlevels) return cycle(ctx, vc, l, vc->cycle, NULL, NULL, work, NULL, false);
+    rb_status st = rb_op_apply(ctx, lv->R, &lv->f, &vc->level[l + 1].f, work);
+    if (st == RB_OK) st = fmg(ctx, vc, l + 1, cycles, work);
+    for (int c = 0; c < cycles && st == RB_OK; c++) st = cycle(ctx, vc, l, vc->cycle, NULL, NULL, work, NULL, c == 0);
     return st;
 }
 
@@ -400,7 +429,7 @@ rb_status rb_vcycle_run(rb_context *ctx, const rb_vcycle *vc, size_t from, rb_ar
     if (ctx == NULL) return RB_ENULL;
     if (vc == NULL || vc->level == NULL) return rb_fail(ctx, RB_ENULL, "rb_vcycle_run: hierarchy is NULL");
     if (from >= vc->nlevels) return rb_fail(ctx, RB_EINVAL, "rb_vcycle_run: from = %zu, only %zu levels", from, vc->nlevels);
-    return cycle(ctx, vc, from, vc->cycle, NULL, NULL, work, NULL);
+    return cycle(ctx, vc, from, vc->cycle, NULL, NULL, work, NULL, false);
 }
 
 rb_status rb_vcycle_run_norm(rb_context *ctx, const rb_vcycle *vc, size_t from, double *norm, rb_arena *work)
@@ -410,7 +439,7 @@ rb_status rb_vcycle_run_norm(rb_context *ctx, const rb_vcycle *vc, size_t from, 
     if (from >= vc->nlevels)
         return rb_fail(ctx, RB_EINVAL, "rb_vcycle_run_norm: from = %zu, only %zu levels", from, vc->nlevels);
     if (norm == NULL) return rb_fail(ctx, RB_ENULL, "rb_vcycle_run_norm: norm is NULL");
-    return cycle(ctx, vc, from, vc->cycle, norm, NULL, work, NULL);
+    return cycle(ctx, vc, from, vc->cycle, norm, NULL, work, NULL, false);
 }
 
 rb_status rb_vcycle_run_next(rb_context *ctx, const rb_vcycle *vc, size_t from, double *norm, bool *restricted,
@@ -423,7 +452,37 @@ rb_status rb_vcycle_run_next(rb_context *ctx, const rb_vcycle *vc, size_t from, 
     if (norm == NULL || restricted == NULL)
         return rb_fail(ctx, RB_ENULL, "rb_vcycle_run_next: %s is NULL", norm == NULL ? "norm" : "restricted");
     if (from + 1 == vc->nlevels) *restricted = false;
-    rb_status st = cycle(ctx, vc, from, vc->cycle, norm, NULL, work, from + 1 < vc->nlevels ? restricted : NULL);
+    rb_status st = cycle(ctx, vc, from, vc->cycle, norm, NULL, work, from + 1 < vc->nlevels ? restricted : NULL, false);
+    if (st != RB_OK) *restricted = false;
+    return st;
+}
+
+rb_status rb_vcycle_fmg(rb_context *ctx, const rb_vcycle *vc, size_t from, int cycles, rb_arena *work)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (vc == NULL || vc->level == NULL) return rb_fail(ctx, RB_ENULL, "rb_vcycle_fmg: hierarchy is NULL");
+    if (from >= vc->nlevels) return rb_fail(ctx, RB_EINVAL, "rb_vcycle_fmg: from = %zu, only %zu levels", from, vc->nlevels);
+    if (cycles < 1 || cycles > 64) return rb_fail(ctx, RB_EINVAL, "rb_vcycle_fmg: cycles = %d, must be 1..64", cycles);
+    if (vc->cycle == RB_CYCLE_DOWN)
+        return rb_fail(ctx, RB_EINVAL, "rb_vcycle_fmg: a %s cycle brings nothing back up", rb_cycle_name(vc->cycle));
+    return fmg(ctx, vc, from, cycles, work);
+}
+
+rb_status rb_vcycle_run_up(rb_context *ctx, const rb_vcycle *vc, size_t from, double *norm, bool *restricted,
+                           rb_arena *work)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (vc == NULL || vc->level == NULL) return rb_fail(ctx, RB_ENULL, "rb_vcycle_run_up: hierarchy is NULL");
+    if (from + 1 >= vc->nlevels)
+        return rb_fail(ctx, RB_EINVAL, "rb_vcycle_run_up: from = %zu, must be below the coarsest of %zu levels", from,
+                       vc->nlevels);
+    if (norm == NULL || restricted == NULL)
+        return rb_fail(ctx, RB_ENULL, "rb_vcycle_run_up: %s is NULL", norm == NULL ? "norm" : "restricted");
+    if (vc->cycle == RB_CYCLE_DOWN)
+        return rb_fail(ctx, RB_EINVAL, "rb_vcycle_run_up: a %s cycle brings nothing back up", rb_cycle_name(vc->cycle));
+    *restricted = false;
+    const bool chain = chains(&vc->level[from], vc->cycle, NULL);
+    rb_status st = up(ctx, vc, from, norm, NULL, work, chain, restricted);
     if (st != RB_OK) *restricted = false;
     return st;
 }
@@ -512,7 +571,7 @@ rb_status rb_vcycle_run_taped(rb_context *ctx, const rb_vcycle *vc, size_t from,
     fcur[from] = vc->level[from].f.data;
     b->fcur = fcur;
     tape->begin = b;
-    rb_status st = cycle(ctx, vc, from, vc->cycle, NULL, tape, work, NULL);
+    rb_status st = cycle(ctx, vc, from, vc->cycle, NULL, tape, work, NULL, false);
     tape->begin = NULL; /* read only while recording */
     if (st != RB_OK) rb_arena_reset(&tape->mem, mark), tape->last = last; /* nothing half-recorded stays */
     return st;

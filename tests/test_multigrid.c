@@ -939,6 +939,231 @@ static void test_zero_start_matches_cycles(void **state)
     }
 }
 
+/* rb_vcycle_fmg. Oracle: full multigrid written out with the hierarchy's parts -- f_{l+1} = R f_l
+ * by rb_op_apply, the coarsest by vc->coarse_solve, then on each level up to `from` u_l = P u_{l+1}
+ * by rb_op_apply and the cycles by rb_vcycle_run -- u on level `from` bit for bit (rb_vcycle_fmg
+ * takes the interpolation into the first pre-smoothing pass and zeroes u first: NaN in it on entry
+ * changes nothing). 2D and 3D, V, W and F, 1 and 2 cycles per level, from levels 0 and 1, 1 and
+ * 2 threads, with and without pre-smoothing on the finest level. */
+static void test_vcycle_fmg_matches_written_out(void **state)
+{
+    rb_context *ctx = *state;
+    mg_setup cases[4] = {rbgs(2, 127, 2, 1), rbgs(2, 63, 1, 2), rbgs(3, 31, 1, 1), rbgs(2, 95, 1, 2)};
+    cases[1].cycle = RB_CYCLE_W, cases[2].cycle = RB_CYCLE_F, cases[3].omega = 1.15;
+    for (size_t c = 0; c < 4; c++) {
+        rb_mg_problem pb = {cases[c].dim, cases[c].n, NULL, 1.0};
+        rb_mg_options o = rb_mg_options_default(cases[c].dim);
+        o.pre = cases[c].pre, o.post = cases[c].post, o.cycle = cases[c].cycle;
+        if (cases[c].omega > 0) o.omega = cases[c].omega;
+        if (c == 3) o.fine_pre = 0, o.fine_post = 3;
+        rb_mg *mg;
+        RB_CHECK(ctx, rb_mg_create(ctx, &pb, &o, &mg));
+        const rb_vcycle *vc = rb_mg_vcycle(mg);
+        const size_t L = vc->nlevels;
+        rb_arena w = cycle_arena(ctx, mg);
+        for (size_t from = 0; from <= 1; from++)
+            for (int cycles = 1; cycles <= 2; cycles++)
+                for (int threads = 1; threads <= 2; threads++) {
+                    RB_CHECK(ctx, rb_context_set_threads(ctx, threads));
+                    rb_vlevel *lv = &vc->level[from];
+                    const size_t N = rb_tensor_count(&lv->u);
+                    rb_tensor f0, ref;
+                    RB_CHECK(ctx, rb_tensor_alloc(ctx, &f0, lv->u.shape));
+                    RB_CHECK(ctx, rb_tensor_alloc(ctx, &ref, lv->u.shape));
+                    random_rhs(&f0, 700 + 10 * c + from);
+                    /* written out */
+                    memcpy(lv->f.data, f0.data, N * sizeof(double));
+                    for (size_t l = from; l + 1 < L; l++)
+                        RB_CHECK(ctx, rb_op_apply(ctx, vc->level[l].R, &vc->level[l].f, &vc->level[l + 1].f, &w));
+                    RB_CHECK(ctx, vc->coarse_solve(ctx, vc->coarse_data, &vc->level[L - 1].f, &vc->level[L - 1].u));
+                    for (size_t l = L - 1; l-- > from;) {
+                        RB_CHECK(ctx, rb_op_apply(ctx, vc->level[l].P, &vc->level[l + 1].u, &vc->level[l].u, &w));
+                        for (int k = 0; k < cycles; k++) RB_CHECK(ctx, rb_vcycle_run(ctx, vc, l, &w));
+                    }
+                    memcpy(ref.data, lv->u.data, N * sizeof(double));
+                    /* in one call, from garbage in u and the coarser levels' f */
+                    memcpy(lv->f.data, f0.data, N * sizeof(double));
+                    for (size_t l = from; l < L; l++) {
+                        RB_CHECK(ctx, rb_tensor_fill(ctx, &vc->level[l].u, NAN));
+                        if (l > from) RB_CHECK(ctx, rb_tensor_fill(ctx, &vc->level[l].f, NAN));
+                    }
+                    RB_CHECK(ctx, rb_vcycle_fmg(ctx, vc, from, cycles, &w));
+                    size_t differ = 0;
+                    for (size_t i = 0; i < N; i++) differ += lv->u.data[i] != ref.data[i];
+                    if (differ != 0)
+                        fail_msg("case %zu (%dD %s), from %zu, %d cycles, %d threads: u differs at %zu points", c,
+                                 cases[c].dim, rb_cycle_name(cases[c].cycle), from, cycles, threads, differ);
+                    rb_tensor_release(ctx, &f0), rb_tensor_release(ctx, &ref);
+                }
+        print_message("rb_vcycle_fmg, %dD n = %zu %s(%d,%d)%s: written out bit for bit (from 0 and 1, 1-2 cycles, "
+                      "1-2 threads)\n", cases[c].dim, cases[c].n, rb_cycle_name(cases[c].cycle), cases[c].pre,
+                      cases[c].post, c == 3 ? " finest (0,3)" : "");
+        RB_CHECK(ctx, rb_context_set_threads(ctx, 1));
+        RB_EXPECT(ctx, RB_EINVAL, "from = 99", rb_vcycle_fmg(ctx, vc, 99, 1, &w));
+        RB_EXPECT(ctx, RB_EINVAL, "cycles = 0", rb_vcycle_fmg(ctx, vc, 0, 0, &w));
+        RB_EXPECT(ctx, RB_EINVAL, "cycles = 65", rb_vcycle_fmg(ctx, vc, 0, 65, &w));
+        RB_EXPECT(ctx, RB_ENULL, "hierarchy", rb_vcycle_fmg(ctx, NULL, 0, 1, &w));
+        rb_vcycle down = *vc;
+        down.cycle = RB_CYCLE_DOWN;
+        RB_EXPECT(ctx, RB_EINVAL, "down", rb_vcycle_fmg(ctx, &down, 0, 1, &w));
+        rb_arena_release(ctx, &w);
+        rb_mg_free(ctx, mg);
+    }
+}
+
+/* rb_vcycle_run_up: one cycle's up-leg alone. Oracle: rb_vcycle_run_norm, against the cycle run
+ * in parts -- the pre-smoothing steps by rb_residual_step, f_1 = R (f - A u) by rb_vlevel_residual
+ * and rb_op_apply, u_1 = 0 and rb_vcycle_run on level 1, then rb_vcycle_run_up: u bit for bit, the
+ * norm to 1e-13; without pre-smoothing on the finest level the up-leg also restricts its residual
+ * (*restricted, and level 1's f equals R (f - A u) written out), with pre-smoothing it does not. */
+static void test_vcycle_run_up_matches_cycle(void **state)
+{
+    rb_context *ctx = *state;
+    mg_setup cases[3] = {rbgs(2, 127, 1, 2), rbgs(2, 63, 2, 1), rbgs(3, 31, 1, 2)};
+    cases[1].cycle = RB_CYCLE_W;
+    for (size_t c = 0; c < 3; c++) {
+        rb_mg_problem pb = {cases[c].dim, cases[c].n, NULL, 1.0};
+        rb_mg_options o = rb_mg_options_default(cases[c].dim);
+        o.pre = cases[c].pre, o.post = cases[c].post, o.cycle = cases[c].cycle;
+        if (c != 1) o.fine_pre = 0, o.fine_post = 3;
+        rb_mg *mg;
+        RB_CHECK(ctx, rb_mg_create(ctx, &pb, &o, &mg));
+        const rb_vcycle *vc = rb_mg_vcycle(mg);
+        rb_vlevel *top = &vc->level[0], *l1 = &vc->level[1];
+        const size_t N = rb_tensor_count(&top->u), N1 = rb_tensor_count(&l1->u);
+        rb_arena w = cycle_arena(ctx, mg);
+        rb_tensor u0, ref, r1;
+        RB_CHECK(ctx, rb_tensor_alloc(ctx, &u0, top->u.shape));
+        RB_CHECK(ctx, rb_tensor_alloc(ctx, &ref, top->u.shape));
+        RB_CHECK(ctx, rb_tensor_alloc(ctx, &r1, l1->u.shape));
+        rb_test_rng r = {811 + c};
+        rb_test_fill(&r, &u0, -1.0, 1.0);
+        random_rhs(&top->f, 813 + c);
+        double want, got;
+        memcpy(top->u.data, u0.data, N * sizeof(double));
+        RB_CHECK(ctx, rb_vcycle_run_norm(ctx, vc, 0, &want, &w));
+        memcpy(ref.data, top->u.data, N * sizeof(double));
+        memcpy(top->u.data, u0.data, N * sizeof(double));
+        for (size_t s = 0; s < top->npre; s++)
+            RB_CHECK(ctx, rb_residual_step(ctx, top->pre[s].F, top->pre[s].h, &top->u, &top->u, &w));
+        RB_CHECK(ctx, rb_vlevel_residual(ctx, top, &w));
+        RB_CHECK(ctx, rb_op_apply(ctx, top->R, &top->r, &l1->f, &w));
+        RB_CHECK(ctx, rb_tensor_fill(ctx, &l1->u, 0.0));
+        RB_CHECK(ctx, rb_vcycle_run(ctx, vc, 1, &w));
+        if (vc->cycle == RB_CYCLE_W && vc->nlevels > 2) RB_CHECK(ctx, rb_vcycle_run(ctx, vc, 1, &w)); /* W visits twice */
+        bool restricted = c == 1; /* (an entry value it must not keep) */
+        RB_CHECK(ctx, rb_vcycle_run_up(ctx, vc, 0, &got, &restricted, &w));
+        size_t differ = 0;
+        for (size_t i = 0; i < N; i++) differ += top->u.data[i] != ref.data[i];
+        double dr = 0.0;
+        if (restricted) { /* level 1's f against R (f - A u) written out */
+            memcpy(r1.data, l1->f.data, N1 * sizeof(double));
+            RB_CHECK(ctx, rb_vlevel_residual(ctx, top, &w));
+            RB_CHECK(ctx, rb_op_apply(ctx, top->R, &top->r, &l1->f, &w));
+            for (size_t i = 0; i < N1; i++) dr = fmax(dr, fabs(r1.data[i] - l1->f.data[i]));
+        }
+        print_message("rb_vcycle_run_up, %dD n = %zu %s, finest pre %zu: u differs at %zu points, norm %.1e, "
+                      "restricted %d (|R r - f_1| %.1e)\n", cases[c].dim, cases[c].n, rb_cycle_name(cases[c].cycle),
+                      top->npre, differ, fabs(got - want) / want, (int)restricted, dr);
+        if (differ != 0 || !(fabs(got - want) <= 1e-13 * want) || restricted != (top->npre == 0) || !(dr <= 1e-13))
+            fail_msg("case %zu: the up-leg differs from the cycle's", c);
+        RB_EXPECT(ctx, RB_EINVAL, "below the coarsest", rb_vcycle_run_up(ctx, vc, vc->nlevels - 1, &got, &restricted, &w));
+        RB_EXPECT(ctx, RB_ENULL, "norm", rb_vcycle_run_up(ctx, vc, 0, NULL, &restricted, &w));
+        RB_EXPECT(ctx, RB_ENULL, "restricted", rb_vcycle_run_up(ctx, vc, 0, &got, NULL, &w));
+        rb_arena_release(ctx, &w);
+        rb_tensor_release(ctx, &u0), rb_tensor_release(ctx, &ref), rb_tensor_release(ctx, &r1);
+        rb_mg_free(ctx, mg);
+    }
+}
+
+/* rb_mg_options.fmg_start. Oracles: (1) the same first cycle run apart on the hierarchy's plain
+ * cycle -- f_1 = R f, rb_vcycle_fmg on level 1, rb_vcycle_run_up on level 0, then
+ * rb_vcycle_run_next -- u at every point, for the split 2D solve (its grids converted, its kernels
+ * the split ones), the plain 2D and 3D; (2) LAPACK dpbsv to 1e-10 (solved to 1e-13); (3) from a
+ * nonzero u the option changes nothing (bit for bit). And what it is for: on -Laplace u = 1,
+ * n = 1023, RB-GS V(1,2) over the finest level's (0,3), omega = 1.14 (bench/RESULTS.md), the
+ * first residual falls below half the zero start's and 1e-8 is reached in 4 cycles instead of 5. */
+static void test_fmg_start(void **state)
+{
+    rb_context *ctx = *state;
+    for (int c = 0; c < 4; c++) {
+        const int d = c == 2 ? 3 : 2;
+        rb_mg_problem pb = {d, d == 2 ? 127 : 31, NULL, 1.0};
+        rb_mg_options o = rb_mg_options_default(d);
+        o.pre = 1, o.post = 2, o.omega = 1.15, o.fine_pre = 0, o.fine_post = 3, o.plain_fine = c == 1;
+        if (c == 3) o.fine_pre = -1, o.fine_post = -1; /* pre-smoothing on the finest level: skipped in the first cycle */
+        o.fmg_start = true;
+        rb_mg *mg;
+        RB_CHECK(ctx, rb_mg_create(ctx, &pb, &o, &mg));
+        rb_tensor f = grid_tensor(ctx, mg), u = grid_tensor(ctx, mg);
+        random_rhs(&f, 911 + (uint64_t)c);
+        rb_mg_report rep;
+        RB_CHECK(ctx, rb_tensor_fill(ctx, &u, 0.0));
+        RB_CHECK(ctx, rb_mg_solve(ctx, mg, &f, &u, 1e-9, 50, &rep));
+        const rb_vcycle *vc = rb_mg_vcycle(mg);
+        rb_vlevel *top = &vc->level[0];
+        const size_t N = rb_tensor_count(&f);
+        memcpy(top->f.data, f.data, N * sizeof(double));
+        memset(top->u.data, 0, N * sizeof(double));
+        rb_arena w = cycle_arena(ctx, mg);
+        bool restricted = false;
+        double nrm;
+        RB_CHECK(ctx, rb_op_apply(ctx, top->R, &top->f, &vc->level[1].f, &w));
+        RB_CHECK(ctx, rb_vcycle_fmg(ctx, vc, 1, 1, &w));
+        RB_CHECK(ctx, rb_vcycle_run_up(ctx, vc, 0, &nrm, &restricted, &w));
+        double f2 = 0.0;
+        for (size_t i = 0; i < N; i++) f2 += f.data[i] * f.data[i];
+        const double first = nrm / sqrt(f2);
+        for (int k = 1; k < rep.cycles; k++) RB_CHECK(ctx, rb_vcycle_run_next(ctx, vc, 0, &nrm, &restricted, &w));
+        size_t differ = 0;
+        for (size_t i = 0; i < N; i++) differ += top->u.data[i] != u.data[i];
+        print_message("%dD n = %zu%s, FMG start: %d cycles, first residual %.3e (run apart %.3e), u differs at %zu "
+                      "points from the cycles run apart\n", d, pb.n, c == 1 ? " (plain grids)" : d == 2 ? " (split grids)" : "",
+                      rep.cycles, rep.history[1], first, differ);
+        if (differ != 0 || !(fabs(first - rep.history[1]) <= 1e-12 * first))
+            fail_msg("case %d: the FMG start differs from its parts", c);
+        double err = versus_lapack(ctx, mg, false, c == 0, 1e-13, 921 + (uint64_t)c);
+        print_message("  against LAPACK dpbsv: %.2e (<= 1e-10)\n", err);
+        if (!(err <= 1e-10)) fail_msg("case %d: %.3g from LAPACK", c, err);
+        /* from a nonzero u: as without the option */
+        rb_tensor u2 = grid_tensor(ctx, mg);
+        rb_test_rng r = {931 + (uint64_t)c};
+        rb_test_fill(&r, &u, -1.0, 1.0);
+        memcpy(u2.data, u.data, N * sizeof(double));
+        RB_CHECK(ctx, rb_mg_solve(ctx, mg, &f, &u, 1e-9, 50, &rep));
+        rb_mg *plain_mg;
+        o.fmg_start = false;
+        RB_CHECK(ctx, rb_mg_create(ctx, &pb, &o, &plain_mg));
+        RB_CHECK(ctx, rb_mg_solve(ctx, plain_mg, &f, &u2, 1e-9, 50, &rep));
+        differ = 0;
+        for (size_t i = 0; i < N; i++) differ += u.data[i] != u2.data[i];
+        if (differ != 0) fail_msg("case %d: from a nonzero u the FMG start changed u at %zu points", c, differ);
+        rb_mg_free(ctx, plain_mg);
+        rb_arena_release(ctx, &w);
+        rb_tensor_release(ctx, &f), rb_tensor_release(ctx, &u), rb_tensor_release(ctx, &u2);
+        rb_mg_free(ctx, mg);
+    }
+    /* the benchmark's problem */
+    rb_mg_problem pb = {2, 1023, NULL, 1.0};
+    rb_mg_report rep[2];
+    for (int fmg = 0; fmg < 2; fmg++) {
+        rb_mg_options o = rb_mg_options_default(2);
+        o.pre = 1, o.post = 2, o.omega = 1.14, o.fine_pre = 0, o.fine_post = 3, o.fmg_start = fmg == 1;
+        rb_mg *mg;
+        RB_CHECK(ctx, rb_mg_create(ctx, &pb, &o, &mg));
+        rb_tensor f = grid_tensor(ctx, mg), u = grid_tensor(ctx, mg);
+        RB_CHECK(ctx, rb_tensor_fill(ctx, &f, 1.0));
+        RB_CHECK(ctx, rb_tensor_fill(ctx, &u, 0.0));
+        RB_CHECK(ctx, rb_mg_solve(ctx, mg, &f, &u, 1e-8, 50, &rep[fmg]));
+        rb_tensor_release(ctx, &f), rb_tensor_release(ctx, &u);
+        rb_mg_free(ctx, mg);
+    }
+    print_message("-Laplace u = 1, 2D n = 1023: first residual %.3e from zero, %.3e FMG start; 1e-8 in %d and %d cycles\n",
+                  rep[0].history[1], rep[1].history[1], rep[0].cycles, rep[1].cycles);
+    if (!(rep[1].history[1] <= 0.5 * rep[0].history[1]) || rep[0].cycles != 5 || rep[1].cycles != 4)
+        fail_msg("the FMG start did not save a cycle");
+}
+
 /* The finest level smoothed apart (fine_pre = 0, fine_post = 3 over coarse V(1,2)): oracle
  * LAPACK dpbsv, 2D (its finest grid split) and 3D, to 1e-10. */
 static void test_fine_smoothing_versus_lapack(void **state)
@@ -1209,6 +1434,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cycle_chain_matches_separate, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_fine_smoothing_versus_lapack, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_zero_start_matches_cycles, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_vcycle_fmg_matches_written_out, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_vcycle_run_up_matches_cycle, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_fmg_start, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_fmg_reaches_discretisation_accuracy, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_pcg_versus_lapack, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_setup_once_many_rhs, rb_test_setup, rb_test_teardown),

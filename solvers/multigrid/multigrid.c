@@ -110,7 +110,7 @@ rb_status rb_cycle_parse(rb_context *ctx, const char *name, rb_cycle *c)
 rb_mg_options rb_mg_options_default(int dim)
 {
     (void)dim;
-    rb_mg_options o = {RB_SMOOTHER_RBGS, 0.0, 2, 1, RB_CYCLE_V, 7, 0.3, RB_COARSE_GALERKIN, -1, -1, false};
+    rb_mg_options o = {RB_SMOOTHER_RBGS, 0.0, 2, 1, RB_CYCLE_V, 7, 0.3, RB_COARSE_GALERKIN, -1, -1, false, false};
     return o;
 }
 
@@ -878,11 +878,18 @@ rb_status rb_mg_solve(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor 
     if (st != RB_OK) return st;
     rep->history[0] = rep->rel_residual = r0 / fn;
     bool restricted = false; /* whether level 1's f holds R (f - A u) (rb_vcycle_run_next) */
-    if (!u_nonzero && vc->nlevels > 1 && top->npre == 0 && top->Pi == NULL) {
+    const bool fmg_start = mg->opt.fmg_start && !u_nonzero && vc->nlevels > 1 && top->Pi == NULL;
+    if (fmg_start || (!u_nonzero && vc->nlevels > 1 && top->npre == 0 && top->Pi == NULL)) {
         /* from u = 0 the first cycle's restriction is R f: no residual pass (the same numbers) */
         st = rb_op_apply(ctx, top->R, &top->f, &vc->level[1].f, &mg->work);
         if (st != RB_OK) return st;
         restricted = true;
+    }
+    if (fmg_start) { /* the first cycle: level 1 solves R f by full multigrid, then the finest level's up-leg */
+        double rn;
+        st = rb_vcycle_fmg(ctx, vc, 1, 1, &mg->work);
+        if (st == RB_OK) st = rb_vcycle_run_up(ctx, vc, 0, &rn, &restricted, &mg->work);
+        if (st == RB_OK) st = rb_mg_report_record(ctx, rep, rn / fn, "multigrid");
     }
     while (st == RB_OK && rep->rel_residual > tol && rep->cycles < max_cycles) {
         double rn;
@@ -940,15 +947,9 @@ rb_status rb_mg_fmg(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor *u
         return rb_fail(ctx, RB_EINVAL, "rb_mg_fmg: cycles_per_level = %d, must be 1..64", cycles_per_level);
     rb_mg_report local, *rep = report ? report : &local;
     rb_mg_report_begin(rep);
-    size_t n = rb_tensor_count(f), L = mg->nlevels;
+    size_t n = rb_tensor_count(f);
     memcpy(mg->level[0].f.data, f->data, n * sizeof(double));
-    for (size_t l = 0; l + 1 < L && st == RB_OK; l++)
-        st = rb_op_apply(ctx, mg->R[l], &mg->level[l].f, &mg->level[l + 1].f, &mg->work);
-    if (st == RB_OK) st = coarse_solve(ctx, mg, &mg->level[L - 1].f, &mg->level[L - 1].u);
-    for (size_t l = L - 1; l-- > 0 && st == RB_OK;) {
-        st = rb_op_apply(ctx, mg->P[l], &mg->level[l + 1].u, &mg->level[l].u, &mg->work);
-        for (int c = 0; c < cycles_per_level && st == RB_OK; c++) st = rb_vcycle_run(ctx, &mg->vc, l, &mg->work);
-    }
+    st = rb_vcycle_fmg(ctx, &mg->vc, 0, cycles_per_level, &mg->work);
     double fn = norm2(f->data, n), rn = 0;
     if (st == RB_OK) st = residual_norm(ctx, mg, &mg->level[0].u, f, &rn);
     if (st != RB_OK) return st;
