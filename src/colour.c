@@ -331,7 +331,7 @@ rb_status rb_colour_sweep_pass(rb_context *ctx, const rb_op *op, double h, rb_te
     if (split && (k.cls != NULL || k.dims != 2)) return RB_OK; /* the split rows: 2D star kernel only */
     k.split = split;
     if (split) k.b = split_b;
-    rb_redblack_first first = {.csplit = split && coarse_split};
+    rb_redblack_first first = {.csplit = split && coarse_split, .assign = pass->assign};
     if (pass->P != NULL) {
         if (!rb_transfer_prolong_plan(pass->P, pass->c->shape, u->shape, &first.g)) return RB_OK;
         first.w = pass->P->params, first.c = pass->c->data;

@@ -79,12 +79,13 @@ bool rb_transfer_prolong_add(rb_context *ctx, const rb_op *P, const rb_tensor *c
 
 /* Its pieces, for the red-black wavefront's first stage (redblack.c): whether P maps the
  * coarse shape onto the fine one as such a prolongation (filling its geometry), and
- * fine line l of sample n (a row in 2D, a plane in 3D) += (P coarse) there; split: the fine
+ * fine line l of sample n (a row in 2D, a plane in 3D) += (P coarse) there (add), or = (P
+ * coarse) (!add: the line's values before are not read); split: the fine
  * rows are stored even points first, then odd ones (xsplit.h), the same sums; csplit (with
  * split): the coarse rows too. */
 bool rb_transfer_prolong_plan(const rb_op *P, rb_shape coarse, rb_shape fine, rb_conv_geom *g);
-void rb_transfer_prolong_add_line(const rb_conv_geom *g, int dims, const double *w, const double *coarse, size_t n,
-                                  size_t l, double *fine_line, bool split, bool csplit);
+void rb_transfer_prolong_line(const rb_conv_geom *g, int dims, const double *w, const double *coarse, size_t n,
+                              size_t l, double *fine_line, bool add, bool split, bool csplit);
 
 /* coarse = R (f - A u) in one pass, for a stencil A that rb_stencil_any_init takes and a
  * plain conv R that rb_transfer_fast_apply handles. Scratch: residual lines from work

@@ -584,9 +584,9 @@ static void stage(const rb_redblack *k, then_run *r, size_t s, int colour0, int 
     if (k->first != NULL && st-- == 0) {
         const rb_redblack_first *p = k->first;
         const size_t len = k->dims == 2 ? k->w : k->h * k->w;
-        rb_transfer_prolong_add_line(&p->g, k->dims, p->w, p->c, s, (size_t)l,
-                                     k->u + (s * (k->dims == 2 ? k->h : k->d) + (size_t)l) * len, k->split,
-                                     k->split && p->csplit);
+        rb_transfer_prolong_line(&p->g, k->dims, p->w, p->c, s, (size_t)l,
+                                 k->u + (s * (k->dims == 2 ? k->h : k->d) + (size_t)l) * len, !p->assign, k->split,
+                                 k->split && p->csplit);
     } else if (st < steps) {
         line(k, s, colour0, st, (size_t)l);
     } else {

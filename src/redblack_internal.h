@@ -54,12 +54,13 @@ typedef struct rb_redblack_then {
 } rb_redblack_then;
 
 /* An optional first stage of a run (one line ahead of the first colour step): the
- * coarse-grid correction u += P c, line by line (rb_transfer_prolong_add_line). */
+ * coarse-grid correction u += P c, or u = P c (assign), line by line (rb_transfer_prolong_line). */
 typedef struct rb_redblack_first {
     rb_conv_geom g;        /* P's geometry */
     const double *w;       /* P->params */
     const double *c;       /* the coarse grid */
     bool csplit;           /* with a split kernel (rb_redblack.split): the coarse grid stored split too */
+    bool assign;           /* u = P c: u's values before are not read */
 } rb_redblack_first;
 
 /* The class kernel's view of a Jacobi base J = D^{-1} (b - A u) (see rb_redblack_class_init):

@@ -151,6 +151,7 @@ rb_status rb_residual_step_pass(rb_context *ctx, const rb_op *F, double h, rb_te
     if (pass == NULL) return rb_fail(ctx, RB_ENULL, "rb_residual_step_pass: pass is NULL");
     if ((pass->P == NULL) != (pass->c == NULL))
         return rb_fail(ctx, RB_EINVAL, "rb_residual_step_pass: pass->P and pass->c go together");
+    if (pass->assign && pass->P == NULL) return rb_fail(ctx, RB_EINVAL, "rb_residual_step_pass: pass->assign without pass->P");
     if (pass->c != NULL) st = rb_tensor_check(ctx, pass->c, "rb_residual_step_pass: pass->c");
     if (st != RB_OK) return st;
     if (pass->A != NULL) {

@@ -307,15 +307,15 @@ bool rb_transfer_prolong_add(rb_context *ctx, const rb_op *P, const rb_tensor *c
     return true;
 }
 
-void rb_transfer_prolong_add_line(const rb_conv_geom *g, int dims, const double *w, const double *coarse, size_t n,
-                                  size_t l, double *fine_line, bool split, bool csplit)
+void rb_transfer_prolong_line(const rb_conv_geom *g, int dims, const double *w, const double *coarse, size_t n,
+                              size_t l, double *fine_line, bool add, bool split, bool csplit)
 {
     if (dims == 2) {
-        prolong_fine_row(g, 2, w, coarse, n, 0, l, fine_line, true, split, csplit);
+        prolong_fine_row(g, 2, w, coarse, n, 0, l, fine_line, add, split, csplit);
         return;
     }
     for (size_t py = 0; py < g->fh; py++)
-        prolong_fine_row(g, 3, w, coarse, n, l, py, fine_line + py * g->fw, true, split, csplit);
+        prolong_fine_row(g, 3, w, coarse, n, l, py, fine_line + py * g->fw, add, split, csplit);
 }
 
 /* ---- the residual, restricted in one pass ----------------------------------------------------- */

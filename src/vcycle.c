@@ -185,10 +185,15 @@ static rb_status restrict_taped(rb_context *ctx, rb_vlevel *lv, rb_vlevel *coars
     return RB_OK;
 }
 
+/* What a smoothing side does before its steps: nothing, u += P u_{l+1} (the coarse-grid
+ * correction), or u = P u_{l+1} (full multigrid's interpolation; u's values are not read). */
+typedef enum { P_NONE, P_ADD, P_SET } prolong_kind;
+
 /* u += P u_coarse: in one pass where a fast prolongation takes P, else P u_coarse
- * into r (as scratch), then added. */
-static rb_status correct(rb_context *ctx, rb_vlevel *lv, const rb_vlevel *coarse, rb_arena *work)
+ * into r (as scratch), then added. assign: u = P u_coarse. */
+static rb_status correct(rb_context *ctx, rb_vlevel *lv, const rb_vlevel *coarse, bool assign, rb_arena *work)
 {
+    if (assign) return rb_op_apply(ctx, lv->P, &coarse->u, &lv->u, work);
     if (rb_transfer_prolong_add(ctx, lv->P, &coarse->u, &lv->u)) return RB_OK;
     rb_status st = rb_op_apply(ctx, lv->P, &coarse->u, &lv->r, work);
     if (st == RB_OK) st = rb_tensor_axpy(ctx, 1.0, &lv->r, &lv->u);
@@ -235,19 +240,19 @@ static rb_status level_norm(rb_context *ctx, rb_vlevel *lv, const double *s2, do
 }
 
 /* The smoothing steps of one side of level l, with what the cycle does around them:
- * u += P u_{l+1} before them (prolong), f_{l+1} = R (f - A u) after them (restrict_res),
+ * u += P u_{l+1} or u = P u_{l+1} before them (prolong), f_{l+1} = R (f - A u) after them (restrict_res),
  * ||f - A u|| after them (norm != NULL). The first and the last step take these into
  * their own pass over the grid where their operator's type can (rb_residual_step_pass),
  * else they run as separate calls. */
 static rb_status smooth(rb_context *ctx, rb_vlevel *lv, rb_vlevel *coarse, const rb_vstep *steps, size_t count,
-                        bool prolong, bool restrict_res, double *norm, size_t l, rb_vtape *tape, rb_arena *work)
+                        prolong_kind prolong, bool restrict_res, double *norm, size_t l, rb_vtape *tape, rb_arena *work)
 {
     rb_status st = RB_OK;
     bool after = restrict_res || norm != NULL, s2_valid = false;
     double s2 = 0.0;
     if (tape != NULL) { /* taped: the separate calls, each recorded */
         if (prolong) st = record_copy(ctx, tape, REC_CORRECT, l, &coarse->u, NULL);
-        if (st == RB_OK && prolong) st = correct(ctx, lv, coarse, work);
+        if (st == RB_OK && prolong) st = correct(ctx, lv, coarse, prolong == P_SET, work);
         for (size_t s = 0; s < count && st == RB_OK; s++) {
             st = record_copy(ctx, tape, REC_STEP, l, &lv->u, &steps[s]);
             if (st == RB_OK) st = rb_residual_step(ctx, steps[s].F, steps[s].h, &lv->u, &lv->u, work);
@@ -257,7 +262,7 @@ static rb_status smooth(rb_context *ctx, rb_vlevel *lv, rb_vlevel *coarse, const
     }
     for (size_t s = 0; s < count && st == RB_OK; s++) {
         rb_residual_pass pass = {0};
-        if (prolong) pass.P = lv->P, pass.c = &coarse->u;
+        if (prolong) pass.P = lv->P, pass.c = &coarse->u, pass.assign = prolong == P_SET;
         if (s + 1 == count && after) {
             pass.A = lv->A, pass.f = &lv->f, pass.norm2 = norm != NULL ? &s2 : NULL;
             if (restrict_res) pass.R = lv->R, pass.coarse = &coarse->f;
@@ -265,14 +270,14 @@ static rb_status smooth(rb_context *ctx, rb_vlevel *lv, rb_vlevel *coarse, const
         bool done = false;
         if (pass.P != NULL || pass.A != NULL) st = rb_residual_step_pass(ctx, steps[s].F, steps[s].h, &lv->u, &pass, &done, work);
         if (st != RB_OK || done) {
-            prolong = false;
+            prolong = P_NONE;
             if (pass.A != NULL) after = false, s2_valid = norm != NULL;
             continue;
         }
-        if (prolong) st = correct(ctx, lv, coarse, work), prolong = false;
+        if (prolong) st = correct(ctx, lv, coarse, prolong == P_SET, work), prolong = P_NONE;
         if (st == RB_OK) st = rb_residual_step(ctx, steps[s].F, steps[s].h, &lv->u, &lv->u, work);
     }
-    if (st == RB_OK && prolong) st = correct(ctx, lv, coarse, work); /* no steps */
+    if (st == RB_OK && prolong) st = correct(ctx, lv, coarse, prolong == P_SET, work); /* no steps */
     if (st == RB_OK && after && restrict_res) st = restrict_residual(ctx, lv, coarse, work);
     if (st == RB_OK && norm != NULL) st = level_norm(ctx, lv, s2_valid ? &s2 : NULL, norm, work);
     return st;
@@ -285,13 +290,13 @@ static bool chains(const rb_vlevel *lv, rb_cycle kind, const rb_vtape *tape)
     return lv->npre == 0 && lv->Pi == NULL && tape == NULL && kind != RB_CYCLE_DOWN;
 }
 
-/* The up-leg on level l below the coarsest: u += P u_{l+1}, then the post-smoothing (and the
- * norm; chained: f_{l+1} = R (f - A u) for the next cycle, then *ready = true). */
-static rb_status up(rb_context *ctx, const rb_vcycle *vc, size_t l, double *norm, rb_vtape *tape, rb_arena *work,
-                    bool chain, bool *ready)
+/* The up-leg on level l below the coarsest: u += P u_{l+1} (assign: u = P u_{l+1}), then the
+ * post-smoothing (and the norm; chained: f_{l+1} = R (f - A u) for the next cycle, then *ready = true). */
+static rb_status up(rb_context *ctx, const rb_vcycle *vc, size_t l, bool assign, double *norm, rb_vtape *tape,
+                    rb_arena *work, bool chain, bool *ready)
 {
     rb_vlevel *lv = &vc->level[l];
-    rb_status st = smooth(ctx, lv, &vc->level[l + 1], lv->post, lv->npost, true, chain, norm, l, tape, work);
+    rb_status st = smooth(ctx, lv, &vc->level[l + 1], lv->post, lv->npost, assign ? P_SET : P_ADD, chain, norm, l, tape, work);
     if (st == RB_OK && chain) *ready = true;
     return st;
 }
@@ -299,8 +304,8 @@ static rb_status up(rb_context *ctx, const rb_vcycle *vc, size_t l, double *norm
 /* One cycle on level l; norm != NULL: also ||f - A u|| of level l afterwards;
  * tape != NULL: recording what rb_vcycle_backward needs. ready != NULL (rb_vcycle_run_next):
  * level l without pre-smoothing or projection takes f_{l+1} as it is if *ready, and its last
- * pass restricts the new residual for the next cycle (then *ready = true). interp: u += P u_{l+1}
- * first, ahead of the pre-smoothing (full multigrid's interpolation; u zeroed before). */
+ * pass restricts the new residual for the next cycle (then *ready = true). interp: u = P u_{l+1}
+ * first, ahead of the pre-smoothing (full multigrid's interpolation; u's values are not read). */
 static rb_status cycle(rb_context *ctx, const rb_vcycle *vc, size_t l, rb_cycle kind, double *norm, rb_vtape *tape,
                        rb_arena *work, bool *ready, bool interp)
 {
@@ -308,7 +313,7 @@ static rb_status cycle(rb_context *ctx, const rb_vcycle *vc, size_t l, rb_cycle 
     if (l + 1 == vc->nlevels) {
         rb_status st = RB_OK;
         if (vc->coarse_solve == NULL) { /* smoothed, not solved */
-            st = smooth(ctx, lv, NULL, lv->pre, lv->npre, false, false, NULL, l, tape, work);
+            st = smooth(ctx, lv, NULL, lv->pre, lv->npre, P_NONE, false, NULL, l, tape, work);
         } else {
             if (tape != NULL && record(ctx, tape, REC_COARSE, l, 0, 0) == NULL) return rb_context_last_status(ctx);
             st = vc->coarse_solve(ctx, vc->coarse_data, &lv->f, &lv->u);
@@ -319,7 +324,8 @@ static rb_status cycle(rb_context *ctx, const rb_vcycle *vc, size_t l, rb_cycle 
     const bool chain = ready != NULL && chains(lv, kind, tape);
     if (ready != NULL && !chain) *ready = false;
     /* pre-smoothing, then f_{l+1} = R (f - A u) (already there: the last cycle's last pass) */
-    rb_status st = chain && *ready ? RB_OK : smooth(ctx, lv, coarse, lv->pre, lv->npre, interp, true, NULL, l, tape, work);
+    rb_status st = chain && *ready ? RB_OK
+                                   : smooth(ctx, lv, coarse, lv->pre, lv->npre, interp ? P_SET : P_NONE, true, NULL, l, tape, work);
     if (chain) *ready = false;
     if (st == RB_OK) st = start_coarse(ctx, lv, coarse, tape, work); /* u_{l+1} = 0 (or Pi u) */
     if (st != RB_OK) return st;
@@ -336,16 +342,18 @@ static rb_status cycle(rb_context *ctx, const rb_vcycle *vc, size_t l, rb_cycle 
         st = cycle(ctx, vc, l + 1, RB_CYCLE_F, NULL, tape, work, NULL, false);
         if (st == RB_OK && l + 2 < vc->nlevels) st = cycle(ctx, vc, l + 1, RB_CYCLE_V, NULL, tape, work, NULL, false);
     }
-    return st == RB_OK ? up(ctx, vc, l, norm, tape, work, chain, ready) : st;
+    return st == RB_OK ? up(ctx, vc, l, false, norm, tape, work, chain, ready) : st;
 }
 
 /* Full multigrid on level l for its f (u_l is output): f_{l+1} = R f_l, the same on level l+1,
  * then u_l = P u_{l+1} and `cycles` cycles; the coarsest level is solved (or smoothed from 0). */
 static rb_status fmg(rb_context *ctx, const rb_vcycle *vc, size_t l, int cycles, rb_arena *work)
 {
+    if (l + 1 == vc->nlevels) { /* solved, or smoothed from 0 */
+        zero(ctx, &vc->level[l].u);
+        return cycle(ctx, vc, l, vc->cycle, NULL, NULL, work, NULL, false);
+    }
     rb_vlevel *lv = &vc->level[l];
-    zero(ctx, &lv->u);
-    if (l + 1 == vc->nlevels) return cycle(ctx, vc, l, vc->cycle, NULL, NULL, work, NULL, false);
     rb_status st = rb_op_apply(ctx, lv->R, &lv->f, &vc->level[l + 1].f, work);
     if (st == RB_OK) st = fmg(ctx, vc, l + 1, cycles, work);
     for (int c = 0; c < cycles && st == RB_OK; c++) st = cycle(ctx, vc, l, vc->cycle, NULL, NULL, work, NULL, c == 0);
@@ -468,8 +476,8 @@ rb_status rb_vcycle_fmg(rb_context *ctx, const rb_vcycle *vc, size_t from, int c
     return fmg(ctx, vc, from, cycles, work);
 }
 
-rb_status rb_vcycle_run_up(rb_context *ctx, const rb_vcycle *vc, size_t from, double *norm, bool *restricted,
-                           rb_arena *work)
+rb_status rb_vcycle_run_up(rb_context *ctx, const rb_vcycle *vc, size_t from, bool assign, double *norm,
+                           bool *restricted, rb_arena *work)
 {
     if (ctx == NULL) return RB_ENULL;
     if (vc == NULL || vc->level == NULL) return rb_fail(ctx, RB_ENULL, "rb_vcycle_run_up: hierarchy is NULL");
@@ -482,7 +490,7 @@ rb_status rb_vcycle_run_up(rb_context *ctx, const rb_vcycle *vc, size_t from, do
         return rb_fail(ctx, RB_EINVAL, "rb_vcycle_run_up: a %s cycle brings nothing back up", rb_cycle_name(vc->cycle));
     *restricted = false;
     const bool chain = chains(&vc->level[from], vc->cycle, NULL);
-    rb_status st = up(ctx, vc, from, norm, NULL, work, chain, restricted);
+    rb_status st = up(ctx, vc, from, assign, norm, NULL, work, chain, restricted);
     if (st != RB_OK) *restricted = false;
     return st;
 }

@@ -30,7 +30,8 @@ static double max_abs_diff(const double *a, const double *b, size_t n)
     double d = 0.0;
     for (size_t i = 0; i < n; i++) {
         double e = fabs(a[i] - b[i]);
-        if (!(e <= d)) d = e;
+        if (isnan(e)) return NAN;
+        if (e > d) d = e;
     }
     return d;
 }
@@ -508,6 +509,7 @@ static void check_split_pass(rb_context *ctx, const rb_op *G, double omega, cons
     RB_CHECK(ctx, rb_tensor_alloc(ctx, &back, fs));
     RB_CHECK(ctx, rb_xsplit(ctx, f, &fsplit, true));
     RB_CHECK(ctx, rb_xsplit(ctx, x, &us, true));
+    if (plain->assign && takes) rb_tensor_fill(ctx, &us, NAN); /* u = P c: not read */
     RB_CHECK(ctx, rb_op_xsplit_rhs(ctx, Gs, &fsplit, (rb_tensor *)f)); /* (f: the plain rhs G's Jacobi op reads) */
     rb_residual_pass pass = *plain;
     double t2 = -1.0;
@@ -587,8 +589,9 @@ static void test_sweep_pass_vs_reference(void **state)
             }
             rb_op *R = random_transfer(ctx, dims, false, 85 + si), *P = random_transfer(ctx, dims, true, 86 + si);
             rb_tensor f = alloc_random(ctx, fs, 87 + si), x = alloc_random(ctx, fs, 89 + si);
-            rb_tensor cu = alloc_random(ctx, cs, 90 + si), xp, u1, u2, yc;
+            rb_tensor cu = alloc_random(ctx, cs, 90 + si), xp, pc, u1, u2, yc;
             RB_CHECK(ctx, rb_tensor_alloc(ctx, &xp, fs));
+            RB_CHECK(ctx, rb_tensor_alloc(ctx, &pc, fs));
             RB_CHECK(ctx, rb_tensor_alloc(ctx, &u1, fs));
             RB_CHECK(ctx, rb_tensor_alloc(ctx, &u2, fs));
             RB_CHECK(ctx, rb_tensor_alloc(ctx, &yc, cs));
@@ -607,7 +610,7 @@ static void test_sweep_pass_vs_reference(void **state)
             RB_CHECK(ctx, rb_conv_geometry(ctx, R, fs, &g, &out));
             RB_CHECK(ctx, rb_conv_geometry(ctx, P, cs, &gp, &out));
             rb_conv_scatter(1, rb_conv_state_of(P), &gp, P->params, NULL, cu.data, 1.0, 0.0, r);
-            for (size_t i = 0; i < nf; i++) xp.data[i] = x.data[i] + r[i]; /* x + P c */
+            for (size_t i = 0; i < nf; i++) xp.data[i] = x.data[i] + r[i], pc.data[i] = r[i]; /* x + P c, P c */
             for (int sweeps = 1; sweeps <= 2; sweeps++)
                 for (int order = 0; order < 2; order++) {
                     if (kind == 4 && (sweeps == 2 || order == 1)) continue; /* (the sweeps' variants: test_colour) */
@@ -618,8 +621,8 @@ static void test_sweep_pass_vs_reference(void **state)
                     RB_CHECK(ctx, rb_op_colour_sweep_create(ctx, cols, ncol, omega, sweeps, &G));
                     rb_arena work = {0};
                     RB_CHECK(ctx, rb_arena_reserve(ctx, &work, rb_transfer_restrict_residual_workspace(A, R, fs) + 4096));
-                    for (int with_p = 0; with_p < 2; with_p++) {
-                        rb_tensor_copy(ctx, with_p ? &xp : &x, &u1);
+                    for (int with_p = 0; with_p < 3; with_p++) { /* no P, u += P c, u = P c (assign) */
+                        rb_tensor_copy(ctx, with_p == 2 ? &pc : with_p ? &xp : &x, &u1);
                         RB_CHECK(ctx, rb_residual_step(ctx, G, omega, &u1, &u1, &work));
                         if (kind < 3) {
                             gather_ref(ctx, A, &u1, r);
@@ -636,10 +639,11 @@ static void test_sweep_pass_vs_reference(void **state)
                                 if (!with_p && what == 3) continue;
                                 RB_CHECK(ctx, rb_context_set_threads(ctx, THREADS[ti]));
                                 rb_tensor_copy(ctx, &x, &u2);
+                                if (with_p == 2) rb_tensor_fill(ctx, &u2, NAN); /* assign: not read */
                                 rb_tensor_fill(ctx, &yc, 7.0);
                                 double t2 = -1.0;
                                 rb_residual_pass pass = {0};
-                                if (with_p) pass.P = P, pass.c = &cu;
+                                if (with_p) pass.P = P, pass.c = &cu, pass.assign = with_p == 2;
                                 if (what < 3) pass.A = A, pass.f = &f;
                                 if (what < 2) pass.norm2 = &t2;
                                 if (what == 0 || what == 2) pass.R = R, pass.coarse = &yc;
@@ -669,7 +673,7 @@ static void test_sweep_pass_vs_reference(void **state)
             rb_op_free(ctx, J), rb_op_free(ctx, Asm);
             rb_op_free(ctx, R), rb_op_free(ctx, P);
             rb_tensor_release(ctx, &f), rb_tensor_release(ctx, &x), rb_tensor_release(ctx, &cu);
-            rb_tensor_release(ctx, &xp), rb_tensor_release(ctx, &u1), rb_tensor_release(ctx, &u2);
+            rb_tensor_release(ctx, &xp), rb_tensor_release(ctx, &pc), rb_tensor_release(ctx, &u1), rb_tensor_release(ctx, &u2);
             rb_tensor_release(ctx, &yc);
         }
     }
@@ -695,7 +699,7 @@ static void test_sweep_pass_declines(void **state)
     RB_CHECK(ctx, rb_arena_reserve(ctx, &work, rb_residual_workspace(G, fs) + 4096));
     RB_CHECK(ctx, rb_arena_reserve(ctx, &small, 64));
     double t2 = -1.0;
-    rb_residual_pass pass = {P, &cu, A, &f, &t2, R, &yc};
+    rb_residual_pass pass = {P, &cu, A, &f, &t2, R, &yc, false};
     /* declined: an operator without the kernel, h != omega, no room for the ring lines,
      * P not a prolongation (R in its place) */
     const rb_op *Fs[4] = {J, G, G, G};

@@ -1052,7 +1052,7 @@ static void test_vcycle_run_up_matches_cycle(void **state)
         RB_CHECK(ctx, rb_vcycle_run(ctx, vc, 1, &w));
         if (vc->cycle == RB_CYCLE_W && vc->nlevels > 2) RB_CHECK(ctx, rb_vcycle_run(ctx, vc, 1, &w)); /* W visits twice */
         bool restricted = c == 1; /* (an entry value it must not keep) */
-        RB_CHECK(ctx, rb_vcycle_run_up(ctx, vc, 0, &got, &restricted, &w));
+        RB_CHECK(ctx, rb_vcycle_run_up(ctx, vc, 0, false, &got, &restricted, &w));
         size_t differ = 0;
         for (size_t i = 0; i < N; i++) differ += top->u.data[i] != ref.data[i];
         double dr = 0.0;
@@ -1067,9 +1067,9 @@ static void test_vcycle_run_up_matches_cycle(void **state)
                       top->npre, differ, fabs(got - want) / want, (int)restricted, dr);
         if (differ != 0 || !(fabs(got - want) <= 1e-13 * want) || restricted != (top->npre == 0) || !(dr <= 1e-13))
             fail_msg("case %zu: the up-leg differs from the cycle's", c);
-        RB_EXPECT(ctx, RB_EINVAL, "below the coarsest", rb_vcycle_run_up(ctx, vc, vc->nlevels - 1, &got, &restricted, &w));
-        RB_EXPECT(ctx, RB_ENULL, "norm", rb_vcycle_run_up(ctx, vc, 0, NULL, &restricted, &w));
-        RB_EXPECT(ctx, RB_ENULL, "restricted", rb_vcycle_run_up(ctx, vc, 0, &got, NULL, &w));
+        RB_EXPECT(ctx, RB_EINVAL, "below the coarsest", rb_vcycle_run_up(ctx, vc, vc->nlevels - 1, false, &got, &restricted, &w));
+        RB_EXPECT(ctx, RB_ENULL, "norm", rb_vcycle_run_up(ctx, vc, 0, false, NULL, &restricted, &w));
+        RB_EXPECT(ctx, RB_ENULL, "restricted", rb_vcycle_run_up(ctx, vc, 0, false, &got, NULL, &w));
         rb_arena_release(ctx, &w);
         rb_tensor_release(ctx, &u0), rb_tensor_release(ctx, &ref), rb_tensor_release(ctx, &r1);
         rb_mg_free(ctx, mg);
@@ -1110,7 +1110,7 @@ static void test_fmg_start(void **state)
         double nrm;
         RB_CHECK(ctx, rb_op_apply(ctx, top->R, &top->f, &vc->level[1].f, &w));
         RB_CHECK(ctx, rb_vcycle_fmg(ctx, vc, 1, 1, &w));
-        RB_CHECK(ctx, rb_vcycle_run_up(ctx, vc, 0, &nrm, &restricted, &w));
+        RB_CHECK(ctx, rb_vcycle_run_up(ctx, vc, 0, true, &nrm, &restricted, &w));
         double f2 = 0.0;
         for (size_t i = 0; i < N; i++) f2 += f.data[i] * f.data[i];
         const double first = nrm / sqrt(f2);

@@ -38,7 +38,8 @@ rb_status rb_residual_step_generic(rb_context *ctx, const rb_op *F, double h, co
 
 /* What else a smoothing step's pass over the grid can do (the multigrid cycle's
  * fusions, vcycle.c), all optional:
- *   P != NULL:  before the step, u += P c (P a prolongation, c on the coarse grid)
+ *   P != NULL:  before the step, u += P c (P a prolongation, c on the coarse grid);
+ *               assign: u = P c (full multigrid's interpolation, a start from zero)
  *   A != NULL:  after the step, with the residual r = f - A u of the new u (not stored):
  *       norm2 != NULL:  *norm2 = sum of r_i^2 (plain sum; the caller guards over- and underflow)
  *       R != NULL:      *coarse = R r (R a restriction; coarse its output shape) */
@@ -50,9 +51,10 @@ typedef struct rb_residual_pass {
     double *norm2;
     const rb_op *R;
     rb_tensor *coarse;
+    bool assign;          /* with P: u = P c instead of u += P c (u's values before are not read) */
 } rb_residual_pass;
 
-/* u += P c, then u <- u + h F(u) in place exactly as rb_residual_step, then the residual's
+/* u += P c (or u = P c), then u <- u + h F(u) in place exactly as rb_residual_step, then the residual's
  * norm / restriction -- all in one pass, if F's type has a kernel for this pass
  * (rb_op_type.residual_fused_pass): *done = true. *done = false: nothing was done, and the
  * caller makes the separate calls. A fused kernel gives the separate calls' numbers: the

@@ -102,18 +102,19 @@ rb_status rb_vcycle_run_next(rb_context *ctx, const rb_vcycle *vc, size_t from, 
  * every coarser level (f_{l+1} = R f_l), the coarsest level solved (or smoothed from u = 0), and
  * each level from the second-coarsest up to `from` starts from the next one's result
  * interpolated, u_l = P u_{l+1} (taken into its first pre-smoothing pass where the smoother's
- * operator can), then runs `cycles` (1..64) cycles of vc's kind. level[from].u is output only;
+ * operator can; u_l's values before are not read), then runs `cycles` (1..64) cycles of vc's kind. level[from].u is output only;
  * the coarser levels' u and f are overwritten. Not for a DOWN hierarchy. Allocates nothing. */
 rb_status rb_vcycle_fmg(rb_context *ctx, const rb_vcycle *vc, size_t from, int cycles, rb_arena *work);
 
 /* The up-leg of one cycle on level `from` (below the coarsest) alone, for a driver that made
  * level[from+1].u another way, e.g. by rb_vcycle_fmg for f_{from+1} = R (f - A u): u += P
- * u_{from+1}, the post-smoothing, ||f - A u|| into *norm; where level `from` has no
+ * u_{from+1} (assign: u = P u_{from+1}, u's values not read -- a start from u = 0), the
+ * post-smoothing, ||f - A u|| into *norm; where level `from` has no
  * pre-smoothing (and no projection) its last pass also restricts the new residual,
  * f_{from+1} = R (f - A u), for rb_vcycle_run_next's next cycle (*restricted: whether it did).
  * The same numbers as the second half of rb_vcycle_run_norm. */
-rb_status rb_vcycle_run_up(rb_context *ctx, const rb_vcycle *vc, size_t from, double *norm, bool *restricted,
-                           rb_arena *work);
+rb_status rb_vcycle_run_up(rb_context *ctx, const rb_vcycle *vc, size_t from, bool assign, double *norm,
+                           bool *restricted, rb_arena *work);
 
 /* ---- network mode: the cycle taped, and its backward ------------------------------------------
  *

@@ -733,9 +733,9 @@ static rb_status check_fu(rb_context *ctx, const rb_mg *mg, const rb_tensor *f, 
 }
 
 /* dst = src[0 .. n) on the context's threads, stored split (xsplit.h) along rows of W values if
- * W > 0, plain if W == 0; if sumsq: the plain sum of
- * squares of src (NaN or infinite if src has a NaN or infinity; summed per thread, threads in
- * order); if nonzero: whether src has an entry != 0. */
+ * W > 0, plain if W == 0; dst == NULL: src only read; src == NULL: dst = 0. If sumsq: the plain
+ * sum of squares of src (NaN or infinite if src has a NaN or infinity; summed per thread, threads
+ * in order); if nonzero: whether src has an entry != 0. */
 static void copy_scan(rb_context *ctx, double *dst, const double *src, size_t n, size_t W, double *sumsq, bool *nonzero)
 {
     int threads = n >= 65536 ? rb_context_threads(ctx) : 1;
@@ -749,12 +749,20 @@ static void copy_scan(rb_context *ctx, double *dst, const double *src, size_t n,
         const size_t lo = units * t / T * unit, hi = units * (t + 1) / T * unit;
 #pragma omp single
         used = (int)T;
-        if (W == 0 && sumsq == NULL && nonzero == NULL) {
+        if (src == NULL) {
+            memset(dst + lo, 0, (hi - lo) * sizeof(double));
+        } else if (W == 0 && sumsq == NULL && nonzero == NULL) {
             memcpy(dst + lo, src + lo, (hi - lo) * sizeof(double));
         } else {
             double s = 0.0;
             int z = 0;
-            if (W == 0) {
+            if (dst == NULL) {
+#pragma omp simd reduction(+ : s) reduction(| : z)
+                for (size_t i = lo; i < hi; i++) {
+                    s += src[i] * src[i];
+                    z |= src[i] != 0.0;
+                }
+            } else if (W == 0) {
 #pragma omp simd reduction(+ : s) reduction(| : z)
                 for (size_t i = lo; i < hi; i++) {
                     const double v = src[i];
@@ -763,7 +771,7 @@ static void copy_scan(rb_context *ctx, double *dst, const double *src, size_t n,
                     z |= v != 0.0;
                 }
             }
-            for (size_t row = lo; W > 0 && row < hi; row += W) { /* split rows; the row's sums from cache */
+            for (size_t row = lo; dst != NULL && W > 0 && row < hi; row += W) { /* split rows; the row's sums from cache */
                 const double *x = src + row;
                 rb_xsplit_row(x, dst + row, W, true);
 #pragma omp simd reduction(+ : s) reduction(| : z)
@@ -855,13 +863,18 @@ rb_status rb_mg_solve(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor 
     const rb_vcycle *vc = mg->split ? &mg->vc_split : &mg->vc;
     rb_vlevel *top = &vc->level[0];
     const size_t n = rb_tensor_count(f), W = mg->split ? f->shape.w : 0;
-    /* f and u in, in one pass each: the sums of squares say whether they are finite (a
+    /* f in, in one pass, and u read: the sums of squares say whether they are finite (a
      * NaN or infinity makes them so; then the check that names the entry), and u's
-     * nonzeros whether the initial residual is f itself. */
+     * nonzeros whether the initial residual is f itself. u in: converted if it is not 0; from
+     * u = 0 with the FMG start never stored (the first pass sets u = P u_1); else zeroed. */
     double f2, u2;
     bool u_nonzero;
     copy_scan(ctx, top->f.data, f->data, n, W, &f2, NULL);
-    copy_scan(ctx, top->u.data, u->data, n, W, &u2, &u_nonzero);
+    copy_scan(ctx, NULL, u->data, n, W, &u2, &u_nonzero);
+    const bool zero_start = !u_nonzero && vc->nlevels > 1 && top->Pi == NULL;
+    const bool fmg_start = zero_start && mg->opt.fmg_start;
+    if (u_nonzero) copy_scan(ctx, top->u.data, u->data, n, W, NULL, NULL);
+    else if (!fmg_start) copy_scan(ctx, top->u.data, NULL, n, W, NULL, NULL);
     if (!isfinite(f2) || !isfinite(u2)) {
         st = check_fu(ctx, mg, f, u, true, "rb_mg_solve");
         if (st != RB_OK) return st;
@@ -878,8 +891,7 @@ rb_status rb_mg_solve(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor 
     if (st != RB_OK) return st;
     rep->history[0] = rep->rel_residual = r0 / fn;
     bool restricted = false; /* whether level 1's f holds R (f - A u) (rb_vcycle_run_next) */
-    const bool fmg_start = mg->opt.fmg_start && !u_nonzero && vc->nlevels > 1 && top->Pi == NULL;
-    if (fmg_start || (!u_nonzero && vc->nlevels > 1 && top->npre == 0 && top->Pi == NULL)) {
+    if (fmg_start || (zero_start && top->npre == 0)) {
         /* from u = 0 the first cycle's restriction is R f: no residual pass (the same numbers) */
         st = rb_op_apply(ctx, top->R, &top->f, &vc->level[1].f, &mg->work);
         if (st != RB_OK) return st;
@@ -888,7 +900,7 @@ rb_status rb_mg_solve(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor 
     if (fmg_start) { /* the first cycle: level 1 solves R f by full multigrid, then the finest level's up-leg */
         double rn;
         st = rb_vcycle_fmg(ctx, vc, 1, 1, &mg->work);
-        if (st == RB_OK) st = rb_vcycle_run_up(ctx, vc, 0, &rn, &restricted, &mg->work);
+        if (st == RB_OK) st = rb_vcycle_run_up(ctx, vc, 0, true, &rn, &restricted, &mg->work);
         if (st == RB_OK) st = rb_mg_report_record(ctx, rep, rn / fn, "multigrid");
     }
     while (st == RB_OK && rep->rel_residual > tol && rep->cycles < max_cycles) {
