@@ -1117,6 +1117,8 @@ static void test_fmg_start(void **state)
         for (int k = 1; k < rep.cycles; k++) RB_CHECK(ctx, rb_vcycle_run_next(ctx, vc, 0, &nrm, &restricted, &w));
         size_t differ = 0;
         for (size_t i = 0; i < N; i++) differ += top->u.data[i] != u.data[i];
+        rb_tensor first_u = grid_tensor(ctx, mg);
+        memcpy(first_u.data, u.data, N * sizeof(double));
         print_message("%dD n = %zu%s, FMG start: %d cycles, first residual %.3e (run apart %.3e), u differs at %zu "
                       "points from the cycles run apart\n", d, pb.n, c == 1 ? " (plain grids)" : d == 2 ? " (split grids)" : "",
                       rep.cycles, rep.history[1], first, differ);
@@ -1138,6 +1140,13 @@ static void test_fmg_start(void **state)
         differ = 0;
         for (size_t i = 0; i < N; i++) differ += u.data[i] != u2.data[i];
         if (differ != 0) fail_msg("case %d: from a nonzero u the FMG start changed u at %zu points", c, differ);
+        /* from u = 0 again, the hierarchy's grids now holding the last solve: the first solve's u */
+        RB_CHECK(ctx, rb_tensor_fill(ctx, &u, 0.0));
+        RB_CHECK(ctx, rb_mg_solve(ctx, mg, &f, &u, 1e-9, 50, &rep));
+        differ = 0;
+        for (size_t i = 0; i < N; i++) differ += u.data[i] != first_u.data[i];
+        if (differ != 0) fail_msg("case %d: a second FMG start differs from the first at %zu points", c, differ);
+        rb_tensor_release(ctx, &first_u);
         rb_mg_free(ctx, plain_mg);
         rb_arena_release(ctx, &w);
         rb_tensor_release(ctx, &f), rb_tensor_release(ctx, &u), rb_tensor_release(ctx, &u2);
