@@ -901,6 +901,49 @@ static void test_cycle_chain_matches_separate(void **state)
     }
 }
 
+/* The benchmark's kind of hierarchy: RB-GS V(1,2), omega = 1.15, the finest level (0,3) (each
+ * cycle one pass over it); plain: the 2D grids kept plain (rb_mg_options.plain_fine). */
+static rb_mg_options fine03(int d, bool plain)
+{
+    rb_mg_options o = rb_mg_options_default(d);
+    o.pre = 1, o.post = 2, o.omega = 1.15, o.fine_pre = 0, o.fine_post = 3, o.plain_fine = plain;
+    return o;
+}
+
+/* rb_mg_solve from u = 0 to 1e-9 (u, *rep), then the same cycles run apart on the hierarchy's plain
+ * cycle (rb_vcycle_run_next from u = 0; with the FMG start (mg's option, and fmg_start) first f_1 = R f, rb_vcycle_fmg on level
+ * 1 and rb_vcycle_run_up on level 0, whose relative residual goes to *first). Returns at how many
+ * points u differs. */
+static size_t solve_and_run_apart(rb_context *ctx, rb_mg *mg, bool fmg_start, const rb_tensor *f, rb_tensor *u,
+                                  rb_mg_report *rep, double *first)
+{
+    RB_CHECK(ctx, rb_tensor_fill(ctx, u, 0.0));
+    RB_CHECK(ctx, rb_mg_solve(ctx, mg, f, u, 1e-9, 50, rep));
+    const rb_vcycle *vc = rb_mg_vcycle(mg);
+    rb_vlevel *top = &vc->level[0];
+    const size_t N = rb_tensor_count(f);
+    memcpy(top->f.data, f->data, N * sizeof(double));
+    memset(top->u.data, 0, N * sizeof(double));
+    rb_arena w = cycle_arena(ctx, mg);
+    bool restricted = false;
+    double nrm;
+    int k = 0;
+    *first = NAN;
+    if (fmg_start) {
+        RB_CHECK(ctx, rb_op_apply(ctx, top->R, &top->f, &vc->level[1].f, &w));
+        RB_CHECK(ctx, rb_vcycle_fmg(ctx, vc, 1, 1, &w));
+        RB_CHECK(ctx, rb_vcycle_run_up(ctx, vc, 0, true, &nrm, &restricted, &w));
+        double f2 = 0.0;
+        for (size_t i = 0; i < N; i++) f2 += f->data[i] * f->data[i];
+        *first = nrm / sqrt(f2), k = 1;
+    }
+    for (; k < rep->cycles; k++) RB_CHECK(ctx, rb_vcycle_run_next(ctx, vc, 0, &nrm, &restricted, &w));
+    size_t differ = 0;
+    for (size_t i = 0; i < N; i++) differ += top->u.data[i] != u->data[i];
+    rb_arena_release(ctx, &w);
+    return differ;
+}
+
 /* rb_mg_solve from u = 0 with no pre-smoothing on the finest level restricts f itself for the
  * first cycle (no residual pass). Oracle: the same number of cycles run by rb_vcycle_run_next on
  * the hierarchy's plain cycle from u = 0, which restricts f - A 0: u equal at every point, for the
@@ -911,29 +954,17 @@ static void test_zero_start_matches_cycles(void **state)
     for (int c = 0; c < 3; c++) {
         const int d = c == 2 ? 3 : 2;
         rb_mg_problem pb = {d, d == 2 ? 127 : 31, NULL, 1.0};
-        rb_mg_options o = rb_mg_options_default(d);
-        o.pre = 1, o.post = 2, o.omega = 1.15, o.fine_pre = 0, o.fine_post = 3, o.plain_fine = c == 1;
+        rb_mg_options o = fine03(d, c == 1);
         rb_mg *mg;
         RB_CHECK(ctx, rb_mg_create(ctx, &pb, &o, &mg));
         rb_tensor f = grid_tensor(ctx, mg), u = grid_tensor(ctx, mg);
         random_rhs(&f, 611 + (uint64_t)c);
         rb_mg_report rep;
-        RB_CHECK(ctx, rb_mg_solve(ctx, mg, &f, &u, 1e-9, 50, &rep));
-        const rb_vcycle *vc = rb_mg_vcycle(mg);
-        rb_vlevel *top = &vc->level[0];
-        const size_t N = rb_tensor_count(&f);
-        memcpy(top->f.data, f.data, N * sizeof(double));
-        memset(top->u.data, 0, N * sizeof(double));
-        rb_arena w = cycle_arena(ctx, mg);
-        bool restricted = false;
-        double nrm;
-        for (int k = 0; k < rep.cycles; k++) RB_CHECK(ctx, rb_vcycle_run_next(ctx, vc, 0, &nrm, &restricted, &w));
-        size_t differ = 0;
-        for (size_t i = 0; i < N; i++) differ += top->u.data[i] != u.data[i];
+        double first;
+        size_t differ = solve_and_run_apart(ctx, mg, false, &f, &u, &rep, &first);
         print_message("%dD n = %zu%s, from u = 0: %d cycles, u differs at %zu points from the cycles run apart\n", d, pb.n,
                       c == 1 ? " (plain grids)" : d == 2 ? " (split grids)" : "", rep.cycles, differ);
         if (differ != 0) fail_msg("case %d: the zero start changed u", c);
-        rb_arena_release(ctx, &w);
         rb_tensor_release(ctx, &f), rb_tensor_release(ctx, &u);
         rb_mg_free(ctx, mg);
     }
@@ -1089,8 +1120,7 @@ static void test_fmg_start(void **state)
     for (int c = 0; c < 4; c++) {
         const int d = c == 2 ? 3 : 2;
         rb_mg_problem pb = {d, d == 2 ? 127 : 31, NULL, 1.0};
-        rb_mg_options o = rb_mg_options_default(d);
-        o.pre = 1, o.post = 2, o.omega = 1.15, o.fine_pre = 0, o.fine_post = 3, o.plain_fine = c == 1;
+        rb_mg_options o = fine03(d, c == 1);
         if (c == 3) o.fine_pre = -1, o.fine_post = -1; /* pre-smoothing on the finest level: skipped in the first cycle */
         o.fmg_start = true;
         rb_mg *mg;
@@ -1098,25 +1128,9 @@ static void test_fmg_start(void **state)
         rb_tensor f = grid_tensor(ctx, mg), u = grid_tensor(ctx, mg);
         random_rhs(&f, 911 + (uint64_t)c);
         rb_mg_report rep;
-        RB_CHECK(ctx, rb_tensor_fill(ctx, &u, 0.0));
-        RB_CHECK(ctx, rb_mg_solve(ctx, mg, &f, &u, 1e-9, 50, &rep));
-        const rb_vcycle *vc = rb_mg_vcycle(mg);
-        rb_vlevel *top = &vc->level[0];
+        double first;
+        size_t differ = solve_and_run_apart(ctx, mg, true, &f, &u, &rep, &first);
         const size_t N = rb_tensor_count(&f);
-        memcpy(top->f.data, f.data, N * sizeof(double));
-        memset(top->u.data, 0, N * sizeof(double));
-        rb_arena w = cycle_arena(ctx, mg);
-        bool restricted = false;
-        double nrm;
-        RB_CHECK(ctx, rb_op_apply(ctx, top->R, &top->f, &vc->level[1].f, &w));
-        RB_CHECK(ctx, rb_vcycle_fmg(ctx, vc, 1, 1, &w));
-        RB_CHECK(ctx, rb_vcycle_run_up(ctx, vc, 0, true, &nrm, &restricted, &w));
-        double f2 = 0.0;
-        for (size_t i = 0; i < N; i++) f2 += f.data[i] * f.data[i];
-        const double first = nrm / sqrt(f2);
-        for (int k = 1; k < rep.cycles; k++) RB_CHECK(ctx, rb_vcycle_run_next(ctx, vc, 0, &nrm, &restricted, &w));
-        size_t differ = 0;
-        for (size_t i = 0; i < N; i++) differ += top->u.data[i] != u.data[i];
         rb_tensor first_u = grid_tensor(ctx, mg);
         memcpy(first_u.data, u.data, N * sizeof(double));
         print_message("%dD n = %zu%s, FMG start: %d cycles, first residual %.3e (run apart %.3e), u differs at %zu "
@@ -1148,7 +1162,6 @@ static void test_fmg_start(void **state)
         if (differ != 0) fail_msg("case %d: a second FMG start differs from the first at %zu points", c, differ);
         rb_tensor_release(ctx, &first_u);
         rb_mg_free(ctx, plain_mg);
-        rb_arena_release(ctx, &w);
         rb_tensor_release(ctx, &f), rb_tensor_release(ctx, &u), rb_tensor_release(ctx, &u2);
         rb_mg_free(ctx, mg);
     }
@@ -1180,8 +1193,7 @@ static void test_fine_smoothing_versus_lapack(void **state)
     rb_context *ctx = *state;
     for (int d = 2; d <= 3; d++) {
         rb_mg_problem pb = {d, d == 2 ? 127 : 15, NULL, 1.0};
-        rb_mg_options o = rb_mg_options_default(d);
-        o.pre = 1, o.post = 2, o.omega = 1.15, o.fine_pre = 0, o.fine_post = 3;
+        rb_mg_options o = fine03(d, false);
         rb_mg *mg;
         RB_CHECK(ctx, rb_mg_create(ctx, &pb, &o, &mg));
         double err = versus_lapack(ctx, mg, false, false, 1e-13, 77 + (uint64_t)d);
