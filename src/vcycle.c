@@ -250,7 +250,9 @@ static rb_status smooth(rb_context *ctx, rb_vlevel *lv, rb_vlevel *coarse, const
     rb_status st = RB_OK;
     bool after = restrict_res || norm != NULL, s2_valid = false;
     double s2 = 0.0;
-    if (tape != NULL) { /* taped: the separate calls, each recorded */
+    if (tape != NULL) { /* taped: the separate calls, each recorded (a correction: its backward adds) */
+        if (prolong == P_SET)
+            return rb_fail(ctx, RB_EUNSUPPORTED, "rb_vcycle: an interpolation that sets u is not taped (level %zu)", l);
         if (prolong) st = record_copy(ctx, tape, REC_CORRECT, l, &coarse->u, NULL);
         if (st == RB_OK && prolong) st = correct(ctx, lv, coarse, prolong == P_SET, work);
         for (size_t s = 0; s < count && st == RB_OK; s++) {
@@ -481,7 +483,7 @@ rb_status rb_vcycle_run_up(rb_context *ctx, const rb_vcycle *vc, size_t from, bo
 {
     if (ctx == NULL) return RB_ENULL;
     if (vc == NULL || vc->level == NULL) return rb_fail(ctx, RB_ENULL, "rb_vcycle_run_up: hierarchy is NULL");
-    if (from + 1 >= vc->nlevels)
+    if (vc->nlevels < 2 || from > vc->nlevels - 2)
         return rb_fail(ctx, RB_EINVAL, "rb_vcycle_run_up: from = %zu, must be below the coarsest of %zu levels", from,
                        vc->nlevels);
     if (norm == NULL || restricted == NULL)

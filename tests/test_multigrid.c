@@ -973,15 +973,15 @@ static void test_zero_start_matches_cycles(void **state)
 /* rb_vcycle_fmg. Oracle: full multigrid written out with the hierarchy's parts -- f_{l+1} = R f_l
  * by rb_op_apply, the coarsest by vc->coarse_solve, then on each level up to `from` u_l = P u_{l+1}
  * by rb_op_apply and the cycles by rb_vcycle_run -- u on level `from` bit for bit (rb_vcycle_fmg
- * takes the interpolation into the first pre-smoothing pass and zeroes u first: NaN in it on entry
+ * takes the interpolation into the first pre-smoothing pass, setting u there: NaN in it on entry
  * changes nothing). 2D and 3D, V, W and F, 1 and 2 cycles per level, from levels 0 and 1, 1 and
  * 2 threads, with and without pre-smoothing on the finest level. */
 static void test_vcycle_fmg_matches_written_out(void **state)
 {
     rb_context *ctx = *state;
-    mg_setup cases[4] = {rbgs(2, 127, 2, 1), rbgs(2, 63, 1, 2), rbgs(3, 31, 1, 1), rbgs(2, 95, 1, 2)};
+    mg_setup cases[5] = {rbgs(2, 127, 2, 1), rbgs(2, 63, 1, 2), rbgs(3, 31, 1, 1), rbgs(2, 95, 1, 2), rbgs(2, 255, 1, 2)};
     cases[1].cycle = RB_CYCLE_W, cases[2].cycle = RB_CYCLE_F, cases[3].omega = 1.15;
-    for (size_t c = 0; c < 4; c++) {
+    for (size_t c = 0; c < 5; c++) { /* (n = 255: grids large enough for the threaded kernels) */
         rb_mg_problem pb = {cases[c].dim, cases[c].n, NULL, 1.0};
         rb_mg_options o = rb_mg_options_default(cases[c].dim);
         o.pre = cases[c].pre, o.post = cases[c].post, o.cycle = cases[c].cycle;
@@ -1099,6 +1099,7 @@ static void test_vcycle_run_up_matches_cycle(void **state)
         if (differ != 0 || !(fabs(got - want) <= 1e-13 * want) || restricted != (top->npre == 0) || !(dr <= 1e-13))
             fail_msg("case %zu: the up-leg differs from the cycle's", c);
         RB_EXPECT(ctx, RB_EINVAL, "below the coarsest", rb_vcycle_run_up(ctx, vc, vc->nlevels - 1, false, &got, &restricted, &w));
+        RB_EXPECT(ctx, RB_EINVAL, "below the coarsest", rb_vcycle_run_up(ctx, vc, SIZE_MAX, false, &got, &restricted, &w));
         RB_EXPECT(ctx, RB_ENULL, "norm", rb_vcycle_run_up(ctx, vc, 0, false, NULL, &restricted, &w));
         RB_EXPECT(ctx, RB_ENULL, "restricted", rb_vcycle_run_up(ctx, vc, 0, false, &got, NULL, &w));
         rb_arena_release(ctx, &w);
@@ -1121,7 +1122,7 @@ static void test_fmg_start(void **state)
         const int d = c == 2 ? 3 : 2;
         rb_mg_problem pb = {d, d == 2 ? 127 : 31, NULL, 1.0};
         rb_mg_options o = fine03(d, c == 1);
-        if (c == 3) o.fine_pre = -1, o.fine_post = -1; /* pre-smoothing on the finest level: skipped in the first cycle */
+        if (c == 3) o.cycle = RB_CYCLE_W;
         o.fmg_start = true;
         rb_mg *mg;
         RB_CHECK(ctx, rb_mg_create(ctx, &pb, &o, &mg));
@@ -1184,6 +1185,24 @@ static void test_fmg_start(void **state)
                   rep[0].history[1], rep[1].history[1], rep[0].cycles, rep[1].cycles);
     if (!(rep[1].history[1] <= 0.5 * rep[0].history[1]) || rep[0].cycles != 5 || rep[1].cycles != 4)
         fail_msg("the FMG start did not save a cycle");
+    /* not reached in max_cycles: RB_EMAXITER, the caller's u untouched (zeros, bit for bit) */
+    pb.n = 127;
+    rb_mg_options o = fine03(2, false);
+    o.fmg_start = true;
+    rb_mg *mg;
+    RB_CHECK(ctx, rb_mg_create(ctx, &pb, &o, &mg));
+    rb_tensor f = grid_tensor(ctx, mg), u = grid_tensor(ctx, mg);
+    random_rhs(&f, 941);
+    RB_CHECK(ctx, rb_tensor_fill(ctx, &u, 0.0));
+    RB_EXPECT(ctx, RB_EMAXITER, "after 1 cycles", rb_mg_solve(ctx, mg, &f, &u, 1e-12, 1, &rep[0]));
+    size_t touched = 0;
+    for (size_t i = 0; i < rb_tensor_count(&u); i++) touched += u.data[i] != 0.0 || signbit(u.data[i]);
+    if (touched != 0 || rep[0].cycles != 1) fail_msg("RB_EMAXITER: u changed at %zu points, %d cycles", touched, rep[0].cycles);
+    rb_tensor_release(ctx, &f), rb_tensor_release(ctx, &u);
+    rb_mg_free(ctx, mg);
+    /* it needs the finest level without pre-smoothing */
+    o.fine_pre = -1;
+    RB_EXPECT(ctx, RB_EINVAL, "fmg_start needs fine_pre = 0", rb_mg_create(ctx, &pb, &o, &mg));
 }
 
 /* The finest level smoothed apart (fine_pre = 0, fine_post = 3 over coarse V(1,2)): oracle

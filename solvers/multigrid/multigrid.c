@@ -460,6 +460,9 @@ static rb_status check_problem(rb_context *ctx, const rb_mg_problem *pb, const r
         return rb_fail(ctx, RB_EINVAL,
                        "rb_mg_create: fine_pre = %d, fine_post = %d smoothing steps on the finest level (-1: pre / post; "
                        "0..16 each, at least one)", o->fine_pre, o->fine_post);
+    if (o->fmg_start && fpre != 0)
+        return rb_fail(ctx, RB_EINVAL, "rb_mg_create: fmg_start needs fine_pre = 0 (it is %d): the first cycle's finest "
+                       "pass begins with the interpolation and has no pre-smoothing", fpre);
     if (!isfinite(o->omega) || o->omega < 0)
         return rb_fail(ctx, RB_EINVAL, "rb_mg_create: omega = %g must be finite and >= 0 (0: default)", o->omega);
     if (o->smoother == RB_SMOOTHER_JACOBI && o->omega > 1.0)
@@ -863,18 +866,18 @@ rb_status rb_mg_solve(rb_context *ctx, rb_mg *mg, const rb_tensor *f, rb_tensor 
     const rb_vcycle *vc = mg->split ? &mg->vc_split : &mg->vc;
     rb_vlevel *top = &vc->level[0];
     const size_t n = rb_tensor_count(f), W = mg->split ? f->shape.w : 0;
-    /* f in, in one pass, and u read: the sums of squares say whether they are finite (a
+    /* f and u in, in one pass each: the sums of squares say whether they are finite (a
      * NaN or infinity makes them so; then the check that names the entry), and u's
-     * nonzeros whether the initial residual is f itself. u in: converted if it is not 0; from
-     * u = 0 with the FMG start never stored (the first pass sets u = P u_1); else zeroed. */
+     * nonzeros whether the initial residual is f itself. With the FMG start u is read first
+     * and stored only if it is not 0 (from u = 0 the first pass sets u = P u_1). */
     double f2, u2;
     bool u_nonzero;
     copy_scan(ctx, top->f.data, f->data, n, W, &f2, NULL);
-    copy_scan(ctx, NULL, u->data, n, W, &u2, &u_nonzero);
+    copy_scan(ctx, mg->opt.fmg_start ? NULL : top->u.data, u->data, n, W, &u2, &u_nonzero);
     const bool zero_start = !u_nonzero && vc->nlevels > 1 && top->Pi == NULL;
     const bool fmg_start = zero_start && mg->opt.fmg_start;
-    if (u_nonzero) copy_scan(ctx, top->u.data, u->data, n, W, NULL, NULL);
-    else if (!fmg_start) copy_scan(ctx, top->u.data, NULL, n, W, NULL, NULL);
+    if (mg->opt.fmg_start && u_nonzero) copy_scan(ctx, top->u.data, u->data, n, W, NULL, NULL);
+    else if (mg->opt.fmg_start && !fmg_start) copy_scan(ctx, top->u.data, NULL, n, W, NULL, NULL);
     if (!isfinite(f2) || !isfinite(u2)) {
         st = check_fu(ctx, mg, f, u, true, "rb_mg_solve");
         if (st != RB_OK) return st;
