@@ -1,4 +1,5 @@
-/* vcycle.h — the V-, W- and F-cycle, written once over per-level operators.
+/* vcycle.h — the V-, W- and F-cycle (and full multigrid over them), written once over per-level
+ * operators.
  *
  * The same routine runs a multigrid solver (MG mode: stencils, Jacobi or
  * red-black smoothers, full weighting, linear interpolation) and a U-Net /
@@ -102,8 +103,9 @@ rb_status rb_vcycle_run_next(rb_context *ctx, const rb_vcycle *vc, size_t from, 
  * every coarser level (f_{l+1} = R f_l), the coarsest level solved (or smoothed from u = 0), and
  * each level from the second-coarsest up to `from` starts from the next one's result
  * interpolated, u_l = P u_{l+1} (taken into its first pre-smoothing pass where the smoother's
- * operator can; u_l's values before are not read), then runs `cycles` (1..64) cycles of vc's kind. level[from].u is output only;
- * the coarser levels' u and f are overwritten. Not for a DOWN hierarchy. Allocates nothing. */
+ * operator can; u_l's values before are not read), then runs `cycles` (1..64) cycles of vc's
+ * kind. level[from].u is output only; the coarser levels' u and f are overwritten. Not for a
+ * DOWN hierarchy. Allocates nothing. */
 rb_status rb_vcycle_fmg(rb_context *ctx, const rb_vcycle *vc, size_t from, int cycles, rb_arena *work);
 
 /* The up-leg of one cycle on level `from` (below the coarsest) alone, for a driver that made
