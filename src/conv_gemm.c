@@ -86,6 +86,11 @@
 /* Four doubles in a vector register (GCC/Clang vector extension: AVX2 with x86-64-v3). */
 #if defined(__GNUC__)
 #define RB_CONV_HAVE_DIRECT 1
+#if !defined(__AVX__) && !defined(__clang__)
+/* Without AVX, GCC notes that 32-byte vectors passed by value change the ABI (-Wpsabi); every
+ * function here that takes one is static, so no ABI is crossed. */
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
 typedef double v4d __attribute__((vector_size(32)));
 static inline v4d v4_load(const double *p)
 {
