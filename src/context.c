@@ -1,5 +1,6 @@
 /* context.c — error messages, threads and the allocator; no global state
  * except switching GSL's aborting default handler off once. */
+#define _DEFAULT_SOURCE /* madvise's MADV_HUGEPAGE (with _POSIX_C_SOURCE from the build) */
 #include "resbridge/context.h"
 
 #include <gsl/gsl_errno.h>
@@ -8,8 +9,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #define RB_MESSAGE_LEN 512
+#define RB_HUGE_MIN ((size_t)4 << 20) /* blocks from here on: grids */
+#define RB_HUGE_ALIGN ((size_t)2 << 20)
 
 struct rb_context {
     rb_allocator alloc;
@@ -18,11 +24,22 @@ struct rb_context {
     char message[RB_MESSAGE_LEN];
 };
 
+/* 64-byte aligned; blocks of 4 MiB and more (grids) 2 MiB aligned and, where the system has
+ * transparent huge pages on request (Linux madvise mode), marked for them: a stencil pass over
+ * a 3D grid walks fewer pages (127^3 solve 6-9 % faster, bench/RESULTS.md). The hint's failure
+ * changes nothing. */
 static void *default_alloc(size_t bytes, void *user)
 {
     (void)user;
     void *p = NULL;
     if (bytes == 0) bytes = 1;
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (bytes >= RB_HUGE_MIN) {
+        if (posix_memalign(&p, RB_HUGE_ALIGN, bytes) != 0) return NULL;
+        (void)madvise(p, bytes, MADV_HUGEPAGE);
+        return p;
+    }
+#endif
     if (posix_memalign(&p, 64, bytes) != 0) return NULL;
     return p;
 }

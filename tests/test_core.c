@@ -2,6 +2,7 @@
 #include "testkit.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 static void test_status_messages(void **state)
@@ -38,6 +39,19 @@ static void test_context(void **state)
     rb_context *c2 = NULL;
     assert_int_equal(rb_context_create(&c2, &bad), RB_EINVAL);
     assert_null(c2);
+    /* the default allocator: 64-byte aligned; grids (>= 4 MiB) 2 MiB aligned on Linux (huge pages) */
+    const size_t sizes[3] = {24, (size_t)4 << 20, ((size_t)5 << 20) + 8};
+    for (int i = 0; i < 3; i++) {
+        unsigned char *p = rb_malloc(ctx, sizes[i]);
+        assert_non_null(p);
+        assert_int_equal((uintptr_t)p % 64, 0);
+#if defined(__linux__)
+        if (sizes[i] >= ((size_t)4 << 20)) assert_int_equal((uintptr_t)p % ((size_t)2 << 20), 0);
+#endif
+        memset(p, 0xab, sizes[i]); /* all of it writable */
+        assert_int_equal(p[sizes[i] - 1], 0xab);
+        rb_free(ctx, p);
+    }
 }
 
 static void test_tensor(void **state)

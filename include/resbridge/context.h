@@ -30,8 +30,9 @@ typedef struct rb_allocator {
 
 typedef struct rb_context rb_context;
 
-/* Create a context. alloc may be NULL (aligned malloc/free); the context itself
- * is allocated with it. Threads default to 1. */
+/* Create a context. alloc may be NULL (aligned malloc/free; on Linux, blocks of 4 MiB and
+ * more are 2 MiB aligned and marked for transparent huge pages); the context itself is
+ * allocated with it. Threads default to 1. */
 rb_status rb_context_create(rb_context **ctx, const rb_allocator *alloc);
 void rb_context_free(rb_context *ctx);
 
