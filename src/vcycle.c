@@ -254,7 +254,7 @@ static rb_status smooth(rb_context *ctx, rb_vlevel *lv, rb_vlevel *coarse, const
         if (prolong == P_SET)
             return rb_fail(ctx, RB_EUNSUPPORTED, "rb_vcycle: an interpolation that sets u is not taped (level %zu)", l);
         if (prolong) st = record_copy(ctx, tape, REC_CORRECT, l, &coarse->u, NULL);
-        if (st == RB_OK && prolong) st = correct(ctx, lv, coarse, prolong == P_SET, work);
+        if (st == RB_OK && prolong) st = correct(ctx, lv, coarse, false, work);
         for (size_t s = 0; s < count && st == RB_OK; s++) {
             st = record_copy(ctx, tape, REC_STEP, l, &lv->u, &steps[s]);
             if (st == RB_OK) st = rb_residual_step(ctx, steps[s].F, steps[s].h, &lv->u, &lv->u, work);
