@@ -27,7 +27,12 @@
 
 #include <math.h>
 #include <omp.h>
+#include <stdatomic.h>
 #include <stdint.h>
+#if defined(__unix__)
+#include <sched.h>
+#define RB_REDBLACK_SCHED_YIELD 1
+#endif
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define RB_REDBLACK_AVX2 1
@@ -595,16 +600,33 @@ static void stage(const rb_redblack *k, then_run *r, size_t s, int colour0, int 
 }
 
 /* Stages 0..S-1 on lines [lo + s*shrink_lo, hi - s*shrink_hi) each, stage s one line
- * behind stage s-1. */
+ * behind stage s-1: times t = lo .. hi + S - 2, stage s on line t - s. With `done`: once
+ * the first `reach` times are done (or all, if fewer), s + 1 is stored to it (release). */
 static void trapezoid(const rb_redblack *k, then_run *r, size_t s, int colour0, int S, int steps, long long lo,
-                      long long hi, int shrink_lo, int shrink_hi)
+                      long long hi, int shrink_lo, int shrink_hi, atomic_llong *done, long long reach)
 {
-    for (long long t = lo; t < hi + S - 1; t++)
+    const long long times = hi + S - 1 - lo, mark = reach < times ? reach : times;
+    for (long long t = lo; t < hi + S - 1; t++) {
         for (int st = 0; st < S; st++) {
             long long l = t - st;
             if (l >= lo + (long long)st * shrink_lo && l < hi - (long long)st * shrink_hi)
                 stage(k, r, s, colour0, st, steps, l);
         }
+        if (done != NULL && t - lo + 1 == mark) atomic_store_explicit(done, (long long)s + 1, memory_order_release);
+    }
+}
+
+/* Wait until *done >= need (acquire): spinning, and after a while yielding the processor (more
+ * threads than processors). */
+static void wait_for(atomic_llong *done, long long need)
+{
+    for (unsigned spins = 0; atomic_load_explicit(done, memory_order_acquire) < need; spins++) {
+#if defined(RB_REDBLACK_SCHED_YIELD)
+        if (spins >= 4096) sched_yield();
+#else
+        (void)spins;
+#endif
+    }
 }
 
 /* What the trapezoids left around the block boundary r: stage s on lines [r - s, r + s). */
@@ -651,26 +673,46 @@ void rb_redblack_run(const rb_redblack *k, int colour0, int steps, int threads)
         then_run r = {then ? then->ring : NULL, 0, -1, 0.0};
         for (size_t s = 0; s < k->n; s++) {
             r.next = -1;
-            trapezoid(k, &r, s, colour0, stages, steps, 0, L, 0, 0);
+            trapezoid(k, &r, s, colour0, stages, steps, 0, L, 0, 0, NULL, 0);
         }
         if (then != NULL) then->norm2 = r.acc;
         return;
     }
     double part[64] = {0};
     if (threads > 64) threads = 64;
+    /* progress[t].v: how far thread t's trapezoids have got (see `reach` below) */
+    struct {
+        _Alignas(64) atomic_llong v; /* a cache line each */
+    } progress[64];
+    for (int t = 0; t < threads; t++) atomic_init(&progress[t].v, 0);
+    /* Block t is [bound(t), bound(t + 1)): the L / T lines of an even split, every inner
+     * boundary moved (S - 1) / 2 lines down. Thread t < T - 1 does the triangle at its upper
+     * boundary (S (S - 1) line-stages) after its trapezoid (which is S (S - 1) / 2 short of a
+     * block's S lines per stage at each inner boundary), so every thread then has about L S / T
+     * line-stages: thread 0's block is the shorter by as much as its triangle adds, the last
+     * thread's the longer by as much as its trapezoid lacks. (most >= threads above keeps the
+     * blocks at least S + 2 lines long.) */
+    const long long shift = (stages - 1) / 2;
+    /* The triangle at r1 reads and writes lines r1 - S .. r1 + S (its residual lines and the
+     * straddling restriction's, r1 + S + 1 too). The next thread's trapezoid, which starts at
+     * r1, touches them up to time r1 + 2S (stage S - 1 on line r1 + S + 1 at most) and never
+     * again after: the triangle waits for that (times lo .. lo + reach - 1), not for the whole
+     * trapezoid; the next thread then marks sample s + 1 as reached. */
+    const long long reach = 2LL * stages + 3;
     int used = 1;
 #pragma omp parallel num_threads(threads)
     {
         const long long T = omp_get_num_threads(), t = omp_get_thread_num();
-        const long long r0 = L * t / T, r1 = L * (t + 1) / T;
+        const long long r0 = t > 0 ? L * t / T - shift : 0, r1 = t + 1 < T ? L * (t + 1) / T - shift : L;
         then_run r = {then ? then->ring + (size_t)t * 3 * then->line : NULL, 0, -1, 0.0};
-#pragma omp single
+#pragma omp single nowait
         used = (int)T;
         for (size_t s = 0; s < k->n; s++) {
             r.next = -1;
-            trapezoid(k, &r, s, colour0, stages, steps, r0, r1, t > 0, t + 1 < T);
-#pragma omp barrier
+            trapezoid(k, &r, s, colour0, stages, steps, r0, r1, t > 0, t + 1 < T, t > 0 ? &progress[t].v : NULL,
+                      reach);
             if (t + 1 < T) {
+                wait_for(&progress[t + 1].v, (long long)s + 1);
                 /* the triangle continues this thread's run of residual lines (stage S - 1: up to
                  * r1 + S - 1); the next thread's starts there, and the grid around it is final now */
                 triangle(k, &r, s, colour0, stages, steps, r1);

@@ -20,8 +20,10 @@
  * works on line l, so every point is read from memory once per run. A star
  * couples a point only to the other colour, so each stage reads exactly the
  * values the sequence of separate colour steps would: the result is theirs,
- * bit for bit. Threads take blocks of lines (a trapezoid each), then fill the
- * triangles between blocks after one barrier.
+ * bit for bit. Threads take blocks of lines (a trapezoid each); then each fills the
+ * triangle at its block's upper boundary, as soon as the next thread's trapezoid has
+ * gone past the triangle's lines (no barrier), the blocks sized so that every thread
+ * has as many line-stages.
  */
 #ifndef RB_REDBLACK_INTERNAL_H
 #define RB_REDBLACK_INTERNAL_H
