@@ -51,7 +51,7 @@
 #ifndef PF_B
 #define PF_B 2048    /* and on b (16 KB; x and b often share their address mod 4 KB) */
 #endif
-#define PARALLEL_MIN 32768 /* grid points per sample below which one thread runs */
+#define PARALLEL_MIN 32768 /* grid points per sample below which one thread runs (star kernel) */
 #define SPLIT_AHEAD 2      /* rows the split kernel prefetches ahead */
 
 /* The fields both kernels fill alike: the grid's extents, b, the class kernel (or NULL), and
@@ -639,6 +639,11 @@ static void triangle(const rb_redblack *k, then_run *run, size_t s, int colour0,
         }
 }
 
+/* Grid points per sample below which one thread runs: with point-dependent weights (a
+ * varstencil's, streamed per point) a step costs 3-5x the star kernel's (127^3: 4.6 against 1.3
+ * ns per point), so the threads pay off on 4x smaller grids (31^3 of a Galerkin hierarchy). */
+static size_t parallel_min(const rb_redblack *k) { return k->cls != NULL && k->cls->wstep ? PARALLEL_MIN / 4 : PARALLEL_MIN; }
+
 void rb_redblack_run(const rb_redblack *k, int colour0, int steps, int threads)
 {
     if (steps < 1) return;
@@ -647,7 +652,7 @@ void rb_redblack_run(const rb_redblack *k, int colour0, int steps, int threads)
     const long long L = (long long)(k->dims == 2 ? k->h : k->d);
     /* blocks of at least 2 stages + 2 lines, so that the triangles do not meet */
     const long long most = L / (2LL * stages + 2);
-    if (threads > most && threads > 1 && steps > 1 && k->d * k->h * k->w >= PARALLEL_MIN) {
+    if (threads > most && threads > 1 && steps > 1 && k->d * k->h * k->w >= parallel_min(k)) {
         /* more stages than the threads' blocks hold: the steps in several passes of as many
          * as they hold (the first stage with the first pass, the residual stage with the
          * last) -- the same steps in the same order, so the same numbers */
@@ -666,7 +671,7 @@ void rb_redblack_run(const rb_redblack *k, int colour0, int steps, int threads)
         }
     }
     if (threads > most) threads = (int)most;
-    if (k->d * k->h * k->w < PARALLEL_MIN) threads = 1;
+    if (k->d * k->h * k->w < parallel_min(k)) threads = 1;
     if (then != NULL && threads > then->max_threads) threads = then->max_threads;
     if (then != NULL) then->norm2 = 0.0;
     if (threads <= 1) {
