@@ -629,6 +629,14 @@ static void wait_for(atomic_llong *done, long long need)
     }
 }
 
+long long rb_redblack_bound(long long L, int S, int T, int t)
+{
+    /* the L / T lines of an even split, every inner boundary moved (S - 1) / 2 lines down */
+    return t <= 0 ? 0 : t >= T ? L : L * t / T - (S - 1) / 2;
+}
+
+long long rb_redblack_reach(int S) { return 2LL * S + 3; }
+
 /* What the trapezoids left around the block boundary r: stage s on lines [r - s, r + s). */
 static void triangle(const rb_redblack *k, then_run *run, size_t s, int colour0, int S, int steps, long long r)
 {
@@ -685,30 +693,17 @@ void rb_redblack_run(const rb_redblack *k, int colour0, int steps, int threads)
     }
     double part[64] = {0};
     if (threads > 64) threads = 64;
-    /* progress[t].v: how far thread t's trapezoids have got (see `reach` below) */
+    /* progress[t].v: the samples whose first rb_redblack_reach times thread t's trapezoid has done */
     struct {
         _Alignas(64) atomic_llong v; /* a cache line each */
     } progress[64];
     for (int t = 0; t < threads; t++) atomic_init(&progress[t].v, 0);
-    /* Block t is [bound(t), bound(t + 1)): the L / T lines of an even split, every inner
-     * boundary moved (S - 1) / 2 lines down. Thread t < T - 1 does the triangle at its upper
-     * boundary (S (S - 1) line-stages) after its trapezoid (which is S (S - 1) / 2 short of a
-     * block's S lines per stage at each inner boundary), so every thread then has about L S / T
-     * line-stages: thread 0's block is the shorter by as much as its triangle adds, the last
-     * thread's the longer by as much as its trapezoid lacks. (most >= threads above keeps the
-     * blocks at least S + 2 lines long.) */
-    const long long shift = (stages - 1) / 2;
-    /* The triangle at r1 reads and writes lines r1 - S .. r1 + S (its residual lines and the
-     * straddling restriction's, r1 + S + 1 too). The next thread's trapezoid, which starts at
-     * r1, touches them up to time r1 + 2S (stage S - 1 on line r1 + S + 1 at most) and never
-     * again after: the triangle waits for that (times lo .. lo + reach - 1), not for the whole
-     * trapezoid; the next thread then marks sample s + 1 as reached. */
-    const long long reach = 2LL * stages + 3;
+    const long long reach = rb_redblack_reach(stages);
     int used = 1;
 #pragma omp parallel num_threads(threads)
     {
-        const long long T = omp_get_num_threads(), t = omp_get_thread_num();
-        const long long r0 = t > 0 ? L * t / T - shift : 0, r1 = t + 1 < T ? L * (t + 1) / T - shift : L;
+        const int T = omp_get_num_threads(), t = omp_get_thread_num();
+        const long long r0 = rb_redblack_bound(L, stages, T, t), r1 = rb_redblack_bound(L, stages, T, t + 1);
         then_run r = {then ? then->ring + (size_t)t * 3 * then->line : NULL, 0, -1, 0.0};
 #pragma omp single nowait
         used = (int)T;

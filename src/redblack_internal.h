@@ -135,6 +135,25 @@ bool rb_redblack_class_init(const rb_op *J, rb_shape s, double h, bool parity, c
 size_t rb_redblack_class_pack_count(rb_shape grid, int nt, int cls);
 void rb_redblack_class_pack(const double *w, rb_shape grid, int nt, int cls, double *out);
 
+/* The threads' schedule of a run over L lines with S stages on T >= 2 threads (rb_redblack_run
+ * takes T <= L / (2S + 2) and splits the steps into several runs otherwise).
+ *
+ * Thread t's block is [bound(t), bound(t + 1)): the L / T lines of an even split, every inner
+ * boundary moved (S - 1) / 2 lines down. Thread t < T - 1 fills the triangle at its block's
+ * upper boundary (S (S - 1) line-stages) after its trapezoid, which lacks S (S - 1) / 2 of its
+ * block's S lines per stage at each inner boundary; so every thread has about L S / T
+ * line-stages: thread 0's block is the shorter by as much as its triangle adds, the last
+ * thread's the longer by as much as its trapezoid lacks.
+ *
+ * The triangle at boundary r reads and writes lines r - S .. r + S (the straddling
+ * restriction's residual lines read r + S + 1 too). The next thread's trapezoid, which starts
+ * at r, touches lines x - S and above at its time x (stage s on line x - s reads x - s - 1):
+ * once its first reach(S) times (x = r .. r + reach - 1) are done, it never touches those
+ * lines again, and the triangle runs as soon as they are, not after the whole trapezoid (no
+ * barrier). */
+long long rb_redblack_bound(long long L, int S, int T, int t);
+long long rb_redblack_reach(int S);
+
 /* `steps` colour steps on k->u in place, colours colour0, 1 - colour0, ... (with a class
  * kernel: its classes in turn; colour0 unused), with k->first's stage before them and
  * k->then's after them where set. */

@@ -16,10 +16,13 @@
  */
 #include "conformance.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "grid_fast.h"
+#include "redblack_internal.h"
 
 static const int THREADS[] = {1, 2, 3};
 #define NTHREADS 3
@@ -71,6 +74,81 @@ static rb_shape shape_of(int dims, size_t i)
     return rb_shape_3d(SHAPES3[i][0], 1, SHAPES3[i][1], SHAPES3[i][2], SHAPES3[i][3]);
 }
 static size_t nshapes(int dims) { return dims == 2 ? sizeof SHAPES2 / sizeof *SHAPES2 : sizeof SHAPES3 / sizeof *SHAPES3; }
+
+/* ---- the threads' schedule of the wavefront ----------------------------------------------------- */
+
+/* Lines touched (read or written) by stage s on line l: l - 1 .. l + 1. */
+typedef struct span {
+    long long lo, hi; /* [lo, hi]; lo > hi: none */
+} span;
+static void span_add(span *a, long long l) { a->lo = l - 1 < a->lo ? l - 1 : a->lo, a->hi = l + 1 > a->hi ? l + 1 : a->hi; }
+static bool span_meets(span a, span b) { return a.lo <= a.hi && b.lo <= b.hi && a.lo <= b.hi && b.lo <= a.hi; }
+
+/* Oracle: the schedule written out line by line. For every L < 160, S <= 12 stages and T = 2..6
+ * threads that rb_redblack_run takes (T <= L / (2S + 2)), with rb_redblack_bound's blocks and
+ * rb_redblack_reach's mark:
+ *   - the trapezoids (stage s on [lo + s, hi - s), shrinking only at inner boundaries) and the
+ *     triangles (stage s on [r - s, r + s) at each inner boundary r) compute every line at every
+ *     stage exactly once;
+ *   - a triangle (with the straddling restriction's residual lines 2C .. 2C + 2 around
+ *     b = r + S - 1, when S >= 2) touches no line that work running beside it touches: any other triangle,
+ *     any other thread's trapezoid except the next thread's first `reach` times (which it
+ *     waits for), at any time. */
+static void test_wavefront_schedule(void **state)
+{
+    (void)state;
+    enum { LMAX = 160, SMAX = 12, TMAX = 6 };
+    static int count[LMAX][SMAX];
+    int cases = 0;
+    for (long long L = 1; L < LMAX; L++)
+        for (int S = 1; S <= SMAX; S++)
+            for (int T = 2; T <= TMAX && T <= L / (2LL * S + 2); T++, cases++) {
+                long long b[TMAX + 1];
+                for (int t = 0; t <= T; t++) b[t] = rb_redblack_bound(L, S, T, t);
+                if (b[0] != 0 || b[T] != L) fail_msg("L %lld S %d T %d: the blocks do not cover [0, L)", L, S, T);
+                memset(count, 0, sizeof count);
+                span tri[TMAX];
+                for (int t = 0; t + 1 < T; t++) {
+                    const long long r = b[t + 1], C = (r + S) / 2 - 1; /* b + 1 = r + S */
+                    tri[t] = (span){LLONG_MAX, LLONG_MIN};
+                    for (int s = 0; s < S; s++)
+                        for (long long l = r - s; l < r + s; l++) {
+                            if (l < 0 || l >= L) fail_msg("L %lld S %d T %d: triangle %d leaves the grid", L, S, T, t);
+                            count[l][s]++, span_add(&tri[t], l);
+                        }
+                    if (S >= 2) /* a residual stage after one colour step at least */
+                        for (long long l = 2 * C; l <= 2 * C + 2; l++) span_add(&tri[t], l);
+                }
+                for (int t = 0; t < T; t++) {
+                    const long long lo = b[t], hi = b[t + 1], times = hi + S - 1 - lo;
+                    const int slo = t > 0, shi = t + 1 < T;
+                    if (hi <= lo) fail_msg("L %lld S %d T %d: block %d empty", L, S, T, t);
+                    for (long long x = lo; x < hi + S - 1; x++) {
+                        span touched = {LLONG_MAX, LLONG_MIN};
+                        for (int s = 0; s < S; s++) {
+                            const long long l = x - s;
+                            if (l >= lo + s * slo && l < hi - s * shi) count[l][s]++, span_add(&touched, l);
+                        }
+                        const long long mark = rb_redblack_reach(S) < times ? rb_redblack_reach(S) : times;
+                        for (int u = 0; u + 1 < T; u++) { /* the triangle thread u fills beside this time */
+                            if (u == t) continue;                         /* its own: after its trapezoid */
+                            if (u == t - 1 && x - lo < mark) continue; /* waits for these times */
+                            if (span_meets(tri[u], touched))
+                                fail_msg("L %lld S %d T %d: thread %d at time %lld touches lines %lld..%lld of the "
+                                         "triangle at %lld", L, S, T, t, x, touched.lo, touched.hi, b[u + 1]);
+                        }
+                    }
+                }
+                for (int t = 0; t + 1 < T; t++)
+                    for (int u = t + 1; u + 1 < T; u++)
+                        if (span_meets(tri[t], tri[u])) fail_msg("L %lld S %d T %d: triangles %d and %d meet", L, S, T, t, u);
+                for (long long l = 0; l < L; l++)
+                    for (int s = 0; s < S; s++)
+                        if (count[l][s] != 1)
+                            fail_msg("L %lld S %d T %d: stage %d on line %lld done %d times", L, S, T, s, l, count[l][s]);
+            }
+    assert_true(cases > 1000);
+}
 
 /* ---- red-black half-sweeps -------------------------------------------------------------------- */
 
@@ -763,6 +841,7 @@ static void test_transfers_decline(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_wavefront_schedule),
         cmocka_unit_test_setup_teardown(test_half_sweep_vs_generic, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_sweep_op_vs_colour_steps, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_sweep_op_conformance, rb_test_setup, rb_test_teardown),
