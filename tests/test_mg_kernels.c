@@ -11,6 +11,8 @@
  *   colour sweep op with the stages around it          P c by rb_conv_scatter added, the sweep op's step, the
  *     (rb_residual_step_pass: prolongation added,        residual by the reference loop, its sum of squares and
  *     residual norm, restriction)                        rb_conv_gather: grids equal, norm 1e-13
+ *   the threads' schedule of the wavefront             the schedule written out line by line: each line and
+ *     (rb_redblack_bound, rb_redblack_reach)             stage once, no triangle beside work on its lines
  * on odd and even sizes, degenerate ones (extent 1, 2), batches, 1..3 threads, in place
  * and out of place; and thread counts against each other (bit for bit).
  */
