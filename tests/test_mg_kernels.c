@@ -108,6 +108,8 @@ static void test_wavefront_schedule(void **state)
                 long long b[TMAX + 1];
                 for (int t = 0; t <= T; t++) b[t] = rb_redblack_bound(L, S, T, t);
                 if (b[0] != 0 || b[T] != L) fail_msg("L %lld S %d T %d: the blocks do not cover [0, L)", L, S, T);
+                for (int t = 0; t < T; t++) /* (before any line is counted: the lines stay in [0, L)) */
+                    if (b[t + 1] <= b[t]) fail_msg("L %lld S %d T %d: block %d empty", L, S, T, t);
                 memset(count, 0, sizeof count);
                 span tri[TMAX];
                 for (int t = 0; t + 1 < T; t++) {
@@ -123,15 +125,14 @@ static void test_wavefront_schedule(void **state)
                 }
                 for (int t = 0; t < T; t++) {
                     const long long lo = b[t], hi = b[t + 1], times = hi + S - 1 - lo;
+                    const long long mark = rb_redblack_reach(S) < times ? rb_redblack_reach(S) : times;
                     const int slo = t > 0, shi = t + 1 < T;
-                    if (hi <= lo) fail_msg("L %lld S %d T %d: block %d empty", L, S, T, t);
                     for (long long x = lo; x < hi + S - 1; x++) {
                         span touched = {LLONG_MAX, LLONG_MIN};
                         for (int s = 0; s < S; s++) {
                             const long long l = x - s;
                             if (l >= lo + s * slo && l < hi - s * shi) count[l][s]++, span_add(&touched, l);
                         }
-                        const long long mark = rb_redblack_reach(S) < times ? rb_redblack_reach(S) : times;
                         for (int u = 0; u + 1 < T; u++) { /* the triangle thread u fills beside this time */
                             if (u == t) continue;                         /* its own: after its trapezoid */
                             if (u == t - 1 && x - lo < mark) continue; /* waits for these times */
