@@ -6,11 +6,12 @@
  * initial guess, solved by rb_mg_solve (RB-GS V(2,1) cycles by default) until
  * ||f - A u|| / ||f|| <= 1e-8.
  *
- * Timing: rb_mg_create once (seconds_setup: hierarchy, operators, coarse
- * factorisation, work memory), then --reps solves from u = 0 on the same solver;
- * seconds_solve is the best, seconds_solve_median the median. (The first solve
- * also pays the first touch of the level grids' pages.) One JSON line per thread
- * count.
+ * Timing: rb_mg_create once per thread count (seconds_setup: hierarchy, operators,
+ * coarse factorisation, work memory), then --reps rounds of solves from u = 0, each
+ * thread count on its own solver in turn (alternated, so that the speed-up between
+ * thread counts is not a change of the machine's load); seconds_solve is the best,
+ * seconds_solve_median the median. (The first solve also pays the first touch of the
+ * level grids' pages.) One JSON line per thread count.
  *
  * --fmg: full multigrid (rb_mg_fmg, one cycle per level) to the discretisation error,
  * HPGMG's metric: -div(a grad u) = f with u* = prod sin(pi x_i), a = 1 (--coef const)
@@ -118,10 +119,13 @@ typedef struct options {
 
 /* ---- time to tolerance ------------------------------------------------------------------------- */
 
-static int solve_case(rb_context *ctx, const options *o, int T)
+/* One hierarchy per thread count (each set up on its own threads, set-up timed), then --reps
+ * rounds in which every thread count solves once, in turn (the order reversed every other
+ * round): each count's best and median come from the same minutes of the machine, so the
+ * speed-up of two cores over one compares like with like. */
+static int solve_case(rb_context *ctx, const options *o)
 {
-    rb_status st = rb_context_set_threads(ctx, T);
-    if (st != RB_OK) return fail(ctx, st, "--threads");
+    const int K = o->nthreads;
     rb_mg_problem pb = {o->dim, o->n, NULL, 1.0};
     rb_mg_options opt = rb_mg_options_default(o->dim);
     opt.omega = o->omega;
@@ -130,47 +134,54 @@ static int solve_case(rb_context *ctx, const options *o, int T)
     opt.fine_pre = o->fine_pre, opt.fine_post = o->fine_post, opt.plain_fine = o->plain_fine != 0, opt.cycle = o->cycle;
     opt.fmg_start = o->fmg_start != 0;
     const double load_before = load_average();
-    rb_mg *mg = NULL;
-    double t0 = now();
-    st = rb_mg_create(ctx, &pb, &opt, &mg);
-    const double setup = now() - t0;
-    if (st != RB_OK) return fail(ctx, st, "rb_mg_create");
-    rb_tensor f = {0}, u = {0};
-    st = rb_tensor_alloc(ctx, &f, rb_mg_shape(mg));
-    if (st == RB_OK) st = rb_tensor_alloc(ctx, &u, rb_mg_shape(mg));
-    if (st == RB_OK) st = rb_tensor_fill(ctx, &f, 1.0);
-    double t[MAX_REPS];
-    rb_mg_report rep = {0};
-    for (int r = 0; r < o->reps && st == RB_OK; r++) {
-        st = rb_tensor_fill(ctx, &u, 0.0);
+    rb_mg *mg[MAX_LIST] = {NULL};
+    double setup[MAX_LIST] = {0}, t0;
+    rb_status st = RB_OK;
+    for (int i = 0; i < K && st == RB_OK; i++) {
+        st = rb_context_set_threads(ctx, (int)o->threads[i]);
+        if (st != RB_OK) break;
         t0 = now();
-        if (st == RB_OK) st = rb_mg_solve(ctx, mg, &f, &u, TOL, 100, &rep);
-        t[r] = now() - t0;
+        st = rb_mg_create(ctx, &pb, &opt, &mg[i]);
+        setup[i] = now() - t0;
     }
-    int rc = 0;
-    if (st != RB_OK) {
-        rc = fail(ctx, st, "rb_mg_solve");
-    } else {
-        double best = t[0];
+    rb_tensor f = {0}, u = {0};
+    if (st == RB_OK) st = rb_tensor_alloc(ctx, &f, rb_mg_shape(mg[0]));
+    if (st == RB_OK) st = rb_tensor_alloc(ctx, &u, rb_mg_shape(mg[0]));
+    if (st == RB_OK) st = rb_tensor_fill(ctx, &f, 1.0);
+    static double t[MAX_LIST][MAX_REPS];
+    rb_mg_report rep[MAX_LIST] = {{0}};
+    for (int r = 0; r < o->reps && st == RB_OK; r++)
+        for (int j = 0; j < K && st == RB_OK; j++) {
+            const int i = r % 2 ? K - 1 - j : j;
+            st = rb_context_set_threads(ctx, (int)o->threads[i]);
+            if (st == RB_OK) st = rb_tensor_fill(ctx, &u, 0.0);
+            t0 = now();
+            if (st == RB_OK) st = rb_mg_solve(ctx, mg[i], &f, &u, TOL, 100, &rep[i]);
+            t[i][r] = now() - t0;
+        }
+    int rc = st != RB_OK ? fail(ctx, st, "solve") : 0;
+    char fine[64] = "";
+    if (o->fine_pre >= 0 || o->fine_post >= 0)
+        snprintf(fine, sizeof fine, ", finest (%d,%d)", o->fine_pre >= 0 ? o->fine_pre : opt.pre,
+                 o->fine_post >= 0 ? o->fine_post : opt.post);
+    const double load_after = load_average();
+    for (int i = 0; i < K && rc == 0; i++) {
+        double best = t[i][0];
         for (int r = 1; r < o->reps; r++)
-            if (t[r] < best) best = t[r];
-        char fine[64] = "";
-        if (o->fine_pre >= 0 || o->fine_post >= 0)
-            snprintf(fine, sizeof fine, ", finest (%d,%d)", o->fine_pre >= 0 ? o->fine_pre : opt.pre,
-                     o->fine_post >= 0 ? o->fine_post : opt.post);
-        printf("{\"peer\":\"resbridge\",\"config\":\"rbgs %s(%d,%d)%s%s%s%s\",\"dim\":%d,\"n\":%zu,\"threads\":%d,"
+            if (t[i][r] < best) best = t[i][r];
+        printf("{\"peer\":\"resbridge\",\"config\":\"rbgs %s(%d,%d)%s%s%s%s\",\"dim\":%d,\"n\":%zu,\"threads\":%ld,"
                "\"cycles\":%d,\"rel_residual\":%.6e,\"convergence_factor\":%.4f,\"levels\":%zu,"
                "\"seconds_setup\":%.6f,\"seconds_solve\":%.6f,\"seconds_solve_median\":%.6f,"
-               "\"seconds_first_solve\":%.6f,\"reps\":%d,\"omega\":%.4f,"
+               "\"seconds_first_solve\":%.6f,\"reps\":%d,\"alternated_with\":%d,\"omega\":%.4f,"
                "\"loadavg_before\":%.2f,\"loadavg_after\":%.2f}\n",
-               rb_cycle_name(opt.cycle), opt.pre, opt.post, fine, o->fmg_start ? ", FMG start" : "", o->omega > 0 ? " omega" : "", o->plain_fine ? ", plain finest grid" : "", o->dim,
-               o->n, T, rep.cycles, rep.rel_residual,
-               rep.convergence_factor, rb_mg_levels(mg), setup, best, median(t, o->reps), t[0], o->reps,
-               o->omega > 0 ? o->omega : 1.0, load_before, load_average());
-        fflush(stdout);
+               rb_cycle_name(opt.cycle), opt.pre, opt.post, fine, o->fmg_start ? ", FMG start" : "", o->omega > 0 ? " omega" : "",
+               o->plain_fine ? ", plain finest grid" : "", o->dim, o->n, o->threads[i], rep[i].cycles, rep[i].rel_residual,
+               rep[i].convergence_factor, rb_mg_levels(mg[i]), setup[i], best, median(t[i], o->reps), t[i][0], o->reps, K - 1,
+               o->omega > 0 ? o->omega : 1.0, load_before, load_after);
     }
+    fflush(stdout);
     rb_tensor_release(ctx, &f), rb_tensor_release(ctx, &u);
-    rb_mg_free(ctx, mg);
+    for (int i = 0; i < K; i++) rb_mg_free(ctx, mg[i]);
     return rc;
 }
 
@@ -565,11 +576,11 @@ int main(int argc, char **argv)
     rb_context *ctx;
     if (rb_context_create(&ctx, NULL) != RB_OK) return 1;
     int rc = 0;
-    for (int i = 0; i < o.nthreads && rc == 0; i++)
+    if (!o.sweeps && !o.class_sweeps && !o.fmg) rc = solve_case(ctx, &o);
+    for (int i = 0; i < o.nthreads && rc == 0 && (o.sweeps || o.class_sweeps || o.fmg); i++)
         rc = o.sweeps         ? sweep_case(ctx, &o, (int)o.threads[i])
              : o.class_sweeps ? class_sweep_case(ctx, &o, (int)o.threads[i])
-             : o.fmg          ? fmg_case(ctx, &o, (int)o.threads[i])
-                      : solve_case(ctx, &o, (int)o.threads[i]);
+                              : fmg_case(ctx, &o, (int)o.threads[i]);
     rb_context_free(ctx);
     return rc;
 }

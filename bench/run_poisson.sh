@@ -4,12 +4,14 @@
 # 2D n = 1023, 2047 and 3D n = 127, 255, with 1 and 2 cores (resbridge: OpenMP threads;
 # hypre: MPI ranks, one thread each), and the smoother's bandwidth against a STREAM triad.
 #
-# Builds bench_poisson and bench_hypre (Release, in $BUILD), then for every case and core
-# count runs, ROUNDS times and alternating (so both see the same machine), resbridge in each
-# of its configurations and hypre in each of its (bench_hypre --config all: PFMG with hypre's
-# defaults, PFMG with red-black Gauss-Seidel, CG preconditioned by PFMG). Each side keeps its
-# best configuration and its best solve; setup (hierarchy, coarse operators, factorisation)
-# is timed apart on both sides. Prints a Markdown table (ratio = hypre s / resbridge s).
+# Builds bench_poisson and bench_hypre (Release, in $BUILD), then for every case runs, ROUNDS
+# times and alternating (so both see the same machine), resbridge in each of its
+# configurations (every core count in one process, solves alternating between them, so that
+# two cores against one is measured in the same minutes) and, per core count, hypre in each of
+# its (bench_hypre --config all: PFMG with hypre's defaults, PFMG with red-black Gauss-Seidel,
+# CG preconditioned by PFMG). Each side keeps its best configuration and its best solve;
+# setup (hierarchy, coarse operators, factorisation) is timed apart on both sides. Prints a
+# Markdown table (ratio = hypre s / resbridge s).
 #
 #     bench/run_poisson.sh                           # table on stdout
 #     ROUNDS=3 bench/run_poisson.sh --json runs.jsonl  # also keep every JSON line
@@ -49,28 +51,30 @@ cmake --build "$BUILD" --target bench_hypre -j2 >/dev/null 2>&1 || HAVE_HYPRE=0
 RUNS=$(mktemp)
 trap 'rm -f "$RUNS"' EXIT
 export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
+THREADS=$(echo "$CORES" | tr ' ' ',')
 for C in $CASES; do
   D=${C%%:*} N=${C##*:}
   if [ "$D" = 2 ]; then CONFIGS=$RB_CONFIGS_2; else CONFIGS=$RB_CONFIGS_3; fi
-  for T in $CORES; do
-    for r in $(seq "$ROUNDS"); do
-      IFS='|' read -ra RBC <<<"$CONFIGS"
-      for cfg in "${RBC[@]}"; do
-        # shellcheck disable=SC2086
-        "$BUILD/bench_poisson" --dim "$D" --n "$N" --threads "$T" --reps "$REPS" $cfg >>"$RUNS"
-      done
-      if [ "$HAVE_HYPRE" = 1 ]; then
+  for r in $(seq "$ROUNDS"); do
+    IFS='|' read -ra RBC <<<"$CONFIGS"
+    for cfg in "${RBC[@]}"; do
+      # every core count in one process, solves alternating (bench_poisson.c)
+      # shellcheck disable=SC2086
+      "$BUILD/bench_poisson" --dim "$D" --n "$N" --threads "$THREADS" --reps "$REPS" $cfg >>"$RUNS"
+    done
+    if [ "$HAVE_HYPRE" = 1 ]; then
+      for T in $CORES; do
         IFS='|' read -ra HC <<<"$HYPRE_CONFIGS"
         for cfg in "${HC[@]}"; do
           # shellcheck disable=SC2086
           mpirun --allow-run-as-root -np "$T" "$BUILD/bench_hypre" --dim "$D" --n "$N" --reps "$HYPRE_REPS" $cfg \
             2>/dev/null | sed "s/^{/{\"loadavg\":$(cut -d' ' -f1 /proc/loadavg),/" >>"$RUNS"
         done
-      fi
-    done
+      done
+    fi
   done
 done
-"$BUILD/bench_poisson" --sweeps --n "$SWEEP_N" --threads "$(echo "$CORES" | tr ' ' ',')" --reps 30 >>"$RUNS"
+"$BUILD/bench_poisson" --sweeps --n "$SWEEP_N" --threads "$THREADS" --reps 30 >>"$RUNS"
 if [ -n "$JSON" ]; then cp "$RUNS" "$JSON"; fi
 
 "$PYTHON" - "$RUNS" "$ROUNDS" "$REPS" "$HYPRE_REPS" <<'PY'
@@ -120,7 +124,7 @@ for key in sorted(rb):
     else:
         print(f"| {dim}D n={n} | {t} | {r['seconds_solve']:.4f} | {cfg} | {r['cycles']} | - | - | - | - | - | "
               f"{r['seconds_setup']:.3f} / - | - |")
-print("\n2 cores against 1 (resbridge, best solves; goal >= 1.8):\n")
+print("\n2 cores against 1 (resbridge, best solves, the two alternating in each run; goal >= 1.8):\n")
 print("| case | 1 core s | 2 cores s | speed-up |")
 print("|---|---:|---:|---:|")
 for (dim, n, t) in sorted(rb):
