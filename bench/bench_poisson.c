@@ -11,7 +11,10 @@
  * thread count on its own solver in turn (alternated, so that the speed-up between
  * thread counts is not a change of the machine's load); seconds_solve is the best,
  * seconds_solve_median the median. (The first solve also pays the first touch of the
- * level grids' pages.) One JSON line per thread count.
+ * level grids' pages.) Then what the machine gives on each thread count, as many rounds:
+ * a compute-bound loop and a STREAM triad (seconds_compute, seconds_triad: best and
+ * median), the ceilings of the solve's speed-up in those minutes. One JSON line per
+ * thread count.
  *
  * --fmg: full multigrid (rb_mg_fmg, one cycle per level) to the discretisation error,
  * HPGMG's metric: -div(a grad u) = f with u* = prod sin(pi x_i), a = 1 (--coef const)
@@ -119,10 +122,52 @@ typedef struct options {
 
 /* ---- time to tolerance ------------------------------------------------------------------------- */
 
+static void first_touch(double *p, size_t len, double v, int threads)
+{
+    const long long m = (long long)len;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long long i = 0; i < m; i++) p[i] = v + 1e-3 * (double)(i % 1000);
+}
+
+static double triad_seconds(double *a, const double *b, const double *c, size_t len, int threads)
+{
+    const double s = 3.0;
+    const long long m = (long long)len;
+    double t0 = now();
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long long i = 0; i < m; i++) a[i] = b[i] + s * c[i];
+    return now() - t0;
+}
+
+/* What the cores and the memory give this process, measured beside the solves: a fixed amount of
+ * arithmetic (16 independent multiply-add chains per thread, in registers, no memory traffic)
+ * split over T threads, and a STREAM triad over arrays 6x the L3 cache (TRIAD_LEN doubles each).
+ * Their speed-ups from 1 to T threads bound any code's in those minutes: on this shared virtual
+ * machine neither is always T (the triad's often far from it). */
+#define TRIAD_LEN (8u << 20)
+#define COMPUTE_ITERS 8000000L
+static double compute_seconds(int threads)
+{
+    double sink = 0.0, t0 = now();
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : sink)
+    for (int part = 0; part < threads; part++) {
+        double a[16];
+        for (int i = 0; i < 16; i++) a[i] = 1.0 + 1e-9 * i;
+        for (long k = 0; k < COMPUTE_ITERS / threads; k++)
+            for (int i = 0; i < 16; i++) a[i] = a[i] * 0.9999999 + 1e-9;
+        for (int i = 0; i < 16; i++) sink += a[i];
+    }
+    const double t = now() - t0;
+    if (!(sink > 0.0)) fprintf(stderr, "bench_poisson: compute loop: %g\n", sink); /* (keeps the loop) */
+    return t;
+}
+
 /* One hierarchy per thread count (each set up on its own threads, set-up timed), then --reps
  * rounds in which every thread count solves once, in turn (the order reversed every other
  * round): each count's best and median come from the same minutes of the machine, so the
- * speed-up of two cores over one compares like with like. */
+ * speed-up of two cores over one compares like with like. Then as many rounds of the compute
+ * loop and the triad (compute_seconds, triad_seconds) on each thread count: seconds_compute and
+ * seconds_triad, their best, and their medians. */
 static int solve_case(rb_context *ctx, const options *o)
 {
     const int K = o->nthreads;
@@ -148,7 +193,10 @@ static int solve_case(rb_context *ctx, const options *o)
     if (st == RB_OK) st = rb_tensor_alloc(ctx, &f, rb_mg_shape(mg[0]));
     if (st == RB_OK) st = rb_tensor_alloc(ctx, &u, rb_mg_shape(mg[0]));
     if (st == RB_OK) st = rb_tensor_fill(ctx, &f, 1.0);
-    static double t[MAX_LIST][MAX_REPS];
+    static double t[MAX_LIST][MAX_REPS], ct[MAX_LIST][MAX_REPS], tt[MAX_LIST][MAX_REPS];
+    double *ta = malloc(3 * (size_t)TRIAD_LEN * sizeof *ta);
+    if (ta == NULL && st == RB_OK) st = rb_fail(ctx, RB_ENOMEM, "triad arrays");
+    if (ta != NULL) first_touch(ta, 3 * (size_t)TRIAD_LEN, 1.0, o->threads[K - 1] > 0 ? (int)o->threads[K - 1] : 1);
     rb_mg_report rep[MAX_LIST] = {{0}};
     for (int r = 0; r < o->reps && st == RB_OK; r++)
         for (int j = 0; j < K && st == RB_OK; j++) {
@@ -159,6 +207,14 @@ static int solve_case(rb_context *ctx, const options *o)
             if (st == RB_OK) st = rb_mg_solve(ctx, mg[i], &f, &u, TOL, 100, &rep[i]);
             t[i][r] = now() - t0;
         }
+    /* then the machine, as many rounds (after the solves, so that the triad does not empty the
+     * caches they start from) */
+    for (int r = 0; r < o->reps && st == RB_OK; r++)
+        for (int j = 0; j < K; j++) {
+            const int i = r % 2 ? K - 1 - j : j;
+            ct[i][r] = compute_seconds((int)o->threads[i]);
+            tt[i][r] = triad_seconds(ta, ta + TRIAD_LEN, ta + 2 * (size_t)TRIAD_LEN, TRIAD_LEN, (int)o->threads[i]);
+        }
     int rc = st != RB_OK ? fail(ctx, st, "solve") : 0;
     char fine[64] = "";
     if (o->fine_pre >= 0 || o->fine_post >= 0)
@@ -166,20 +222,20 @@ static int solve_case(rb_context *ctx, const options *o)
                  o->fine_post >= 0 ? o->fine_post : opt.post);
     const double load_after = load_average();
     for (int i = 0; i < K && rc == 0; i++) {
-        double best = t[i][0];
-        for (int r = 1; r < o->reps; r++)
-            if (t[i][r] < best) best = t[i][r];
+        double best = t[i][0], cbest = ct[i][0], tbest = tt[i][0];
+        for (int r = 1; r < o->reps; r++) best = fmin(best, t[i][r]), cbest = fmin(cbest, ct[i][r]), tbest = fmin(tbest, tt[i][r]);
         printf("{\"peer\":\"resbridge\",\"config\":\"rbgs %s(%d,%d)%s%s%s%s\",\"dim\":%d,\"n\":%zu,\"threads\":%ld,"
                "\"cycles\":%d,\"rel_residual\":%.6e,\"convergence_factor\":%.4f,\"levels\":%zu,"
                "\"seconds_setup\":%.6f,\"seconds_solve\":%.6f,\"seconds_solve_median\":%.6f,"
-               "\"seconds_first_solve\":%.6f,\"reps\":%d,\"alternated_with\":%d,\"omega\":%.4f,"
+               "\"seconds_first_solve\":%.6f,\"seconds_compute\":%.6f,\"seconds_compute_median\":%.6f,\"seconds_triad\":%.6f,\"seconds_triad_median\":%.6f,\"reps\":%d,\"alternated_with\":%d,\"omega\":%.4f,"
                "\"loadavg_before\":%.2f,\"loadavg_after\":%.2f}\n",
                rb_cycle_name(opt.cycle), opt.pre, opt.post, fine, o->fmg_start ? ", FMG start" : "", o->omega > 0 ? " omega" : "",
                o->plain_fine ? ", plain finest grid" : "", o->dim, o->n, o->threads[i], rep[i].cycles, rep[i].rel_residual,
-               rep[i].convergence_factor, rb_mg_levels(mg[i]), setup[i], best, median(t[i], o->reps), t[i][0], o->reps, K - 1,
+               rep[i].convergence_factor, rb_mg_levels(mg[i]), setup[i], best, median(t[i], o->reps), t[i][0], cbest, median(ct[i], o->reps), tbest, median(tt[i], o->reps), o->reps, K - 1,
                o->omega > 0 ? o->omega : 1.0, load_before, load_after);
     }
     fflush(stdout);
+    free(ta);
     rb_tensor_release(ctx, &f), rb_tensor_release(ctx, &u);
     for (int i = 0; i < K; i++) rb_mg_free(ctx, mg[i]);
     return rc;
@@ -312,23 +368,6 @@ static int fmg_case(rb_context *ctx, const options *o, int T)
 }
 
 /* ---- the smoother's bandwidth ------------------------------------------------------------------ */
-
-static void first_touch(double *p, size_t len, double v, int threads)
-{
-    const long long m = (long long)len;
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (long long i = 0; i < m; i++) p[i] = v + 1e-3 * (double)(i % 1000);
-}
-
-static double triad_seconds(double *a, const double *b, const double *c, size_t len, int threads)
-{
-    const double s = 3.0;
-    const long long m = (long long)len;
-    double t0 = now();
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (long long i = 0; i < m; i++) a[i] = b[i] + s * c[i];
-    return now() - t0;
-}
 
 enum { K_TRIAD, K_COLOURS, K_SWEEP1, K_SWEEP2, K_SPLIT1, K_SPLIT2, K_COUNT };
 static const char *const sweep_names[K_COUNT] = {"STREAM triad", "RB-GS sweep: red step + black step",
