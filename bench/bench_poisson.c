@@ -182,6 +182,7 @@ static int solve_case(rb_context *ctx, const options *o)
     rb_mg *mg[MAX_LIST] = {NULL};
     double setup[MAX_LIST] = {0}, t0;
     rb_status st = RB_OK;
+    const char *what = "rb_mg_create";
     for (int i = 0; i < K && st == RB_OK; i++) {
         st = rb_context_set_threads(ctx, (int)o->threads[i]);
         if (st != RB_OK) break;
@@ -198,6 +199,7 @@ static int solve_case(rb_context *ctx, const options *o)
     if (ta == NULL && st == RB_OK) st = rb_fail(ctx, RB_ENOMEM, "triad arrays");
     if (ta != NULL) first_touch(ta, 3 * (size_t)TRIAD_LEN, 1.0, o->threads[K - 1] > 0 ? (int)o->threads[K - 1] : 1);
     rb_mg_report rep[MAX_LIST] = {{0}};
+    if (st == RB_OK) what = "rb_mg_solve";
     for (int r = 0; r < o->reps && st == RB_OK; r++)
         for (int j = 0; j < K && st == RB_OK; j++) {
             const int i = r % 2 ? K - 1 - j : j;
@@ -215,7 +217,7 @@ static int solve_case(rb_context *ctx, const options *o)
             ct[i][r] = compute_seconds((int)o->threads[i]);
             tt[i][r] = triad_seconds(ta, ta + TRIAD_LEN, ta + 2 * (size_t)TRIAD_LEN, TRIAD_LEN, (int)o->threads[i]);
         }
-    int rc = st != RB_OK ? fail(ctx, st, "solve") : 0;
+    int rc = st != RB_OK ? fail(ctx, st, what) : 0;
     char fine[64] = "";
     if (o->fine_pre >= 0 || o->fine_post >= 0)
         snprintf(fine, sizeof fine, ", finest (%d,%d)", o->fine_pre >= 0 ? o->fine_pre : opt.pre,
@@ -223,15 +225,18 @@ static int solve_case(rb_context *ctx, const options *o)
     const double load_after = load_average();
     for (int i = 0; i < K && rc == 0; i++) {
         double best = t[i][0], cbest = ct[i][0], tbest = tt[i][0];
-        for (int r = 1; r < o->reps; r++) best = fmin(best, t[i][r]), cbest = fmin(cbest, ct[i][r]), tbest = fmin(tbest, tt[i][r]);
+        for (int r = 1; r < o->reps; r++)
+            best = fmin(best, t[i][r]), cbest = fmin(cbest, ct[i][r]), tbest = fmin(tbest, tt[i][r]);
         printf("{\"peer\":\"resbridge\",\"config\":\"rbgs %s(%d,%d)%s%s%s%s\",\"dim\":%d,\"n\":%zu,\"threads\":%ld,"
                "\"cycles\":%d,\"rel_residual\":%.6e,\"convergence_factor\":%.4f,\"levels\":%zu,"
                "\"seconds_setup\":%.6f,\"seconds_solve\":%.6f,\"seconds_solve_median\":%.6f,"
-               "\"seconds_first_solve\":%.6f,\"seconds_compute\":%.6f,\"seconds_compute_median\":%.6f,\"seconds_triad\":%.6f,\"seconds_triad_median\":%.6f,\"reps\":%d,\"alternated_with\":%d,\"omega\":%.4f,"
+               "\"seconds_first_solve\":%.6f,\"seconds_compute\":%.6f,\"seconds_compute_median\":%.6f,"
+               "\"seconds_triad\":%.6f,\"seconds_triad_median\":%.6f,\"reps\":%d,\"alternated_with\":%d,\"omega\":%.4f,"
                "\"loadavg_before\":%.2f,\"loadavg_after\":%.2f}\n",
                rb_cycle_name(opt.cycle), opt.pre, opt.post, fine, o->fmg_start ? ", FMG start" : "", o->omega > 0 ? " omega" : "",
                o->plain_fine ? ", plain finest grid" : "", o->dim, o->n, o->threads[i], rep[i].cycles, rep[i].rel_residual,
-               rep[i].convergence_factor, rb_mg_levels(mg[i]), setup[i], best, median(t[i], o->reps), t[i][0], cbest, median(ct[i], o->reps), tbest, median(tt[i], o->reps), o->reps, K - 1,
+               rep[i].convergence_factor, rb_mg_levels(mg[i]), setup[i], best, median(t[i], o->reps), t[i][0], cbest,
+               median(ct[i], o->reps), tbest, median(tt[i], o->reps), o->reps, K - 1,
                o->omega > 0 ? o->omega : 1.0, load_before, load_after);
     }
     fflush(stdout);
