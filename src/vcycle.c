@@ -200,22 +200,12 @@ static rb_status correct(rb_context *ctx, rb_vlevel *lv, const rb_vlevel *coarse
     return st;
 }
 
-/* t = 0, on the context's threads for large grids. */
-static void zero(rb_context *ctx, rb_tensor *t)
-{
-    const long long n = (long long)rb_tensor_count(t), chunk = 4096;
-    const int threads = rb_context_threads(ctx);
-    double *d = t->data;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && n >= 65536)
-    for (long long i = 0; i < n; i += chunk) memset(d + i, 0, (size_t)(i + chunk <= n ? chunk : n - i) * sizeof(double));
-}
-
 /* The coarse iterate's start: u_{l+1} = 0, or with a projection u_{l+1} = Pi u and
  * f_{l+1} += A_{l+1} u_{l+1} (then also in the restriction's record, taped). */
 static rb_status start_coarse(rb_context *ctx, rb_vlevel *lv, rb_vlevel *coarse, rb_vtape *tape, rb_arena *work)
 {
     if (lv->Pi == NULL) {
-        zero(ctx, &coarse->u);
+        rb_zero(ctx, coarse->u.data, rb_tensor_count(&coarse->u));
         return RB_OK;
     }
     rb_status st = rb_op_apply(ctx, lv->Pi, &lv->u, &coarse->u, work);
@@ -352,7 +342,7 @@ static rb_status cycle(rb_context *ctx, const rb_vcycle *vc, size_t l, rb_cycle 
 static rb_status fmg(rb_context *ctx, const rb_vcycle *vc, size_t l, int cycles, rb_arena *work)
 {
     if (l + 1 == vc->nlevels) { /* solved, or smoothed from 0 */
-        zero(ctx, &vc->level[l].u);
+        rb_zero(ctx, vc->level[l].u.data, rb_tensor_count(&vc->level[l].u));
         return cycle(ctx, vc, l, vc->cycle, NULL, NULL, work, NULL, false);
     }
     rb_vlevel *lv = &vc->level[l];
