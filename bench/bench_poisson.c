@@ -51,6 +51,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "benchkit.h"
 #include "resbridge/resbridge.h"
 
 #define MAX_LIST 8
@@ -129,16 +130,6 @@ static void first_touch(double *p, size_t len, double v, int threads)
     for (long long i = 0; i < m; i++) p[i] = v + 1e-3 * (double)(i % 1000);
 }
 
-static double triad_seconds(double *a, const double *b, const double *c, size_t len, int threads)
-{
-    const double s = 3.0;
-    const long long m = (long long)len;
-    double t0 = now();
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (long long i = 0; i < m; i++) a[i] = b[i] + s * c[i];
-    return now() - t0;
-}
-
 /* What the cores and the memory give this process, measured beside the solves: a fixed amount of
  * arithmetic (16 independent multiply-add chains per thread, in registers, no memory traffic)
  * split over T threads, and a STREAM triad over arrays 6x the L3 cache (TRIAD_LEN doubles each).
@@ -166,7 +157,7 @@ static double compute_seconds(int threads)
  * rounds in which every thread count solves once, in turn (the order reversed every other
  * round): each count's best and median come from the same minutes of the machine, so the
  * speed-up of two cores over one compares like with like. Then as many rounds of the compute
- * loop and the triad (compute_seconds, triad_seconds) on each thread count: seconds_compute and
+ * loop and the triad (compute_seconds, bench_triad_seconds) on each thread count: seconds_compute and
  * seconds_triad, their best, and their medians. */
 static int solve_case(rb_context *ctx, const options *o)
 {
@@ -215,7 +206,7 @@ static int solve_case(rb_context *ctx, const options *o)
         for (int j = 0; j < K; j++) {
             const int i = r % 2 ? K - 1 - j : j;
             ct[i][r] = compute_seconds((int)o->threads[i]);
-            tt[i][r] = triad_seconds(ta, ta + TRIAD_LEN, ta + 2 * (size_t)TRIAD_LEN, TRIAD_LEN, (int)o->threads[i]);
+            tt[i][r] = bench_triad_seconds(ta, ta + TRIAD_LEN, ta + 2 * (size_t)TRIAD_LEN, TRIAD_LEN, (int)o->threads[i]);
         }
     int rc = st != RB_OK ? fail(ctx, st, what) : 0;
     char fine[64] = "";
@@ -418,7 +409,7 @@ static int sweep_case(rb_context *ctx, const options *o, int T)
         first_touch(u.data, len, 0.5, T), first_touch(b.data, len, 1.0, T), first_touch(bs.data, len, 1.0, T);
         for (int round = 0; round <= o->reps && rc == 0; round++) { /* round 0 warms up */
             double t[K_COUNT];
-            t[K_TRIAD] = triad_seconds(ta, tb, tc, len, T);
+            t[K_TRIAD] = bench_triad_seconds(ta, tb, tc, len, T);
             double t0 = now();
             st = rb_residual_step(ctx, red, 1.0, &u, &u, &work);
             if (st == RB_OK) st = rb_residual_step(ctx, black, 1.0, &u, &u, &work);

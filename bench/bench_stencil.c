@@ -28,6 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "benchkit.h"
 #include "resbridge/resbridge.h"
 
 #define MAX_LIST 8
@@ -61,17 +62,6 @@ static int parse_list(const char *s, long *out, int max)
         if (*end && *end != ',') return -1;
     }
     return k;
-}
-
-/* One STREAM triad a[i] = b[i] + s c[i] on `len` doubles per array, same static partition as the first touch. */
-static double triad_seconds(double *a, const double *b, const double *c, size_t len, int threads)
-{
-    const double s = 3.0;
-    const long long m = (long long)len;
-    double t0 = now();
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (long long i = 0; i < m; i++) a[i] = b[i] + s * c[i];
-    return now() - t0;
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -221,7 +211,7 @@ int main(int argc, char **argv)
             for (int k = 0; k <= K_COUNT; k++) best[k] = 1e30;
             for (long round = 0; round <= reps && rc == 0; round++) {
                 double t[K_COUNT + 1] = {0};
-                t[K_COUNT] = triad_seconds(ta, tb, tc, len, T);
+                t[K_COUNT] = bench_triad_seconds(ta, tb, tc, len, T);
                 for (int k = 0; k < K_COUNT && rc == 0; k++) {
                     t[k] = kernel_seconds(ctx, (kernel)k, A, J, &x, &y, &work);
                     if (t[k] < 0) rc = 1;
