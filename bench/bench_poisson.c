@@ -59,13 +59,6 @@
 #define TOL 1e-8
 #define PI 3.14159265358979323846
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static int parse_list(const char *s, long *out, int max)
 {
     int k = 0;
@@ -139,7 +132,7 @@ static void first_touch(double *p, size_t len, double v, int threads)
 #define COMPUTE_ITERS 8000000L
 static double compute_seconds(int threads)
 {
-    double sink = 0.0, t0 = now();
+    double sink = 0.0, t0 = bench_now();
 #pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : sink)
     for (int part = 0; part < threads; part++) {
         double a[16];
@@ -148,7 +141,7 @@ static double compute_seconds(int threads)
             for (int i = 0; i < 16; i++) a[i] = a[i] * 0.9999999 + 1e-9;
         for (int i = 0; i < 16; i++) sink += a[i];
     }
-    const double t = now() - t0;
+    const double t = bench_now() - t0;
     if (!(sink > 0.0)) fprintf(stderr, "bench_poisson: compute loop: %g\n", sink); /* (keeps the loop) */
     return t;
 }
@@ -177,9 +170,9 @@ static int solve_case(rb_context *ctx, const options *o)
     for (int i = 0; i < K && st == RB_OK; i++) {
         st = rb_context_set_threads(ctx, (int)o->threads[i]);
         if (st != RB_OK) break;
-        t0 = now();
+        t0 = bench_now();
         st = rb_mg_create(ctx, &pb, &opt, &mg[i]);
-        setup[i] = now() - t0;
+        setup[i] = bench_now() - t0;
     }
     rb_tensor f = {0}, u = {0};
     if (st == RB_OK) st = rb_tensor_alloc(ctx, &f, rb_mg_shape(mg[0]));
@@ -188,7 +181,7 @@ static int solve_case(rb_context *ctx, const options *o)
     static double t[MAX_LIST][MAX_REPS], ct[MAX_LIST][MAX_REPS], tt[MAX_LIST][MAX_REPS];
     double *ta = malloc(3 * (size_t)TRIAD_LEN * sizeof *ta);
     if (ta == NULL && st == RB_OK) st = rb_fail(ctx, RB_ENOMEM, "triad arrays");
-    if (ta != NULL) first_touch(ta, 3 * (size_t)TRIAD_LEN, 1.0, o->threads[K - 1] > 0 ? (int)o->threads[K - 1] : 1);
+    if (ta != NULL) first_touch(ta, 3 * (size_t)TRIAD_LEN, 1.0, (int)o->threads[K - 1]); /* (counts >= 1: parse_list) */
     rb_mg_report rep[MAX_LIST] = {{0}};
     if (st == RB_OK) what = "rb_mg_solve";
     for (int r = 0; r < o->reps && st == RB_OK; r++)
@@ -196,9 +189,9 @@ static int solve_case(rb_context *ctx, const options *o)
             const int i = r % 2 ? K - 1 - j : j;
             st = rb_context_set_threads(ctx, (int)o->threads[i]);
             if (st == RB_OK) st = rb_tensor_fill(ctx, &u, 0.0);
-            t0 = now();
+            t0 = bench_now();
             if (st == RB_OK) st = rb_mg_solve(ctx, mg[i], &f, &u, TOL, 100, &rep[i]);
-            t[i][r] = now() - t0;
+            t[i][r] = bench_now() - t0;
         }
     /* then the machine, as many rounds (after the solves, so that the triad does not empty the
      * caches they start from) */
@@ -312,9 +305,9 @@ static rb_status fmg_problem(rb_context *ctx, const options *o, size_t n, int re
     if (o->post >= 0) opt.post = o->post;
     opt.coarse = o->rediscretise ? RB_COARSE_REDISCRETISE : RB_COARSE_GALERKIN;
     rb_mg *mg = NULL;
-    double t0 = now();
+    double t0 = bench_now();
     rb_status st = rb_mg_create(ctx, &pb, &opt, &mg);
-    res->setup = now() - t0;
+    res->setup = bench_now() - t0;
     rb_free(ctx, coef);
     rb_tensor f = {0}, u = {0};
     if (st == RB_OK) st = rb_tensor_alloc(ctx, &f, rb_mg_shape(mg));
@@ -328,9 +321,9 @@ static rb_status fmg_problem(rb_context *ctx, const options *o, size_t n, int re
     }
     res->best = INFINITY;
     for (int r = 0; r < reps && st == RB_OK; r++) {
-        t0 = now();
+        t0 = bench_now();
         st = rb_mg_fmg(ctx, mg, &f, &u, 1, &rep);
-        const double t = now() - t0;
+        const double t = bench_now() - t0;
         if (r == 0) res->first = t;
         if (t < res->best) res->best = t;
     }
@@ -410,22 +403,22 @@ static int sweep_case(rb_context *ctx, const options *o, int T)
         for (int round = 0; round <= o->reps && rc == 0; round++) { /* round 0 warms up */
             double t[K_COUNT];
             t[K_TRIAD] = bench_triad_seconds(ta, tb, tc, len, T);
-            double t0 = now();
+            double t0 = bench_now();
             st = rb_residual_step(ctx, red, 1.0, &u, &u, &work);
             if (st == RB_OK) st = rb_residual_step(ctx, black, 1.0, &u, &u, &work);
-            t[K_COLOURS] = now() - t0;
-            t0 = now();
+            t[K_COLOURS] = bench_now() - t0;
+            t0 = bench_now();
             if (st == RB_OK) st = rb_residual_step(ctx, gs1, 1.0, &u, &u, &work);
-            t[K_SWEEP1] = now() - t0;
-            t0 = now();
+            t[K_SWEEP1] = bench_now() - t0;
+            t0 = bench_now();
             if (st == RB_OK) st = rb_residual_step(ctx, gs2, 1.0, &u, &u, &work);
-            t[K_SWEEP2] = 0.5 * (now() - t0);
-            t0 = now();
+            t[K_SWEEP2] = 0.5 * (bench_now() - t0);
+            t0 = bench_now();
             if (st == RB_OK) st = rb_residual_step(ctx, xs1, 1.0, &u, &u, &work);
-            t[K_SPLIT1] = now() - t0;
-            t0 = now();
+            t[K_SPLIT1] = bench_now() - t0;
+            t0 = bench_now();
             if (st == RB_OK) st = rb_residual_step(ctx, xs2, 1.0, &u, &u, &work);
-            t[K_SPLIT2] = 0.5 * (now() - t0);
+            t[K_SPLIT2] = 0.5 * (bench_now() - t0);
             if (st != RB_OK) rc = fail(ctx, st, "sweep");
             for (int k = 0; k < K_COUNT && round > 0; k++)
                 if (t[k] < best[k]) best[k] = t[k];
@@ -503,9 +496,9 @@ static int class_sweep_case(rb_context *ctx, const options *o, int T)
         first_touch(u.data, n * n * n, 0.5, T), first_touch(b.data, n * n * n, 1.0, T);
         for (int round = 0; round <= o->reps && rc == 0; round++) /* round 0 warms up; kinds interleaved */
             for (int k = 0; k < C_COUNT && rc == 0; k++) {
-                const double t0 = now();
+                const double t0 = bench_now();
                 st = rb_residual_step(ctx, G[k], 1.0, &u, &u, &work);
-                const double t = now() - t0;
+                const double t = bench_now() - t0;
                 if (st != RB_OK) rc = fail(ctx, st, "class sweep");
                 if (round > 0 && t < best[k]) best[k] = t;
             }

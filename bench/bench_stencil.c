@@ -43,13 +43,6 @@ typedef struct row {
     double median_ratio; /* median over rounds of (triad time / kernel time) in the same round */
 } row;
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static int parse_list(const char *s, long *out, int max)
 {
     int k = 0;
@@ -99,7 +92,7 @@ static double kernel_seconds(rb_context *ctx, kernel k, const rb_op *A, const rb
 {
     const double omega = 0.8;
     rb_status st = RB_OK;
-    double t0 = now();
+    double t0 = bench_now();
     switch (k) {
     case K_STENCIL: st = rb_op_apply(ctx, A, x, y, work); break;
     case K_JACOBI_IN: st = rb_residual_step(ctx, J, omega, x, x, work); break;
@@ -107,7 +100,7 @@ static double kernel_seconds(rb_context *ctx, kernel k, const rb_op *A, const rb
     case K_JACOBI_GENERIC_IN: st = rb_residual_step_generic(ctx, J, omega, x, x, work); break;
     default: break;
     }
-    double t = now() - t0;
+    double t = bench_now() - t0;
     if (st != RB_OK) {
         fail(ctx, st, kernel_names[k]);
         return -1.0;
