@@ -205,6 +205,7 @@ typedef struct sweep_state {
     const rb_op *colour[SWEEP_MAX_COLOURS]; /* referenced, not owned */
     int ncolours, sweeps;
     double omega;
+    size_t tile; /* the 3D wavefront's rows per tile (rb_colour_sweep_set_tile; 0: by the planes' size) */
 } sweep_state;
 
 static rb_status sweep_shape(rb_context *ctx, const rb_op *op, rb_shape in, rb_shape *out)
@@ -292,9 +293,20 @@ static bool sweep_kernel(const sweep_state *ss, double h, rb_shape s, rb_redblac
         if (i > 0 && (cs[i]->base != cs[0]->base || cs[i]->parity != cs[0]->parity)) return false;
     }
     *colour0 = cs[0]->colour;
-    if (!cs[0]->parity && ss->ncolours == 2 && cs[0]->colour != cs[1]->colour && rb_redblack_init(cs[0]->base, s, h, k))
-        return true;
-    return class_kernel(cs, ss->ncolours, s, h, c, k);
+    if (!(!cs[0]->parity && ss->ncolours == 2 && cs[0]->colour != cs[1]->colour && rb_redblack_init(cs[0]->base, s, h, k)) &&
+        !class_kernel(cs, ss->ncolours, s, h, c, k))
+        return false;
+    k->tile = ss->tile;
+    return true;
+}
+
+rb_status rb_colour_sweep_set_tile(rb_context *ctx, rb_op *op, size_t rows)
+{
+    if (ctx == NULL) return RB_ENULL;
+    if (op == NULL || op->type != &sweep_type)
+        return rb_fail(ctx, RB_EINVAL, "rb_colour_sweep_set_tile: op is not a colour sweep op");
+    ((sweep_state *)op->state)->tile = rows;
+    return RB_OK;
 }
 
 /* The fused kernel: all sweeps in one pass of the red-black kernel -- exactly the colour

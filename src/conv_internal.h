@@ -70,10 +70,11 @@ const int (*rb_varstencil_taps(const rb_op *op))[3];
 /* Whether A is a varstencil op whose grid is s's (one channel, any batch). */
 bool rb_varstencil_on(const rb_op *A, rb_shape s);
 /* r = f - A u on line l of sample n of a varstencil's grid: row l (line_dims 2: a grid of one
- * plane) or plane l (line_dims 3), into r_line (W or H*W doubles); the same operations as
- * applying A (its gather) and then f - A u, so equal to them bit for bit. */
+ * plane) or plane l (line_dims 3; only its rows y0 <= y < y1, each at r_line + y W), into r_line
+ * (W or H*W doubles); the same operations as applying A (its gather) and then f - A u, so equal
+ * to them bit for bit. */
 void rb_varstencil_residual_line(const rb_op *A, int line_dims, const double *u, const double *f, size_t n, size_t l,
-                                 double *r_line);
+                                 size_t y0, size_t y1, double *r_line);
 
 /* out[n][co][o] = beta*out + alpha * sum_{ci,t} w[co][ci][t] fine[n][ci][s*o+off+tap] (+ bias[co]). */
 void rb_conv_gather(int threads, const rb_conv_state *cs, const rb_conv_geom *g, const double *w,

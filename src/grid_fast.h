@@ -43,9 +43,10 @@ typedef struct rb_stencil_any {
 bool rb_stencil_any_init(const rb_op *A, rb_shape s, rb_stencil_any *k);
 
 /* Residual of one line of sample n: r = f - A u on row `l` (2D) or plane `l` (3D),
- * written to r_line (W or H*W doubles). */
+ * written to r_line (W or H*W doubles). In 3D only the plane's rows y0 <= y < y1 (0, H: all
+ * of it), each at r_line + y W; in 2D y0 and y1 are not read. */
 void rb_stencil_residual_line(const rb_stencil_any *k, rb_shape s, const double *u, const double *f, size_t n,
-                              size_t l, double *r_line);
+                              size_t l, size_t y0, size_t y1, double *r_line);
 
 /* The same with u, f and r_line stored split (each row's even points, then its odd ones:
  * xsplit.h), for stencils rb_stencil_split_takes (the 2D 5-point star): the same r, bit for bit. */
@@ -80,12 +81,13 @@ bool rb_transfer_prolong_add(rb_context *ctx, const rb_op *P, const rb_tensor *c
 /* Its pieces, for the red-black wavefront's first stage (redblack.c): whether P maps the
  * coarse shape onto the fine one as such a prolongation (filling its geometry), and
  * fine line l of sample n (a row in 2D, a plane in 3D) += (P coarse) there (add), or = (P
- * coarse) (!add: the line's values before are not read); split: the fine
+ * coarse) (!add: the line's values before are not read), in 3D only the plane's rows
+ * y0 <= y < y1 (0, H: all of it; 2D: not read); split: the fine
  * rows are stored even points first, then odd ones (xsplit.h), the same sums; csplit (with
  * split): the coarse rows too. */
 bool rb_transfer_prolong_plan(const rb_op *P, rb_shape coarse, rb_shape fine, rb_conv_geom *g);
 void rb_transfer_prolong_line(const rb_conv_geom *g, int dims, const double *w, const double *coarse, size_t n,
-                              size_t l, double *fine_line, bool add, bool split, bool csplit);
+                              size_t l, size_t y0, size_t y1, double *fine_line, bool add, bool split, bool csplit);
 
 /* coarse = R (f - A u) in one pass, for a stencil A that rb_stencil_any_init takes and a
  * plain conv R that rb_transfer_fast_apply handles. Scratch: residual lines from work
@@ -97,7 +99,9 @@ size_t rb_transfer_restrict_residual_workspace(const rb_op *A, const rb_op *R, r
 /* The pieces of that pass, for kernels that produce the residual lines themselves (the
  * red-black wavefront's last stage, redblack.c): whether (A, R) on this fine grid is a
  * pair it takes (filling the stencil and R's geometry), and coarse line C of sample n
- * (a row in 2D, a plane in 3D) from the residual lines 2C, 2C+1, 2C+2 under it. */
+ * (a row in 2D, a plane in 3D) from the residual lines 2C, 2C+1, 2C+2 under it, in 3D only
+ * the coarse plane's rows Y0 <= Y < Y1 (those read the fine lines' rows 2 Y0 .. 2 Y1; 0, ch:
+ * all of it; 2D: not read). */
 bool rb_transfer_restrict_pair(const rb_op *A, const rb_op *R, rb_shape fine, rb_stencil_any *k, rb_conv_geom *g);
 /* R's half of that: whether R is a restriction of `dims` dimensions those lines take on this grid. */
 bool rb_transfer_restrict_plan(const rb_op *R, int dims, rb_shape fine, rb_conv_geom *g);
@@ -107,7 +111,7 @@ bool rb_transfer_restrict_split(rb_context *ctx, const rb_op *R, const rb_tensor
 
 /* (split: the fine lines' rows stored even points first, then odd ones, xsplit.h; csplit: the
  * coarse rows so stored) */
-void rb_transfer_restrict_line(const rb_conv_geom *g, int dims, const double *w, size_t n, size_t C,
-                               const double *const lines[3], double *coarse, bool split, bool csplit);
+void rb_transfer_restrict_line(const rb_conv_geom *g, int dims, const double *w, size_t n, size_t C, size_t Y0,
+                               size_t Y1, const double *const lines[3], double *coarse, bool split, bool csplit);
 
 #endif

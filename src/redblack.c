@@ -53,6 +53,9 @@
 #endif
 #define PARALLEL_MIN 32768 /* grid points per sample below which one thread runs (star kernel) */
 #define SPLIT_AHEAD 2      /* rows the split kernel prefetches ahead */
+#ifndef TILE_BYTES
+#define TILE_BYTES (4u << 20) /* a 3D wavefront holding more than this goes in tiles of rows */
+#endif
 
 /* The fields both kernels fill alike: the grid's extents, b, the class kernel (or NULL), and
  * nothing yet for u and the stages around the steps. */
@@ -66,6 +69,7 @@ static void grid_of_kernel(rb_redblack *k, rb_shape s, const double *b, const rb
     k->cls = cls;
     k->step0 = 0;
     k->split = false;
+    k->tile = 0;
 }
 
 bool rb_redblack_init(const rb_op *J, rb_shape s, double h, rb_redblack *k)
@@ -473,13 +477,14 @@ bool rb_redblack_class_init(const rb_op *J, rb_shape s, double h, bool parity, c
 
 /* ---- lines: a row (2D) or a plane (3D) of one sample ----------------------------------------- */
 
-/* Step st (colour (colour0 + st) mod 2, or the class kernel's class) on line l of sample s. */
-static void line(const rb_redblack *k, size_t s, int colour0, int st, size_t l)
+/* Step st (colour (colour0 + st) mod 2, or the class kernel's class) on line l of sample s: in
+ * 3D on the plane's rows y0 <= y < y1 (2D: the row l; y0, y1 not read). */
+static void line(const rb_redblack *k, size_t s, int colour0, int st, size_t l, size_t y0, size_t y1)
 {
     if (k->cls != NULL) {
         const int cls = k->cls->cls[(k->step0 + st) % k->cls->ncls];
         if (k->dims == 3)
-            for (size_t y = 0; y < k->h; y++) class_row(k, cls, s, l, y);
+            for (size_t y = y0; y < y1; y++) class_row(k, cls, s, l, y);
         else
             class_row(k, cls, s, 0, l);
         return;
@@ -507,7 +512,7 @@ static void line(const rb_redblack *k, size_t s, int colour0, int st, size_t l)
         }
         return;
     }
-    for (size_t y = 0; y < H; y++) {
+    for (size_t y = y0; y < y1; y++) {
         const size_t off = ((s * D + l) * H + y) * W;
         a.m = k->u + off, a.b = k->b + off;
         a.o[0] = l > 0 ? a.m - plane : a.m;
@@ -539,80 +544,99 @@ static rb_shape grid_of(const rb_redblack *k)
     return s;
 }
 
-/* Residual line l of sample s into its ring slot (l mod 3). */
-static double *residual_line(const rb_redblack *k, const then_run *r, size_t s, long long l)
+/* Rows of a line: a plane's H in 3D, 1 otherwise (the row is the line). */
+static size_t line_rows(const rb_redblack *k) { return k->dims == 3 ? k->h : 1; }
+
+/* Residual line l of sample s into its ring slot (l mod 3): in 3D its rows y0 .. y1 - 1 only. */
+static double *residual_line(const rb_redblack *k, const then_run *r, size_t s, long long l, size_t y0, size_t y1)
 {
     const rb_redblack_then *t = k->then;
     double *slot = r->ring + (size_t)(l % 3) * t->line;
-    if (t->vA != NULL) rb_varstencil_residual_line(t->vA, k->dims, k->u, t->f, s, (size_t)l, slot);
+    if (t->vA != NULL) rb_varstencil_residual_line(t->vA, k->dims, k->u, t->f, s, (size_t)l, y0, y1, slot);
     else if (k->split) rb_stencil_residual_line_split(&t->A, grid_of(k), k->u, t->f, s, (size_t)l, slot);
-    else rb_stencil_residual_line(&t->A, grid_of(k), k->u, t->f, s, (size_t)l, slot);
+    else rb_stencil_residual_line(&t->A, grid_of(k), k->u, t->f, s, (size_t)l, y0, y1, slot);
     return slot;
 }
 
-/* Coarse line C from the ring, which holds the fine lines 2C .. 2C+2. */
-static void restrict_from_ring(const rb_redblack *k, const then_run *r, size_t s, long long C)
+/* Coarse line C from the ring, which holds the fine lines 2C .. 2C+2: in 3D its rows Y0 .. Y1 - 1. */
+static void restrict_from_ring(const rb_redblack *k, const then_run *r, size_t s, long long C, size_t Y0, size_t Y1)
 {
     const rb_redblack_then *t = k->then;
     const double *lines[3];
     for (int i = 0; i < 3; i++) lines[i] = r->ring + (size_t)((2 * C + i) % 3) * t->line;
-    rb_transfer_restrict_line(&t->g, k->dims, t->rw, s, (size_t)C, lines, t->coarse, k->split, k->split && t->csplit);
+    rb_transfer_restrict_line(&t->g, k->dims, t->rw, s, (size_t)C, Y0, Y1, lines, t->coarse, k->split,
+                              k->split && t->csplit);
 }
 
-/* The residual stage on line l: the line's residual, its squares, and the coarse line
- * that ends at l if this run holds its three fine lines. */
-static void then_line(const rb_redblack *k, then_run *r, size_t s, long long l)
+/* The residual stage on rows a .. b - 1 of line l (3D; 2D: 0, 1): their residual and its
+ * squares, and where this run holds the three fine lines of the coarse line that ends at l,
+ * the coarse rows whose last fine row 2Y + 2 is one of them (their first two may lie below a:
+ * rows a - 2 and a - 1, final since the tile below is done, are computed again). */
+static void then_line(const rb_redblack *k, then_run *r, size_t s, long long l, size_t a, size_t b)
 {
     const rb_redblack_then *t = k->then;
     if (r->next != l) r->start = l;
     r->next = l + 1;
-    const double *slot = residual_line(k, r, s, l);
-    if (t->norm) r->acc += rb_sum_squares(slot, t->line);
-    if (t->rw != NULL && l % 2 == 0 && l >= r->start + 2) restrict_from_ring(k, r, s, l / 2 - 1);
+    const double *slot = residual_line(k, r, s, l, a >= 2 ? a - 2 : 0, b);
+    const size_t row = t->line / line_rows(k);
+    if (t->norm) r->acc += rb_sum_squares(slot + a * row, (b - a) * row);
+    if (t->rw != NULL && l % 2 == 0 && l >= r->start + 2)
+        restrict_from_ring(k, r, s, l / 2 - 1, a >= 2 ? (a - 1) / 2 : 0, (b - 1) / 2);
 }
 
-/* The coarse line whose fine lines straddle the start b of another thread's run (b >= 1):
- * its three residual lines again (the grid around b is final), then the restriction. */
+/* The coarse line whose fine lines straddle the start b of another run (b >= 1): its three
+ * residual lines again (the grid around b is final), then the restriction. */
 static void restrict_straddling(const rb_redblack *k, then_run *r, size_t s, long long b)
 {
     const long long C = (b + 1) / 2 - 1;
-    for (long long l = 2 * C; l <= 2 * C + 2; l++) residual_line(k, r, s, l);
-    restrict_from_ring(k, r, s, C);
+    for (long long l = 2 * C; l <= 2 * C + 2; l++) residual_line(k, r, s, l, 0, line_rows(k));
+    restrict_from_ring(k, r, s, C, 0, k->then->g.ch);
 }
 
 /* ---- the wavefront ---------------------------------------------------------------------------- */
 
-/* Stage st on line l: the first stage (the correction added), a colour step, or the
- * residual stage, in that order. */
-static void stage(const rb_redblack *k, then_run *r, size_t s, int colour0, int st, int steps, long long l)
+/* Stage st on rows y0 .. y1 - 1 of line l (3D; 2D: 0, 1): the first stage (the correction
+ * added), a colour step, or the residual stage, in that order. */
+static void stage(const rb_redblack *k, then_run *r, size_t s, int colour0, int st, int steps, long long l, size_t y0,
+                  size_t y1)
 {
     if (k->first != NULL && st-- == 0) {
         const rb_redblack_first *p = k->first;
         const size_t len = k->dims == 2 ? k->w : k->h * k->w;
-        rb_transfer_prolong_line(&p->g, k->dims, p->w, p->c, s, (size_t)l,
+        rb_transfer_prolong_line(&p->g, k->dims, p->w, p->c, s, (size_t)l, y0, y1,
                                  k->u + (s * (k->dims == 2 ? k->h : k->d) + (size_t)l) * len, !p->assign, k->split,
                                  k->split && p->csplit);
     } else if (st < steps) {
-        line(k, s, colour0, st, (size_t)l);
+        line(k, s, colour0, st, (size_t)l, y0, y1);
     } else {
-        then_line(k, r, s, l);
+        then_line(k, r, s, l, y0, y1);
     }
 }
 
 /* Stages 0..S-1 on lines [lo + s*shrink_lo, hi - s*shrink_hi) each, stage s one line
- * behind stage s-1: times t = lo .. hi + S - 2, stage s on line t - s. With `done`: once
- * the first `reach` times are done (or all, if fewer), s + 1 is stored to it (release). */
+ * behind stage s-1: times t = lo .. hi + S - 2, stage s on line t - s. In 3D tile by tile
+ * of `tile` rows (tile_rows: S .. H + S - 1, one tile), each all the times: tile j's stage s on
+ * rows [j tile - s, (j + 1) tile - s) (the first from row 0, the last to row H), so that stage
+ * s finds the rows it reads (y - 1 .. y + 1) as stage s - 1 left them, as along the lines.
+ * With `done`: once the last tile's first `reach` times are done (or all, if fewer), s + 1 is
+ * stored to it (release). */
 static void trapezoid(const rb_redblack *k, then_run *r, size_t s, int colour0, int S, int steps, long long lo,
-                      long long hi, int shrink_lo, int shrink_hi, atomic_llong *done, long long reach)
+                      long long hi, int shrink_lo, int shrink_hi, atomic_llong *done, long long reach, long long tile)
 {
-    const long long times = hi + S - 1 - lo, mark = reach < times ? reach : times;
-    for (long long t = lo; t < hi + S - 1; t++) {
-        for (int st = 0; st < S; st++) {
-            long long l = t - st;
-            if (l >= lo + (long long)st * shrink_lo && l < hi - (long long)st * shrink_hi)
-                stage(k, r, s, colour0, st, steps, l);
+    const long long times = hi + S - 1 - lo, mark = reach < times ? reach : times, H = (long long)line_rows(k);
+    const long long span = H + S - 1;
+    for (long long y0 = 0; y0 < span; y0 += tile) {
+        const bool last = y0 + tile >= span;
+        r->next = -1; /* each tile its own run of residual lines */
+        for (long long t = lo; t < hi + S - 1; t++) {
+            for (int st = 0; st < S; st++) {
+                const long long l = t - st, a = y0 > st ? y0 - st : 0;
+                const long long b = last || y0 + tile - st > H ? H : y0 + tile - st;
+                if (l >= lo + (long long)st * shrink_lo && l < hi - (long long)st * shrink_hi && a < b)
+                    stage(k, r, s, colour0, st, steps, l, (size_t)a, (size_t)b);
+            }
+            if (done != NULL && last && t - lo + 1 == mark) atomic_store_explicit(done, (long long)s + 1, memory_order_release);
         }
-        if (done != NULL && t - lo + 1 == mark) atomic_store_explicit(done, (long long)s + 1, memory_order_release);
     }
 }
 
@@ -643,7 +667,7 @@ static void triangle(const rb_redblack *k, then_run *run, size_t s, int colour0,
     for (long long t = r - S; t < r + 2LL * S; t++)
         for (int st = 0; st < S; st++) {
             long long l = t - st;
-            if (l >= r - st && l < r + st) stage(k, run, s, colour0, st, steps, l);
+            if (l >= r - st && l < r + st) stage(k, run, s, colour0, st, steps, l, 0, line_rows(k));
         }
 }
 
@@ -651,6 +675,22 @@ static void triangle(const rb_redblack *k, then_run *run, size_t s, int colour0,
  * varstencil's, streamed per point) a step costs 3-5x the star kernel's (127^3: 4.6 against 1.3
  * ns per point), so the threads pay off on 4x smaller grids (31^3 of a Galerkin hierarchy). */
 static size_t parallel_min(const rb_redblack *k) { return k->cls != NULL && k->cls->wstep ? PARALLEL_MIN / 4 : PARALLEL_MIN; }
+
+/* Rows per tile of a run with S stages (trapezoid), S .. span = H + S - 1 (one tile): k->tile if
+ * set; else in 3D, where the planes a thread's wavefront holds (about 2 S of u and b) would fill
+ * more than TILE_BYTES of the caches, as many even tiles as keep it within that; else one tile. */
+static long long tile_rows(const rb_redblack *k, int S)
+{
+    const size_t span = line_rows(k) + (size_t)S - 1, fit = TILE_BYTES / (2 * (size_t)S * k->w * sizeof(double));
+    size_t tile = span;
+    if (k->tile > 0) {
+        tile = k->tile;
+    } else if (k->dims == 3 && fit < k->h) {
+        const size_t tiles = (span + fit - 1) / (fit > 0 ? fit : 1);
+        tile = (span + tiles - 1) / tiles;
+    }
+    return (long long)(tile < (size_t)S ? (size_t)S : tile > span ? span : tile);
+}
 
 void rb_redblack_run(const rb_redblack *k, int colour0, int steps, int threads)
 {
@@ -682,12 +722,10 @@ void rb_redblack_run(const rb_redblack *k, int colour0, int steps, int threads)
     if (k->d * k->h * k->w < parallel_min(k)) threads = 1;
     if (then != NULL && threads > then->max_threads) threads = then->max_threads;
     if (then != NULL) then->norm2 = 0.0;
+    const long long tile = tile_rows(k, stages);
     if (threads <= 1) {
         then_run r = {then ? then->ring : NULL, 0, -1, 0.0};
-        for (size_t s = 0; s < k->n; s++) {
-            r.next = -1;
-            trapezoid(k, &r, s, colour0, stages, steps, 0, L, 0, 0, NULL, 0);
-        }
+        for (size_t s = 0; s < k->n; s++) trapezoid(k, &r, s, colour0, stages, steps, 0, L, 0, 0, NULL, 0, tile);
         if (then != NULL) then->norm2 = r.acc;
         return;
     }
@@ -708,15 +746,20 @@ void rb_redblack_run(const rb_redblack *k, int colour0, int steps, int threads)
 #pragma omp single nowait
         used = (int)T;
         for (size_t s = 0; s < k->n; s++) {
-            r.next = -1;
             trapezoid(k, &r, s, colour0, stages, steps, r0, r1, t > 0, t + 1 < T, t > 0 ? &progress[t].v : NULL,
-                      reach);
+                      reach, tile);
             if (t + 1 < T) {
                 wait_for(&progress[t + 1].v, (long long)s + 1);
                 /* the triangle continues this thread's run of residual lines (stage S - 1: up to
-                 * r1 + S - 1); the next thread's starts there, and the grid around it is final now */
+                 * r1 + S - 1), or in tiles starts one of its own (whole lines); the next thread's
+                 * starts there, and the grid around it is final now */
+                const bool tiled = tile < (long long)line_rows(k) + stages - 1; /* (tile_rows) */
+                if (tiled) r.next = -1;
                 triangle(k, &r, s, colour0, stages, steps, r1);
-                if (then != NULL && then->rw != NULL) restrict_straddling(k, &r, s, r1 + before + steps);
+                if (then != NULL && then->rw != NULL) {
+                    restrict_straddling(k, &r, s, r1 + before + steps);
+                    if (tiled) restrict_straddling(k, &r, s, r1 - before - steps);
+                }
             }
         }
         part[t] = r.acc;

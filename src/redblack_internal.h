@@ -96,6 +96,8 @@ typedef struct rb_redblack {
     int step0;             /* the class kernel's first step is its class cls[step0 mod ncls] (0 from init) */
     bool split;            /* 2D star kernel only: u, b, the residual's f and lines stored split, each row's
                             * even points first, then its odd ones (xsplit.h); false from init */
+    size_t tile;           /* 3D: rows per tile of the wavefront (see rb_redblack_run); 0 from init: chosen
+                            * by the planes' size; the result is the same for any (the norm: to rounding) */
 } rb_redblack;
 
 /* Fill k for colour steps of size h with the Jacobi operator J on a grid of
@@ -156,7 +158,15 @@ long long rb_redblack_reach(int S);
 
 /* `steps` colour steps on k->u in place, colours colour0, 1 - colour0, ... (with a class
  * kernel: its classes in turn; colour0 unused), with k->first's stage before them and
- * k->then's after them where set. */
+ * k->then's after them where set.
+ *
+ * In 3D a wavefront whose planes would not stay in the caches goes in tiles of rows (k->tile):
+ * each thread takes its block of planes tile by tile, the whole wavefront over the block for
+ * each, stage s one row behind stage s - 1 along y as it is one plane behind along z; then only
+ * the tile's rows of about 2S planes are in flight. A tile's residual stage starts a run of its
+ * own (the coarse rows whose fine rows it holds; the two fine rows under its first ones are
+ * computed again), and so does a triangle (then the coarse plane straddling where the
+ * trapezoid's runs end is restricted apart, as at the block boundaries). */
 void rb_redblack_run(const rb_redblack *k, int colour0, int steps, int threads);
 
 /* The colour sweep op's fused pass (colour.c; rb_op_type.residual_fused_pass), and with split_b
@@ -167,6 +177,9 @@ void rb_redblack_run(const rb_redblack *k, int colour0, int steps, int threads);
  * split too. *done = false, nothing done: op is not a colour sweep op or the kernels do not take
  * it (split: the 2D 5-point star only). pass may ask for nothing (the sweeps alone). */
 struct rb_residual_pass;
+/* The rows per tile of the colour sweep op's 3D wavefront (rb_redblack.tile; 0, as created: chosen
+ * by the planes' size). The same grids for any; tests take small tiles on small grids. */
+rb_status rb_colour_sweep_set_tile(rb_context *ctx, rb_op *op, size_t rows);
 rb_status rb_colour_sweep_pass(rb_context *ctx, const rb_op *op, double h, rb_tensor *u,
                                const struct rb_residual_pass *pass, const double *split_b, bool coarse_split, bool *done,
                                rb_arena *work);

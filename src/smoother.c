@@ -163,7 +163,7 @@ static rb_status sm_fused(rb_context *ctx, const rb_op *op, double h, const rb_t
             /* from the old u: r_{i0-1}, r_{i0}, r_{i1-1}, r_{i1} */
             const size_t rows[4] = {i0 - 1, i0, i1 - 1, i1};
             for (int j = 0; j < 4; j++)
-                if (i1 > i0 && rows[j] < H) rb_stencil_residual_line(&k.A, sh, x->data, f, n, rows[j], pre[j]);
+                if (i1 > i0 && rows[j] < H) rb_stencil_residual_line(&k.A, sh, x->data, f, n, rows[j], 0, sh.h, pre[j]);
 #pragma omp barrier
             if (i1 > i0) {
                 const double *r[3] = {i0 > 0 ? pre[0] : zero, pre[1], zero};
@@ -174,7 +174,7 @@ static rb_status sm_fused(rb_context *ctx, const rb_op *op, double h, const rb_t
                     else if (i + 1 == i1) r_next = pre[3];
                     else if (i + 1 == i1 - 1) r_next = pre[2];
                     else {
-                        rb_stencil_residual_line(&k.A, sh, u, f, n, i + 1, ring[next]); /* rows i .. i + 2: still old */
+                        rb_stencil_residual_line(&k.A, sh, u, f, n, i + 1, 0, sh.h, ring[next]); /* rows i .. i + 2: still old */
                         r_next = ring[next];
                         next = (next + 1) % 3;
                     }

@@ -536,13 +536,13 @@ void rb_stencil_residual_line_split(const rb_stencil_any *k, rb_shape s, const d
 }
 
 void rb_stencil_residual_line(const rb_stencil_any *k, rb_shape s, const double *u, const double *f, size_t n,
-                              size_t l, double *r_line)
+                              size_t l, size_t y0, size_t y1, double *r_line)
 {
     if (k->dims == 2) {
         residual_row(k, s, u, f, n, 0, l, r_line);
         return;
     }
-    for (size_t yy = 0; yy < s.h; yy++) residual_row(k, s, u, f, n, l, yy, r_line + yy * s.w);
+    for (size_t yy = y0; yy < y1 && yy < s.h; yy++) residual_row(k, s, u, f, n, l, yy, r_line + yy * s.w);
 }
 
 #define MAX_NORM_THREADS RB_STENCIL_RESIDUAL_MAX_THREADS

@@ -308,26 +308,26 @@ bool rb_transfer_prolong_add(rb_context *ctx, const rb_op *P, const rb_tensor *c
 }
 
 void rb_transfer_prolong_line(const rb_conv_geom *g, int dims, const double *w, const double *coarse, size_t n,
-                              size_t l, double *fine_line, bool add, bool split, bool csplit)
+                              size_t l, size_t y0, size_t y1, double *fine_line, bool add, bool split, bool csplit)
 {
     if (dims == 2) {
         prolong_fine_row(g, 2, w, coarse, n, 0, l, fine_line, add, split, csplit);
         return;
     }
-    for (size_t py = 0; py < g->fh; py++)
+    for (size_t py = y0; py < y1 && py < g->fh; py++)
         prolong_fine_row(g, 3, w, coarse, n, l, py, fine_line + py * g->fw, add, split, csplit);
 }
 
 /* ---- the residual, restricted in one pass ----------------------------------------------------- */
 
-void rb_transfer_restrict_line(const rb_conv_geom *g, int dims, const double *w, size_t n, size_t C,
-                               const double *const lines[3], double *coarse, bool split, bool csplit)
+void rb_transfer_restrict_line(const rb_conv_geom *g, int dims, const double *w, size_t n, size_t C, size_t Y0,
+                               size_t Y1, const double *const lines[3], double *coarse, bool split, bool csplit)
 {
     if (dims == 2) {
         restrict_row(3, lines, w, g->cw, coarse + (n * g->ch + C) * g->cw, split, csplit);
         return;
     }
-    for (size_t Y = 0; Y < g->ch; Y++) {
+    for (size_t Y = Y0; Y < Y1 && Y < g->ch; Y++) {
         const double *fr[9];
         for (int dz = 0; dz < 3; dz++)
             for (int dy = 0; dy < 3; dy++) fr[3 * dz + dy] = lines[dz] + (2 * Y + (size_t)dy) * g->fw;
@@ -360,7 +360,7 @@ bool rb_transfer_restrict_split(rb_context *ctx, const rb_op *R, const rb_tensor
         const size_t C = (size_t)r % g.ch, n = (size_t)r / g.ch;
         const double *lines[3];
         for (int i = 0; i < 3; i++) lines[i] = fine->data + (n * g.fh + 2 * C + (size_t)i) * g.fw;
-        rb_transfer_restrict_line(&g, 2, R->params, n, C, lines, coarse->data, true, csplit);
+        rb_transfer_restrict_line(&g, 2, R->params, n, C, 0, 1, lines, coarse->data, true, csplit);
     }
     return true;
 }
@@ -389,7 +389,7 @@ static void residual_line(const rb_stencil_any *k, bool split, rb_shape s, const
                           size_t l, double *r)
 {
     if (split) rb_stencil_residual_line_split(k, s, u, f, n, l, r);
-    else rb_stencil_residual_line(k, s, u, f, n, l, r);
+    else rb_stencil_residual_line(k, s, u, f, n, l, 0, s.h, r);
 }
 
 size_t rb_transfer_restrict_residual_workspace(const rb_op *A, const rb_op *R, rb_shape fine)
@@ -442,7 +442,7 @@ bool rb_transfer_restrict_residual(rb_context *ctx, const rb_op *A, const rb_op 
                     residual_line(&k, split, u->shape, u->data, f->data, n, l, ring + (l % 3) * line);
                 const double *lines[3] = {ring + (2 * C % 3) * line, ring + ((2 * C + 1) % 3) * line,
                                           ring + ((2 * C + 2) % 3) * line};
-                rb_transfer_restrict_line(&g, dims, w, n, C, lines, coarse->data, split, csplit);
+                rb_transfer_restrict_line(&g, dims, w, n, C, 0, g.ch, lines, coarse->data, split, csplit);
             }
         }
     }

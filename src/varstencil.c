@@ -123,12 +123,13 @@ static void vs_gather(rb_context *ctx, const vs_state *vs, const double *W, size
 }
 
 void rb_varstencil_residual_line(const rb_op *A, int line_dims, const double *u, const double *f, size_t n, size_t l,
-                                 double *r_line)
+                                 size_t y0, size_t y1, double *r_line)
 {
     const vs_state *vs = A->state;
-    const size_t H = vs->grid.h, Wd = vs->grid.w, z = line_dims == 3 ? l : 0, rows = line_dims == 3 ? H : 1;
+    const size_t H = vs->grid.h, Wd = vs->grid.w, z = line_dims == 3 ? l : 0;
+    const size_t first = line_dims == 3 ? y0 : 0, end = line_dims == 3 ? (y1 < H ? y1 : H) : 1;
     const double *src = u + n * vs->points;
-    for (size_t i = 0; i < rows; i++) {
+    for (size_t i = first; i < end; i++) {
         const size_t yy = line_dims == 3 ? i : l, off = n * vs->points + (z * H + yy) * Wd;
         double *r = r_line + i * Wd;
         gather_row(vs, A->params, src, 1.0, false, r, z, yy);

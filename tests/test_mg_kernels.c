@@ -10,7 +10,8 @@
  *   residual restricted in one pass                    residual by the reference loop, then rb_conv_gather: equal
  *   colour sweep op with the stages around it          P c by rb_conv_scatter added, the sweep op's step, the
  *     (rb_residual_step_pass: prolongation added,        residual by the reference loop, its sum of squares and
- *     residual norm, restriction)                        rb_conv_gather: grids equal, norm 1e-13
+ *     residual norm, restriction; in 3D also in        rb_conv_gather: grids equal, norm 1e-13
+ *     tiles of rows)
  *   the threads' schedule of the wavefront             the schedule written out line by line: each line and
  *     (rb_redblack_bound, rb_redblack_reach)             stage once, no triangle beside work on its lines
  * on odd and even sizes, degenerate ones (extent 1, 2), batches, 1..3 threads, in place
@@ -28,6 +29,11 @@
 
 static const int THREADS[] = {1, 2, 3};
 #define NTHREADS 3
+/* Rows per tile of the 3D wavefront (rb_colour_sweep_set_tile): chosen (none on these grids),
+ * the fewest (as many as the pass has stages), and a few, so that the tiles meet the threads'
+ * blocks, the coarse rows and the grid's edge in every way. */
+static const size_t TILES[] = {0, 1, 4, 9};
+#define NTILES 4
 
 /* max |a - b| (NaN if either has one) */
 static double max_abs_diff(const double *a, const double *b, size_t n)
@@ -715,10 +721,12 @@ static void test_sweep_pass_vs_reference(void **state)
                         double s2 = 0.0;
                         for (size_t i = 0; i < nf; i++) r[i] = f.data[i] - r[i], s2 += r[i] * r[i];
                         rb_conv_gather(1, rb_conv_state_of(R), &g, R->params, NULL, r, 1.0, 0.0, ref);
-                        for (int ti = 0; ti < NTHREADS; ti++)
+                        for (int ti = 0; ti < NTHREADS * NTILES; ti++)
                             for (int what = 0; what < 4; what++) { /* norm and R, norm, R, neither */
                                 if (!with_p && what == 3) continue;
-                                RB_CHECK(ctx, rb_context_set_threads(ctx, THREADS[ti]));
+                                if (ti >= NTHREADS && dims != 3) break; /* (tiles: 3D only) */
+                                RB_CHECK(ctx, rb_context_set_threads(ctx, THREADS[ti % NTHREADS]));
+                                RB_CHECK(ctx, rb_colour_sweep_set_tile(ctx, G, TILES[ti / NTHREADS]));
                                 rb_tensor_copy(ctx, &x, &u2);
                                 if (with_p == 2) rb_tensor_fill(ctx, &u2, NAN); /* assign: not read */
                                 rb_tensor_fill(ctx, &yc, 7.0);
@@ -736,8 +744,9 @@ static void test_sweep_pass_vs_reference(void **state)
                                 double ec = pass.R != NULL ? max_abs_diff(yc.data, ref, nc) : 0.0;
                                 double en = pass.norm2 != NULL ? fabs(sqrt(t2) - sqrt(s2)) / sqrt(s2) : 0.0;
                                 char label[160];
-                                snprintf(label, sizeof label, "kind %d shape %zu sweeps %d order %d P %d threads %d what %d",
-                                         kind, si, sweeps, order, with_p, THREADS[ti], what);
+                                snprintf(label, sizeof label,
+                                         "kind %d shape %zu sweeps %d order %d P %d threads %d tile %zu what %d", kind, si,
+                                         sweeps, order, with_p, THREADS[ti % NTHREADS], TILES[ti / NTHREADS], what);
                                 if (eu != 0.0 || ec != 0.0 || !(en <= 1e-13))
                                     fail_msg("%s: grid %.3g, coarse %.3g, norm %.3g vs reference", label, eu, ec, en);
                                 for (int cs_ = 0; kind <= 1 && cs_ < 2; cs_++) /* the coarse grid plain, then split */
