@@ -100,8 +100,8 @@ size_t rb_transfer_restrict_residual_workspace(const rb_op *A, const rb_op *R, r
  * red-black wavefront's last stage, redblack.c): whether (A, R) on this fine grid is a
  * pair it takes (filling the stencil and R's geometry), and coarse line C of sample n
  * (a row in 2D, a plane in 3D) from the residual lines 2C, 2C+1, 2C+2 under it, in 3D only
- * the coarse plane's rows Y0 <= Y < Y1 (those read the fine lines' rows 2 Y0 .. 2 Y1; 0, ch:
- * all of it; 2D: not read). */
+ * the coarse plane's rows Y0 <= Y < Y1 (those read the fine lines' rows 2 Y0 to 2 Y1, both
+ * included; 0, ch: all of it; 2D: not read). */
 bool rb_transfer_restrict_pair(const rb_op *A, const rb_op *R, rb_shape fine, rb_stencil_any *k, rb_conv_geom *g);
 /* R's half of that: whether R is a restriction of `dims` dimensions those lines take on this grid. */
 bool rb_transfer_restrict_plan(const rb_op *R, int dims, rb_shape fine, rb_conv_geom *g);

@@ -571,13 +571,14 @@ static void restrict_from_ring(const rb_redblack *k, const then_run *r, size_t s
 /* The residual stage on rows a .. b - 1 of line l (3D; 2D: 0, 1): their residual and its
  * squares, and where this run holds the three fine lines of the coarse line that ends at l,
  * the coarse rows whose last fine row 2Y + 2 is one of them (their first two may lie below a:
- * rows a - 2 and a - 1, final since the tile below is done, are computed again). */
+ * with a restriction, rows a - 2 and a - 1, final since the tile below is done, are computed
+ * again). */
 static void then_line(const rb_redblack *k, then_run *r, size_t s, long long l, size_t a, size_t b)
 {
     const rb_redblack_then *t = k->then;
     if (r->next != l) r->start = l;
     r->next = l + 1;
-    const double *slot = residual_line(k, r, s, l, a >= 2 ? a - 2 : 0, b);
+    const double *slot = residual_line(k, r, s, l, t->rw == NULL ? a : a >= 2 ? a - 2 : 0, b);
     const size_t row = t->line / line_rows(k);
     if (t->norm) r->acc += rb_sum_squares(slot + a * row, (b - a) * row);
     if (t->rw != NULL && l % 2 == 0 && l >= r->start + 2)

@@ -36,10 +36,11 @@
  * the residual r = f - A u of the run's result, line by line into a ring of three
  * lines per thread, and from it the sum of squares and / or the restriction R r.
  * A is any stencil rb_stencil_any takes (a residual line reads lines l-1 .. l+1,
- * as a colour step does). Each thread's contiguous run of residual lines restricts
- * the coarse lines whose three fine lines it holds (a thread's trapezoid and
- * triangle make one run); the one coarse line per block boundary whose lines two
- * threads' runs share is restricted from its three residual lines computed again. */
+ * as a colour step does). Each contiguous run of residual lines restricts the coarse lines
+ * whose three fine lines it holds (a thread's trapezoid and triangle make one run; in tiles,
+ * each tile's trapezoid and the triangle are runs of their own); the coarse line whose lines
+ * two runs share (at a block boundary, and in tiles where the trapezoid's runs meet the
+ * triangle's) is restricted from its three residual lines computed again. */
 typedef struct rb_redblack_then {
     rb_stencil_any A;
     const rb_op *vA;       /* or a varstencil (rb_varstencil_residual_line) instead of A */
@@ -152,7 +153,8 @@ void rb_redblack_class_pack(const double *w, rb_shape grid, int nt, int cls, dou
  * at r, touches lines x - S and above at its time x (stage s on line x - s reads x - s - 1):
  * once its first reach(S) times (x = r .. r + reach - 1) are done, it never touches those
  * lines again, and the triangle runs as soon as they are, not after the whole trapezoid (no
- * barrier). */
+ * barrier). In tiles of rows the mark is its last tile's first reach(S) times (each tile runs
+ * all the times), so the triangle waits for all but the last tile. */
 long long rb_redblack_bound(long long L, int S, int T, int t);
 long long rb_redblack_reach(int S);
 

@@ -12,6 +12,7 @@
  *     (rb_residual_step_pass: prolongation added,        residual by the reference loop, its sum of squares and
  *     residual norm, restriction; in 3D also in        rb_conv_gather: grids equal, norm 1e-13
  *     tiles of rows)
+ *   the same in tiles on grids of few rows             the pass without tiles on one thread: equal, norm 1e-13
  *   the threads' schedule of the wavefront             the schedule written out line by line: each line and
  *     (rb_redblack_bound, rb_redblack_reach)             stage once, no triangle beside work on its lines
  * on odd and even sizes, degenerate ones (extent 1, 2), batches, 1..3 threads, in place
@@ -574,8 +575,9 @@ static void test_restrict_residual_vs_reference(void **state)
 
 /* Coarse shapes (N, D, H, W) for the fused passes: small ones, and fine grids big enough
  * for the red-black kernel to run on 2 and 3 threads. */
-static const size_t PASS_COARSE[][4] = {{1, 1, 1, 1}, {2, 1, 2, 3}, {1, 3, 1, 2}, {2, 3, 6, 4},
-                                        {1, 1, 100, 90}, {2, 1, 97, 83}, {1, 12, 48, 50}, {1, 15, 30, 33}};
+static const size_t PASS_COARSE[][4] = {{1, 1, 1, 1},   {2, 1, 2, 3},    {1, 3, 1, 2},    {2, 3, 6, 4},
+                                        {1, 1, 100, 90}, {2, 1, 97, 83},  {1, 12, 48, 50}, {1, 15, 30, 33},
+                                        {2, 10, 10, 10}, {1, 4, 9, 3}};
 
 /* The same pass on the grid stored split (xsplit.h): the split views of G, P, A and R, u and f
  * split, G's right-hand side split (rb_op_xsplit_rhs), and with coarse_split the coarse grids
@@ -648,15 +650,16 @@ static void check_split_pass(rb_context *ctx, const rb_op *G, double omega, cons
  * equal to the colour steps), the residual by the reference loop (rb_conv_gather), its
  * plain sum of squares and R by rb_conv_gather. The grids equal bit for bit, the norm to
  * 1e-13. The residual operator may be another stencil than the smoother's (kind 1: a
- * 3x3 stencil in 2D). Kinds 3 and 4: point-dependent stencils (varstencils; the residual
+ * 3x3 stencil in 2D). Kinds 3 to 5: point-dependent stencils (varstencils; the residual
  * by applying the op, itself checked against the definition in test_varstencil): a 2D
- * star with red-black colours, and a 3D 27-point stencil with its 8 parity classes, packed.
- * Every combination of the three parts. */
+ * star with red-black colours, a 3D 27-point stencil with its 8 parity classes, packed, and
+ * a 3D star with red-black colours (the class kernel with point weights, which 3D tiles by
+ * default on big grids). Every combination of the three parts; in 3D also in tiles of rows. */
 static void test_sweep_pass_vs_reference(void **state)
 {
     rb_context *ctx = *state;
-    for (int kind = 0; kind < 5; kind++) {
-        const int dims = kind == 2 || kind == 4 ? 3 : 2;
+    for (int kind = 0; kind < 6; kind++) {
+        const int dims = kind == 2 || kind >= 4 ? 3 : 2;
         for (size_t si = 0; si < sizeof PASS_COARSE / sizeof *PASS_COARSE; si++) {
             const size_t *c = PASS_COARSE[si];
             if (dims == 2 && c[1] != 1) continue;
@@ -665,6 +668,7 @@ static void test_sweep_pass_vs_reference(void **state)
                                     : rb_shape_3d(c[0], 1, 2 * c[1] + 1, 2 * c[2] + 1, 2 * c[3] + 1);
             const size_t nc = rb_shape_count(cs), nf = rb_shape_count(fs);
             if (kind == 4 && (nf / fs.n > 20000 || c[1] == 1)) continue; /* small 3D grids (threads: kind 3) */
+            if (kind == 5 && nf / fs.n > 150000) continue;
             rb_op *Asm = kind < 3 ? random_star(ctx, dims, 81 + si) : rb_test_varstencil(ctx, dims, kind == 4 ? RB_STENCIL_FULL : RB_STENCIL_STAR, fs, 81 + si);
             rb_op *A = Asm, *J, *C[8];
             const int ncol = kind == 4 ? 8 : 2;
@@ -700,7 +704,7 @@ static void test_sweep_pass_vs_reference(void **state)
             for (size_t i = 0; i < nf; i++) xp.data[i] = x.data[i] + r[i], pc.data[i] = r[i]; /* x + P c, P c */
             for (int sweeps = 1; sweeps <= 2; sweeps++)
                 for (int order = 0; order < 2; order++) {
-                    if (kind == 4 && (sweeps == 2 || order == 1)) continue; /* (the sweeps' variants: test_colour) */
+                    if (kind >= 4 && (sweeps == 2 || order == 1)) continue; /* (the sweeps' variants: test_colour) */
                     const rb_op *cols[8];
                     for (int k = 0; k < ncol; k++) cols[k] = C[order ? ncol - 1 - k : k];
                     const double omega = sweeps == 1 ? 1.15 : 1.0;
@@ -767,6 +771,68 @@ static void test_sweep_pass_vs_reference(void **state)
             rb_tensor_release(ctx, &yc);
         }
     }
+}
+
+/* Tiles on grids of few rows (H = 1 .. 5, fewer than the pass has stages) and many planes (so
+ * that 2 and 3 threads run), batches of 2, 1 to 3 sweeps, with the residual's norm or without:
+ * every tile size from none to 8 rows and every thread count against one thread without tiles
+ * (which the test above checks against the reference): grids bit for bit, norm to 1e-13. The
+ * constant star and a star with point weights (the class kernel). */
+static void test_tiles_few_rows(void **state)
+{
+    rb_context *ctx = *state;
+    static const size_t shapes[][4] = {{2, 2000, 1, 17}, {2, 1800, 2, 9}, {2, 1300, 3, 9},
+                                       {1, 900, 4, 11},  {2, 700, 5, 10}, {2, 60, 23, 30}};
+    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++)
+        for (int kind = 0; kind < 2; kind++) {
+            const size_t *c = shapes[si];
+            const rb_shape fs = rb_shape_3d(c[0], 1, c[1], c[2], c[3]);
+            const size_t nf = rb_shape_count(fs);
+            rb_op *A = kind == 0 ? random_star(ctx, 3, 7 + si) : rb_test_varstencil(ctx, 3, RB_STENCIL_STAR, fs, 7 + si);
+            rb_op *J, *C[2];
+            rb_tensor f = alloc_random(ctx, fs, 17 + si), x = alloc_random(ctx, fs, 19 + si), u0, u2;
+            RB_CHECK(ctx, rb_tensor_alloc(ctx, &u0, fs));
+            RB_CHECK(ctx, rb_tensor_alloc(ctx, &u2, fs));
+            RB_CHECK(ctx, rb_op_jacobi_create(ctx, A, &f, &J));
+            for (int k = 0; k < 2; k++) RB_CHECK(ctx, rb_op_colour_create(ctx, J, k, &C[k]));
+            for (int sweeps = 1; sweeps <= 3; sweeps++) {
+                const rb_op *cols[2] = {C[0], C[1]};
+                rb_op *G;
+                RB_CHECK(ctx, rb_op_colour_sweep_create(ctx, cols, 2, 1.0, sweeps, &G));
+                rb_arena work = {0};
+                RB_CHECK(ctx, rb_arena_reserve(ctx, &work, rb_residual_workspace(G, fs) + (1u << 20)));
+                for (int with_norm = 0; with_norm < 2; with_norm++) {
+                    double n0 = -1.0;
+                    for (int th = 1; th <= 3; th++)
+                        for (size_t tile = 0; tile <= 8; tile++) {
+                            RB_CHECK(ctx, rb_context_set_threads(ctx, th));
+                            RB_CHECK(ctx, rb_colour_sweep_set_tile(ctx, G, tile));
+                            rb_tensor_copy(ctx, &x, &u2);
+                            double t2 = -1.0;
+                            rb_residual_pass pass = {0};
+                            if (with_norm) pass.A = A, pass.f = &f, pass.norm2 = &t2;
+                            bool done = false;
+                            RB_CHECK(ctx, rb_residual_step_pass(ctx, G, 1.0, &u2, &pass, &done, &work));
+                            assert_true(done);
+                            if (th == 1 && tile == 0) {
+                                rb_tensor_copy(ctx, &u2, &u0), n0 = t2;
+                                continue;
+                            }
+                            const double eu = max_abs_diff(u2.data, u0.data, nf);
+                            const double en = with_norm ? fabs(t2 - n0) / n0 : 0.0;
+                            if (eu != 0.0 || !(en <= 1e-13))
+                                fail_msg("shape %zu kind %d sweeps %d norm %d threads %d tile %zu: grid %.3g, norm %.3g",
+                                         si, kind, sweeps, with_norm, th, tile, eu, en);
+                        }
+                }
+                rb_arena_release(ctx, &work);
+                rb_op_free(ctx, G);
+            }
+            for (int k = 0; k < 2; k++) rb_op_free(ctx, C[k]);
+            rb_op_free(ctx, J), rb_op_free(ctx, A);
+            rb_tensor_release(ctx, &f), rb_tensor_release(ctx, &x);
+            rb_tensor_release(ctx, &u0), rb_tensor_release(ctx, &u2);
+        }
 }
 
 /* What the fused pass declines (nothing done at all: the grid and the coarse grid
@@ -864,6 +930,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_transfers_vs_reference, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_restrict_residual_vs_reference, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_sweep_pass_vs_reference, rb_test_setup, rb_test_teardown),
+        cmocka_unit_test_setup_teardown(test_tiles_few_rows, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_sweep_pass_declines, rb_test_setup, rb_test_teardown),
         cmocka_unit_test_setup_teardown(test_transfers_decline, rb_test_setup, rb_test_teardown),
     };
