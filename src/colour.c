@@ -293,9 +293,9 @@ static bool sweep_kernel(const sweep_state *ss, double h, rb_shape s, rb_redblac
         if (i > 0 && (cs[i]->base != cs[0]->base || cs[i]->parity != cs[0]->parity)) return false;
     }
     *colour0 = cs[0]->colour;
-    if (!(!cs[0]->parity && ss->ncolours == 2 && cs[0]->colour != cs[1]->colour && rb_redblack_init(cs[0]->base, s, h, k)) &&
-        !class_kernel(cs, ss->ncolours, s, h, c, k))
-        return false;
+    const bool star = !cs[0]->parity && ss->ncolours == 2 && cs[0]->colour != cs[1]->colour &&
+                      rb_redblack_init(cs[0]->base, s, h, k);
+    if (!star && !class_kernel(cs, ss->ncolours, s, h, c, k)) return false;
     k->tile = ss->tile;
     return true;
 }
